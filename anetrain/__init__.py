@@ -1,0 +1,39 @@
+"""anetrain: train Llama-2-style transformers on Apple's Neural Engine.
+
+The native extension (anetrain._native) holds the hot path. On Linux its BLAS comes from the
+scipy-openblas32 wheel, which must be loaded before the extension so the dynamic linker can
+resolve it from any install location.
+"""
+import sys as _sys
+
+if _sys.platform.startswith("linux"):
+    import scipy_openblas32 as _sob  # noqa: F401  (loads libscipy_openblas.so RTLD_GLOBAL)
+
+from . import _native  # noqa: E402
+from . import fp16  # noqa: E402,F401
+
+__version__ = "0.1.0"
+
+
+def backends():
+    """Names of the backends this machine can run, best first."""
+    return list(_backends())
+
+
+def _backends():
+    names = []
+    if hasattr(_native, "ane_available") and _native.ane_available():
+        names.append("ane")
+    names.append("ref")
+    return names
+
+
+def info():
+    """A dict naming this build: platform, SIMD path, BLAS library and core type, threads, backends."""
+    import os
+
+    d = dict(_native.build_info())
+    d["version"] = __version__
+    d["backends"] = backends()
+    d["openblas_coretype_env"] = os.environ.get("OPENBLAS_CORETYPE", "")
+    return d

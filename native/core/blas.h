@@ -1,0 +1,35 @@
+// The one place that names a BLAS vendor. Everything else calls BLAS_FN(sgemm)(...) with the
+// standard CBLAS enums.
+//   macOS: Accelerate (ACCELERATE_NEW_LAPACK).
+//   Linux: the scipy-openblas32 wheel, whose symbols carry the "scipy_" prefix.
+#pragma once
+#include <string>
+
+#if defined(ANETRAIN_ACCELERATE)
+#include <Accelerate/Accelerate.h>
+typedef int blas_int;
+#define BLAS_FN(name) cblas_##name
+#elif defined(ANETRAIN_SCIPY_OPENBLAS)
+#include <cblas.h>
+#ifndef BLAS_SYMBOL_SUFFIX
+#define BLAS_SYMBOL_SUFFIX
+#endif
+#define ANETRAIN_BLAS_CAT3_(a, b, c) a##b##c
+#define ANETRAIN_BLAS_CAT3(a, b, c) ANETRAIN_BLAS_CAT3_(a, b, c)
+#define BLAS_FN(name) ANETRAIN_BLAS_CAT3(BLAS_SYMBOL_PREFIX, cblas_##name, BLAS_SYMBOL_SUFFIX)
+#define ANETRAIN_OPENBLAS_FN(name) ANETRAIN_BLAS_CAT3(BLAS_SYMBOL_PREFIX, openblas_##name, BLAS_SYMBOL_SUFFIX)
+typedef blasint blas_int;
+#else
+#error "no BLAS configured: build through setup.py (Accelerate on macOS, scipy-openblas32 on Linux)"
+#endif
+
+namespace anetrain::blas {
+std::string library();   // "accelerate" or "scipy-openblas32 <version>"
+std::string core_type(); // OpenBLAS kernel family in use (e.g. "Haswell"); "n/a" for Accelerate
+int threads();
+void set_threads(int n);
+
+// Row-major C[M,N] = alpha * op(A) op(B) + beta * C, with explicit leading dimensions.
+void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+           const float* B, int ldb, float beta, float* C, int ldc);
+}  // namespace anetrain::blas

@@ -1,0 +1,148 @@
+#include "core/threads.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdlib>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace anetrain::threads {
+namespace {
+
+thread_local bool tl_in_pool = false;
+
+int default_threads() {
+    if (const char* env = std::getenv("ANETRAIN_NUM_THREADS")) {
+        int v = std::atoi(env);
+        if (v > 0) return v;
+    }
+    unsigned hc = std::thread::hardware_concurrency();
+    return hc ? int(hc) : 1;
+}
+
+class Pool {
+public:
+    static Pool& get() {
+        static Pool* p = new Pool();  // leaked on purpose: no join at static-destruction time
+        return *p;
+    }
+
+    int threads() const { return nthreads_; }
+
+    void resize(int n) {
+        std::lock_guard<std::mutex> run(run_mu_);
+        stop_workers();
+        nthreads_ = std::max(1, n);
+        start_workers();
+    }
+
+    void run(size_t nchunks, const std::function<void(size_t)>& task) {
+        std::lock_guard<std::mutex> run(run_mu_);  // one parallel region at a time
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            task_ = &task;
+            nchunks_ = nchunks;
+            next_ = 0;
+            done_ = 0;
+            error_ = nullptr;
+            ++generation_;
+        }
+        cv_.notify_all();
+        work();
+        std::unique_lock<std::mutex> lk(mu_);
+        done_cv_.wait(lk, [&] { return done_ == nchunks_; });
+        task_ = nullptr;
+        if (error_) std::rethrow_exception(error_);
+    }
+
+private:
+    Pool() : nthreads_(default_threads()) { start_workers(); }
+
+    void start_workers() {
+        quit_ = false;
+        for (int i = 1; i < nthreads_; ++i) workers_.emplace_back([this] { loop(); });
+    }
+    void stop_workers() {
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            quit_ = true;
+        }
+        cv_.notify_all();
+        for (auto& t : workers_) t.join();
+        workers_.clear();
+    }
+
+    void loop() {
+        tl_in_pool = true;
+        uint64_t seen = 0;
+        for (;;) {
+            {
+                std::unique_lock<std::mutex> lk(mu_);
+                cv_.wait(lk, [&] { return quit_ || generation_ != seen; });
+                if (quit_) return;
+                seen = generation_;
+            }
+            work();
+        }
+    }
+
+    void work() {
+        bool was = tl_in_pool;
+        tl_in_pool = true;
+        for (;;) {
+            size_t i;
+            const std::function<void(size_t)>* task;
+            {
+                std::lock_guard<std::mutex> lk(mu_);
+                if (!task_ || next_ >= nchunks_) break;
+                i = next_++;
+                task = task_;
+            }
+            try {
+                (*task)(i);
+            } catch (...) {
+                std::lock_guard<std::mutex> lk(mu_);
+                if (!error_) error_ = std::current_exception();
+            }
+            std::lock_guard<std::mutex> lk(mu_);
+            if (++done_ == nchunks_) done_cv_.notify_all();
+        }
+        tl_in_pool = was;
+    }
+
+    std::mutex run_mu_, mu_;
+    std::condition_variable cv_, done_cv_;
+    std::vector<std::thread> workers_;
+    int nthreads_;
+    bool quit_ = false;
+    uint64_t generation_ = 0;
+    const std::function<void(size_t)>* task_ = nullptr;
+    size_t nchunks_ = 0, next_ = 0, done_ = 0;
+    std::exception_ptr error_;
+};
+
+}  // namespace
+
+int num_threads() { return Pool::get().threads(); }
+void set_num_threads(int n) { Pool::get().resize(n); }
+
+void parallel_for(size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn) {
+    if (n == 0) return;
+    grain = std::max<size_t>(grain, 1);
+    Pool& pool = Pool::get();
+    const size_t t = size_t(pool.threads());
+    if (t <= 1 || n <= grain || tl_in_pool) return fn(0, n);
+    // a few chunks per thread for balance, each a multiple of grain
+    size_t chunks = std::min((n + grain - 1) / grain, t * 4);
+    size_t per = (n + chunks - 1) / chunks;
+    per = (per + grain - 1) / grain * grain;
+    chunks = (n + per - 1) / per;
+    pool.run(chunks, [&](size_t c) {
+        size_t b = c * per, e = std::min(n, b + per);
+        fn(b, e);
+    });
+}
+
+}  // namespace anetrain::threads

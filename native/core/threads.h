@@ -1,0 +1,20 @@
+// A small persistent thread pool for the CPU work that is not BLAS: fp16 conversion,
+// element-wise ops, reductions. BLAS runs its own threads. One pool per process.
+#pragma once
+#include <cstddef>
+#include <functional>
+
+namespace anetrain::threads {
+
+// Number of threads parallel_for uses (workers + the caller). Default: hardware concurrency,
+// or ANETRAIN_NUM_THREADS when set.
+int num_threads();
+void set_num_threads(int n);
+
+// Calls fn(begin, end) over [0, n) in chunks of at least `grain` elements, on the pool and the
+// calling thread, and returns when all chunks are done. Runs inline when the range is small,
+// when only one thread is configured, or when called from inside a pool task (no nesting).
+// Exceptions thrown by fn are rethrown on the caller.
+void parallel_for(size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn);
+
+}  // namespace anetrain::threads

@@ -1,0 +1,81 @@
+"""Build of anetrain._native, the one extension module that holds the hot path.
+
+Linux: BLAS from the scipy-openblas32 wheel (prefixed symbols, preloaded by anetrain/__init__.py).
+macOS: Accelerate, Foundation and IOSurface; the .mm sources of native/backend/ane are built
+with ARC. The fp16 kernels are compiled for the baseline ISA and picked at run time.
+"""
+import glob
+import os
+import sys
+import sysconfig
+
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
+from setuptools import setup
+
+ParallelCompile("ANETRAIN_JOBS", default=0).install()
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+IS_MAC = sys.platform == "darwin"
+
+
+def native_sources():
+    cpp = glob.glob("native/**/*.cpp", recursive=True)
+    mm = glob.glob("native/**/*.mm", recursive=True) if IS_MAC else []
+    return sorted(cpp) + sorted(mm)
+
+
+class BuildExt(build_ext):
+    """pybind11's build_ext, taught that .mm files are Objective-C++ compiled with ARC."""
+
+    def build_extensions(self):
+        self.compiler.src_extensions.append(".mm")
+        original = self.compiler._compile
+
+        def _compile(obj, src, ext, cc_args, extra_postargs, pp_opts):
+            if src.endswith(".mm"):
+                extra_postargs = list(extra_postargs) + ["-fobjc-arc", "-fobjc-exceptions"]
+            return original(obj, src, ext, cc_args, extra_postargs, pp_opts)
+
+        self.compiler._compile = _compile
+        super().build_extensions()
+
+
+compile_args = ["-O3", "-fvisibility=hidden"]
+define_macros = []
+include_dirs = ["native"]
+library_dirs = []
+libraries = []
+runtime_library_dirs = []
+link_args = []
+
+if IS_MAC:
+    define_macros += [("ACCELERATE_NEW_LAPACK", None), ("ANETRAIN_ACCELERATE", None)]
+    link_args += ["-framework", "Accelerate", "-framework", "Foundation", "-framework", "IOSurface"]
+else:
+    import numpy  # noqa: F401  (build requirement; keeps the import order numpy-first)
+    import scipy_openblas32 as sob
+
+    define_macros += [("ANETRAIN_SCIPY_OPENBLAS", None), ("BLAS_SYMBOL_PREFIX", "scipy_")]
+    include_dirs.append(sob.get_include_dir())
+    library_dirs.append(sob.get_lib_dir())
+    libraries.append(sob.get_library())
+    # The build env is deleted after the build; point the rpath at the target environment too.
+    # anetrain/__init__.py preloads the library, which is what really makes the import robust.
+    runtime_library_dirs.append(os.path.join(sysconfig.get_paths()["platlib"], "scipy_openblas32", "lib"))
+    compile_args += ["-pthread"]
+    link_args += ["-pthread"]
+
+ext = Pybind11Extension(
+    "anetrain._native",
+    native_sources(),
+    cxx_std=17,
+    include_dirs=include_dirs,
+    define_macros=define_macros,
+    extra_compile_args=compile_args,
+    extra_link_args=link_args,
+    library_dirs=library_dirs,
+    libraries=libraries,
+    runtime_library_dirs=runtime_library_dirs,
+)
+
+setup(ext_modules=[ext], cmdclass={"build_ext": BuildExt})
