@@ -10,6 +10,8 @@
 #include "core/blas.h"
 #include "core/fp16.h"
 #include "core/threads.h"
+#include "mil/blob.h"
+#include "mil/builder.h"
 
 namespace py = pybind11;
 using namespace anetrain;
@@ -124,8 +126,83 @@ void bind_core(py::module_& m) {
 }
 
 // ---------------------------------------------------------------- mil: blobs, builder, parser
+mil::DType dtype_arg(const std::string& name) {
+    mil::DType d;
+    if (!mil::dtype_from_name(name, &d)) throw py::value_error("unknown MIL dtype '" + name + "'");
+    return d;
+}
+
+mil::Type type_arg(const std::string& dtype, const std::vector<int64_t>& shape, bool tensor) {
+    return mil::Type{dtype_arg(dtype), tensor, shape};
+}
+
+// Python operand forms (built by anetrain/mil.py): ("var", name) | ("ints", [..]) | (dtype, value)
+mil::Operand operand_arg(const py::tuple& t) {
+    const std::string kind = t[0].cast<std::string>();
+    if (kind == "var") return mil::Operand(t[1].cast<std::string>());
+    if (kind == "ints") return mil::ints(t[1].cast<std::vector<int64_t>>());
+    if (kind == "string") return mil::str(t[1].cast<std::string>());
+    if (kind == "bool") return mil::boolean(t[1].cast<bool>());
+    if (kind == "int32") return mil::int32(t[1].cast<int64_t>());
+    if (kind == "fp16") return mil::fp16(t[1].cast<double>());
+    if (kind == "fp32") return mil::fp32(t[1].cast<double>());
+    throw py::value_error("unknown operand kind '" + kind + "'");
+}
+
 void bind_mil(py::module_& m) {
-    (void)m;  // section: mil
+    m.def(
+        "blob_write",
+        [](const std::vector<std::pair<std::string, py::buffer>>& items) {
+            std::vector<mil::blob::Entry> entries;
+            std::vector<py::buffer_info> keep;
+            for (const auto& [dtype, buf] : items) {
+                keep.push_back(buf.request());
+                const auto& bi = keep.back();
+                entries.push_back({dtype_arg(dtype), bi.ptr, size_t(bi.size * bi.itemsize)});
+            }
+            std::vector<uint64_t> offsets;
+            std::string file = mil::blob::write(entries, &offsets);  // std::invalid_argument -> ValueError
+            return py::make_tuple(py::bytes(file), offsets);
+        },
+        "Write a MIL blob-storage-v2 file from (dtype, buffer) pairs; returns (bytes, record offsets).");
+    m.def(
+        "blob_records",
+        [](const py::bytes& data) {
+            std::string file = data;
+            py::list out;
+            for (const auto& r : mil::blob::read_all(file))
+                out.append(py::dict(py::arg("offset") = r.record_offset, py::arg("dtype") = mil::dtype_name(r.dtype),
+                                    py::arg("size") = r.size, py::arg("data_offset") = r.data_offset));
+            return out;
+        },
+        "The records of a MIL blob file: offset (the BLOBFILE offset), dtype, size, data_offset.");
+
+    py::class_<mil::Builder>(m, "MilBuilder")
+        .def(py::init([](const std::string& dialect, const std::string& function) {
+                 return mil::Builder(mil::Dialect::from_string(dialect), function);
+             }),
+             py::arg("dialect") = "1.3/ios18", py::arg("function") = "main")
+        .def("input",
+             [](mil::Builder& b, const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape) {
+                 return b.input(name, type_arg(dtype, shape, true));
+             })
+        .def("weight", [](mil::Builder& b, const std::string& name, const std::string& dtype,
+                          const std::vector<int64_t>& shape, const std::string& path,
+                          uint64_t offset) { return b.weight(name, type_arg(dtype, shape, true), path, offset); })
+        .def("constant", [](mil::Builder& b, const std::string& name, const std::string& dtype,
+                            const std::vector<int64_t>& shape, const std::vector<double>& values,
+                            bool tensor) { return b.constant(name, type_arg(dtype, shape, tensor), values); })
+        .def("op",
+             [](mil::Builder& b, const std::string& out, const std::string& dtype, const std::vector<int64_t>& shape,
+                bool tensor, const std::string& op_type, const std::vector<std::pair<std::string, py::tuple>>& args,
+                const std::string& tuple_key, const std::vector<std::string>& tuple) {
+                 mil::Args a;
+                 for (const auto& [k, t] : args) a.emplace_back(k, operand_arg(t));
+                 return b.op(out, type_arg(dtype, shape, tensor), op_type, a, tuple_key, mil::Tuple{tuple});
+             })
+        .def("output", &mil::Builder::output)
+        .def("text", &mil::Builder::text)
+        .def_property_readonly("dialect", [](const mil::Builder& b) { return b.dialect().str(); });
 }
 
 // ---------------------------------------------------------------- backend: interface + ref
