@@ -12,6 +12,7 @@
 #include "core/threads.h"
 #include "mil/blob.h"
 #include "mil/builder.h"
+#include "mil/kernels.h"
 
 namespace py = pybind11;
 using namespace anetrain;
@@ -203,6 +204,52 @@ void bind_mil(py::module_& m) {
         .def("output", &mil::Builder::output)
         .def("text", &mil::Builder::text)
         .def_property_readonly("dialect", [](const mil::Builder& b) { return b.dialect().str(); });
+
+    // One of the model's per-layer kernels: (text, {blob path: bytes}, input names, output names).
+    m.def(
+        "model_kernel",
+        [](const std::string& name, const py::dict& shape, const std::string& pipeline, const std::string& dtype,
+           const std::string& dialect, const py::object& weights) {
+            mil::KernelShape s;
+            s.dim = shape["dim"].cast<int>();
+            s.hidden = shape["hidden_dim"].cast<int>();
+            s.n_heads = shape["n_heads"].cast<int>();
+            s.n_kv_heads = shape["n_kv_heads"].cast<int>();
+            s.seq = shape["seq_len"].cast<int>();
+            if (shape.contains("rope_theta")) s.rope_theta = shape["rope_theta"].cast<double>();
+            mil::KernelOptions o;
+            o.pipeline = mil::pipeline_from_string(pipeline);
+            o.dtype = dtype_arg(dtype);
+            o.dialect = mil::Dialect::from_string(dialect);
+            std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> keep;
+            mil::LayerWeights w;
+            const bool baked = !weights.is_none();
+            if (baked) {
+                const py::dict wd = weights.cast<py::dict>();
+                auto take = [&](const char* key) -> const float* {
+                    if (!wd.contains(key)) throw py::value_error(std::string("model_kernel: weights lack '") + key + "'");
+                    keep.push_back(wd[key].cast<py::array_t<float, py::array::c_style | py::array::forcecast>>());
+                    return keep.back().data();
+                };
+                keep.reserve(7);
+                w.wq = take("wq"), w.wk = take("wk"), w.wv = take("wv"), w.wo = take("wo");
+                w.w1 = take("w1"), w.w2 = take("w2"), w.w3 = take("w3");
+            }
+            using Gen = mil::KernelSource (*)(const mil::KernelShape&, const mil::KernelOptions&, const mil::LayerWeights*);
+            static const std::map<std::string, Gen> gens{{"attention_forward", &mil::attention_forward},
+                                                         {"ffn_forward", &mil::ffn_forward},
+                                                         {"ffn_backward", &mil::ffn_backward},
+                                                         {"attention_backward", &mil::attention_backward}};
+            auto it = gens.find(name);
+            if (it == gens.end()) throw py::value_error("unknown model kernel '" + name + "'");
+            mil::KernelSource src = it->second(s, o, baked ? &w : nullptr);
+            py::dict blobs;
+            for (const auto& [path, bytes] : src.blobs) blobs[py::str(path)] = py::bytes(bytes);
+            return py::make_tuple(src.text, blobs, src.inputs, src.outputs);
+        },
+        py::arg("name"), py::arg("shape"), py::arg("pipeline") = "static", py::arg("dtype") = "fp16",
+        py::arg("dialect") = "1.3/ios18", py::arg("weights") = py::none());
+    m.def("model_kernel_names", &mil::layer_kernel_names);
 }
 
 // ---------------------------------------------------------------- backend: interface + ref

@@ -29,7 +29,7 @@ def test_default_dialect_text():
     assert lines[-2] == "    } -> (s, y);" and lines[-1] == "}"
     assert ('tensor<fp16, [2, 4, 1, 1]> W = const()[name = string("W"), val = tensor<fp16, [2, 4, 1, 1]>'
             '(BLOBFILE(path = string("@model_path/weights/w.bin"), offset = uint64(64)))];') in t
-    assert "int32 y_groups = const()[name = string(\"y_groups\"), val = int32(1)];" in t
+    assert "int32 c_int_1 = const()[name = string(\"c_int_1\"), val = int32(1)];" in t
     # the same constant is declared once and reused
     assert t.count("val = tensor<int32, [2]>([1, 1])") == 1
     assert re.search(r"dilations = y_strides", t)
@@ -48,7 +48,7 @@ def test_verbose_dialect_spells_every_scalar_as_rank0_tensor():
     assert 'string("' not in t and "uint64(64)" not in t
     assert 'tensor<string, []>("valid")' in t
     assert "tensor<uint64, []>(64)" in t
-    assert "tensor<int32, []> y_groups = const()[name = tensor<string, []>(\"y_groups\")" in t
+    assert "tensor<int32, []> c_int_1 = const()[name = tensor<string, []>(\"c_int_1\")" in t
 
 
 @pytest.mark.parametrize("bad", ["1.3", "x/ios18", "1.3/metal", "/ios18"])

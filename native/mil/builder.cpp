@@ -145,7 +145,13 @@ std::string Builder::declare_const(const std::string& hint, const Literal& v) {
     const std::string text = literal_text(v, dialect_.verbose_scalars);
     for (const auto& [t, n] : consts_)
         if (t == text) return n;
+    // Flags and small integers are shared by many statements: name them by value.
     std::string name = hint;
+    if (v.type.dtype == DType::bool_ && !v.type.tensor) name = v.numbers[0] != 0 ? "c_true" : "c_false";
+    if (v.type.dtype == DType::int32 && !v.type.tensor) {
+        const auto n = int64_t(v.numbers[0]);
+        name = "c_int" + (n < 0 ? "_m" + std::to_string(-n) : "_" + std::to_string(n));
+    }
     for (int i = 1; std::find(names_.begin(), names_.end(), name) != names_.end(); ++i) name = hint + "_" + std::to_string(i);
     check_name(name);
     body_.push_back(type_text(v.type, dialect_.verbose_scalars) + " " + name + " = const()[name = " +
