@@ -18,11 +18,26 @@ using threads::parallel_for;
 constexpr size_t kElementGrain = 16384;  // element-wise loops: elements per task at least
 constexpr size_t kColumnGrain = 32;      // per-position loops over [C][S]: columns per task at least
 
+// c ? a : b done on the bits. A float select feeding arithmetic stops gcc's vectoriser (it keeps
+// the branch under -ftrapping-math); the integer form does not.
+inline float select(bool c, float a, float b) {
+    int32_t ia, ib;
+    std::memcpy(&ia, &a, sizeof ia);
+    std::memcpy(&ib, &b, sizeof ib);
+    const int32_t mask = -int32_t(c);
+    const int32_t r = (ia & mask) | (ib & ~mask);
+    float out;
+    std::memcpy(&out, &r, sizeof out);
+    return out;
+}
+
 // e^x for fp32, relative error below 2e-7 on [-87, 88] (inputs are clamped to that range, so
-// e^-inf is ~1e-38 rather than 0). Branch-free: rounding by the 1.5*2^23 trick, Cody-Waite
-// reduction, degree-6 Taylor polynomial, exponent assembled in the bits, so loops vectorise.
+// e^-inf is ~1e-38 rather than 0; NaN stays NaN). Branch-free: rounding by the 1.5*2^23 trick,
+// Cody-Waite reduction, degree-6 Taylor polynomial, exponent assembled in the bits, so loops
+// calling it vectorise.
 inline float exp_fast(float x) {
-    x = std::min(std::max(x, -87.f), 88.f);
+    x = select(x < -87.f, -87.f, x);
+    x = select(x > 88.f, 88.f, x);
     const float round_magic = 12582912.f;
     float k = (x * 1.44269504089f + round_magic) - round_magic;
     float r = x - k * 0.693145751953125f - k * 1.428606765330187e-06f;
@@ -266,14 +281,19 @@ void gqa_reduce(const float* d_tiled, int n_kv_heads, int n_heads, int head_dim,
 
 double sum_squares(const float* x, size_t n) {
     // Fixed blocks, summed in order: the result does not depend on the thread count.
-    constexpr size_t kBlock = 1 << 16;
+    constexpr size_t kBlock = 1 << 16, kLanes = 8;
     const size_t nblocks = (n + kBlock - 1) / kBlock;
     std::vector<double> partial(nblocks, 0.0);
     parallel_for(nblocks, 1, [&](size_t b, size_t e) {
         for (size_t blk = b; blk < e; ++blk) {
-            const size_t end = std::min(n, (blk + 1) * kBlock);
+            const size_t begin = blk * kBlock, end = std::min(n, begin + kBlock);
+            double lanes[kLanes] = {};  // independent partial sums, so the loop vectorises
+            size_t i = begin;
+            for (; i + kLanes <= end; i += kLanes)
+                for (size_t j = 0; j < kLanes; ++j) lanes[j] += double(x[i + j]) * x[i + j];
             double acc = 0.0;
-            for (size_t i = blk * kBlock; i < end; ++i) acc += double(x[i]) * x[i];
+            for (; i < end; ++i) acc += double(x[i]) * x[i];
+            for (double l : lanes) acc += l;
             partial[blk] = acc;
         }
     });
