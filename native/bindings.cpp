@@ -13,6 +13,8 @@
 #include "mil/blob.h"
 #include "mil/builder.h"
 #include "mil/kernels.h"
+#include "train/config.h"
+#include "train/cpu_ops.h"
 
 namespace py = pybind11;
 using namespace anetrain;
@@ -264,7 +266,331 @@ void bind_ane(py::module_& m) {
 
 // ---------------------------------------------------------------- train: CPU ops, model, step
 void bind_train(py::module_& m) {
-    (void)m;  // section: train
+    // Arguments are NumPy arrays used in place: exact dtype, C-contiguous, exact shape (-1 = any).
+    auto shape_text = [](const py::array& a) {
+        std::string t = "(";
+        for (py::ssize_t i = 0; i < a.ndim(); ++i) t += (i ? ", " : "") + std::to_string(a.shape(i));
+        return t + (a.ndim() == 1 ? ",)" : ")");
+    };
+    auto check = [shape_text](const py::array& a, const py::dtype& dt, const char* fn, const char* name,
+                              std::vector<py::ssize_t> shape, bool writable) {
+        bool ok = a.dtype().is(dt) && (a.flags() & py::array::c_style) && a.ndim() == py::ssize_t(shape.size()) &&
+                  (!writable || a.writeable());
+        for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || a.shape(py::ssize_t(i)) == shape[i];
+        if (ok) return;
+        std::string want;
+        for (size_t i = 0; i < shape.size(); ++i)
+            want += (i ? ", " : "") + (shape[i] < 0 ? std::string("n") : std::to_string(shape[i]));
+        throw py::value_error(std::string(fn) + ": " + name + " must be a " + (writable ? "writable " : "") +
+                              "C-contiguous " + std::string(py::str(dt)) + " array of shape (" + want +
+                              (shape.size() == 1 ? ",)" : ")") + "; got " + std::string(py::str(a.dtype())) + " " +
+                              shape_text(a) + ((a.flags() & py::array::c_style) ? "" : " non-contiguous"));
+    };
+    const py::dtype f32 = py::dtype::of<float>(), i32 = py::dtype::of<int32_t>();
+    auto in = [check, f32](const py::array& a, const char* fn, const char* name, std::vector<py::ssize_t> shape) {
+        check(a, f32, fn, name, std::move(shape), false);
+        return static_cast<const float*>(a.data());
+    };
+    auto out = [check, f32](py::array& a, const char* fn, const char* name, std::vector<py::ssize_t> shape) {
+        check(a, f32, fn, name, std::move(shape), true);
+        return static_cast<float*>(a.mutable_data());
+    };
+    auto tokens = [check, i32](const py::array& a, const char* fn, const char* name, py::ssize_t n) {
+        check(a, i32, fn, name, {n}, false);
+        return static_cast<const int32_t*>(a.data());
+    };
+    auto dim = [](const py::array& a, int i) { return int(a.shape(i)); };
+    using Floats = py::array_t<float>;
+
+    py::class_<train::ModelConfig>(m, "ModelConfig",
+                                   "llama2.c Transformer hyper-parameters (n_kv_heads/hidden_dim 0 = llama2.c default).")
+        .def(py::init([](int dim, int n_layers, int n_heads, int n_kv_heads, int vocab_size, int hidden_dim,
+                         int seq_len, float norm_eps, float rope_theta) {
+                 train::ModelConfig c{dim, n_layers, n_heads, n_kv_heads, vocab_size, hidden_dim, seq_len, norm_eps,
+                                      rope_theta};
+                 c.validate();
+                 return c;
+             }),
+             py::arg("dim"), py::arg("n_layers"), py::arg("n_heads"), py::arg("n_kv_heads") = 0,
+             py::arg("vocab_size"), py::arg("hidden_dim") = 0, py::arg("seq_len"), py::arg("norm_eps") = 1e-5f,
+             py::arg("rope_theta") = 10000.f)
+        .def_readonly("dim", &train::ModelConfig::dim)
+        .def_readonly("n_layers", &train::ModelConfig::n_layers)
+        .def_property_readonly("n_heads", [](const train::ModelConfig& c) { return c.n_heads; })
+        .def_property_readonly("n_kv_heads", &train::ModelConfig::kv_heads)
+        .def_readonly("vocab_size", &train::ModelConfig::vocab_size)
+        .def_property_readonly("hidden_dim", &train::ModelConfig::ffn_dim)
+        .def_readonly("seq_len", &train::ModelConfig::seq_len)
+        .def_readonly("norm_eps", &train::ModelConfig::norm_eps)
+        .def_readonly("rope_theta", &train::ModelConfig::rope_theta)
+        .def_property_readonly("head_dim", &train::ModelConfig::head_dim)
+        .def_property_readonly("kv_dim", &train::ModelConfig::kv_dim)
+        .def_property_readonly("layer_param_count", &train::ModelConfig::layer_param_count)
+        .def_property_readonly("param_count", &train::ModelConfig::param_count)
+        .def(
+            "param_specs",
+            [](const train::ModelConfig& c) {
+                py::list specs;
+                for (const auto& p : train::param_specs(c)) {
+                    py::tuple shape = p.vector ? py::tuple(py::make_tuple(p.cols)) : py::tuple(py::make_tuple(p.rows, p.cols));
+                    specs.append(py::make_tuple(p.name, shape, p.decay));
+                }
+                return specs;
+            },
+            "[(llama2.c name, shape, weight decay applies)] in llama2.c's order.")
+        .def_static("default_hidden_dim", &train::ModelConfig::default_hidden_dim, py::arg("dim"),
+                    py::arg("multiple_of") = 32)
+        .def("__repr__", [](const train::ModelConfig& c) {
+            return "ModelConfig(dim=" + std::to_string(c.dim) + ", n_layers=" + std::to_string(c.n_layers) +
+                   ", n_heads=" + std::to_string(c.n_heads) + ", n_kv_heads=" + std::to_string(c.kv_heads()) +
+                   ", vocab_size=" + std::to_string(c.vocab_size) + ", hidden_dim=" + std::to_string(c.ffn_dim()) +
+                   ", seq_len=" + std::to_string(c.seq_len) + ")";
+        });
+
+    m.def(
+        "cpu_embedding_fwd",
+        [in, tokens, dim](const py::array& E, const py::array& tok) {
+            const float* e = in(E, "cpu_embedding_fwd", "E", {-1, -1});
+            const int vocab = dim(E, 0), D = dim(E, 1), S = int(tok.size());
+            const int32_t* t = tokens(tok, "cpu_embedding_fwd", "tokens", -1);
+            Floats x({D, S});
+            float* px = x.mutable_data();
+            py::gil_scoped_release nogil;
+            train::cpu::embedding_fwd(e, vocab, D, t, S, px);
+            return x;
+        },
+        py::arg("E"), py::arg("tokens"), "x[dim, S] = E[tokens].T (int32 tokens, bounds-checked).");
+    m.def(
+        "cpu_embedding_bwd",
+        [in, out, tokens, dim](const py::array& dx, const py::array& tok, py::array& dE) {
+            float* pdE = out(dE, "cpu_embedding_bwd", "dE", {-1, -1});
+            const int vocab = dim(dE, 0), D = dim(dE, 1), S = int(tok.size());
+            const float* pdx = in(dx, "cpu_embedding_bwd", "dx", {D, S});
+            const int32_t* t = tokens(tok, "cpu_embedding_bwd", "tokens", S);
+            py::gil_scoped_release nogil;
+            train::cpu::embedding_bwd(pdx, t, S, vocab, D, pdE);
+        },
+        py::arg("dx"), py::arg("tokens"), py::arg("dE"), "dE[tokens[s]] += dx[:, s] (accumulates into dE).");
+
+    m.def(
+        "cpu_rmsnorm_fwd",
+        [in, dim](const py::array& x, const py::array& g, float eps) {
+            const float* px = in(x, "cpu_rmsnorm_fwd", "x", {-1, -1});
+            const int C = dim(x, 0), S = dim(x, 1);
+            const float* pg = in(g, "cpu_rmsnorm_fwd", "gamma", {C});
+            Floats y({C, S}), rrms({S});
+            float *py_ = y.mutable_data(), *pr = rrms.mutable_data();
+            {
+                py::gil_scoped_release nogil;
+                train::cpu::rmsnorm_fwd(px, pg, C, S, eps, py_, pr);
+            }
+            return py::make_tuple(y, rrms);
+        },
+        py::arg("x"), py::arg("gamma"), py::arg("eps") = 1e-5f, "(y[C, S], rrms[S]): RMSNorm over channels.");
+    m.def(
+        "cpu_rmsnorm_bwd",
+        [in, out, dim](const py::array& dy, const py::array& x, const py::array& g, const py::array& rrms,
+                       py::array& dx, py::array& dg) {
+            const float* px = in(x, "cpu_rmsnorm_bwd", "x", {-1, -1});
+            const int C = dim(x, 0), S = dim(x, 1);
+            const float* pdy = in(dy, "cpu_rmsnorm_bwd", "dy", {C, S});
+            const float* pg = in(g, "cpu_rmsnorm_bwd", "gamma", {C});
+            const float* pr = in(rrms, "cpu_rmsnorm_bwd", "rrms", {S});
+            float* pdx = out(dx, "cpu_rmsnorm_bwd", "dx", {C, S});
+            float* pdg = out(dg, "cpu_rmsnorm_bwd", "dgamma", {C});
+            py::gil_scoped_release nogil;
+            train::cpu::rmsnorm_bwd(pdy, px, pg, pr, C, S, pdx, pdg);
+        },
+        py::arg("dy"), py::arg("x"), py::arg("gamma"), py::arg("rrms"), py::arg("dx"), py::arg("dgamma"),
+        "RMSNorm backward; accumulates into dx[C, S] and dgamma[C].");
+
+    auto rope = [in, dim](const char* fn, bool inverse) {
+        return [in, dim, fn, inverse](const py::array& x, int n_heads, float theta) {
+            const float* px = in(x, fn, "x", {-1, -1});
+            const int C = dim(x, 0), S = dim(x, 1);
+            if (n_heads <= 0 || C % n_heads != 0)
+                throw py::value_error(std::string(fn) + ": " + std::to_string(C) +
+                                      " channels do not split into n_heads=" + std::to_string(n_heads) + " heads");
+            Floats y({C, S});
+            float* p = y.mutable_data();
+            std::memcpy(p, px, size_t(C) * S * sizeof(float));
+            py::gil_scoped_release nogil;
+            train::cpu::RopeTable table(C / n_heads, S, theta);
+            (inverse ? train::cpu::rope_bwd : train::cpu::rope_fwd)(p, n_heads, table);
+            return y;
+        };
+    };
+    m.def("cpu_rope_fwd", rope("cpu_rope_fwd", false), py::arg("x"), py::arg("n_heads"), py::arg("theta") = 10000.f,
+          "RoPE on adjacent channel pairs of each head of x[n_heads*hd, S], positions 0..S-1 (returns a copy).");
+    m.def("cpu_rope_bwd", rope("cpu_rope_bwd", true), py::arg("dx"), py::arg("n_heads"), py::arg("theta") = 10000.f,
+          "Inverse RoPE rotation (the gradient of cpu_rope_fwd; returns a copy).");
+
+    m.def(
+        "cpu_classifier_fwd",
+        [in, dim](const py::array& E, const py::array& x) {
+            const float* pE = in(E, "cpu_classifier_fwd", "E", {-1, -1});
+            const int vocab = dim(E, 0), D = dim(E, 1);
+            const float* px = in(x, "cpu_classifier_fwd", "x", {D, -1});
+            const int S = dim(x, 1);
+            Floats logits({vocab, S});
+            float* pl = logits.mutable_data();
+            py::gil_scoped_release nogil;
+            train::cpu::classifier_fwd(pE, px, vocab, D, S, pl);
+            return logits;
+        },
+        py::arg("E"), py::arg("x"), "logits[vocab, S] = E @ x.");
+    m.def(
+        "cpu_classifier_bwd",
+        [in, out, dim](const py::array& E, const py::array& x, const py::array& dlogits, py::array& dE) {
+            const float* pE = in(E, "cpu_classifier_bwd", "E", {-1, -1});
+            const int vocab = dim(E, 0), D = dim(E, 1);
+            const float* px = in(x, "cpu_classifier_bwd", "x", {D, -1});
+            const int S = dim(x, 1);
+            const float* pdl = in(dlogits, "cpu_classifier_bwd", "dlogits", {vocab, S});
+            float* pdE = out(dE, "cpu_classifier_bwd", "dE", {vocab, D});
+            Floats dx({D, S});
+            float* pdx = dx.mutable_data();
+            py::gil_scoped_release nogil;
+            train::cpu::classifier_bwd(pE, px, pdl, vocab, D, S, pdx, pdE);
+            return dx;
+        },
+        py::arg("E"), py::arg("x"), py::arg("dlogits"), py::arg("dE"),
+        "Returns dx = E.T @ dlogits; accumulates dE += dlogits @ x.T.");
+    m.def(
+        "cpu_cross_entropy",
+        [in, tokens, dim](const py::array& logits, const py::array& targets, float scale) {
+            const float* pl = in(logits, "cpu_cross_entropy", "logits", {-1, -1});
+            const int vocab = dim(logits, 0), S = dim(logits, 1);
+            const int32_t* t = tokens(targets, "cpu_cross_entropy", "targets", S);
+            Floats dl({vocab, S});
+            float* pdl = dl.mutable_data();
+            double loss;
+            {
+                py::gil_scoped_release nogil;
+                loss = train::cpu::cross_entropy(pl, t, vocab, S, scale, pdl);
+            }
+            return py::make_tuple(loss, dl);
+        },
+        py::arg("logits"), py::arg("targets"), py::arg("scale") = 1.f,
+        "(mean loss, dlogits[vocab, S] = scale * (softmax - onehot) / S) for logits[vocab, S].");
+
+    m.def(
+        "cpu_swiglu_fwd",
+        [in](const py::array& h1, const py::array& h3) {
+            const float* p1 = in(h1, "cpu_swiglu_fwd", "h1", {-1, -1});
+            const float* p3 = in(h3, "cpu_swiglu_fwd", "h3", {h1.shape(0), h1.shape(1)});
+            Floats gate({h1.shape(0), h1.shape(1)});
+            float* pg = gate.mutable_data();
+            size_t n = size_t(h1.size());
+            py::gil_scoped_release nogil;
+            train::cpu::swiglu_fwd(p1, p3, n, pg);
+            return gate;
+        },
+        py::arg("h1"), py::arg("h3"), "gate = silu(h1) * h3 for [hidden, S] arrays.");
+    m.def(
+        "cpu_swiglu_bwd",
+        [in](const py::array& dgate, const py::array& h1, const py::array& h3) {
+            const float* p1 = in(h1, "cpu_swiglu_bwd", "h1", {-1, -1});
+            std::vector<py::ssize_t> shape{h1.shape(0), h1.shape(1)};
+            const float* p3 = in(h3, "cpu_swiglu_bwd", "h3", shape);
+            const float* pd = in(dgate, "cpu_swiglu_bwd", "dgate", shape);
+            Floats dh1(shape), dh3(shape);
+            float *o1 = dh1.mutable_data(), *o3 = dh3.mutable_data();
+            size_t n = size_t(h1.size());
+            {
+                py::gil_scoped_release nogil;
+                train::cpu::swiglu_bwd(pd, p1, p3, n, o1, o3);
+            }
+            return py::make_tuple(dh1, dh3);
+        },
+        py::arg("dgate"), py::arg("h1"), py::arg("h3"), "(dh1, dh3), the gradients of cpu_swiglu_fwd.");
+
+    auto check_heads = [](const char* fn, int n_heads, int n_kv_heads, int kv_channels) {
+        if (n_kv_heads <= 0 || n_heads <= 0 || n_heads % n_kv_heads != 0 || kv_channels % n_kv_heads != 0)
+            throw py::value_error(std::string(fn) + ": need n_heads (" + std::to_string(n_heads) +
+                                  ") a multiple of n_kv_heads (" + std::to_string(n_kv_heads) + ") and " +
+                                  std::to_string(kv_channels) + " KV channels divisible by n_kv_heads");
+    };
+    m.def(
+        "cpu_gqa_tile",
+        [in, dim, check_heads](const py::array& kv, int n_heads, int n_kv_heads) {
+            const float* p = in(kv, "cpu_gqa_tile", "kv", {-1, -1});
+            const int C = dim(kv, 0), S = dim(kv, 1);
+            check_heads("cpu_gqa_tile", n_heads, n_kv_heads, C);
+            const int hd = C / n_kv_heads;
+            Floats t({n_heads * hd, S});
+            float* pt = t.mutable_data();
+            py::gil_scoped_release nogil;
+            train::cpu::gqa_tile(p, n_kv_heads, n_heads, hd, S, pt);
+            return t;
+        },
+        py::arg("kv"), py::arg("n_heads"), py::arg("n_kv_heads"),
+        "Repeat-interleave KV heads [n_kv_heads*hd, S] to Q heads [n_heads*hd, S].");
+    m.def(
+        "cpu_gqa_reduce",
+        [in, dim, check_heads](const py::array& d, int n_heads, int n_kv_heads) {
+            const float* p = in(d, "cpu_gqa_reduce", "d_tiled", {-1, -1});
+            const int C = dim(d, 0), S = dim(d, 1);
+            check_heads("cpu_gqa_reduce", n_heads, n_kv_heads, C);
+            if (C % n_heads != 0)
+                throw py::value_error("cpu_gqa_reduce: " + std::to_string(C) + " channels do not split into " +
+                                      std::to_string(n_heads) + " heads");
+            const int hd = C / n_heads;
+            Floats r({n_kv_heads * hd, S});
+            float* pr = r.mutable_data();
+            py::gil_scoped_release nogil;
+            train::cpu::gqa_reduce(p, n_kv_heads, n_heads, hd, S, pr);
+            return r;
+        },
+        py::arg("d_tiled"), py::arg("n_heads"), py::arg("n_kv_heads"),
+        "Sum each group of Q-head gradients back onto its KV head (the gradient of cpu_gqa_tile).");
+
+    m.def(
+        "cpu_grad_norm",
+        [check, f32](const std::vector<py::array>& grads) {
+            std::vector<std::pair<const float*, size_t>> tensors;
+            for (const auto& g : grads) {
+                check(g, f32, "cpu_grad_norm", "every gradient", std::vector<py::ssize_t>(size_t(g.ndim()), -1), false);
+                tensors.emplace_back(static_cast<const float*>(g.data()), size_t(g.size()));
+            }
+            py::gil_scoped_release nogil;
+            return train::cpu::global_norm(tensors);
+        },
+        py::arg("grads"), "Global L2 norm over a list of float32 arrays (accumulated in double).");
+    m.def("cpu_clip_scale", &train::cpu::clip_scale, py::arg("norm"), py::arg("max_norm"),
+          "min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_.");
+    m.def(
+        "cpu_scale",
+        [check, f32](py::array& x, float s) {
+            check(x, f32, "cpu_scale", "x", std::vector<py::ssize_t>(size_t(x.ndim()), -1), true);
+            float* p = static_cast<float*>(x.mutable_data());
+            size_t n = size_t(x.size());
+            py::gil_scoped_release nogil;
+            train::cpu::scale(p, n, s);
+        },
+        py::arg("x"), py::arg("s"), "x *= s in place.");
+    m.def(
+        "cpu_adamw_step",
+        [check, f32](py::array& w, const py::array& g, py::array& mom, py::array& var, int t, float lr, float beta1,
+                     float beta2, float eps, float weight_decay, bool decay, float grad_scale) {
+            std::vector<py::ssize_t> shape(w.shape(), w.shape() + w.ndim());
+            check(w, f32, "cpu_adamw_step", "w", shape, true);
+            check(g, f32, "cpu_adamw_step", "grad", shape, false);
+            check(mom, f32, "cpu_adamw_step", "m", shape, true);
+            check(var, f32, "cpu_adamw_step", "v", shape, true);
+            train::cpu::AdamW opt{lr, beta1, beta2, eps, weight_decay};
+            float* pw = static_cast<float*>(w.mutable_data());
+            const float* pg = static_cast<const float*>(g.data());
+            float* pm = static_cast<float*>(mom.mutable_data());
+            float* pv = static_cast<float*>(var.mutable_data());
+            size_t n = size_t(w.size());
+            py::gil_scoped_release nogil;
+            train::cpu::adamw_step(pw, pg, pm, pv, n, t, opt, decay, grad_scale);
+        },
+        py::arg("w"), py::arg("grad"), py::arg("m"), py::arg("v"), py::arg("step"), py::arg("lr"),
+        py::arg("beta1") = 0.9f, py::arg("beta2") = 0.95f, py::arg("eps") = 1e-8f, py::arg("weight_decay") = 0.1f,
+        py::arg("decay") = true, py::arg("grad_scale") = 1.f,
+        "One AdamW update in place on w, m, v at 1-based step (decay=False skips weight decay).");
 }
 
 }  // namespace
