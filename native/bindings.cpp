@@ -15,6 +15,7 @@
 #include "mil/kernels.h"
 #include "train/config.h"
 #include "train/cpu_ops.h"
+#include "train/model.h"
 
 namespace py = pybind11;
 using namespace anetrain;
@@ -591,6 +592,77 @@ void bind_train(py::module_& m) {
         py::arg("beta1") = 0.9f, py::arg("beta2") = 0.95f, py::arg("eps") = 1e-8f, py::arg("weight_decay") = 0.1f,
         py::arg("decay") = true, py::arg("grad_scale") = 1.f,
         "One AdamW update in place on w, m, v at 1-based step (decay=False skips weight decay).");
+
+    // ------------------------------------------------ model state: weights, grads, AdamW moments
+    auto buffer = [](train::ModelState& s, const std::string& kind) -> std::vector<float>& {
+        if (kind == "weight") return s.weights;
+        if (kind == "grad") return s.grads;
+        if (kind == "m") return s.adam_m;
+        if (kind == "v") return s.adam_v;
+        throw py::value_error("kind must be one of 'weight', 'grad', 'm', 'v' (got '" + kind + "')");
+    };
+    auto slot = [](const train::ModelState& s, const std::string& name) -> const train::ParamSlot& {
+        if (const train::ParamSlot* p = s.find(name)) return *p;
+        throw py::key_error("unknown parameter '" + name +
+                            "'; names are llama2.c's, e.g. tok_embeddings, layers.0.attention.wq, norm");
+    };
+    auto llama_shape = [](const train::ParamSpec& p) {
+        return p.vector ? std::vector<py::ssize_t>{py::ssize_t(p.cols)}
+                        : std::vector<py::ssize_t>{py::ssize_t(p.rows), py::ssize_t(p.cols)};
+    };
+    py::class_<train::ModelState>(m, "ModelState",
+                                  "Weights, gradients and AdamW moments of llama2.c's model, by llama2.c name.")
+        .def(py::init<const train::ModelConfig&>(), py::arg("config"))
+        .def_property_readonly("config", &train::ModelState::config)
+        .def_property_readonly("size", &train::ModelState::size, "Elements per buffer (the parameter count).")
+        .def_readwrite("step", &train::ModelState::step, "AdamW updates applied so far.")
+        .def("names", [](const train::ModelState& s) {
+            std::vector<std::string> names;
+            for (const auto& p : s.slots()) names.push_back(p.spec.name);
+            return names;
+        })
+        .def(
+            "get",
+            [buffer, slot, llama_shape](train::ModelState& s, const std::string& name, const std::string& kind) {
+                const train::ParamSlot& p = slot(s, name);
+                const float* src = buffer(s, kind).data() + p.offset;
+                Floats a(llama_shape(p.spec));
+                std::memcpy(a.mutable_data(), src, size_t(p.spec.numel()) * sizeof(float));
+                return a;
+            },
+            py::arg("name"), py::arg("kind") = "weight", "A copy of one tensor (kind: weight, grad, m, v).")
+        .def(
+            "set",
+            [buffer, slot, llama_shape, in](train::ModelState& s, const std::string& name, const py::array& a,
+                                            const std::string& kind) {
+                const train::ParamSlot& p = slot(s, name);
+                const float* src = in(a, "ModelState.set", name.c_str(), llama_shape(p.spec));
+                float* dst = buffer(s, kind).data() + p.offset;
+                std::memcpy(dst, src, size_t(p.spec.numel()) * sizeof(float));
+            },
+            py::arg("name"), py::arg("value"), py::arg("kind") = "weight",
+            "Overwrite one tensor (float32, llama2.c's shape).")
+        .def(
+            "init_random",
+            [](train::ModelState& s, uint64_t seed) {
+                py::gil_scoped_release nogil;
+                s.init_random(seed);
+            },
+            py::arg("seed"), "Seeded init (fan-in normal linears, 0.02 embedding, unit gammas); clears the rest.")
+        .def("zero_grads", &train::ModelState::zero_grads, py::call_guard<py::gil_scoped_release>())
+        .def("grad_norm", &train::ModelState::grad_norm, py::call_guard<py::gil_scoped_release>(),
+             "Global L2 norm of all gradients.")
+        .def(
+            "adamw_update",
+            [](train::ModelState& s, float lr, float beta1, float beta2, float eps, float weight_decay,
+               float grad_scale) {
+                train::cpu::AdamW opt{lr, beta1, beta2, eps, weight_decay};
+                py::gil_scoped_release nogil;
+                s.adamw_update(opt, grad_scale);
+            },
+            py::arg("lr"), py::arg("beta1") = 0.9f, py::arg("beta2") = 0.95f, py::arg("eps") = 1e-8f,
+            py::arg("weight_decay") = 0.1f, py::arg("grad_scale") = 1.f,
+            "One AdamW update of every tensor (no decay for RMSNorm gammas) with grads times grad_scale.");
 }
 
 }  // namespace
