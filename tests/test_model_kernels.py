@@ -13,6 +13,7 @@ import pytest
 
 import anetrain
 from anetrain import _native
+from anetrain.mil import unpack_weights
 
 torch = pytest.importorskip("torch", reason="PyTorch is the reference for the model kernels (pip install torch)")
 kernels = pytest.importorskip("anetrain.kernels", reason="needs the ref backend (anetrain.kernels)")
@@ -35,8 +36,8 @@ def rope_ref(x, n_heads, theta=10000.0):
     """llama2.c's RoPE on adjacent pairs: x [S, n_heads*hd] (torch, float64)."""
     S, C = x.shape
     hd = C // n_heads
-    freqs = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float32)[: hd // 2] / hd))
-    ang = torch.outer(torch.arange(S, dtype=torch.float32), freqs).double()  # [S, hd/2]
+    freqs = theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    ang = torch.outer(torch.arange(S, dtype=torch.float64), freqs)  # [S, hd/2]
     xr = x.reshape(S, n_heads, hd // 2, 2)
     c, s = torch.cos(ang)[:, None, :], torch.sin(ang)[:, None, :]
     e, o = xr[..., 0], xr[..., 1]
@@ -165,7 +166,7 @@ def test_static_kernels_bake_weights_and_dynamic_take_them_as_inputs():
     assert {"@model_path/weights/wq.bin", "@model_path/weights/causal_mask.bin"} <= set(blobs_s)
     assert not any("wq" in p for p in blobs_d)
     # the baked weight is the fp16 rounding of wq, row-major [out, in]
-    (wq_blob,) = anetrain.mil.unpack_weights(blobs_s["@model_path/weights/wq.bin"])
+    (wq_blob,) = unpack_weights(blobs_s["@model_path/weights/wq.bin"])
     np.testing.assert_array_equal(wq_blob, w["wq"].astype(np.float16).reshape(-1))
     with pytest.raises(ValueError, match="weights"):
         _native.model_kernel("attention_forward", shape, "static")

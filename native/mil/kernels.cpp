@@ -119,9 +119,9 @@ public:
             for (int64_t p = 0; p < half; ++p) {
                 const double freq = std::pow(s_.rope_theta, -2.0 * double(p) / double(hd));
                 for (int64_t t = 0; t < S; ++t) {
-                    const float angle = float(double(t) * freq);  // llama2.c forms the angle in fp32
-                    c[size_t(p * S + t)] = std::cos(angle);
-                    sn[size_t(p * S + t)] = std::sin(angle);
+                    const double angle = double(t) * freq;  // in double, like the CPU ops' RoPE table
+                    c[size_t(p * S + t)] = float(std::cos(angle));
+                    sn[size_t(p * S + t)] = float(std::sin(angle));
                 }
             }
             cos_ = table("rope_cos", {1, half, 1, S}, c);
