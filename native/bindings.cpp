@@ -193,7 +193,7 @@ void bind_train(py::module_& m) {
              py::arg("rope_theta") = 10000.f)
         .def_readonly("dim", &train::ModelConfig::dim)
         .def_readonly("n_layers", &train::ModelConfig::n_layers)
-        .def_property_readonly("n_heads", [](const train::ModelConfig& c) { return c.n_heads; })
+        .def_readonly("n_heads", &train::ModelConfig::n_heads)
         .def_property_readonly("n_kv_heads", &train::ModelConfig::kv_heads)
         .def_readonly("vocab_size", &train::ModelConfig::vocab_size)
         .def_property_readonly("hidden_dim", &train::ModelConfig::ffn_dim)

@@ -195,6 +195,9 @@ void classifier_bwd(const float* E, const float* x, const float* dlogits, int vo
 // ------------------------------------------------------------------------------ loss
 
 double cross_entropy(const float* logits, const int32_t* tgt, int vocab, int S, float scale, float* dlogits) {
+    if (S <= 0 || vocab <= 0)
+        throw std::invalid_argument("cross_entropy needs at least one position and one vocabulary entry (got S=" +
+                                    std::to_string(S) + ", vocab=" + std::to_string(vocab) + ")");
     check_tokens(tgt, S, vocab, "target");
     std::vector<double> loss_at(S);
     parallel_for(size_t(S), kColumnGrain, [&](size_t b, size_t e) {
