@@ -180,7 +180,7 @@ void bind_train(py::module_& m) {
     using Floats = py::array_t<float>;
 
     py::class_<train::ModelConfig>(m, "ModelConfig",
-                                   "llama2.c Transformer hyper-parameters (n_kv_heads/hidden_dim 0 = llama2.c default).")
+                                   "llama2.c Transformer hyper-parameters (n_kv_heads, hidden_dim: 0 = default).")
         .def(py::init([](int dim, int n_layers, int n_heads, int n_kv_heads, int vocab_size, int hidden_dim,
                          int seq_len, float norm_eps, float rope_theta) {
                  train::ModelConfig c{dim, n_layers, n_heads, n_kv_heads, vocab_size, hidden_dim, seq_len, norm_eps,
@@ -209,7 +209,8 @@ void bind_train(py::module_& m) {
             [](const train::ModelConfig& c) {
                 py::list specs;
                 for (const auto& p : train::param_specs(c)) {
-                    py::tuple shape = p.vector ? py::tuple(py::make_tuple(p.cols)) : py::tuple(py::make_tuple(p.rows, p.cols));
+                    py::tuple shape =
+                        p.vector ? py::tuple(py::make_tuple(p.cols)) : py::tuple(py::make_tuple(p.rows, p.cols));
                     specs.append(py::make_tuple(p.name, shape, p.decay));
                 }
                 return specs;
