@@ -520,6 +520,14 @@ void bind_train(py::module_& m) {
             py::arg("name"), py::arg("value"), py::arg("kind") = "weight",
             "Overwrite one tensor (float32, llama2.c's shape).")
         .def(
+            "flat",
+            [buffer](py::object self, const std::string& kind) {
+                std::vector<float>& b = buffer(self.cast<train::ModelState&>(), kind);
+                return py::array_t<float>({py::ssize_t(b.size())}, {py::ssize_t(sizeof(float))}, b.data(), self);
+            },
+            py::arg("kind") = "weight",
+            "A writable 1-D view (no copy) of one whole buffer, tensors in names() order; keeps the state alive.")
+        .def(
             "init_random",
             [](train::ModelState& s, uint64_t seed) {
                 py::gil_scoped_release nogil;
