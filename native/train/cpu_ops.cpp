@@ -20,7 +20,7 @@ constexpr size_t kColumnGrain = 32;      // per-position loops over [C][S]: colu
 
 // c ? a : b done on the bits. A float select feeding arithmetic stops gcc's vectoriser (it keeps
 // the branch under -ftrapping-math); the integer form does not.
-inline float select(bool c, float a, float b) {
+inline float bit_select(bool c, float a, float b) {
     int32_t ia, ib;
     std::memcpy(&ia, &a, sizeof ia);
     std::memcpy(&ib, &b, sizeof ib);
@@ -36,8 +36,8 @@ inline float select(bool c, float a, float b) {
 // trick, Cody-Waite reduction, degree-6 Taylor polynomial, exponent assembled in the bits), so
 // loops calling it vectorise.
 inline float exp_fast(float x) {
-    x = select(x < -87.f, -87.f, x);
-    x = select(x > 88.f, 88.f, x);
+    x = bit_select(x < -87.f, -87.f, x);
+    x = bit_select(x > 88.f, 88.f, x);
     const float round_magic = 12582912.f;
     float k = (x * 1.44269504089f + round_magic) - round_magic;
     float r = x - k * 0.693145751953125f - k * 1.428606765330187e-06f;
