@@ -427,11 +427,11 @@ void bind_train(py::module_& m) {
         check(a, i32, fn, name, {n}, false);
         return static_cast<const int32_t*>(a.data());
     };
-    auto dim = [](const py::array& a, int i) { return int(a.shape(i)); };
+    auto extent = [](const py::array& a, int i) { return int(a.shape(i)); };
     using Floats = py::array_t<float>;
 
     py::class_<train::ModelConfig>(m, "ModelConfig",
-                                   "llama2.c Transformer hyper-parameters (n_kv_heads/hidden_dim 0 = llama2.c default).")
+                                   "llama2.c Transformer hyper-parameters (n_kv_heads, hidden_dim: 0 = default).")
         .def(py::init([](int dim, int n_layers, int n_heads, int n_kv_heads, int vocab_size, int hidden_dim,
                          int seq_len, float norm_eps, float rope_theta) {
                  train::ModelConfig c{dim, n_layers, n_heads, n_kv_heads, vocab_size, hidden_dim, seq_len, norm_eps,
@@ -444,7 +444,7 @@ void bind_train(py::module_& m) {
              py::arg("rope_theta") = 10000.f)
         .def_readonly("dim", &train::ModelConfig::dim)
         .def_readonly("n_layers", &train::ModelConfig::n_layers)
-        .def_property_readonly("n_heads", [](const train::ModelConfig& c) { return c.n_heads; })
+        .def_readonly("n_heads", &train::ModelConfig::n_heads)
         .def_property_readonly("n_kv_heads", &train::ModelConfig::kv_heads)
         .def_readonly("vocab_size", &train::ModelConfig::vocab_size)
         .def_property_readonly("hidden_dim", &train::ModelConfig::ffn_dim)
@@ -460,7 +460,8 @@ void bind_train(py::module_& m) {
             [](const train::ModelConfig& c) {
                 py::list specs;
                 for (const auto& p : train::param_specs(c)) {
-                    py::tuple shape = p.vector ? py::tuple(py::make_tuple(p.cols)) : py::tuple(py::make_tuple(p.rows, p.cols));
+                    py::tuple shape =
+                        p.vector ? py::tuple(py::make_tuple(p.cols)) : py::tuple(py::make_tuple(p.rows, p.cols));
                     specs.append(py::make_tuple(p.name, shape, p.decay));
                 }
                 return specs;
@@ -477,9 +478,9 @@ void bind_train(py::module_& m) {
 
     m.def(
         "cpu_embedding_fwd",
-        [in, tokens, dim](const py::array& E, const py::array& tok) {
+        [in, tokens, extent](const py::array& E, const py::array& tok) {
             const float* e = in(E, "cpu_embedding_fwd", "E", {-1, -1});
-            const int vocab = dim(E, 0), D = dim(E, 1), S = int(tok.size());
+            const int vocab = extent(E, 0), D = extent(E, 1), S = int(tok.size());
             const int32_t* t = tokens(tok, "cpu_embedding_fwd", "tokens", -1);
             Floats x({D, S});
             float* px = x.mutable_data();
@@ -487,12 +488,12 @@ void bind_train(py::module_& m) {
             train::cpu::embedding_fwd(e, vocab, D, t, S, px);
             return x;
         },
-        py::arg("E"), py::arg("tokens"), "x[dim, S] = E[tokens].T (int32 tokens, bounds-checked).");
+        py::arg("E"), py::arg("tokens"), "x[extent, S] = E[tokens].T (int32 tokens, bounds-checked).");
     m.def(
         "cpu_embedding_bwd",
-        [in, out, tokens, dim](const py::array& dx, const py::array& tok, py::array& dE) {
+        [in, out, tokens, extent](const py::array& dx, const py::array& tok, py::array& dE) {
             float* pdE = out(dE, "cpu_embedding_bwd", "dE", {-1, -1});
-            const int vocab = dim(dE, 0), D = dim(dE, 1), S = int(tok.size());
+            const int vocab = extent(dE, 0), D = extent(dE, 1), S = int(tok.size());
             const float* pdx = in(dx, "cpu_embedding_bwd", "dx", {D, S});
             const int32_t* t = tokens(tok, "cpu_embedding_bwd", "tokens", S);
             py::gil_scoped_release nogil;
@@ -502,11 +503,11 @@ void bind_train(py::module_& m) {
 
     m.def(
         "cpu_rmsnorm_fwd",
-        [in, dim](const py::array& x, const py::array& g, float eps) {
+        [in, extent](const py::array& x, const py::array& g, float eps) {
             const float* px = in(x, "cpu_rmsnorm_fwd", "x", {-1, -1});
-            const int C = dim(x, 0), S = dim(x, 1);
+            const int C = extent(x, 0), S = extent(x, 1);
             const float* pg = in(g, "cpu_rmsnorm_fwd", "gamma", {C});
-            Floats y({C, S}), rrms({S});
+            Floats y({C, S}), rrms(std::vector<py::ssize_t>{S});
             float *py_ = y.mutable_data(), *pr = rrms.mutable_data();
             {
                 py::gil_scoped_release nogil;
@@ -517,10 +518,10 @@ void bind_train(py::module_& m) {
         py::arg("x"), py::arg("gamma"), py::arg("eps") = 1e-5f, "(y[C, S], rrms[S]): RMSNorm over channels.");
     m.def(
         "cpu_rmsnorm_bwd",
-        [in, out, dim](const py::array& dy, const py::array& x, const py::array& g, const py::array& rrms,
+        [in, out, extent](const py::array& dy, const py::array& x, const py::array& g, const py::array& rrms,
                        py::array& dx, py::array& dg) {
             const float* px = in(x, "cpu_rmsnorm_bwd", "x", {-1, -1});
-            const int C = dim(x, 0), S = dim(x, 1);
+            const int C = extent(x, 0), S = extent(x, 1);
             const float* pdy = in(dy, "cpu_rmsnorm_bwd", "dy", {C, S});
             const float* pg = in(g, "cpu_rmsnorm_bwd", "gamma", {C});
             const float* pr = in(rrms, "cpu_rmsnorm_bwd", "rrms", {S});
@@ -532,10 +533,10 @@ void bind_train(py::module_& m) {
         py::arg("dy"), py::arg("x"), py::arg("gamma"), py::arg("rrms"), py::arg("dx"), py::arg("dgamma"),
         "RMSNorm backward; accumulates into dx[C, S] and dgamma[C].");
 
-    auto rope = [in, dim](const char* fn, bool inverse) {
-        return [in, dim, fn, inverse](const py::array& x, int n_heads, float theta) {
+    auto rope = [in, extent](const char* fn, bool inverse) {
+        return [in, extent, fn, inverse](const py::array& x, int n_heads, float theta) {
             const float* px = in(x, fn, "x", {-1, -1});
-            const int C = dim(x, 0), S = dim(x, 1);
+            const int C = extent(x, 0), S = extent(x, 1);
             if (n_heads <= 0 || C % n_heads != 0)
                 throw py::value_error(std::string(fn) + ": " + std::to_string(C) +
                                       " channels do not split into n_heads=" + std::to_string(n_heads) + " heads");
@@ -555,11 +556,11 @@ void bind_train(py::module_& m) {
 
     m.def(
         "cpu_classifier_fwd",
-        [in, dim](const py::array& E, const py::array& x) {
+        [in, extent](const py::array& E, const py::array& x) {
             const float* pE = in(E, "cpu_classifier_fwd", "E", {-1, -1});
-            const int vocab = dim(E, 0), D = dim(E, 1);
+            const int vocab = extent(E, 0), D = extent(E, 1);
             const float* px = in(x, "cpu_classifier_fwd", "x", {D, -1});
-            const int S = dim(x, 1);
+            const int S = extent(x, 1);
             Floats logits({vocab, S});
             float* pl = logits.mutable_data();
             py::gil_scoped_release nogil;
@@ -569,11 +570,11 @@ void bind_train(py::module_& m) {
         py::arg("E"), py::arg("x"), "logits[vocab, S] = E @ x.");
     m.def(
         "cpu_classifier_bwd",
-        [in, out, dim](const py::array& E, const py::array& x, const py::array& dlogits, py::array& dE) {
+        [in, out, extent](const py::array& E, const py::array& x, const py::array& dlogits, py::array& dE) {
             const float* pE = in(E, "cpu_classifier_bwd", "E", {-1, -1});
-            const int vocab = dim(E, 0), D = dim(E, 1);
+            const int vocab = extent(E, 0), D = extent(E, 1);
             const float* px = in(x, "cpu_classifier_bwd", "x", {D, -1});
-            const int S = dim(x, 1);
+            const int S = extent(x, 1);
             const float* pdl = in(dlogits, "cpu_classifier_bwd", "dlogits", {vocab, S});
             float* pdE = out(dE, "cpu_classifier_bwd", "dE", {vocab, D});
             Floats dx({D, S});
@@ -586,9 +587,9 @@ void bind_train(py::module_& m) {
         "Returns dx = E.T @ dlogits; accumulates dE += dlogits @ x.T.");
     m.def(
         "cpu_cross_entropy",
-        [in, tokens, dim](const py::array& logits, const py::array& targets, float scale) {
+        [in, tokens, extent](const py::array& logits, const py::array& targets, float scale) {
             const float* pl = in(logits, "cpu_cross_entropy", "logits", {-1, -1});
-            const int vocab = dim(logits, 0), S = dim(logits, 1);
+            const int vocab = extent(logits, 0), S = extent(logits, 1);
             const int32_t* t = tokens(targets, "cpu_cross_entropy", "targets", S);
             Floats dl({vocab, S});
             float* pdl = dl.mutable_data();
@@ -641,9 +642,9 @@ void bind_train(py::module_& m) {
     };
     m.def(
         "cpu_gqa_tile",
-        [in, dim, check_heads](const py::array& kv, int n_heads, int n_kv_heads) {
+        [in, extent, check_heads](const py::array& kv, int n_heads, int n_kv_heads) {
             const float* p = in(kv, "cpu_gqa_tile", "kv", {-1, -1});
-            const int C = dim(kv, 0), S = dim(kv, 1);
+            const int C = extent(kv, 0), S = extent(kv, 1);
             check_heads("cpu_gqa_tile", n_heads, n_kv_heads, C);
             const int hd = C / n_kv_heads;
             Floats t({n_heads * hd, S});
@@ -656,9 +657,9 @@ void bind_train(py::module_& m) {
         "Repeat-interleave KV heads [n_kv_heads*hd, S] to Q heads [n_heads*hd, S].");
     m.def(
         "cpu_gqa_reduce",
-        [in, dim, check_heads](const py::array& d, int n_heads, int n_kv_heads) {
+        [in, extent, check_heads](const py::array& d, int n_heads, int n_kv_heads) {
             const float* p = in(d, "cpu_gqa_reduce", "d_tiled", {-1, -1});
-            const int C = dim(d, 0), S = dim(d, 1);
+            const int C = extent(d, 0), S = extent(d, 1);
             check_heads("cpu_gqa_reduce", n_heads, n_kv_heads, C);
             if (C % n_heads != 0)
                 throw py::value_error("cpu_gqa_reduce: " + std::to_string(C) + " channels do not split into " +
@@ -769,6 +770,14 @@ void bind_train(py::module_& m) {
             },
             py::arg("name"), py::arg("value"), py::arg("kind") = "weight",
             "Overwrite one tensor (float32, llama2.c's shape).")
+        .def(
+            "flat",
+            [buffer](py::object self, const std::string& kind) {
+                std::vector<float>& b = buffer(self.cast<train::ModelState&>(), kind);
+                return py::array_t<float>({py::ssize_t(b.size())}, {py::ssize_t(sizeof(float))}, b.data(), self);
+            },
+            py::arg("kind") = "weight",
+            "A writable 1-D view (no copy) of one whole buffer, tensors in names() order; keeps the state alive.")
         .def(
             "init_random",
             [](train::ModelState& s, uint64_t seed) {

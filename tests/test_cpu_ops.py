@@ -209,6 +209,11 @@ def test_cross_entropy_rejects_target_outside_vocab():
         nat.cpu_cross_entropy(np.zeros((5, 2), np.float32), np.array([5, 0], np.int32))
 
 
+def test_cross_entropy_rejects_an_empty_sequence():
+    with pytest.raises(ValueError, match="at least one position"):
+        nat.cpu_cross_entropy(np.zeros((5, 0), np.float32), np.zeros(0, np.int32))
+
+
 # ------------------------------------------------------------------------------ SwiGLU
 
 

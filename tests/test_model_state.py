@@ -132,3 +132,23 @@ def test_cpu_training_steps_follow_torch(rng):
     for name, p in params.items():
         ref = p.detach().numpy()
         assert np.linalg.norm(s.get(name) - ref) <= 2e-4 * np.linalg.norm(ref), name
+
+
+def test_flat_buffers_are_live_views_in_name_order(rng):
+    cfg = ModelConfig(**CFG)
+    s = ModelState(cfg)
+    s.init_random(5)
+    flat = s.flat("m")
+    assert flat.shape == (cfg.param_count,) and flat.dtype == np.float32
+    expected = rng.standard_normal(cfg.param_count).astype(np.float32)
+    flat[:] = expected
+    offset = 0
+    for name, shape, _ in cfg.param_specs():
+        n = int(np.prod(shape))
+        np.testing.assert_array_equal(s.get(name, "m"), expected[offset:offset + n].reshape(shape))
+        offset += n
+    s.set("norm", np.full(cfg.dim, 3.0, np.float32), "m")
+    assert (flat[-cfg.dim:] == 3.0).all()
+    weights = s.flat()
+    del s  # the view keeps the state alive
+    assert weights[-1] == 1.0  # the final norm gamma, initialised to 1

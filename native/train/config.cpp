@@ -26,7 +26,8 @@ void ModelConfig::validate() const {
             "dim " + num(dim) + " is not divisible by n_heads " + num(n_heads) + "; pick n_heads dividing dim");
     require(head_dim() % 2 == 0, "head_dim " + num(head_dim()) + " (dim/n_heads) must be even for RoPE pairs");
     require(n_kv_heads >= 0 && n_kv_heads <= n_heads,
-            "n_kv_heads must be 0 (= n_heads) or between 1 and n_heads " + num(n_heads) + " (got " + num(n_kv_heads) + ")");
+            "n_kv_heads must be 0 (= n_heads) or between 1 and n_heads " + num(n_heads) + " (got " +
+                num(n_kv_heads) + ")");
     require(n_heads % kv_heads() == 0, "n_heads " + num(n_heads) + " is not a multiple of n_kv_heads " +
                                            num(kv_heads()) + "; each KV head must serve a whole group of Q heads");
     require(vocab_size > 0, "vocab_size must be positive (got " + num(vocab_size) + ")");
