@@ -23,13 +23,15 @@ How the training loop composes these modules (the loop itself lives in the train
                                        expect_config=model.to_dict())
         sampler.set_state(meta["sampler"]); step = meta["step"]
     log = telemetry.StepLog(os.path.join(train.out, "metrics.jsonl"), mirror=not train.quiet)
-    flops = telemetry.flops_per_token(model)
+    flops = telemetry.flops_per_token(model)["train"]
     for step in range(step, train.steps):
         lr = config.lr_at(step, train)
         for _ in range(train.accum_steps):
             loss, timings = native_trainer.step(sampler.batch(train.batch_size))
         ... optimizer update with lr, weight_decay, grad_clip, loss_scale ...
-        log.write(step=step, loss=loss, lr=lr, ...)
+        log.write(telemetry.step_record(step, loss, lr, grad_norm, timings,
+                                        tokens=train.batch_size * train.accum_steps * model.seq_len,
+                                        train_flops_per_token=flops, compiles=n_compiles))
         if (step + 1) % train.ckpt_interval == 0 or step + 1 == train.steps:
             checkpoint.save(checkpoint.step_path(train.out, step + 1), weights_and_adam,
                             {"config": model.to_dict(), "train": train.to_dict(),
