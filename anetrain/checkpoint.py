@@ -63,7 +63,7 @@ def content_digest(arrays, meta_json):
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
         h.update(f"\0{name}\0{a.dtype.str}\0{a.shape}\0".encode("utf-8"))
-        h.update(memoryview(a).cast("B"))
+        h.update(a.reshape(-1).view(np.uint8))
     return h.hexdigest()
 
 

@@ -306,12 +306,21 @@ def _typed(name, value, source):
     return value
 
 
-def apply_shipped_data_defaults(train):
-    """With no --data, train on the corpus shipped in data/ with its val shards and tokenizer."""
-    if not train.data:
-        train.data = os.path.join(REPO_DATA, "train_*.bin")
-        train.val_data = train.val_data or os.path.join(REPO_DATA, "val_*.bin")
-        train.tokenizer = train.tokenizer or os.path.join(REPO_DATA, "tokenizer.model")
+SHIPPED_VOCAB = PRESETS["tiny"]["vocab_size"]  # the shipped data/ tokenizer's size
+
+
+def apply_shipped_data_defaults(train, model):
+    """With no --data, train on the corpus shipped in data/ with its val shards and tokenizer,
+    which needs a model whose vocabulary is the shipped tokenizer's."""
+    if train.data:
+        return
+    if model.vocab_size != SHIPPED_VOCAB:
+        raise UsageError(f"model vocab_size {model.vocab_size} does not fit the shipped data/ corpus "
+                         f"({SHIPPED_VOCAB}-piece tokenizer); pass --data GLOB with shards made by the "
+                         f"model's tokenizer (scripts/prepare_data.py) or --vocab-size {SHIPPED_VOCAB}")
+    train.data = os.path.join(REPO_DATA, "train_*.bin")
+    train.val_data = train.val_data or os.path.join(REPO_DATA, "val_*.bin")
+    train.tokenizer = train.tokenizer or os.path.join(REPO_DATA, "tokenizer.model")
 
 
 def parse_args(argv):
@@ -327,7 +336,6 @@ def parse_args(argv):
     if train.ckpt:
         train.resume = True
     train.validate()
-    apply_shipped_data_defaults(train)
     base = model_preset(train.preset).to_dict()
     overrides = {**file_model, **cli_model}
     for k, v in overrides.items():
@@ -340,4 +348,5 @@ def parse_args(argv):
         if "n_kv_heads" not in overrides and "n_heads" in overrides:
             base["n_kv_heads"] = 0
     model = ModelConfig(**{**base, **overrides})
+    apply_shipped_data_defaults(train, model)
     return model, train

@@ -93,6 +93,9 @@ def open_shard(path, vocab_size):
     if "n_tokens" in meta and meta["n_tokens"] != n:
         raise DataError(f"{path}: holds {n} tokens but its sidecar says {meta['n_tokens']}; "
                         f"the file is truncated or was replaced")
+    if meta.get("vocab_size", 0) > vocab_size:
+        raise DataError(f"{path}: made with a {meta['vocab_size']}-piece tokenizer, more than the "
+                        f"model's vocab size {vocab_size}; use the model's tokenizer or a larger vocab")
     tokens = np.memmap(path, dtype=dtype, mode="r")
     check_ids(path, tokens, vocab_size)
     return tokens

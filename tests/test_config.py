@@ -60,7 +60,7 @@ def test_cli_beats_file_beats_preset(tmp_path):
 def test_json_config_and_int_promoted_to_float(tmp_path):
     f = tmp_path / "run.json"
     f.write_text(json.dumps({"lr": 1, "pipeline": "static", "resume": True}))
-    _, train = parse_args(["--config", str(f)])
+    _, train = parse_args(["--config", str(f), "--data", "x"])
     assert train.lr == 1.0 and isinstance(train.lr, float) and train.pipeline == "static" and train.resume
 
 
@@ -70,7 +70,7 @@ def test_ckpt_implies_resume():
 
 
 def test_dim_override_recomputes_hidden_by_llama2c_rule():
-    model, _ = parse_args(["--preset", "stories15M", "--dim", "256", "--n-heads", "8"])
+    model, _ = parse_args(["--preset", "stories15M", "--dim", "256", "--n-heads", "8", "--data", "x"])
     assert model.hidden_dim == 704 and model.n_kv_heads == 8   # int(2*1024/3)=682 -> 704
 
 
@@ -90,6 +90,7 @@ def test_help_explains_every_setting():
     (["--steps", "0"], "--steps must be at least 1"),
     (["--lr", "-1"], "need --lr > 0"),
     (["--preset", "stories15M", "--n-heads", "5"], "not divisible by n_heads"),
+    (["--preset", "stories15M"], "does not fit the shipped data/ corpus"),
     (["--n-kv-heads", "3"], "not a multiple of n_kv_heads"),
     (["--config", "/nonexistent/run.toml"], "not found"),
 ])

@@ -70,6 +70,9 @@ def test_bad_shards_each_give_one_line(tmp_path):
     os.truncate(short, 16)
     assert "its sidecar says 10" in error_of(open_shard, str(short), 100)
     assert "not found" in error_of(open_shard, str(tmp_path / "missing.bin"), 100)
+    wide = tmp_path / "wide.bin"
+    write_shard(str(wide), [1, 2, 3], 32000)
+    assert "32000-piece tokenizer" in error_of(open_shard, str(wide), 1024)
 
 
 def test_too_few_tokens_for_a_window(tmp_path):
