@@ -163,14 +163,14 @@ class TrainConfig:
         "help": "sentencepiece tokenizer.model for samples (default: data/tokenizer.model with "
                 "the shipped data)"})
     out: str = field(default="runs/default", metadata={"help": "run directory: checkpoints, metrics.jsonl"})
-    steps: int = field(default=2000, metadata={"help": "optimizer steps to train in total"})
+    steps: int = field(default=600, metadata={"help": "optimizer steps to train in total"})
     batch_size: int = field(default=8, metadata={"help": "sequences per micro-batch"})
     accum_steps: int = field(default=1, metadata={
         "help": "micro-batches whose gradients are accumulated per optimizer step"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     min_lr_ratio: float = field(default=0.1, metadata={
         "help": "learning-rate floor at the end of the cosine decay, as a fraction of --lr"})
-    warmup_steps: int = field(default=100, metadata={"help": "steps of linear warmup from 0 to --lr"})
+    warmup_steps: int = field(default=50, metadata={"help": "steps of linear warmup from 0 to --lr"})
     weight_decay: float = field(default=0.1, metadata={
         "help": "AdamW decoupled weight decay (matrices and embedding; never norm gains)"})
     beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
@@ -187,11 +187,11 @@ class TrainConfig:
     compile_budget: int = field(default=0, metadata={
         "help": "kernel compiles allowed per process before checkpoint + restart (0: the backend's own limit)"})
     seed: int = field(default=1337, metadata={"help": "seed of weight init and data sampling"})
-    eval_interval: int = field(default=200, metadata={"help": "steps between validation losses (0: never)"})
+    eval_interval: int = field(default=100, metadata={"help": "steps between validation losses (0: never)"})
     eval_windows: int = field(default=32, metadata={"help": "validation windows per evaluation"})
-    sample_interval: int = field(default=500, metadata={"help": "steps between text samples (0: never)"})
+    sample_interval: int = field(default=200, metadata={"help": "steps between text samples (0: never)"})
     sample_tokens: int = field(default=100, metadata={"help": "tokens per text sample"})
-    ckpt_interval: int = field(default=500, metadata={
+    ckpt_interval: int = field(default=200, metadata={
         "help": "steps between checkpoints (a checkpoint is always written at the end)"})
     keep_last: int = field(default=3, metadata={"help": "checkpoints kept in the run directory"})
     resume: bool = field(default=False, metadata={
@@ -222,7 +222,18 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-MODEL_FLAGS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len", "hidden_dim")
+MODEL_FLAGS = {
+    "dim": "model width",
+    "n_layers": "transformer blocks",
+    "n_heads": "query heads (head_dim = dim / n_heads)",
+    "n_kv_heads": "key/value heads (GQA when fewer than n_heads)",
+    "vocab_size": "vocabulary size (must cover the data's token ids)",
+    "seq_len": "tokens per training sequence",
+    "hidden_dim": "FFN width (0: llama2.c rule, int(2*4*dim/3) rounded up to 32)",
+}
+METAVARS = {"preset": "NAME", "data": "GLOB", "val_data": "GLOB", "tokenizer": "PATH", "out": "DIR",
+            "pipeline": "{static,dynamic}", "backend": "{auto,ref,ane}", "ckpt": "PATH",
+            "init_from": "PATH"}
 _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
@@ -255,13 +266,11 @@ def build_parser():
             p.add_argument(flag, action="store_true", help=f.metadata["help"])
         else:
             typ = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            p.add_argument(flag, type=typ, metavar=name.split("_")[-1].upper(),
+            p.add_argument(flag, type=typ, metavar=METAVARS.get(name, "N" if typ is int else "X"),
                            help=f.metadata["help"] + default)
     g = p.add_argument_group("model shape (override the preset)")
-    for name in MODEL_FLAGS:
-        g.add_argument("--" + name.replace("_", "-"), type=int, metavar="N",
-                       help=f"model {name}" + (" (0: llama2.c rule 4*dim*2/3 rounded up to 32)"
-                                               if name == "hidden_dim" else ""))
+    for name, text in MODEL_FLAGS.items():
+        g.add_argument("--" + name.replace("_", "-"), type=int, metavar="N", help=text)
     return p
 
 
