@@ -2,8 +2,9 @@
 """Write a corpus of simple children's stories made by a seeded generator.
 
 Each story is assembled from parts chosen with one seeded ``random.Random``: a hero (name, kind,
-trait), a friend, a place, a wanted object, one of several plots (a lost thing, a fear, a
-quarrel over sharing, a storm, a new skill, a helping errand, a surprise), lines of dialogue, an
+trait), a friend, a place, a wanted object, one of twelve plots (a lost thing, a fear, a
+quarrel over sharing, a storm, a new skill, an errand, a surprise, a broken vase, a new friend, a
+picnic, a seed that grows, a runaway pet), lines of dialogue, an
 ending and often a moral. The same seed and count give the same bytes on every run and platform
 (only Python's ``random`` with an integer seed and plain string work are used).
 
@@ -41,6 +42,7 @@ OBJECTS = [("ball", "red"), ("kite", "blue"), ("teddy bear", "brown"), ("hat", "
            ("flower", "bright"), ("cookie", "sweet"), ("bell", "tiny"), ("map", "old")]
 FOODS = ["apples", "cake", "soup", "bread", "berries", "cookies", "pie", "carrots", "honey",
          "pancakes", "grapes", "cheese"]
+BAKED = ["cake", "cookies", "pie", "pancakes", "bread", "muffins"]
 WEATHER = [("rain", "the rain fell"), ("wind", "the wind blew hard"),
            ("snow", "the snow came down"), ("storm", "thunder boomed in the sky"),
            ("fog", "a thick fog rolled in")]
@@ -75,6 +77,14 @@ MORALS = {
                 "The moral of the story is to finish your job before you play."],
     "surprise": ["{name} learned that giving is as much fun as getting.",
                  "The moral of the story is that being kind makes friends happy."],
+    "friend": ["{name} learned that a kind word can make a new friend.",
+               "The moral of the story is to always include others."],
+    "picnic": ["{name} learned that there is always enough to share.",
+               "The moral of the story is that a little kindness goes a long way."],
+    "garden": ["{name} learned that good things take time.",
+               "The moral of the story is to be patient and keep trying."],
+    "pet": ["{name} learned that friends never give up on each other.",
+            "From that day on, {name} always closed the gate."],
     "mess": ["{name} learned that telling the truth is always the right thing to do.",
              "The moral of the story is to play with balls outside."],
 }
@@ -194,7 +204,7 @@ def plot_helping(rng, h, f, place, spot, obj, color):
 
 
 def plot_surprise(rng, h, f, place, spot, obj, color):
-    food = rng.choice(FOODS)
+    food = rng.choice(BAKED)
     return "surprise", "", [
         f"It was {f.name}'s birthday. {h.name} wanted to make a surprise for {f.him}.",
         f"{h.name} found a {color} {obj} and wrapped it in paper. Then {h.he} made some "
@@ -218,8 +228,67 @@ def plot_mess(rng, h, f, place, spot, obj, color):
     ]
 
 
+def plot_new_friend(rng, h, f, place, spot, obj, color):
+    return "friend", "", [
+        f"One morning, a new {f.kind} came to {place}. {cap(f.he)} stood alone {spot} and "
+        f"looked {pick_feeling(rng, False)}.",
+        rng.choice([f"{h.name} wanted to say hello, but {h.he} felt shy.",
+                    f"{h.name} saw {f.him} and wondered why {f.he} was alone."]),
+        f"Then {h.name} took {h.his} {color} {obj} and walked over. \"Hi, I am {h.name}. "
+        f"Do you want to play with me?\" {h.he} asked.",
+        f"The new {f.kind} smiled a big smile. \"Yes! My name is {f.name},\" {f.he} said.",
+        rng.choice([f"They played with the {obj} all day and laughed a lot.",
+                    f"They took turns with the {obj} and became the best of friends."]),
+    ]
+
+
+def plot_picnic(rng, h, f, place, spot, obj, color):
+    food, other = rng.sample(FOODS, 2)
+    return "picnic", "", [
+        f"{h.name} and {f.name} planned a picnic at {place}. They packed {food}, {other} and "
+        f"a {color} {obj}.",
+        f"They sat {spot} and opened the basket. But a hungry "
+        f"{rng.choice(['ant', 'bird', 'squirrel', 'goat', 'duck'])} came and took some {food}!",
+        f"\"Hey, that is our {food}!\" said {f.name}. {h.name} laughed. "
+        f"\"It is okay. We have a lot. We can share.\"",
+        f"So they gave a little {food} to their new guest, and they ate the {other} themselves.",
+        f"It was a {rng.choice(['happy', 'funny', 'lovely', 'sunny'])} picnic, and everyone was full.",
+    ]
+
+
+def plot_garden(rng, h, f, place, spot, obj, color):
+    plant = rng.choice(["sunflower", "tomato", "carrot", "rose", "pumpkin", "bean"])
+    return "garden", "", [
+        f"{h.name} found a small seed {spot}. \"What will it grow into?\" {h.he} asked {f.name}.",
+        f"\"Let us plant it and see,\" said {f.name}. They dug a hole, put the seed in and gave "
+        f"it water.",
+        f"Every day {h.name} came to water the seed. For many days nothing happened, and "
+        f"{h.name} felt {pick_feeling(rng, False)}.",
+        f"\"Be patient,\" said {f.name}. Then one morning, a tiny green leaf came up. Soon it grew "
+        f"into a big {plant}!",
+        f"{h.name} clapped {h.his} hands. \"We did it! Our {plant} is so {color}!\"",
+    ]
+
+
+def plot_lost_pet(rng, h, f, place, spot, obj, color):
+    pet, sound = rng.choice([("puppy", "woof"), ("kitten", "meow"), ("duckling", "quack"),
+                             ("lamb", "baa"), ("bunny", "squeak")])
+    pet_name = rng.choice(["Spot", "Fluffy", "Buttons", "Pip", "Coco", "Sunny", "Biscuit"])
+    return "pet", "", [
+        f"{h.name} had a little {pet} named {pet_name}. One day, {pet_name} ran away.",
+        f"{h.name} looked everywhere, but {h.he} could not find {pet_name}. {cap(h.he)} started "
+        f"to cry.",
+        f"{f.name} said, \"Let us look at {place}. {pet_name} likes it there.\" So they went "
+        f"together and called, \"{pet_name}! {pet_name}!\"",
+        f"Then they heard a soft \"{sound}\" {spot}. There was {pet_name}, playing with a "
+        f"{color} {obj}!",
+        f"{h.name} picked {pet_name} up and held {rng.choice(['it', 'the ' + pet])} close. "
+        f"\"I will always keep you safe,\" {h.he} said.",
+    ]
+
+
 PLOTS = [plot_lost_object, plot_fear, plot_sharing, plot_weather, plot_skill, plot_helping,
-         plot_surprise, plot_mess]
+         plot_surprise, plot_mess, plot_new_friend, plot_picnic, plot_garden, plot_lost_pet]
 
 
 def make_story(rng):
@@ -231,8 +300,10 @@ def make_story(rng):
     opening = rng.choice(OPENINGS).format(hero=hero.intro(), place=place)
     if rng.random() < 0.4:
         opening += f" {cap(hero.he)} lived near {place} with {hero.his} family."
-    opening += f" {cap(hero.his)} best friend was {friend.intro()}."
-    kind, word, body = rng.choice(PLOTS)(rng, hero, friend, place, spot, obj, color)
+    plot = rng.choice(PLOTS)
+    if plot is not plot_new_friend:
+        opening += f" {cap(hero.his)} best friend was {friend.intro()}."
+    kind, word, body = plot(rng, hero, friend, place, spot, obj, color)
     ending = rng.choice(ENDINGS).format(name=hero.name, food=rng.choice(FOODS))
     paragraphs = [opening] + body[:2] + [" ".join(body[2:])]
     closing = ending
