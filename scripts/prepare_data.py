@@ -21,7 +21,6 @@ import os
 import shutil
 import sys
 
-import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
