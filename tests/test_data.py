@@ -225,7 +225,7 @@ def test_prepare_data_bos_per_document_and_inputs(tmp_path):
     shards = data.find_shards(str(tmp_path / "o/train_*.bin"))
     assert len(shards) > 1 and all(len(open_shard(p, 300)) <= 200 for p in shards)
     train = np.concatenate([open_shard(p, 300) for p in shards]).tolist()
-    val = np.asarray(open_shard(str(tmp_path / "o/val_000.bin"), 300)).tolist()
+    val = np.concatenate([open_shard(p, 300) for p in data.find_shards(str(tmp_path / "o/val_*.bin"))]).tolist()
     expect = []
     for d in docs:
         expect += [1] + sp.encode(d)
@@ -234,7 +234,8 @@ def test_prepare_data_bos_per_document_and_inputs(tmp_path):
     run(["scripts/prepare_data.py", str(tmp_path / "a.txt"), str(tmp_path / "b.json"),
          "--tokenizer", str(tmp_path / "o/tokenizer.model"), "--val-fraction", "0.1",
          "--out", str(tmp_path / "p")])
-    assert (tmp_path / "p/val_000.bin").read_bytes() == (tmp_path / "o/val_000.bin").read_bytes()
+    assert (tmp_path / "p/val_000.bin").read_bytes() == (tmp_path / "o/val_000.bin").read_bytes() + \
+        (tmp_path / "o/val_001.bin").read_bytes()
 
 
 def test_prepare_data_errors(tmp_path):
