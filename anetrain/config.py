@@ -11,33 +11,8 @@ a ``[model]`` table::
     [model]
     seq_len = 128
 
-How the training loop composes these modules (the loop itself lives in the trainer)::
-
-    model, train = config.parse_args(sys.argv[1:])
-    splits = data.open_splits(train.data, model.vocab_size, model.seq_len, train.val_data,
-                              train.val_fraction)
-    sampler = data.WindowSampler(splits.train, model.seq_len, train.seed)
-    val = data.eval_windows(splits.val, model.seq_len, train.eval_windows)
-    if train.resume:
-        arrays, meta = checkpoint.load(checkpoint.resume_path(train.out, train.ckpt),
-                                       expect_config=model.to_dict())
-        sampler.set_state(meta["sampler"]); step = meta["step"]
-    log = telemetry.StepLog(os.path.join(train.out, "metrics.jsonl"), mirror=not train.quiet)
-    flops = telemetry.flops_per_token(model)["train"]
-    for step in range(step, train.steps):
-        lr = config.lr_at(step, train)
-        for _ in range(train.accum_steps):
-            loss, timings = native_trainer.step(sampler.batch(train.batch_size))
-        ... optimizer update with lr, weight_decay, grad_clip, loss_scale ...
-        log.write(telemetry.step_record(step, loss, lr, grad_norm, timings,
-                                        tokens=train.batch_size * train.accum_steps * model.seq_len,
-                                        train_flops_per_token=flops, compiles=n_compiles))
-        if (step + 1) % train.ckpt_interval == 0 or step + 1 == train.steps:
-            checkpoint.save(checkpoint.step_path(train.out, step + 1), weights_and_adam,
-                            {"config": model.to_dict(), "train": train.to_dict(),
-                             "step": step + 1, "sampler": sampler.state(), "losses": losses},
-                            keep_last=train.keep_last)
-    print(telemetry.format_report(telemetry.efficiency(...)))
+The training loop that composes these settings with the data, checkpoint and telemetry modules is
+``anetrain.trainer``.
 """
 import argparse
 import dataclasses
@@ -193,7 +168,8 @@ class TrainConfig:
     ckpt: str = field(default="", metadata={"help": "checkpoint to resume from (implies --resume)"})
     init_from: str = field(default="", metadata={
         "help": "llama2.c model .bin to start from instead of random weights"})
-    quiet: bool = field(default=False, metadata={"help": "do not mirror per-step telemetry to stderr"})
+    log_stderr: bool = field(default=False, metadata={
+        "help": "also print each step's telemetry line to stderr (it always goes to <out>/metrics.jsonl)"})
 
     def validate(self):
         if self.pipeline not in PIPELINES:
