@@ -54,12 +54,56 @@ def write_shard(path, tokens, vocab_size):
     name = token_dtype_for_vocab(vocab_size)
     with open(path, "wb") as f:
         f.write(tokens.astype(_DTYPES[name]).tobytes())
-    meta = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "dtype": name,
-            "n_tokens": int(tokens.size), "vocab_size": int(vocab_size)}
+    _write_sidecar(path, name, tokens.size, vocab_size)
+    return int(tokens.size)
+
+
+def _write_sidecar(path, dtype_name, n_tokens, vocab_size):
+    meta = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "dtype": dtype_name,
+            "n_tokens": int(n_tokens), "vocab_size": int(vocab_size)}
     with open(sidecar_path(path), "w") as f:
         json.dump(meta, f)
         f.write("\n")
-    return int(tokens.size)
+
+
+class ShardWriter:
+    """Streams token ids into ``<prefix>_000.bin``, ``<prefix>_001.bin``, ... of at most
+    ``shard_tokens`` tokens each (with sidecars), so a large corpus never sits in memory."""
+
+    def __init__(self, out_dir, prefix, vocab_size, shard_tokens):
+        self.out_dir, self.prefix, self.vocab_size = out_dir, prefix, vocab_size
+        self.shard_tokens = shard_tokens
+        self.dtype_name = token_dtype_for_vocab(vocab_size)
+        self.paths, self.file, self.n_in_file = [], None, 0
+
+    def add(self, ids):
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise DataError(f"token ids must lie in [0, {self.vocab_size}); got [{ids.min()}, {ids.max()}]")
+        while ids.size:
+            if self.file is None or self.n_in_file == self.shard_tokens:
+                self._next_file()
+            take = ids[:self.shard_tokens - self.n_in_file]
+            self.file.write(take.astype(_DTYPES[self.dtype_name]).tobytes())
+            self.n_in_file += take.size
+            ids = ids[take.size:]
+
+    def _next_file(self):
+        self._finish_file()
+        path = os.path.join(self.out_dir, f"{self.prefix}_{len(self.paths):03d}.bin")
+        self.paths.append(path)
+        self.file, self.n_in_file = open(path, "wb"), 0
+
+    def _finish_file(self):
+        if self.file is not None:
+            self.file.close()
+            _write_sidecar(self.paths[-1], self.dtype_name, self.n_in_file, self.vocab_size)
+            self.file = None
+
+    def close(self):
+        """Finish the last shard; returns the paths written."""
+        self._finish_file()
+        return self.paths
 
 
 def _read_sidecar(path):
@@ -154,10 +198,10 @@ def open_splits(data, vocab_size, seq_len, val_data=None, val_fraction=0.05):
             train.append(Part(s.path, s.tokens[:cut]))
             if n_val:
                 val.append(Part(s.path, s.tokens[cut:]))
-    n_train = sum(len(p.tokens) for p in train)
-    if n_train < seq_len + 1 or not any(len(p.tokens) > seq_len for p in train):
-        raise DataError(f"{data}: {n_train} training tokens cannot fill one window of seq_len+1 = "
-                        f"{seq_len + 1} tokens in any shard; use more data or a shorter sequence")
+    if not any(len(p.tokens) > seq_len for p in train):
+        longest = max(len(p.tokens) for p in train)
+        raise DataError(f"{data}: the longest training shard holds {longest} tokens, too few for "
+                        f"one window of seq_len+1 = {seq_len + 1}; use more data or a shorter sequence")
     return Splits(train=train, val=val)
 
 

@@ -21,7 +21,6 @@ import os
 import shutil
 import sys
 
-import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -98,22 +97,18 @@ def load_tokenizer(model_path):
     return sp
 
 
-def encode_documents(sp, docs, desc):
-    """One flat array: BOS then the ids of each stripped document."""
-    parts = []
-    for doc in tqdm(docs, desc=desc, unit="doc", disable=None):
-        parts.append(np.array([sp.bos_id()] + sp.encode(doc.strip()), dtype=np.int64))
-    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-
-
-def write_shards(out_dir, prefix, tokens, vocab_size, shard_tokens):
-    """Split ``tokens`` into files of at most ``shard_tokens``; returns their paths."""
-    paths = []
-    for k, start in enumerate(range(0, len(tokens), shard_tokens)):
-        path = os.path.join(out_dir, f"{prefix}_{k:03d}.bin")
-        data.write_shard(path, tokens[start:start + shard_tokens], vocab_size)
-        paths.append(path)
-    return paths
+def encode_documents(sp, docs, writer, desc, batch=256):
+    """Append BOS then the ids of each stripped document to ``writer``, in batches of documents;
+    returns the number of tokens written."""
+    n = 0
+    with tqdm(total=len(docs), desc=desc, unit="doc", disable=None) as bar:
+        for start in range(0, len(docs), batch):
+            chunk = docs[start:start + batch]
+            for ids in sp.encode([d.strip() for d in chunk]):
+                writer.add([sp.bos_id()] + ids)
+                n += 1 + len(ids)
+            bar.update(len(chunk))
+    return n
 
 
 def main(argv=None):
@@ -148,11 +143,12 @@ def main(argv=None):
 
     n_val = int(round(len(docs) * a.val_fraction))
     vocab = sp.get_piece_size()
-    train = encode_documents(sp, docs[:len(docs) - n_val], "train")
-    val = encode_documents(sp, docs[len(docs) - n_val:], "val")
-    written = write_shards(a.out, "train", train, vocab, a.shard_tokens)
-    written += write_shards(a.out, "val", val, vocab, a.shard_tokens)
-    print(f"{len(train)} train + {len(val)} val tokens (vocab {vocab}) -> "
+    counts, written = [], []
+    for prefix, part in (("train", docs[:len(docs) - n_val]), ("val", docs[len(docs) - n_val:])):
+        writer = data.ShardWriter(a.out, prefix, vocab, a.shard_tokens)
+        counts.append(encode_documents(sp, part, writer, prefix))
+        written += writer.close()
+    print(f"{counts[0]} train + {counts[1]} val tokens (vocab {vocab}) -> "
           f"{', '.join(os.path.basename(w) for w in written)}", file=sys.stderr)
 
 

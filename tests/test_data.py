@@ -38,6 +38,20 @@ def test_write_shard_bytes_uint32_for_large_vocab(tmp_path):
     assert open_shard(p, 151936).tolist() == [1, 151000, 70000]
 
 
+def test_shard_writer_rolls_files(tmp_path):
+    w = data.ShardWriter(str(tmp_path), "train", vocab_size=100, shard_tokens=4)
+    for chunk in ([1, 2, 3], [4, 5, 6, 7, 8, 9], [10]):
+        w.add(chunk)
+    paths = w.close()
+    assert [os.path.basename(p) for p in paths] == ["train_000.bin", "train_001.bin", "train_002.bin"]
+    assert [open(p, "rb").read() for p in paths] == [struct.pack("<4H", 1, 2, 3, 4),
+                                                     struct.pack("<4H", 5, 6, 7, 8),
+                                                     struct.pack("<2H", 9, 10)]
+    assert [json.load(open(p + ".json"))["n_tokens"] for p in paths] == [4, 4, 2]
+    with pytest.raises(DataError, match=r"\[0, 100\)"):
+        data.ShardWriter(str(tmp_path), "x", 100, 4).add([5, 100])
+
+
 def test_llama2c_shard_without_sidecar_is_uint16(tmp_path):
     p = str(tmp_path / "data00.bin")
     raw_uint16(p, [1, 300, 31999])
@@ -205,10 +219,13 @@ def test_prepare_data_bos_per_document_and_inputs(tmp_path):
     (tmp_path / "a.txt").write_text("\n<|endoftext|>\n".join(docs[:20]))
     (tmp_path / "b.json").write_text(json.dumps([{"story": d} for d in docs[20:]]))
     run(["scripts/prepare_data.py", str(tmp_path / "a.txt"), str(tmp_path / "b.json"),
-         "--vocab-size", "300", "--val-fraction", "0.1", "--out", str(tmp_path / "o")])
+         "--vocab-size", "300", "--val-fraction", "0.1", "--shard-tokens", "200",
+         "--out", str(tmp_path / "o")])
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "o/tokenizer.model"))
-    train = np.asarray(open_shard(str(tmp_path / "o/train_000.bin"), 300)).tolist()
-    val = np.asarray(open_shard(str(tmp_path / "o/val_000.bin"), 300)).tolist()
+    shards = data.find_shards(str(tmp_path / "o/train_*.bin"))
+    assert len(shards) > 1 and all(len(open_shard(p, 300)) <= 200 for p in shards)
+    train = np.concatenate([open_shard(p, 300) for p in shards]).tolist()
+    val = np.concatenate([open_shard(p, 300) for p in data.find_shards(str(tmp_path / "o/val_*.bin"))]).tolist()
     expect = []
     for d in docs:
         expect += [1] + sp.encode(d)
@@ -217,7 +234,8 @@ def test_prepare_data_bos_per_document_and_inputs(tmp_path):
     run(["scripts/prepare_data.py", str(tmp_path / "a.txt"), str(tmp_path / "b.json"),
          "--tokenizer", str(tmp_path / "o/tokenizer.model"), "--val-fraction", "0.1",
          "--out", str(tmp_path / "p")])
-    assert (tmp_path / "p/val_000.bin").read_bytes() == (tmp_path / "o/val_000.bin").read_bytes()
+    assert (tmp_path / "p/val_000.bin").read_bytes() == (tmp_path / "o/val_000.bin").read_bytes() + \
+        (tmp_path / "o/val_001.bin").read_bytes()
 
 
 def test_prepare_data_errors(tmp_path):
