@@ -18,8 +18,8 @@ How the training loop composes these modules (the loop itself lives in the train
                               train.val_fraction)
     sampler = data.WindowSampler(splits.train, model.seq_len, train.seed)
     val = data.eval_windows(splits.val, model.seq_len, train.eval_windows)
-    if train.resume:                                    # or an explicit --ckpt PATH
-        arrays, meta = checkpoint.load(train.ckpt or checkpoint.latest(train.out),
+    if train.resume:
+        arrays, meta = checkpoint.load(checkpoint.resume_path(train.out, train.ckpt),
                                        expect_config=model.to_dict())
         sampler.set_state(meta["sampler"]); step = meta["step"]
     log = telemetry.StepLog(os.path.join(train.out, "metrics.jsonl"), mirror=not train.quiet)
@@ -116,12 +116,6 @@ class ModelConfig:
         """Keyword arguments of the native ``anetrain._native.ModelConfig`` constructor."""
         return {k: getattr(self, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
                                               "hidden_dim", "seq_len", "norm_eps", "rope_theta")}
-
-    def shape_dict(self):
-        """The fields that decide the weights' shapes (what a checkpoint must match)."""
-        d = self.to_dict()
-        del d["name"]
-        return d
 
 
 PRESETS = {
