@@ -47,15 +47,6 @@ def latest(run_dir):
     return found[-1] if found else None
 
 
-def resume_path(run_dir, ckpt=""):
-    """The checkpoint a resumed run loads: ``ckpt`` if given, else the newest in ``run_dir``."""
-    path = ckpt or latest(run_dir)
-    if path is None:
-        raise CheckpointError(f"{run_dir}: no checkpoint to resume from; run without --resume or "
-                              f"pass --ckpt PATH")
-    return path
-
-
 def _json_default(x):
     if isinstance(x, np.integer):
         return int(x)
