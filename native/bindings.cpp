@@ -241,23 +241,46 @@ struct AneProgramHandle {
     ane::AneKernel& ane() { return static_cast<ane::AneKernel&>(*kernel); }
 };
 
-py::list eval_handle(AneProgramHandle& h, std::vector<py::array> inputs) {
-    std::vector<backend::HostTensor> in, out;
-    for (py::array& a : inputs) in.push_back(host_tensor(a));
-    py::list results;
+// Float32 output arrays shaped like the kernel's outputs, and HostTensors over them.
+std::vector<py::array_t<float>> output_arrays(const backend::Kernel& k, std::vector<backend::HostTensor>* out) {
     std::vector<py::array_t<float>> arrays;
-    for (const backend::TensorSpec& s : h.kernel->outputs()) {
+    for (const backend::TensorSpec& s : k.outputs()) {
         arrays.emplace_back(s.shape);
         backend::HostTensor t;
         t.data = arrays.back().mutable_data();
         t.dtype = backend::DType::fp32;
         t.numel = int64_t(arrays.back().size());
-        out.push_back(t);
+        out->push_back(t);
     }
+    return arrays;
+}
+
+// Write the inputs to slot 0, run `evaluate`, read the outputs: the probes' evaluation variants.
+template <class Evaluate>
+py::list run_on_slot0(AneProgramHandle& h, std::vector<py::array> inputs, Evaluate evaluate) {
+    std::vector<backend::HostTensor> in, out;
+    for (py::array& a : inputs) in.push_back(host_tensor(a));
+    std::vector<py::array_t<float>> arrays = output_arrays(*h.kernel, &out);
+    {
+        py::gil_scoped_release nogil;
+        h.ane().write_inputs(0, in);
+        evaluate();
+        h.ane().read_outputs(out);
+    }
+    py::list results;
+    for (auto& a : arrays) results.append(a);
+    return results;
+}
+
+py::list eval_handle(AneProgramHandle& h, std::vector<py::array> inputs) {
+    std::vector<backend::HostTensor> in, out;
+    for (py::array& a : inputs) in.push_back(host_tensor(a));
+    std::vector<py::array_t<float>> arrays = output_arrays(*h.kernel, &out);
     {
         py::gil_scoped_release nogil;
         h.kernel->eval(in, out);
     }
+    py::list results;
     for (auto& a : arrays) results.append(a);
     return results;
 }
@@ -277,13 +300,22 @@ void bind_program_handle(py::module_& m) {
              [](AneProgramHandle& h, const std::string& rel, const py::bytes& data) {
                  h.ane().program().overwrite_model_file(rel, std::string(data));
              })
-        .def("evaluate_variant",
-             [](AneProgramHandle& h, long procedure_index, const py::bytes& weights) {
-                 h.ane().program().evaluate_variant(procedure_index, std::string(weights));
+        .def("eval_variant",
+             [](AneProgramHandle& h, std::vector<py::array> inputs, long procedure_index, const py::bytes& weights) {
+                 std::string w(weights);
+                 return run_on_slot0(h, std::move(inputs), [&] { h.ane().program().evaluate_variant(procedure_index, w); });
              },
-             py::arg("procedure_index") = 0, py::arg("weights") = py::bytes())
-        .def("evaluate_with_perf_stats",
-             [](AneProgramHandle& h, unsigned mask) { return h.ane().program().evaluate_with_perf_stats(mask); });
+             py::arg("inputs"), py::arg("procedure_index") = 0, py::arg("weights") = py::bytes(),
+             "Evaluate through a one-off request with this procedureIndex and, if given, these bytes as weightsBuffer.")
+        .def("eval_with_perf_stats",
+             [](AneProgramHandle& h, std::vector<py::array> inputs, unsigned mask) {
+                 std::string report;
+                 py::list outs = run_on_slot0(h, std::move(inputs),
+                                              [&] { report = h.ane().program().evaluate_with_perf_stats(mask); });
+                 return py::make_tuple(outs, report);
+             },
+             py::arg("inputs"), py::arg("mask") = 0xFFu, "Evaluate with perfStatsMask set; (outputs, what came back).");
+    m.def("ane_process_compiles", &ane::process_compiles, "ANE compiles attempted by this process.");
 
     m.def(
         "ane_compile",

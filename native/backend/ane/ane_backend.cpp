@@ -26,6 +26,10 @@ public:
 protected:
     std::unique_ptr<Kernel> compile_program(const mil::Program& program, const std::string& mil_text,
                                             const Blobs& blobs, const std::string& label) override {
+        if (budget() >= 0 && process_compiles() >= budget())
+            throw CompileBudgetExceeded("ANE compile budget of " + std::to_string(budget()) + " per process is spent (" +
+                                        std::to_string(process_compiles()) +
+                                        " compiles so far): checkpoint and restart the process");
         const mil::Function& f = program.main();
         std::vector<TensorSpec> inputs = input_specs(f), outputs = output_specs(f);
         const bool pack = inputs.size() > 1 && !options_.multi_input;
@@ -86,6 +90,7 @@ void AneKernel::write_inputs(size_t slot, const std::vector<HostTensor>& in) {
 }
 
 void AneKernel::read_outputs(const std::vector<HostTensor>& out) {
+    check_host_tensors(outputs_, out, "output");
     for (size_t j = 0; j < out.size(); ++j) {
         SurfaceRange r = program_->table().output(j);
         Program::Mapping m = program_->map(r.surface, true);

@@ -12,6 +12,7 @@
 namespace anetrain::backend::ane {
 
 // Budget, QoS and multi-input come from `options` (see options_from_env()).
+// Its compile budget counts every ANE compile of the process (process_compiles()), not only its own.
 std::shared_ptr<Backend> make_ane_backend(const AneOptions& options);
 
 // An ANE kernel. eval() uses slot 0. The dynamic pipeline adds a slot per layer: each slot has
@@ -30,11 +31,12 @@ public:
     void write_inputs(size_t slot, const std::vector<HostTensor>& in);
     // Evaluate the slot's request and copy the outputs out; on failure the outputs are NaN.
     void eval_slot(size_t slot, const std::vector<HostTensor>& out);
+    // Copy the (shared) output surfaces out as they are now.
+    void read_outputs(const std::vector<HostTensor>& out);
 
     Program& program() { return *program_; }
 
 private:
-    void read_outputs(const std::vector<HostTensor>& out);
     std::unique_ptr<Program> program_;
 };
 

@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <mutex>
 #include <set>
 #include <stdexcept>
 
@@ -97,6 +98,18 @@ std::string fallback_warning(const std::string& label, const std::string& messag
            " (set ANETRAIN_STRICT=1 to make this an error)";
 }
 
+namespace {
+
+// A kernel recompiled every batch (static pipeline) warns on its first fallback only.
+bool first_fallback_of(const std::string& label) {
+    static std::mutex mu;
+    static std::set<std::string> warned;
+    std::lock_guard<std::mutex> lock(mu);
+    return warned.insert(label).second;
+}
+
+}  // namespace
+
 std::unique_ptr<Kernel> compile_with_fallback(const std::string& label, const CompileFn& primary,
                                               const CompileFn& fallback, bool strict, const WarnFn& warn) {
     std::string message;
@@ -108,7 +121,7 @@ std::unique_ptr<Kernel> compile_with_fallback(const std::string& label, const Co
         if (strict) throw;
         message = e.what();
     }
-    warn(fallback_warning(label, message));
+    if (first_fallback_of(label)) warn(fallback_warning(label, message));
     return fallback();
 }
 

@@ -51,8 +51,8 @@ std::string fallback_warning(const std::string& label, const std::string& messag
 using CompileFn = std::function<std::unique_ptr<Kernel>()>;
 using WarnFn = std::function<void(const std::string&)>;
 
-// Compile with `primary`; when it throws BackendError (a compiler failure), warn once through
-// `warn` and compile with `fallback` instead — unless `strict`, in which case the error
+// Compile with `primary`; when it throws BackendError (a compiler failure), warn through `warn`
+// (once per label per process) and compile with `fallback` instead — unless `strict`, in which case the error
 // propagates. CompileBudgetExceeded and MIL errors always propagate: they are not the ANE's
 // inability to run one kernel.
 std::unique_ptr<Kernel> compile_with_fallback(const std::string& label, const CompileFn& primary,

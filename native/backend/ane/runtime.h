@@ -4,6 +4,7 @@
 // never leaves a half-built program behind.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,6 +33,10 @@ std::vector<std::string> framework_classes(const std::string& prefix);  // loade
 ClassInfo describe_class(const std::string& name);
 // Tries to build the shared-event objects (signal/wait) the framework declares; one line per attempt.
 std::vector<std::string> shared_event_probe();
+
+// ANE compile attempts made by this process so far (the compiler's ~119 limit is per process,
+// whichever backend object asked).
+int64_t process_compiles();
 
 struct ProgramTimings {
     double compile_ms = 0;

@@ -17,6 +17,7 @@
 #include <sys/sysctl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -116,6 +117,8 @@ std::string sysctl_string(const char* name) {
     return value;
 }
 
+std::atomic<int64_t> g_compiles{0};
+
 // Identical programs get the same model directory from the framework (hexStringIdentifier);
 // count the programs using each so that unloading one never deletes the files of another.
 std::mutex g_dirs_mutex;
@@ -207,6 +210,8 @@ const PlatformStatus& platform_status() {
     static const PlatformStatus status = load_framework();
     return status;
 }
+
+int64_t process_compiles() { return g_compiles.load(); }
 
 ChipInfo detect_chip() {
     ChipInfo chip;
@@ -362,6 +367,7 @@ void Program::Impl::write_model_dir(const std::string& mil_text, const Blobs& bl
 void Program::Impl::compile() {
     NSError* error = nil;
     SEL sel = require_selector(model, "compileWithQoS:options:error:");
+    ++g_compiles;  // a failed compile still consumes compiler resources
     auto t0 = std::chrono::steady_clock::now();
     BOOL ok = ((QosOptionsErrorFn)objc_msgSend)(model, sel, qos, @{}, &error);
     timings.compile_ms = ms_since(t0);
