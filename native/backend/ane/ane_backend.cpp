@@ -103,6 +103,9 @@ void AneKernel::eval_slot(size_t slot, const std::vector<HostTensor>& out) {
     try {
         program_->evaluate(slot);
         read_outputs(out);
+    } catch (const BackendError& e) {
+        poison_outputs(out);
+        throw BackendError("kernel '" + label_ + "': " + e.what());
     } catch (...) {
         poison_outputs(out);
         throw;

@@ -234,12 +234,15 @@ std::vector<std::string> framework_classes(const std::string& prefix) {
     if (!platform_status().available) return names;
     int n = objc_getClassList(nullptr, 0);
     if (n <= 0) return names;
-    std::vector<Class> classes(static_cast<size_t>(n));
-    n = objc_getClassList(classes.data(), n);
+    // A plain buffer of unretained Class pointers, as the runtime fills it (ARC-clean).
+    __unsafe_unretained Class* classes = static_cast<__unsafe_unretained Class*>(std::calloc(size_t(n), sizeof(Class)));
+    if (!classes) return names;
+    n = objc_getClassList(classes, n);
     for (int i = 0; i < n; ++i) {
-        const char* name = class_getName(classes[size_t(i)]);
+        const char* name = class_getName(classes[i]);
         if (name && std::strncmp(name, prefix.c_str(), prefix.size()) == 0) names.push_back(name);
     }
+    std::free(classes);
     return names;
 }
 
