@@ -16,8 +16,8 @@ import warnings
 from . import _native
 
 __all__ = [
-    "FallbackWarning", "available", "unavailable_reason", "chip", "dialect", "options", "strict_mode",
-    "resolve_backend_name", "compile_with_fallback",
+    "FallbackWarning", "available", "unavailable_reason", "chip", "dialect", "dialect_string", "options",
+    "strict_mode", "new_backend", "resolve_backend_name", "compile_with_fallback",
 ]
 
 
@@ -48,6 +48,12 @@ def dialect():
     return dict(_native.ane_dialect())
 
 
+def dialect_string():
+    """dialect() spelled as the MIL builder and the trainer take it, e.g. "1.0/ios16-verbose"."""
+    d = dialect()
+    return f"{d['version']}/{d['opset']}{'-verbose' if d['verbose_scalars'] else ''}"
+
+
 def options():
     """dict(compile_budget, qos, multi_input, strict) as the environment sets them."""
     return dict(_native.ane_options())
@@ -58,19 +64,18 @@ def strict_mode(strict=None):
     return bool(options()["strict"]) if strict is None else bool(strict)
 
 
+def new_backend(compile_budget=None, qos=None, multi_input=None):
+    """A fresh ANE backend (an anetrain.kernels.Backend); unset options come from the environment.
+    Raises anetrain.BackendError (saying why) where the ANE is unavailable."""
+    from .kernels import Backend
+
+    return Backend(_native.make_ane_backend(compile_budget=compile_budget, qos=qos, multi_input=multi_input))
+
+
 def resolve_backend_name(name="auto"):
     """'ane' or 'ref' for "auto"/None, "ane" or "ref". An explicit name wins over ANETRAIN_BACKEND,
     which wins over auto (ane when available). ValueError for unknown names or an unusable ANE."""
     return _native.ane_resolve_backend("auto" if name is None else name)
-
-
-def _compile_error_types():
-    """(errors that mean "this compiler cannot build this kernel", errors that must propagate)."""
-    import anetrain
-
-    backend_error = getattr(anetrain, "BackendError", RuntimeError)
-    budget_exceeded = getattr(anetrain, "CompileBudgetExceeded", None)
-    return backend_error, (budget_exceeded,) if budget_exceeded else ()
 
 
 _warned_labels = set()
@@ -81,11 +86,10 @@ def compile_with_fallback(compile_on_ane, compile_on_ref, label, strict=None):
     label (FallbackWarning naming the kernel and the compiler's message) and return
     compile_on_ref() instead, unless strict mode is on. A spent compile budget and MIL errors
     always propagate: they are not the ANE's inability to run one kernel."""
-    backend_error, must_propagate = _compile_error_types()
     try:
         return compile_on_ane()
-    except backend_error as e:
-        if isinstance(e, must_propagate) or strict_mode(strict):
+    except _native.BackendError as e:
+        if isinstance(e, _native.CompileBudgetExceeded) or strict_mode(strict):
             raise
         if label not in _warned_labels:
             _warned_labels.add(label)

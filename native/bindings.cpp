@@ -6,7 +6,6 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <optional>
 #include <tuple>
 #include <string>
@@ -16,9 +15,18 @@
 #include "backend/ane/policy.h"
 #include "backend/ane/runtime.h"
 #include "backend/ane/surfaces.h"
+#include "backend/backend.h"
+#include "backend/ref/ref_backend.h"
 #include "core/blas.h"
 #include "core/fp16.h"
 #include "core/threads.h"
+#include "mil/blob.h"
+#include "mil/builder.h"
+#include "mil/kernels.h"
+#include "train/config.h"
+#include "train/cpu_ops.h"
+#include "train/trainer.h"
+#include "train/model.h"
 
 namespace py = pybind11;
 using namespace anetrain;
@@ -133,13 +141,258 @@ void bind_core(py::module_& m) {
 }
 
 // ---------------------------------------------------------------- mil: blobs, builder, parser
+mil::DType dtype_arg(const std::string& name) {
+    mil::DType d;
+    if (!mil::dtype_from_name(name, &d)) throw py::value_error("unknown MIL dtype '" + name + "'");
+    return d;
+}
+
+mil::Type type_arg(const std::string& dtype, const std::vector<int64_t>& shape, bool tensor) {
+    return mil::Type{dtype_arg(dtype), tensor, shape};
+}
+
+// Python operand forms (built by anetrain/mil.py): ("var", name) | ("ints", [..]) | (dtype, value)
+mil::Operand operand_arg(const py::tuple& t) {
+    const std::string kind = t[0].cast<std::string>();
+    if (kind == "var") return mil::Operand(t[1].cast<std::string>());
+    if (kind == "ints") return mil::ints(t[1].cast<std::vector<int64_t>>());
+    if (kind == "string") return mil::str(t[1].cast<std::string>());
+    if (kind == "bool") return mil::boolean(t[1].cast<bool>());
+    if (kind == "int32") return mil::int32(t[1].cast<int64_t>());
+    if (kind == "fp16") return mil::fp16(t[1].cast<double>());
+    if (kind == "fp32") return mil::fp32(t[1].cast<double>());
+    throw py::value_error("unknown operand kind '" + kind + "'");
+}
+
 void bind_mil(py::module_& m) {
-    (void)m;  // section: mil
+    m.def(
+        "blob_write",
+        [](const std::vector<std::pair<std::string, py::buffer>>& items) {
+            std::vector<mil::blob::Entry> entries;
+            std::vector<py::buffer_info> keep;
+            for (const auto& [dtype, buf] : items) {
+                keep.push_back(buf.request());
+                const auto& bi = keep.back();
+                entries.push_back({dtype_arg(dtype), bi.ptr, size_t(bi.size * bi.itemsize)});
+            }
+            std::vector<uint64_t> offsets;
+            std::string file = mil::blob::write(entries, &offsets);  // std::invalid_argument -> ValueError
+            return py::make_tuple(py::bytes(file), offsets);
+        },
+        "Write a MIL blob-storage-v2 file from (dtype, buffer) pairs; returns (bytes, record offsets).");
+    m.def(
+        "blob_records",
+        [](const py::bytes& data) {
+            std::string file = data;
+            py::list out;
+            for (const auto& r : mil::blob::read_all(file))
+                out.append(py::dict(py::arg("offset") = r.record_offset, py::arg("dtype") = mil::dtype_name(r.dtype),
+                                    py::arg("size") = r.size, py::arg("data_offset") = r.data_offset));
+            return out;
+        },
+        "The records of a MIL blob file: offset (the BLOBFILE offset), dtype, size, data_offset.");
+
+    py::class_<mil::Builder>(m, "MilBuilder")
+        .def(py::init([](const std::string& dialect, const std::string& function) {
+                 return mil::Builder(mil::Dialect::from_string(dialect), function);
+             }),
+             py::arg("dialect") = "1.3/ios18", py::arg("function") = "main")
+        .def("input",
+             [](mil::Builder& b, const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape) {
+                 return b.input(name, type_arg(dtype, shape, true));
+             })
+        .def("weight", [](mil::Builder& b, const std::string& name, const std::string& dtype,
+                          const std::vector<int64_t>& shape, const std::string& path,
+                          uint64_t offset) { return b.weight(name, type_arg(dtype, shape, true), path, offset); })
+        .def("constant", [](mil::Builder& b, const std::string& name, const std::string& dtype,
+                            const std::vector<int64_t>& shape, const std::vector<double>& values,
+                            bool tensor) { return b.constant(name, type_arg(dtype, shape, tensor), values); })
+        .def("op",
+             [](mil::Builder& b, const std::string& out, const std::string& dtype, const std::vector<int64_t>& shape,
+                bool tensor, const std::string& op_type, const std::vector<std::pair<std::string, py::tuple>>& args,
+                const std::string& tuple_key, const std::vector<std::string>& tuple) {
+                 mil::Args a;
+                 for (const auto& [k, t] : args) a.emplace_back(k, operand_arg(t));
+                 return b.op(out, type_arg(dtype, shape, tensor), op_type, a, tuple_key, mil::Tuple{tuple});
+             })
+        .def("output", &mil::Builder::output)
+        .def("text", &mil::Builder::text)
+        .def_property_readonly("dialect", [](const mil::Builder& b) { return b.dialect().str(); });
+
+    // One of the model's per-layer kernels: (text, {blob path: bytes}, input names, output names).
+    m.def(
+        "model_kernel",
+        [](const std::string& name, const py::dict& shape, const std::string& pipeline, const std::string& dtype,
+           const std::string& dialect, const py::object& weights) {
+            mil::KernelShape s;
+            s.dim = shape["dim"].cast<int>();
+            s.hidden = shape["hidden_dim"].cast<int>();
+            s.n_heads = shape["n_heads"].cast<int>();
+            s.n_kv_heads = shape["n_kv_heads"].cast<int>();
+            s.seq = shape["seq_len"].cast<int>();
+            if (shape.contains("rope_theta")) s.rope_theta = shape["rope_theta"].cast<double>();
+            mil::KernelOptions o;
+            o.pipeline = mil::pipeline_from_string(pipeline);
+            o.dtype = dtype_arg(dtype);
+            o.dialect = mil::Dialect::from_string(dialect);
+            std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> keep;
+            mil::LayerWeights w;
+            const bool baked = !weights.is_none();
+            if (baked) {
+                const py::dict wd = weights.cast<py::dict>();
+                auto take = [&](const char* key) -> const float* {
+                    if (!wd.contains(key)) throw py::value_error(std::string("model_kernel: weights lack '") + key + "'");
+                    keep.push_back(wd[key].cast<py::array_t<float, py::array::c_style | py::array::forcecast>>());
+                    return keep.back().data();
+                };
+                keep.reserve(7);
+                w.wq = take("wq"), w.wk = take("wk"), w.wv = take("wv"), w.wo = take("wo");
+                w.w1 = take("w1"), w.w2 = take("w2"), w.w3 = take("w3");
+            }
+            using Gen = mil::KernelSource (*)(const mil::KernelShape&, const mil::KernelOptions&, const mil::LayerWeights*);
+            static const std::map<std::string, Gen> gens{{"attention_forward", &mil::attention_forward},
+                                                         {"ffn_forward", &mil::ffn_forward},
+                                                         {"ffn_backward", &mil::ffn_backward},
+                                                         {"attention_backward", &mil::attention_backward}};
+            auto it = gens.find(name);
+            if (it == gens.end()) throw py::value_error("unknown model kernel '" + name + "'");
+            mil::KernelSource src = it->second(s, o, baked ? &w : nullptr);
+            py::dict blobs;
+            for (const auto& [path, bytes] : src.blobs) blobs[py::str(path)] = py::bytes(bytes);
+            return py::make_tuple(src.text, blobs, src.inputs, src.outputs);
+        },
+        py::arg("name"), py::arg("shape"), py::arg("pipeline") = "static", py::arg("dtype") = "fp16",
+        py::arg("dialect") = "1.3/ios18", py::arg("weights") = py::none());
+    m.def("model_kernel_names", &mil::layer_kernel_names);
 }
 
 // ---------------------------------------------------------------- backend: interface + ref
+PyObject* g_mil_error = nullptr;
+PyObject* g_backend_error = nullptr;
+PyObject* g_budget_error = nullptr;
+
+void translate_backend_errors(std::exception_ptr p) {
+    try {
+        if (p) std::rethrow_exception(p);
+    } catch (const mil::MilError& e) {
+        py::object exc = py::reinterpret_steal<py::object>(PyObject_CallFunction(g_mil_error, "s", e.what()));
+        if (!exc) return;  // the call set a Python error already
+        exc.attr("line") = e.line();
+        exc.attr("problem") = e.problem();
+        PyErr_SetObject(g_mil_error, exc.ptr());
+    } catch (const backend::CompileBudgetExceeded& e) {
+        PyErr_SetString(g_budget_error, e.what());
+    } catch (const backend::BackendError& e) {
+        PyErr_SetString(g_backend_error, e.what());
+    }
+}
+
+py::list spec_list(const std::vector<backend::TensorSpec>& specs) {
+    py::list out;
+    for (const auto& s : specs) out.append(py::make_tuple(s.name, mil::dtype_name(s.dtype), py::tuple(py::cast(s.shape))));
+    return out;
+}
+
+// A numpy array as a HostTensor (C-contiguous; writable for outputs).
+backend::HostTensor host_tensor(const py::array& a, bool writable, const char* what, size_t index) {
+    std::string who = std::string(what) + " " + std::to_string(index);
+    if (!(a.flags() & py::array::c_style)) throw py::value_error(who + " must be a C-contiguous array (use np.ascontiguousarray)");
+    if (writable && !a.writeable()) throw py::value_error(who + " must be writable");
+    backend::HostTensor h;
+    const char kind = a.dtype().kind();
+    const auto size = a.dtype().itemsize();
+    if (kind == 'f' && size == 2) h.dtype = mil::DType::fp16;
+    else if (kind == 'f' && size == 4) h.dtype = mil::DType::fp32;
+    else if (kind == 'i' && size == 4) h.dtype = mil::DType::int32;
+    else if (kind == 'i' && size == 1) h.dtype = mil::DType::int8;
+    else if (kind == 'u' && size == 1) h.dtype = mil::DType::uint8;
+    else if (kind == 'b') h.dtype = mil::DType::bool_;
+    else throw py::value_error(who + " has unsupported dtype " + std::string(py::str(a.dtype())) + "; use float16, float32, int32, int8, uint8 or bool");
+    h.data = writable ? const_cast<py::array&>(a).mutable_data() : const_cast<void*>(a.data());
+    h.numel = int64_t(a.size());
+    return h;
+}
+
+py::dict parse_summary(const std::string& text) {
+    mil::Program p = mil::parse(text);
+    const mil::Function& f = p.main();
+    py::dict d;
+    d["version"] = p.version;
+    d["opset"] = f.opset;
+    d["build_info"] = p.build_info;
+    d["inputs"] = spec_list(backend::input_specs(f));
+    d["outputs"] = spec_list(backend::output_specs(f));
+    py::list ops;
+    for (const auto& op : f.ops) ops.append(op.type);
+    d["ops"] = ops;
+    d["functions"] = p.functions.size();
+    return d;
+}
+
 void bind_backend(py::module_& m) {
-    (void)m;  // section: backend
+    g_mil_error = PyErr_NewExceptionWithDoc("anetrain._native.MilError",
+                                            "A MIL program problem; .line is the source line (0: none), .problem the message.",
+                                            PyExc_ValueError, nullptr);
+    g_backend_error = PyErr_NewExceptionWithDoc("anetrain._native.BackendError", "A backend compile or evaluation failure.",
+                                                PyExc_RuntimeError, nullptr);
+    g_budget_error = PyErr_NewExceptionWithDoc("anetrain._native.CompileBudgetExceeded",
+                                               "The compile budget is spent: checkpoint and restart the process.",
+                                               g_backend_error, nullptr);
+    m.attr("MilError") = py::handle(g_mil_error);
+    m.attr("BackendError") = py::handle(g_backend_error);
+    m.attr("CompileBudgetExceeded") = py::handle(g_budget_error);
+    py::register_exception_translator(&translate_backend_errors);
+
+    using backend::Backend;
+    using backend::Kernel;
+    py::class_<Kernel, std::shared_ptr<Kernel>>(m, "Kernel")
+        .def_property_readonly("inputs", [](const Kernel& k) { return spec_list(k.inputs()); })
+        .def_property_readonly("outputs", [](const Kernel& k) { return spec_list(k.outputs()); })
+        .def_property_readonly("label", &Kernel::label)
+        .def_property_readonly("backend_name", &Kernel::backend_name)
+        .def(
+            "eval",
+            [](Kernel& k, const std::vector<py::array>& inputs, const std::vector<py::array>& outputs) {
+                std::vector<backend::HostTensor> in, out;
+                for (size_t i = 0; i < inputs.size(); ++i) in.push_back(host_tensor(inputs[i], false, "input", i));
+                for (size_t i = 0; i < outputs.size(); ++i) out.push_back(host_tensor(outputs[i], true, "output", i));
+                py::gil_scoped_release nogil;
+                k.eval(in, out);
+            },
+            py::arg("inputs"), py::arg("outputs"),
+            "Evaluate into preallocated C-contiguous outputs (fp16 tensors may be passed as float32).");
+
+    py::class_<Backend, std::shared_ptr<Backend>>(m, "Backend")
+        .def_property_readonly("name", &Backend::name)
+        .def_property_readonly("compiles", &Backend::compiles)
+        .def_property("budget", &Backend::budget, &Backend::set_budget)
+        .def_property_readonly("remaining", &Backend::remaining)
+        .def("supports", &Backend::supports, py::arg("op"))
+        .def(
+            "compile",
+            [](Backend& b, const std::string& text, const py::dict& weights, const std::string& label) {
+                backend::Blobs blobs;
+                for (auto item : weights) blobs[py::cast<std::string>(item.first)] = py::cast<std::string>(item.second.cast<py::bytes>());
+                py::gil_scoped_release nogil;
+                return std::shared_ptr<Kernel>(b.compile(text, blobs, label));
+            },
+            py::arg("mil_text"), py::arg("weights") = py::dict(), py::arg("label") = "",
+            "Parse, check and compile MIL text; weights maps '@model_path/weights/x.bin' to file bytes.");
+
+    m.def(
+        "make_ref_backend",
+        [](int64_t compile_budget, bool fp16_rounding) {
+            backend::RefOptions o;
+            o.compile_budget = compile_budget;
+            o.fp16_rounding = fp16_rounding;
+            return backend::make_ref_backend(o);
+        },
+        py::arg("compile_budget") = -1, py::arg("fp16_rounding") = true,
+        "A new CPU reference backend (fp16_rounding=False: the fp32 precision mode).");
+    m.def("mil_parse_summary", &parse_summary, py::arg("text"), "Parse MIL text; version, opset, inputs, outputs and op types of main.");
+    m.def(
+        "mil_canonical", [](const std::string& text) { return mil::print(mil::parse(text)); }, py::arg("text"),
+        "The canonical text of a MIL program (print(parse(text))).");
 }
 
 // ---------------------------------------------------------------- ane (macOS backend, portable parts)
@@ -149,7 +402,7 @@ namespace ane = backend::ane;
 
 const char* env(const char* name) { return std::getenv(name); }
 
-// ValueError for bad settings (std::invalid_argument), the backend's own error otherwise.
+// ValueError for bad settings (std::invalid_argument).
 template <class F>
 auto settings(F&& f) {
     try {
@@ -177,28 +430,31 @@ py::dict chip_dict(const ane::ChipInfo& c) {
     return d;
 }
 
-backend::DType io_dtype(const std::string& name) {
-    if (name == "fp16") return backend::DType::fp16;
-    if (name == "fp32") return backend::DType::fp32;
-    throw py::value_error("ANE surfaces hold 'fp16' or 'fp32' tensors, got '" + name + "'");
+backend::TensorSpec io_spec(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape) {
+    backend::TensorSpec s;
+    s.name = name;
+    if (dtype == "fp16")
+        s.dtype = backend::DType::fp16;
+    else if (dtype == "fp32")
+        s.dtype = backend::DType::fp32;
+    else
+        throw py::value_error("ANE surfaces hold 'fp16' or 'fp32' tensors, got '" + dtype + "'");
+    s.shape = shape;
+    return s;
 }
 
-// [(name, dtype, shape), ...] -> specs.
-std::vector<backend::TensorSpec> specs_from(const std::vector<std::tuple<std::string, std::string, std::vector<int64_t>>>& t) {
+using SpecTuples = std::vector<std::tuple<std::string, std::string, std::vector<int64_t>>>;
+
+std::vector<backend::TensorSpec> specs_from(const SpecTuples& t) {
     std::vector<backend::TensorSpec> specs;
-    for (const auto& [name, dtype, shape] : t) {
-        backend::TensorSpec s;
-        s.name = name;
-        s.dtype = io_dtype(dtype);
-        s.shape = shape;
-        specs.push_back(std::move(s));
-    }
+    for (const auto& [name, dtype, shape] : t) specs.push_back(io_spec(name, dtype, shape));
     return specs;
 }
 
 py::tuple range_tuple(const ane::SurfaceRange& r) { return py::make_tuple(r.surface, r.offset, r.bytes); }
 
-// The whole surface plan of a program, for tests and for the self-test's report.
+// The whole surface plan of a program: every surface's (used, allocated) bytes, each tensor's
+// (surface, offset, bytes) per slot, and the surfaces each slot's request binds.
 py::dict surface_plan(const ane::SurfaceTable& t) {
     py::list surfaces, inputs, requests, outputs;
     for (size_t id = 0; id < t.surface_count(); ++id) surfaces.append(py::make_tuple(t.surface_bytes(id), t.surface_alloc(id)));
@@ -218,124 +474,74 @@ py::dict surface_plan(const ane::SurfaceTable& t) {
     return d;
 }
 
-backend::HostTensor host_tensor(py::array& a) {
-    if (!(a.flags() & py::array::c_style)) throw py::value_error("arrays passed to the ANE must be C-contiguous");
-    backend::HostTensor h;
-    h.data = a.mutable_data();
-    h.numel = int64_t(a.size());
-    if (py::isinstance<py::array_t<float>>(a))
-        h.dtype = backend::DType::fp32;
-    else if (a.dtype().kind() == 'f' && a.itemsize() == 2)
-        h.dtype = backend::DType::fp16;
-    else
-        throw py::value_error("arrays passed to the ANE must be float16 or float32");
-    return h;
+// Surface bytes seen through a uint8 array, for the write/read checks.
+void* surface_at(py::array_t<uint8_t>& surface, size_t offset, const backend::TensorSpec& s) {
+    if (offset + ane::tensor_bytes(s) > size_t(surface.size())) throw py::value_error("the tensor does not fit the surface buffer");
+    return surface.mutable_data() + offset;
 }
 
 #if defined(__APPLE__) || defined(ANETRAIN_ANE_SYNTAX_CHECK)
-// An ANE kernel compiled straight from MIL text, for scripts/selftest_ane.py and scripts/probe.py
-// (the notebook API in anetrain.kernels is the general route).
-struct AneProgramHandle {
-    std::shared_ptr<backend::Backend> backend;
-    std::unique_ptr<backend::Kernel> kernel;
-    ane::AneKernel& ane() { return static_cast<ane::AneKernel&>(*kernel); }
-};
-
-// Float32 output arrays shaped like the kernel's outputs, and HostTensors over them.
-std::vector<py::array_t<float>> output_arrays(const backend::Kernel& k, std::vector<backend::HostTensor>* out) {
-    std::vector<py::array_t<float>> arrays;
-    for (const backend::TensorSpec& s : k.outputs()) {
-        arrays.emplace_back(s.shape);
-        backend::HostTensor t;
-        t.data = arrays.back().mutable_data();
-        t.dtype = backend::DType::fp32;
-        t.numel = int64_t(arrays.back().size());
-        out->push_back(t);
-    }
-    return arrays;
+ane::AneKernel& ane_kernel(backend::Kernel& k) {
+    auto* a = dynamic_cast<ane::AneKernel*>(&k);
+    if (!a) throw py::type_error("kernel '" + k.label() + "' runs on the " + k.backend_name() + " backend, not the ANE");
+    return *a;
 }
 
 // Write the inputs to slot 0, run `evaluate`, read the outputs: the probes' evaluation variants.
 template <class Evaluate>
-py::list run_on_slot0(AneProgramHandle& h, std::vector<py::array> inputs, Evaluate evaluate) {
+void run_on_slot0(ane::AneKernel& k, const std::vector<py::array>& inputs, const std::vector<py::array>& outputs,
+                  Evaluate evaluate) {
     std::vector<backend::HostTensor> in, out;
-    for (py::array& a : inputs) in.push_back(host_tensor(a));
-    std::vector<py::array_t<float>> arrays = output_arrays(*h.kernel, &out);
-    {
-        py::gil_scoped_release nogil;
-        h.ane().write_inputs(0, in);
-        evaluate();
-        h.ane().read_outputs(out);
-    }
-    py::list results;
-    for (auto& a : arrays) results.append(a);
-    return results;
+    for (size_t i = 0; i < inputs.size(); ++i) in.push_back(host_tensor(inputs[i], false, "input", i));
+    for (size_t i = 0; i < outputs.size(); ++i) out.push_back(host_tensor(outputs[i], true, "output", i));
+    py::gil_scoped_release nogil;
+    k.write_inputs(0, in);
+    evaluate();
+    k.read_outputs(out);
 }
 
-py::list eval_handle(AneProgramHandle& h, std::vector<py::array> inputs) {
-    std::vector<backend::HostTensor> in, out;
-    for (py::array& a : inputs) in.push_back(host_tensor(a));
-    std::vector<py::array_t<float>> arrays = output_arrays(*h.kernel, &out);
-    {
-        py::gil_scoped_release nogil;
-        h.kernel->eval(in, out);
-    }
-    py::list results;
-    for (auto& a : arrays) results.append(a);
-    return results;
-}
-
-void bind_program_handle(py::module_& m) {
-    py::class_<AneProgramHandle>(m, "AneProgram", "A program compiled for the ANE from MIL text (self-test and probes).")
-        .def("eval", &eval_handle, py::arg("inputs"), "Evaluate slot 0; float32 outputs in return order.")
-        .def_property_readonly("timings",
-                               [](AneProgramHandle& h) {
-                                   const ane::ProgramTimings& t = h.ane().program().timings();
-                                   return py::dict(py::arg("compile_ms") = t.compile_ms, py::arg("load_ms") = t.load_ms);
-                               })
-        .def_property_readonly("model_dir", [](AneProgramHandle& h) { return h.ane().program().model_dir(); })
-        .def_property_readonly("surface_plan", [](AneProgramHandle& h) { return surface_plan(h.ane().program().table()); })
-        .def("reload", [](AneProgramHandle& h) { h.ane().program().reload(); }, "Unload and load again without compiling.")
-        .def("overwrite_model_file",
-             [](AneProgramHandle& h, const std::string& rel, const py::bytes& data) {
-                 h.ane().program().overwrite_model_file(rel, std::string(data));
-             })
-        .def("eval_variant",
-             [](AneProgramHandle& h, std::vector<py::array> inputs, long procedure_index, const py::bytes& weights) {
-                 std::string w(weights);
-                 return run_on_slot0(h, std::move(inputs), [&] { h.ane().program().evaluate_variant(procedure_index, w); });
-             },
-             py::arg("inputs"), py::arg("procedure_index") = 0, py::arg("weights") = py::bytes(),
-             "Evaluate through a one-off request with this procedureIndex and, if given, these bytes as weightsBuffer.")
-        .def("eval_with_perf_stats",
-             [](AneProgramHandle& h, std::vector<py::array> inputs, unsigned mask) {
-                 std::string report;
-                 py::list outs = run_on_slot0(h, std::move(inputs),
-                                              [&] { report = h.ane().program().evaluate_with_perf_stats(mask); });
-                 return py::make_tuple(outs, report);
-             },
-             py::arg("inputs"), py::arg("mask") = 0xFFu, "Evaluate with perfStatsMask set; (outputs, what came back).");
-    m.def("ane_process_compiles", &ane::process_compiles, "ANE compiles attempted by this process.");
-
+void bind_ane_kernel_probes(py::module_& m) {
     m.def(
-        "ane_compile",
-        [](const std::string& mil_text, const std::map<std::string, py::bytes>& weights, const std::string& label,
-           std::optional<int64_t> budget, std::optional<unsigned> qos, std::optional<bool> multi_input) {
-            ane::AneOptions o = settings([] { return ane::options_from_env(); });
-            if (budget) o.compile_budget = *budget;
-            if (qos) o.qos = *qos;
-            if (multi_input) o.multi_input = *multi_input;
-            backend::Blobs blobs;
-            for (const auto& [k, v] : weights) blobs[k] = std::string(v);
-            auto h = std::make_unique<AneProgramHandle>();
-            h->backend = ane::make_ane_backend(o);
-            py::gil_scoped_release nogil;
-            h->kernel = h->backend->compile(mil_text, blobs, label);
-            return h;
+        "ane_kernel_info",
+        [](backend::Kernel& kernel) {
+            ane::Program& p = ane_kernel(kernel).program();
+            py::dict d;
+            d["compile_ms"] = p.timings().compile_ms;
+            d["load_ms"] = p.timings().load_ms;
+            d["model_dir"] = p.model_dir();
+            d["surface_plan"] = surface_plan(p.table());
+            return d;
         },
-        py::arg("mil_text"), py::arg("weights") = std::map<std::string, py::bytes>{}, py::arg("label") = "",
-        py::arg("compile_budget") = py::none(), py::arg("qos") = py::none(), py::arg("multi_input") = py::none(),
-        "Compile MIL text on the ANE with a fresh backend (options default to the environment).");
+        py::arg("kernel"), "Compile/load times, model directory and surface plan of an ANE kernel.");
+    m.def(
+        "ane_kernel_reload", [](backend::Kernel& kernel) { ane_kernel(kernel).program().reload(); }, py::arg("kernel"),
+        "Unload and load an ANE kernel again without compiling (probe).");
+    m.def(
+        "ane_kernel_overwrite_model_file",
+        [](backend::Kernel& kernel, const std::string& relative_path, const py::bytes& data) {
+            ane_kernel(kernel).program().overwrite_model_file(relative_path, std::string(data));
+        },
+        py::arg("kernel"), py::arg("relative_path"), py::arg("data"), "Rewrite a file of the kernel's model directory (probe).");
+    m.def(
+        "ane_kernel_eval_variant",
+        [](backend::Kernel& kernel, const std::vector<py::array>& inputs, const std::vector<py::array>& outputs,
+           long procedure_index, const py::bytes& weights) {
+            ane::AneKernel& k = ane_kernel(kernel);
+            std::string w(weights);
+            run_on_slot0(k, inputs, outputs, [&] { k.program().evaluate_variant(procedure_index, w); });
+        },
+        py::arg("kernel"), py::arg("inputs"), py::arg("outputs"), py::arg("procedure_index") = 0, py::arg("weights") = py::bytes(),
+        "Evaluate through a one-off request with this procedureIndex and, if given, these bytes as weightsBuffer (probe).");
+    m.def(
+        "ane_kernel_eval_with_perf_stats",
+        [](backend::Kernel& kernel, const std::vector<py::array>& inputs, const std::vector<py::array>& outputs, unsigned mask) {
+            ane::AneKernel& k = ane_kernel(kernel);
+            std::string report;
+            run_on_slot0(k, inputs, outputs, [&] { report = k.program().evaluate_with_perf_stats(mask); });
+            return report;
+        },
+        py::arg("kernel"), py::arg("inputs"), py::arg("outputs"), py::arg("mask") = 0xFFu,
+        "Evaluate with the model's perfStatsMask set and describe what the framework returns (probe).");
 }
 #endif
 
@@ -347,92 +553,581 @@ void bind_ane(py::module_& m) {
     m.def("ane_available", [] { return ane::platform_status().available; },
           "True when AppleNeuralEngine.framework loads and has the classes the ANE backend uses.");
     m.def("ane_unavailable_reason", [] { return ane::platform_status().reason; }, "Why the ANE is unavailable ('' if it is).");
+    m.def(
+        "make_ane_backend",
+        [](std::optional<int64_t> compile_budget, std::optional<unsigned> qos, std::optional<bool> multi_input) {
+            ane::AneOptions o = settings([] { return ane::options_from_env(); });
+            if (compile_budget) o.compile_budget = *compile_budget;
+            if (qos) o.qos = *qos;
+            if (multi_input) o.multi_input = *multi_input;
+            return ane::make_ane_backend(o);
+        },
+        py::arg("compile_budget") = py::none(), py::arg("qos") = py::none(), py::arg("multi_input") = py::none(),
+        "A new ANE backend; unset options come from the environment (budget 119 per process, QoS 21, packed inputs). "
+        "Raises BackendError where the ANE is unavailable.");
+    m.def("ane_process_compiles", &ane::process_compiles, "ANE compiles attempted by this process.");
     m.def("ane_chip", [] { return chip_dict(ane::detect_chip()); }, "Brand, model, ANE sub-type and chip family.");
     m.def("ane_dialect",
           [] { return settings([] { return dialect_dict(ane::choose_dialect(ane::detect_chip(), env("ANETRAIN_MIL_DIALECT"))); }); },
           "The MIL dialect for this machine: dict(version, opset, verbose_scalars, source).");
-    m.def("ane_dialect_for",
-          [](const std::string& brand, const std::optional<std::string>& override_spec) {
-              ane::ChipInfo chip;
-              chip.brand = brand;
-              return settings([&] { return dialect_dict(ane::choose_dialect(chip, override_spec ? override_spec->c_str() : nullptr)); });
-          },
-          py::arg("brand"), py::arg("override") = py::none(),
-          "The dialect the table gives a CPU brand string (and an ANETRAIN_MIL_DIALECT-style override).");
-    m.def("ane_options",
-          [] {
-              ane::AneOptions o = settings([] { return ane::options_from_env(); });
-              return py::dict(py::arg("compile_budget") = o.compile_budget, py::arg("qos") = o.qos,
-                              py::arg("multi_input") = o.multi_input, py::arg("strict") = settings([] { return ane::strict_from_env(); }));
-          },
-          "The ANE settings from the environment (compile budget, QoS, multi-input, strict).");
-    m.def("ane_resolve_backend",
-          [](const std::string& requested) {
-              const ane::PlatformStatus& st = ane::platform_status();
-              return settings([&] { return ane::resolve_backend_name(requested, env("ANETRAIN_BACKEND"), st.available, st.reason); });
-          },
-          py::arg("requested") = "auto", "'ane' or 'ref' for a requested name ('auto', 'ane', 'ref'), honouring ANETRAIN_BACKEND.");
+    m.def(
+        "ane_dialect_for",
+        [](const std::string& brand, const std::optional<std::string>& override_spec) {
+            ane::ChipInfo chip;
+            chip.brand = brand;
+            return settings([&] { return dialect_dict(ane::choose_dialect(chip, override_spec ? override_spec->c_str() : nullptr)); });
+        },
+        py::arg("brand"), py::arg("override") = py::none(),
+        "The dialect the table gives a CPU brand string (and an ANETRAIN_MIL_DIALECT-style override).");
+    m.def(
+        "ane_options",
+        [] {
+            ane::AneOptions o = settings([] { return ane::options_from_env(); });
+            bool strict = settings([] { return ane::strict_from_env(); });
+            return py::dict(py::arg("compile_budget") = o.compile_budget, py::arg("qos") = o.qos,
+                            py::arg("multi_input") = o.multi_input, py::arg("strict") = strict);
+        },
+        "The ANE settings from the environment (compile budget, QoS, multi-input, strict).");
+    m.def(
+        "ane_resolve_backend",
+        [](const std::string& requested) {
+            const ane::PlatformStatus& st = ane::platform_status();
+            return settings([&] { return ane::resolve_backend_name(requested, env("ANETRAIN_BACKEND"), st.available, st.reason); });
+        },
+        py::arg("requested") = "auto", "'ane' or 'ref' for a requested name ('auto', 'ane', 'ref'), honouring ANETRAIN_BACKEND.");
     m.def("ane_supports_op", &ane::ane_supports_op, py::arg("op"), py::arg("chip_family"),
           "Whether the ANE compiler of a chip family is recorded to accept an op.");
     m.def("ane_fallback_warning", &ane::fallback_warning, py::arg("label"), py::arg("message"));
     m.def(
         "ane_surface_plan",
-        [](const std::vector<std::tuple<std::string, std::string, std::vector<int64_t>>>& inputs,
-           const std::vector<std::tuple<std::string, std::string, std::vector<int64_t>>>& outputs, bool packed, size_t slots) {
+        [](const SpecTuples& inputs, const SpecTuples& outputs, bool packed, size_t slots) {
             ane::SurfaceTable t(specs_from(inputs), specs_from(outputs), packed);
             for (size_t s = 1; s < slots; ++s) t.add_slot();
             return surface_plan(t);
         },
         py::arg("inputs"), py::arg("outputs"), py::arg("packed_inputs") = false, py::arg("slots") = 1,
         "Surface ids, byte sizes (used, allocated) and each tensor's (surface, offset, bytes) for a program.");
-    m.def("ane_channel_offset",
-          [](const std::string& dtype, const std::vector<int64_t>& shape, int64_t channel) {
-              backend::TensorSpec s;
-              s.dtype = io_dtype(dtype);
-              s.shape = shape;
-              return ane::channel_offset_bytes(s, channel);
-          },
-          py::arg("dtype"), py::arg("shape"), py::arg("channel"));
+    m.def(
+        "ane_channel_offset",
+        [](const std::string& dtype, const std::vector<int64_t>& shape, int64_t channel) {
+            return ane::channel_offset_bytes(io_spec("x", dtype, shape), channel);
+        },
+        py::arg("dtype"), py::arg("shape"), py::arg("channel"));
     m.def(
         "ane_write_tensor",
-        [](const std::string& dtype, const std::vector<int64_t>& shape, py::array src, py::array_t<uint8_t> surface, size_t offset) {
-            backend::TensorSpec s;
-            s.name = "x";
-            s.dtype = io_dtype(dtype);
-            s.shape = shape;
-            if (offset + ane::tensor_bytes(s) > size_t(surface.size())) throw py::value_error("the tensor does not fit the surface buffer");
-            ane::write_tensor(s, host_tensor(src), surface.mutable_data() + offset);
+        [](const std::string& dtype, const std::vector<int64_t>& shape, const py::array& src, py::array_t<uint8_t> surface,
+           size_t offset) {
+            backend::TensorSpec s = io_spec("x", dtype, shape);
+            ane::write_tensor(s, host_tensor(src, false, "source", 0), surface_at(surface, offset, s));
         },
         py::arg("dtype"), py::arg("shape"), py::arg("src"), py::arg("surface"), py::arg("offset") = 0,
         "Write a host array into surface bytes as the ANE backend does (fp32 -> fp16 with RNE for fp16 tensors).");
     m.def(
         "ane_read_tensor",
-        [](const std::string& dtype, const std::vector<int64_t>& shape, py::array_t<uint8_t> surface, py::array dst, size_t offset) {
-            backend::TensorSpec s;
-            s.name = "x";
-            s.dtype = io_dtype(dtype);
-            s.shape = shape;
-            if (offset + ane::tensor_bytes(s) > size_t(surface.size())) throw py::value_error("the tensor does not fit the surface buffer");
-            ane::read_tensor(s, surface.data() + offset, host_tensor(dst));
+        [](const std::string& dtype, const std::vector<int64_t>& shape, py::array_t<uint8_t> surface, const py::array& dst,
+           size_t offset) {
+            backend::TensorSpec s = io_spec("x", dtype, shape);
+            ane::read_tensor(s, surface_at(surface, offset, s), host_tensor(dst, true, "destination", 0));
         },
-        py::arg("dtype"), py::arg("shape"), py::arg("surface"), py::arg("dst"), py::arg("offset") = 0);
+        py::arg("dtype"), py::arg("shape"), py::arg("surface"), py::arg("dst"), py::arg("offset") = 0,
+        "Read surface bytes laid out as the tensor into a host array (fp16 -> fp32 exactly).");
     m.def("ane_framework_classes", &ane::framework_classes, py::arg("prefix") = "_ANE");
-    m.def("ane_describe_class",
-          [](const std::string& name) {
-              ane::ClassInfo c = ane::describe_class(name);
-              return py::dict(py::arg("exists") = c.exists, py::arg("class_methods") = c.class_methods,
-                              py::arg("instance_methods") = c.instance_methods, py::arg("properties") = c.properties);
-          },
-          py::arg("name"));
+    m.def(
+        "ane_describe_class",
+        [](const std::string& name) {
+            ane::ClassInfo c = ane::describe_class(name);
+            return py::dict(py::arg("exists") = c.exists, py::arg("class_methods") = c.class_methods,
+                            py::arg("instance_methods") = c.instance_methods, py::arg("properties") = c.properties);
+        },
+        py::arg("name"));
     m.def("ane_shared_event_probe", &ane::shared_event_probe);
 #if defined(__APPLE__) || defined(ANETRAIN_ANE_SYNTAX_CHECK)
-    bind_program_handle(m);
+    bind_ane_kernel_probes(m);
 #endif
 }
 
 // ---------------------------------------------------------------- train: CPU ops, model, step
 void bind_train(py::module_& m) {
-    (void)m;  // section: train
+    // Arguments are NumPy arrays used in place: exact dtype, C-contiguous, exact shape (-1 = any).
+    auto shape_text = [](const py::array& a) {
+        std::string t = "(";
+        for (py::ssize_t i = 0; i < a.ndim(); ++i) t += (i ? ", " : "") + std::to_string(a.shape(i));
+        return t + (a.ndim() == 1 ? ",)" : ")");
+    };
+    auto check = [shape_text](const py::array& a, const py::dtype& dt, const char* fn, const char* name,
+                              std::vector<py::ssize_t> shape, bool writable) {
+        bool ok = a.dtype().is(dt) && (a.flags() & py::array::c_style) && a.ndim() == py::ssize_t(shape.size()) &&
+                  (!writable || a.writeable());
+        for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || a.shape(py::ssize_t(i)) == shape[i];
+        if (ok) return;
+        std::string want;
+        for (size_t i = 0; i < shape.size(); ++i)
+            want += (i ? ", " : "") + (shape[i] < 0 ? std::string("n") : std::to_string(shape[i]));
+        throw py::value_error(std::string(fn) + ": " + name + " must be a " + (writable ? "writable " : "") +
+                              "C-contiguous " + std::string(py::str(dt)) + " array of shape (" + want +
+                              (shape.size() == 1 ? ",)" : ")") + "; got " + std::string(py::str(a.dtype())) + " " +
+                              shape_text(a) + ((a.flags() & py::array::c_style) ? "" : " non-contiguous"));
+    };
+    const py::dtype f32 = py::dtype::of<float>(), i32 = py::dtype::of<int32_t>();
+    auto in = [check, f32](const py::array& a, const char* fn, const char* name, std::vector<py::ssize_t> shape) {
+        check(a, f32, fn, name, std::move(shape), false);
+        return static_cast<const float*>(a.data());
+    };
+    auto out = [check, f32](py::array& a, const char* fn, const char* name, std::vector<py::ssize_t> shape) {
+        check(a, f32, fn, name, std::move(shape), true);
+        return static_cast<float*>(a.mutable_data());
+    };
+    auto tokens = [check, i32](const py::array& a, const char* fn, const char* name, py::ssize_t n) {
+        check(a, i32, fn, name, {n}, false);
+        return static_cast<const int32_t*>(a.data());
+    };
+    auto extent = [](const py::array& a, int i) { return int(a.shape(i)); };
+    using Floats = py::array_t<float>;
+
+    py::class_<train::ModelConfig>(m, "ModelConfig",
+                                   "llama2.c Transformer hyper-parameters (n_kv_heads, hidden_dim: 0 = default).")
+        .def(py::init([](int dim, int n_layers, int n_heads, int n_kv_heads, int vocab_size, int hidden_dim,
+                         int seq_len, float norm_eps, float rope_theta) {
+                 train::ModelConfig c{dim, n_layers, n_heads, n_kv_heads, vocab_size, hidden_dim, seq_len, norm_eps,
+                                      rope_theta};
+                 c.validate();
+                 return c;
+             }),
+             py::arg("dim"), py::arg("n_layers"), py::arg("n_heads"), py::arg("n_kv_heads") = 0,
+             py::arg("vocab_size"), py::arg("hidden_dim") = 0, py::arg("seq_len"), py::arg("norm_eps") = 1e-5f,
+             py::arg("rope_theta") = 10000.f)
+        .def_readonly("dim", &train::ModelConfig::dim)
+        .def_readonly("n_layers", &train::ModelConfig::n_layers)
+        .def_readonly("n_heads", &train::ModelConfig::n_heads)
+        .def_property_readonly("n_kv_heads", &train::ModelConfig::kv_heads)
+        .def_readonly("vocab_size", &train::ModelConfig::vocab_size)
+        .def_property_readonly("hidden_dim", &train::ModelConfig::ffn_dim)
+        .def_readonly("seq_len", &train::ModelConfig::seq_len)
+        .def_readonly("norm_eps", &train::ModelConfig::norm_eps)
+        .def_readonly("rope_theta", &train::ModelConfig::rope_theta)
+        .def_property_readonly("head_dim", &train::ModelConfig::head_dim)
+        .def_property_readonly("kv_dim", &train::ModelConfig::kv_dim)
+        .def_property_readonly("layer_param_count", &train::ModelConfig::layer_param_count)
+        .def_property_readonly("param_count", &train::ModelConfig::param_count)
+        .def(
+            "param_specs",
+            [](const train::ModelConfig& c) {
+                py::list specs;
+                for (const auto& p : train::param_specs(c)) {
+                    py::tuple shape =
+                        p.vector ? py::tuple(py::make_tuple(p.cols)) : py::tuple(py::make_tuple(p.rows, p.cols));
+                    specs.append(py::make_tuple(p.name, shape, p.decay));
+                }
+                return specs;
+            },
+            "[(llama2.c name, shape, weight decay applies)] in llama2.c's order.")
+        .def_static("default_hidden_dim", &train::ModelConfig::default_hidden_dim, py::arg("dim"),
+                    py::arg("multiple_of") = 32)
+        .def("__repr__", [](const train::ModelConfig& c) {
+            return "ModelConfig(dim=" + std::to_string(c.dim) + ", n_layers=" + std::to_string(c.n_layers) +
+                   ", n_heads=" + std::to_string(c.n_heads) + ", n_kv_heads=" + std::to_string(c.kv_heads()) +
+                   ", vocab_size=" + std::to_string(c.vocab_size) + ", hidden_dim=" + std::to_string(c.ffn_dim()) +
+                   ", seq_len=" + std::to_string(c.seq_len) + ")";
+        });
+
+    m.def(
+        "cpu_embedding_fwd",
+        [in, tokens, extent](const py::array& E, const py::array& tok) {
+            const float* e = in(E, "cpu_embedding_fwd", "E", {-1, -1});
+            const int vocab = extent(E, 0), D = extent(E, 1), S = int(tok.size());
+            const int32_t* t = tokens(tok, "cpu_embedding_fwd", "tokens", -1);
+            Floats x({D, S});
+            float* px = x.mutable_data();
+            py::gil_scoped_release nogil;
+            train::cpu::embedding_fwd(e, vocab, D, t, S, px);
+            return x;
+        },
+        py::arg("E"), py::arg("tokens"), "x[extent, S] = E[tokens].T (int32 tokens, bounds-checked).");
+    m.def(
+        "cpu_embedding_bwd",
+        [in, out, tokens, extent](const py::array& dx, const py::array& tok, py::array& dE) {
+            float* pdE = out(dE, "cpu_embedding_bwd", "dE", {-1, -1});
+            const int vocab = extent(dE, 0), D = extent(dE, 1), S = int(tok.size());
+            const float* pdx = in(dx, "cpu_embedding_bwd", "dx", {D, S});
+            const int32_t* t = tokens(tok, "cpu_embedding_bwd", "tokens", S);
+            py::gil_scoped_release nogil;
+            train::cpu::embedding_bwd(pdx, t, S, vocab, D, pdE);
+        },
+        py::arg("dx"), py::arg("tokens"), py::arg("dE"), "dE[tokens[s]] += dx[:, s] (accumulates into dE).");
+
+    m.def(
+        "cpu_rmsnorm_fwd",
+        [in, extent](const py::array& x, const py::array& g, float eps) {
+            const float* px = in(x, "cpu_rmsnorm_fwd", "x", {-1, -1});
+            const int C = extent(x, 0), S = extent(x, 1);
+            const float* pg = in(g, "cpu_rmsnorm_fwd", "gamma", {C});
+            Floats y({C, S}), rrms(std::vector<py::ssize_t>{S});
+            float *py_ = y.mutable_data(), *pr = rrms.mutable_data();
+            {
+                py::gil_scoped_release nogil;
+                train::cpu::rmsnorm_fwd(px, pg, C, S, eps, py_, pr);
+            }
+            return py::make_tuple(y, rrms);
+        },
+        py::arg("x"), py::arg("gamma"), py::arg("eps") = 1e-5f, "(y[C, S], rrms[S]): RMSNorm over channels.");
+    m.def(
+        "cpu_rmsnorm_bwd",
+        [in, out, extent](const py::array& dy, const py::array& x, const py::array& g, const py::array& rrms,
+                       py::array& dx, py::array& dg) {
+            const float* px = in(x, "cpu_rmsnorm_bwd", "x", {-1, -1});
+            const int C = extent(x, 0), S = extent(x, 1);
+            const float* pdy = in(dy, "cpu_rmsnorm_bwd", "dy", {C, S});
+            const float* pg = in(g, "cpu_rmsnorm_bwd", "gamma", {C});
+            const float* pr = in(rrms, "cpu_rmsnorm_bwd", "rrms", {S});
+            float* pdx = out(dx, "cpu_rmsnorm_bwd", "dx", {C, S});
+            float* pdg = out(dg, "cpu_rmsnorm_bwd", "dgamma", {C});
+            py::gil_scoped_release nogil;
+            train::cpu::rmsnorm_bwd(pdy, px, pg, pr, C, S, pdx, pdg);
+        },
+        py::arg("dy"), py::arg("x"), py::arg("gamma"), py::arg("rrms"), py::arg("dx"), py::arg("dgamma"),
+        "RMSNorm backward; accumulates into dx[C, S] and dgamma[C].");
+
+    auto rope = [in, extent](const char* fn, bool inverse) {
+        return [in, extent, fn, inverse](const py::array& x, int n_heads, float theta) {
+            const float* px = in(x, fn, "x", {-1, -1});
+            const int C = extent(x, 0), S = extent(x, 1);
+            if (n_heads <= 0 || C % n_heads != 0)
+                throw py::value_error(std::string(fn) + ": " + std::to_string(C) +
+                                      " channels do not split into n_heads=" + std::to_string(n_heads) + " heads");
+            Floats y({C, S});
+            float* p = y.mutable_data();
+            std::memcpy(p, px, size_t(C) * S * sizeof(float));
+            py::gil_scoped_release nogil;
+            train::cpu::RopeTable table(C / n_heads, S, theta);
+            (inverse ? train::cpu::rope_bwd : train::cpu::rope_fwd)(p, n_heads, table);
+            return y;
+        };
+    };
+    m.def("cpu_rope_fwd", rope("cpu_rope_fwd", false), py::arg("x"), py::arg("n_heads"), py::arg("theta") = 10000.f,
+          "RoPE on adjacent channel pairs of each head of x[n_heads*hd, S], positions 0..S-1 (returns a copy).");
+    m.def("cpu_rope_bwd", rope("cpu_rope_bwd", true), py::arg("dx"), py::arg("n_heads"), py::arg("theta") = 10000.f,
+          "Inverse RoPE rotation (the gradient of cpu_rope_fwd; returns a copy).");
+
+    m.def(
+        "cpu_classifier_fwd",
+        [in, extent](const py::array& E, const py::array& x) {
+            const float* pE = in(E, "cpu_classifier_fwd", "E", {-1, -1});
+            const int vocab = extent(E, 0), D = extent(E, 1);
+            const float* px = in(x, "cpu_classifier_fwd", "x", {D, -1});
+            const int S = extent(x, 1);
+            Floats logits({vocab, S});
+            float* pl = logits.mutable_data();
+            py::gil_scoped_release nogil;
+            train::cpu::classifier_fwd(pE, px, vocab, D, S, pl);
+            return logits;
+        },
+        py::arg("E"), py::arg("x"), "logits[vocab, S] = E @ x.");
+    m.def(
+        "cpu_classifier_bwd",
+        [in, out, extent](const py::array& E, const py::array& x, const py::array& dlogits, py::array& dE) {
+            const float* pE = in(E, "cpu_classifier_bwd", "E", {-1, -1});
+            const int vocab = extent(E, 0), D = extent(E, 1);
+            const float* px = in(x, "cpu_classifier_bwd", "x", {D, -1});
+            const int S = extent(x, 1);
+            const float* pdl = in(dlogits, "cpu_classifier_bwd", "dlogits", {vocab, S});
+            float* pdE = out(dE, "cpu_classifier_bwd", "dE", {vocab, D});
+            Floats dx({D, S});
+            float* pdx = dx.mutable_data();
+            py::gil_scoped_release nogil;
+            train::cpu::classifier_bwd(pE, px, pdl, vocab, D, S, pdx, pdE);
+            return dx;
+        },
+        py::arg("E"), py::arg("x"), py::arg("dlogits"), py::arg("dE"),
+        "Returns dx = E.T @ dlogits; accumulates dE += dlogits @ x.T.");
+    m.def(
+        "cpu_cross_entropy",
+        [in, tokens, extent](const py::array& logits, const py::array& targets, float scale) {
+            const float* pl = in(logits, "cpu_cross_entropy", "logits", {-1, -1});
+            const int vocab = extent(logits, 0), S = extent(logits, 1);
+            const int32_t* t = tokens(targets, "cpu_cross_entropy", "targets", S);
+            Floats dl({vocab, S});
+            float* pdl = dl.mutable_data();
+            double loss;
+            {
+                py::gil_scoped_release nogil;
+                loss = train::cpu::cross_entropy(pl, t, vocab, S, scale, pdl);
+            }
+            return py::make_tuple(loss, dl);
+        },
+        py::arg("logits"), py::arg("targets"), py::arg("scale") = 1.f,
+        "(mean loss, dlogits[vocab, S] = scale * (softmax - onehot) / S) for logits[vocab, S].");
+
+    m.def(
+        "cpu_swiglu_fwd",
+        [in](const py::array& h1, const py::array& h3) {
+            const float* p1 = in(h1, "cpu_swiglu_fwd", "h1", {-1, -1});
+            const float* p3 = in(h3, "cpu_swiglu_fwd", "h3", {h1.shape(0), h1.shape(1)});
+            Floats gate({h1.shape(0), h1.shape(1)});
+            float* pg = gate.mutable_data();
+            size_t n = size_t(h1.size());
+            py::gil_scoped_release nogil;
+            train::cpu::swiglu_fwd(p1, p3, n, pg);
+            return gate;
+        },
+        py::arg("h1"), py::arg("h3"), "gate = silu(h1) * h3 for [hidden, S] arrays.");
+    m.def(
+        "cpu_swiglu_bwd",
+        [in](const py::array& dgate, const py::array& h1, const py::array& h3) {
+            const float* p1 = in(h1, "cpu_swiglu_bwd", "h1", {-1, -1});
+            std::vector<py::ssize_t> shape{h1.shape(0), h1.shape(1)};
+            const float* p3 = in(h3, "cpu_swiglu_bwd", "h3", shape);
+            const float* pd = in(dgate, "cpu_swiglu_bwd", "dgate", shape);
+            Floats dh1(shape), dh3(shape);
+            float *o1 = dh1.mutable_data(), *o3 = dh3.mutable_data();
+            size_t n = size_t(h1.size());
+            {
+                py::gil_scoped_release nogil;
+                train::cpu::swiglu_bwd(pd, p1, p3, n, o1, o3);
+            }
+            return py::make_tuple(dh1, dh3);
+        },
+        py::arg("dgate"), py::arg("h1"), py::arg("h3"), "(dh1, dh3), the gradients of cpu_swiglu_fwd.");
+
+    auto check_heads = [](const char* fn, int n_heads, int n_kv_heads, int kv_channels) {
+        if (n_kv_heads <= 0 || n_heads <= 0 || n_heads % n_kv_heads != 0 || kv_channels % n_kv_heads != 0)
+            throw py::value_error(std::string(fn) + ": need n_heads (" + std::to_string(n_heads) +
+                                  ") a multiple of n_kv_heads (" + std::to_string(n_kv_heads) + ") and " +
+                                  std::to_string(kv_channels) + " KV channels divisible by n_kv_heads");
+    };
+    m.def(
+        "cpu_gqa_tile",
+        [in, extent, check_heads](const py::array& kv, int n_heads, int n_kv_heads) {
+            const float* p = in(kv, "cpu_gqa_tile", "kv", {-1, -1});
+            const int C = extent(kv, 0), S = extent(kv, 1);
+            check_heads("cpu_gqa_tile", n_heads, n_kv_heads, C);
+            const int hd = C / n_kv_heads;
+            Floats t({n_heads * hd, S});
+            float* pt = t.mutable_data();
+            py::gil_scoped_release nogil;
+            train::cpu::gqa_tile(p, n_kv_heads, n_heads, hd, S, pt);
+            return t;
+        },
+        py::arg("kv"), py::arg("n_heads"), py::arg("n_kv_heads"),
+        "Repeat-interleave KV heads [n_kv_heads*hd, S] to Q heads [n_heads*hd, S].");
+    m.def(
+        "cpu_gqa_reduce",
+        [in, extent, check_heads](const py::array& d, int n_heads, int n_kv_heads) {
+            const float* p = in(d, "cpu_gqa_reduce", "d_tiled", {-1, -1});
+            const int C = extent(d, 0), S = extent(d, 1);
+            check_heads("cpu_gqa_reduce", n_heads, n_kv_heads, C);
+            if (C % n_heads != 0)
+                throw py::value_error("cpu_gqa_reduce: " + std::to_string(C) + " channels do not split into " +
+                                      std::to_string(n_heads) + " heads");
+            const int hd = C / n_heads;
+            Floats r({n_kv_heads * hd, S});
+            float* pr = r.mutable_data();
+            py::gil_scoped_release nogil;
+            train::cpu::gqa_reduce(p, n_kv_heads, n_heads, hd, S, pr);
+            return r;
+        },
+        py::arg("d_tiled"), py::arg("n_heads"), py::arg("n_kv_heads"),
+        "Sum each group of Q-head gradients back onto its KV head (the gradient of cpu_gqa_tile).");
+
+    m.def(
+        "cpu_grad_norm",
+        [check, f32](const std::vector<py::array>& grads) {
+            std::vector<std::pair<const float*, size_t>> tensors;
+            for (const auto& g : grads) {
+                check(g, f32, "cpu_grad_norm", "every gradient", std::vector<py::ssize_t>(size_t(g.ndim()), -1), false);
+                tensors.emplace_back(static_cast<const float*>(g.data()), size_t(g.size()));
+            }
+            py::gil_scoped_release nogil;
+            return train::cpu::global_norm(tensors);
+        },
+        py::arg("grads"), "Global L2 norm over a list of float32 arrays (accumulated in double).");
+    m.def("cpu_clip_scale", &train::cpu::clip_scale, py::arg("norm"), py::arg("max_norm"),
+          "min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_.");
+    m.def(
+        "cpu_scale",
+        [check, f32](py::array& x, float s) {
+            check(x, f32, "cpu_scale", "x", std::vector<py::ssize_t>(size_t(x.ndim()), -1), true);
+            float* p = static_cast<float*>(x.mutable_data());
+            size_t n = size_t(x.size());
+            py::gil_scoped_release nogil;
+            train::cpu::scale(p, n, s);
+        },
+        py::arg("x"), py::arg("s"), "x *= s in place.");
+    m.def(
+        "cpu_adamw_step",
+        [check, f32](py::array& w, const py::array& g, py::array& mom, py::array& var, int t, float lr, float beta1,
+                     float beta2, float eps, float weight_decay, bool decay, float grad_scale) {
+            std::vector<py::ssize_t> shape(w.shape(), w.shape() + w.ndim());
+            check(w, f32, "cpu_adamw_step", "w", shape, true);
+            check(g, f32, "cpu_adamw_step", "grad", shape, false);
+            check(mom, f32, "cpu_adamw_step", "m", shape, true);
+            check(var, f32, "cpu_adamw_step", "v", shape, true);
+            train::cpu::AdamW opt{lr, beta1, beta2, eps, weight_decay};
+            float* pw = static_cast<float*>(w.mutable_data());
+            const float* pg = static_cast<const float*>(g.data());
+            float* pm = static_cast<float*>(mom.mutable_data());
+            float* pv = static_cast<float*>(var.mutable_data());
+            size_t n = size_t(w.size());
+            py::gil_scoped_release nogil;
+            train::cpu::adamw_step(pw, pg, pm, pv, n, t, opt, decay, grad_scale);
+        },
+        py::arg("w"), py::arg("grad"), py::arg("m"), py::arg("v"), py::arg("step"), py::arg("lr"),
+        py::arg("beta1") = 0.9f, py::arg("beta2") = 0.95f, py::arg("eps") = 1e-8f, py::arg("weight_decay") = 0.1f,
+        py::arg("decay") = true, py::arg("grad_scale") = 1.f,
+        "One AdamW update in place on w, m, v at 1-based step (decay=False skips weight decay).");
+
+    // ------------------------------------------------ model state: weights, grads, AdamW moments
+    auto buffer = [](train::ModelState& s, const std::string& kind) -> std::vector<float>& {
+        if (kind == "weight") return s.weights;
+        if (kind == "grad") return s.grads;
+        if (kind == "m") return s.adam_m;
+        if (kind == "v") return s.adam_v;
+        throw py::value_error("kind must be one of 'weight', 'grad', 'm', 'v' (got '" + kind + "')");
+    };
+    auto slot = [](const train::ModelState& s, const std::string& name) -> const train::ParamSlot& {
+        if (const train::ParamSlot* p = s.find(name)) return *p;
+        throw py::key_error("unknown parameter '" + name +
+                            "'; names are llama2.c's, e.g. tok_embeddings, layers.0.attention.wq, norm");
+    };
+    auto llama_shape = [](const train::ParamSpec& p) {
+        return p.vector ? std::vector<py::ssize_t>{py::ssize_t(p.cols)}
+                        : std::vector<py::ssize_t>{py::ssize_t(p.rows), py::ssize_t(p.cols)};
+    };
+    py::class_<train::ModelState>(m, "ModelState",
+                                  "Weights, gradients and AdamW moments of llama2.c's model, by llama2.c name.")
+        .def(py::init<const train::ModelConfig&>(), py::arg("config"))
+        .def_property_readonly("config", &train::ModelState::config)
+        .def_property_readonly("size", &train::ModelState::size, "Elements per buffer (the parameter count).")
+        .def_readwrite("step", &train::ModelState::step, "AdamW updates applied so far.")
+        .def("names", [](const train::ModelState& s) {
+            std::vector<std::string> names;
+            for (const auto& p : s.slots()) names.push_back(p.spec.name);
+            return names;
+        })
+        .def(
+            "get",
+            [buffer, slot, llama_shape](train::ModelState& s, const std::string& name, const std::string& kind) {
+                const train::ParamSlot& p = slot(s, name);
+                const float* src = buffer(s, kind).data() + p.offset;
+                Floats a(llama_shape(p.spec));
+                std::memcpy(a.mutable_data(), src, size_t(p.spec.numel()) * sizeof(float));
+                return a;
+            },
+            py::arg("name"), py::arg("kind") = "weight", "A copy of one tensor (kind: weight, grad, m, v).")
+        .def(
+            "set",
+            [buffer, slot, llama_shape, in](train::ModelState& s, const std::string& name, const py::array& a,
+                                            const std::string& kind) {
+                const train::ParamSlot& p = slot(s, name);
+                const float* src = in(a, "ModelState.set", name.c_str(), llama_shape(p.spec));
+                float* dst = buffer(s, kind).data() + p.offset;
+                std::memcpy(dst, src, size_t(p.spec.numel()) * sizeof(float));
+            },
+            py::arg("name"), py::arg("value"), py::arg("kind") = "weight",
+            "Overwrite one tensor (float32, llama2.c's shape).")
+        .def(
+            "flat",
+            [buffer](py::object self, const std::string& kind) {
+                std::vector<float>& b = buffer(self.cast<train::ModelState&>(), kind);
+                return py::array_t<float>({py::ssize_t(b.size())}, {py::ssize_t(sizeof(float))}, b.data(), self);
+            },
+            py::arg("kind") = "weight",
+            "A writable 1-D view (no copy) of one whole buffer, tensors in names() order; keeps the state alive.")
+        .def(
+            "init_random",
+            [](train::ModelState& s, uint64_t seed) {
+                py::gil_scoped_release nogil;
+                s.init_random(seed);
+            },
+            py::arg("seed"), "Seeded init (fan-in normal linears, 0.02 embedding, unit gammas); clears the rest.")
+        .def("zero_grads", &train::ModelState::zero_grads, py::call_guard<py::gil_scoped_release>())
+        .def("grad_norm", &train::ModelState::grad_norm, py::call_guard<py::gil_scoped_release>(),
+             "Global L2 norm of all gradients.")
+        .def(
+            "adamw_update",
+            [](train::ModelState& s, float lr, float beta1, float beta2, float eps, float weight_decay,
+               float grad_scale) {
+                train::cpu::AdamW opt{lr, beta1, beta2, eps, weight_decay};
+                py::gil_scoped_release nogil;
+                s.adamw_update(opt, grad_scale);
+            },
+            py::arg("lr"), py::arg("beta1") = 0.9f, py::arg("beta2") = 0.95f, py::arg("eps") = 1e-8f,
+            py::arg("weight_decay") = 0.1f, py::arg("grad_scale") = 1.f,
+            "One AdamW update of every tensor (no decay for RMSNorm gammas) with grads times grad_scale.");
+}
+
+// ---------------------------------------------------------------- trainer: the native training step
+void bind_trainer(py::module_& m) {
+    using train::Trainer;
+    auto tokens_arg = [](const py::array& a, int extra, const Trainer& t) {
+        if (a.ndim() != 2 || a.shape(1) != t.config().seq_len + extra || a.shape(0) < 1)
+            throw py::value_error("tokens must be an int32 array [batch, " + std::to_string(t.config().seq_len + extra) +
+                                  "]; got shape " + std::string(py::str(py::tuple(py::cast(
+                                                        std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()))))));
+        return py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(a);
+    };
+    py::class_<Trainer>(m, "Trainer", "llama2.c's Transformer trained through MIL kernels on a backend.")
+        .def(py::init([](const train::ModelConfig& cfg, std::shared_ptr<backend::Backend> backend,
+                         const std::string& pipeline, const std::string& precision, const std::string& dialect,
+                         float loss_scale, int overlap_dw) {
+                 train::TrainerOptions o{pipeline, precision, dialect, loss_scale, overlap_dw};
+                 return std::make_unique<Trainer>(cfg, std::move(backend), o);
+             }),
+             py::arg("config"), py::arg("backend"), py::arg("pipeline") = "dynamic", py::arg("precision") = "fp16",
+             py::arg("dialect") = "1.3/ios18", py::arg("loss_scale") = 256.f, py::arg("overlap_dw") = -1)
+        .def_property_readonly("state", py::overload_cast<>(&Trainer::state), py::return_value_policy::reference_internal)
+        .def_property_readonly("pipeline", [](const Trainer& t) { return t.options().pipeline; })
+        .def_property_readonly("precision", [](const Trainer& t) { return t.options().precision; })
+        .def_property_readonly("loss_scale", [](const Trainer& t) { return t.options().loss_scale; })
+        .def_property_readonly("pending_sequences", &Trainer::pending_sequences)
+        .def(
+            "accumulate",
+            [tokens_arg](Trainer& t, const py::array& tokens) {
+                auto tok = tokens_arg(tokens, 1, t);
+                const int32_t* p = tok.data();
+                const int batch = int(tok.shape(0));
+                py::gil_scoped_release nogil;
+                return t.accumulate(p, batch);
+            },
+            py::arg("tokens"), "Forward+backward over int32 tokens [batch, seq_len+1]; adds gradients; returns mean loss.")
+        .def(
+            "update",
+            [](Trainer& t, float lr, float beta1, float beta2, float eps, float weight_decay, float clip) {
+                train::cpu::AdamW opt{lr, beta1, beta2, eps, weight_decay};
+                py::gil_scoped_release nogil;
+                return t.update(opt, clip);
+            },
+            py::arg("lr"), py::arg("beta1") = 0.9f, py::arg("beta2") = 0.95f, py::arg("eps") = 1e-8f,
+            py::arg("weight_decay") = 0.1f, py::arg("clip") = 1.f,
+            "Clip and apply AdamW to the accumulated (mean, unscaled) gradients; returns the gradient norm.")
+        .def(
+            "forward",
+            [tokens_arg](Trainer& t, const py::array& tokens) {
+                auto tok = tokens_arg(tokens, 0, t);
+                const int batch = int(tok.shape(0));
+                std::vector<float> logits;
+                {
+                    const int32_t* p = tok.data();
+                    py::gil_scoped_release nogil;
+                    logits = t.forward(p, batch);
+                }
+                py::array_t<float> out({py::ssize_t(batch), py::ssize_t(t.config().seq_len),
+                                        py::ssize_t(t.config().vocab_size)});
+                std::memcpy(out.mutable_data(), logits.data(), logits.size() * sizeof(float));
+                return out;
+            },
+            py::arg("tokens"), "Logits [batch, seq_len, vocab] for int32 tokens [batch, seq_len].")
+        .def("compiles_needed", &Trainer::compiles_needed,
+             "Compiles the next accumulate() needs (static: every layer after an update).")
+        .def("timings",
+             [](const Trainer& t) {
+                 const train::Timings& x = t.timings();
+                 return py::dict(py::arg("kernels_ms") = x.kernels, py::arg("cpu_ops_ms") = x.cpu_ops,
+                                 py::arg("dw_ms") = x.dw, py::arg("dw_wait_ms") = x.dw_wait,
+                                 py::arg("optimizer_ms") = x.optimizer, py::arg("compile_ms") = x.compile,
+                                 py::arg("total_ms") = x.total, py::arg("compiles") = x.compiles,
+                                 py::arg("kernel_evals") = x.kernel_evals);
+             })
+        .def("reset_timings", &Trainer::reset_timings);
 }
 
 }  // namespace
@@ -444,4 +1139,5 @@ PYBIND11_MODULE(_native, m) {
     bind_backend(m);
     bind_ane(m);
     bind_train(m);
+    bind_trainer(m);
 }

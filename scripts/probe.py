@@ -50,7 +50,7 @@ class Context:
         self.rng = np.random.default_rng(args.seed)
 
     def linear(self):
-        """A conv program, its W, its input, and NumPy's y = W x."""
+        """A conv program, its weights and an input."""
         from anetrain.ane_programs import linear
 
         text, weights, shapes = linear(self.mil, np.random.default_rng(self.args.seed))
@@ -58,9 +58,14 @@ class Context:
         return text, weights, x
 
     def compile(self, text, weights, label, **options):
-        from anetrain import _native
+        """A kernel on a fresh ANE backend with these options (qos, multi_input)."""
+        from anetrain import ane, kernels
 
-        return _native.ane_compile(text, weights, label, **options)
+        return kernels.compile(text, weights, backend=ane.new_backend(**options), name=label)
+
+
+def outputs_like(kernel):
+    return [np.empty(o.shape, np.float32) for o in kernel.outputs]
 
 
 def conv_reference(blob, x):
@@ -84,14 +89,16 @@ def other_weights(weights, rng):
 
 def probe_weight_swap(ctx):
     text, weights, x = ctx.linear()
-    prog = ctx.compile(text, weights, "probe_weight_swap")
-    y_old = prog.eval([x])[0]
+    from anetrain import _native
+
+    k = ctx.compile(text, weights, "probe_weight_swap")
+    y_old = k(x).astype(np.float32)
     key, new_blob = other_weights(weights, ctx.rng)
-    prog.overwrite_model_file(key.split("/", 1)[1], new_blob)
+    _native.ane_kernel_overwrite_model_file(k._native, key.split("/", 1)[1], new_blob)
     t0 = time.perf_counter()
-    prog.reload()
+    _native.ane_kernel_reload(k._native)
     reload_ms = (time.perf_counter() - t0) * 1e3
-    y_new = prog.eval([x])[0]
+    y_new = k(x).astype(np.float32)
     err_old = closeness(y_new, conv_reference(weights[key], x))
     err_new = closeness(y_new, conv_reference(new_blob, x))
     follows = err_new < err_old
@@ -106,31 +113,34 @@ def probe_perf_stats(ctx):
     classes = {n: _native.ane_describe_class(n) for n in
                ("_ANEPerformanceStats", "_ANEPerfRequest", "_ANEPerformanceCounters", "_ANEPerformanceStatsIOSurface")}
     text, weights, x = ctx.linear()
-    prog = ctx.compile(text, weights, "probe_perf_stats")
-    _, report = prog.eval_with_perf_stats([x], 0xFF)
+    k = ctx.compile(text, weights, "probe_perf_stats")
+    report = _native.ane_kernel_eval_with_perf_stats(k._native, [x], outputs_like(k), 0xFF)
     return {"classes": classes, "eval_with_mask_0xff": report}
 
 
-def eval_ms(prog, x, n):
-    prog.eval([x])
+def eval_ms(kernel, x, n):
+    out = outputs_like(kernel)
+    kernel.eval_into([x], out)
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
-        prog.eval([x])
+        kernel.eval_into([x], out)
         times.append((time.perf_counter() - t0) * 1e3)
     return float(np.median(times))
 
 
 def probe_qos_sweep(ctx):
+    from anetrain import _native
+
     text, weights, x = ctx.linear()
     rows = []
     for qos in range(64):
         try:
-            prog = ctx.compile(text, weights, f"probe_qos_{qos}", qos=qos)
-            t = prog.timings
+            k = ctx.compile(text, weights, f"probe_qos_{qos}", qos=qos)
+            t = _native.ane_kernel_info(k._native)
             rows.append({"qos": qos, "compile_ms": t["compile_ms"], "load_ms": t["load_ms"],
-                         "eval_ms_median": eval_ms(prog, x, ctx.args.evals)})
-            del prog
+                         "eval_ms_median": eval_ms(k, x, ctx.args.evals)})
+            del k
         except Exception as e:  # noqa: BLE001  (a failing QoS value is a result)
             rows.append({"qos": qos, "error": f"{type(e).__name__}: {e}"})
     return rows
@@ -145,7 +155,7 @@ def probe_multi_input(ctx):
     result = {}
     for layout, multi in (("packed", False), ("multi_input", True)):
         try:
-            y = ctx.compile(text, weights, f"probe_{layout}", multi_input=multi).eval([a, b])[0]
+            y = ctx.compile(text, weights, f"probe_{layout}", multi_input=multi)(a, b)
             err = closeness(y, expected)
             result[layout] = {"max_abs_err": err, "ok": err < 1e-2}
         except Exception as e:  # noqa: BLE001
@@ -157,9 +167,13 @@ def probe_multi_input(ctx):
 
 def probe_weights_buffer(ctx):
     text, weights, x = ctx.linear()
-    prog = ctx.compile(text, weights, "probe_weights_buffer")
+    from anetrain import _native
+
+    k = ctx.compile(text, weights, "probe_weights_buffer")
     key, new_blob = other_weights(weights, ctx.rng)
-    y = prog.eval_variant([x], 0, new_blob)[0]
+    out = outputs_like(k)
+    _native.ane_kernel_eval_variant(k._native, [x], out, 0, new_blob)
+    y = out[0]
     err_old = closeness(y, conv_reference(weights[key], x))
     err_new = closeness(y, conv_reference(new_blob, x))
     return {"err_vs_compiled_weights": err_old, "err_vs_buffer_weights": err_new,
@@ -168,12 +182,16 @@ def probe_weights_buffer(ctx):
 
 def probe_procedure_index(ctx):
     text, weights, x = ctx.linear()
-    prog = ctx.compile(text, weights, "probe_procedure_index")
-    base = prog.eval([x])[0]
+    from anetrain import _native
+
+    k = ctx.compile(text, weights, "probe_procedure_index")
+    base = k(x).astype(np.float32)
     rows = []
     for i in range(16):
         try:
-            y = prog.eval_variant([x], i)[0]
+            out = outputs_like(k)
+            _native.ane_kernel_eval_variant(k._native, [x], out, i)
+            y = out[0]
             rows.append({"procedure_index": i, "max_diff_vs_index_0": float(np.max(np.abs(y - base)))})
         except Exception as e:  # noqa: BLE001
             rows.append({"procedure_index": i, "error": f"{type(e).__name__}: {e}"})

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Self-test of the ANE backend: compile kernels on the Apple Neural Engine, run them on random
 inputs and compare with the ref backend (which executes the same MIL text on the CPU).
+Kernels: the built-in programs of anetrain.ane_programs and the model's own kernel generators
+(anetrain.kernels.model_kernels, both pipelines) for a small GQA model.
 
 Prints one row per kernel (max abs error, max relative error, verdict) and exits 1 when any
 kernel mismatches or fails. Without a usable ANE it prints one line saying why and exits 77
-("skipped"). The built-in programs are always run; the model's own kernels are added when
-anetrain.kernels.model_kernels exists.
+("skipped").
 
-    python scripts/selftest_ane.py [--seed N] [--tolerance T] [--config NAME]
+    python scripts/selftest_ane.py [--seed N] [--tolerance T]
 """
 import argparse
 import os
@@ -25,46 +26,56 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0, help="random seed for weights and inputs")
     p.add_argument("--tolerance", type=float, default=2e-2,
                    help="mismatch when max abs error > tolerance * max(1, max |ref|)")
-    p.add_argument("--config", default="stories-tiny", help="model config for the model's kernels")
     return p.parse_args(argv)
 
 
-def builtin_cases(dialect, chip_family, rng):
-    """(name, mil_text, weights, input_shapes, skip_reason) for the hand-written programs."""
+def unsupported_ops(text, chip_family):
     from anetrain import _native
+
+    ops = set(_native.mil_parse_summary(text)["ops"])
+    return sorted(op for op in ops if not _native.ane_supports_op(op, chip_family))
+
+
+def builtin_cases(dialect, rng):
+    """(name, mil_text, weights) for the hand-written programs."""
     from anetrain.ane_programs import BUILTIN, Mil
 
     m = Mil(dialect)
-    for name, (build, ops) in BUILTIN.items():
-        missing = [op for op in ops if not _native.ane_supports_op(op, chip_family)]
-        text, weights, shapes = build(m, rng)
-        reason = f"the {chip_family} ANE compiler lacks {', '.join(missing)}" if missing else ""
-        yield name, text, weights, shapes, reason
+    for name, build in BUILTIN.items():
+        text, weights, _ = build(m, rng)
+        yield name, text, weights
 
 
-def model_cases(config):
-    """The model's kernel generators, when they exist, for both pipelines."""
+# A small GQA model: every kernel generator runs at a size that compiles in moments.
+SMALL_MODEL = dict(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=256, hidden_dim=128, seq_len=32)
+
+
+def layer_weights(rng, c):
+    """Random llama-style layer weights [out, in] for the static pipeline's baked kernels."""
+    hd = c["dim"] // c["n_heads"]
+    q, kv, d, h = c["n_heads"] * hd, c["n_kv_heads"] * hd, c["dim"], c["hidden_dim"]
+    shapes = {"wq": (q, d), "wk": (kv, d), "wv": (kv, d), "wo": (d, q), "w1": (h, d), "w2": (d, h), "w3": (h, d)}
+    return {k: (rng.standard_normal(s) / np.sqrt(s[1])).astype(np.float32) for k, s in shapes.items()}
+
+
+def model_cases(dialect_string, rng):
+    """(name, mil_text, weights) for the model's kernel generators, both pipelines."""
     from anetrain import kernels
 
-    if not hasattr(kernels, "model_kernels"):
-        print("note: anetrain.kernels.model_kernels does not exist yet; only the built-in programs run")
-        return
+    weights = layer_weights(rng, SMALL_MODEL)
     for pipeline in ("static", "dynamic"):
-        for k in kernels.model_kernels(config, pipeline):
-            yield f"{pipeline}/{k.name}", k.mil_text, dict(k.weights), [list(s) for s in k.input_shapes], ""
+        baked = weights if pipeline == "static" else None
+        for name, text, blobs, _, _ in kernels.model_kernels(SMALL_MODEL, pipeline, baked, "fp16", dialect_string):
+            yield f"{pipeline}/{name}", text, dict(blobs)
 
 
-def run_on_ref(text, weights, name, inputs):
-    from anetrain import kernels
+def random_inputs(kernel, rng):
+    return [(0.5 * rng.standard_normal(i.shape)).astype(np.float16 if i.dtype == "fp16" else np.float32)
+            for i in kernel.inputs]
 
-    out = kernels.compile(text, weights=weights, backend="ref", name=name)(*inputs)
+
+def as_list(out):
     return list(out) if isinstance(out, tuple) else [out]
-
-
-def run_on_ane(text, weights, name, inputs):
-    from anetrain import _native
-
-    return _native.ane_compile(text, weights, name).eval(inputs)
 
 
 def compare(ane_outs, ref_outs, tolerance):
@@ -85,27 +96,29 @@ def compare(ane_outs, ref_outs, tolerance):
 
 def main(argv=None):
     args = parse_args(argv)
-    from anetrain import ane
+    from anetrain import ane, kernels
 
     if not ane.available():
         print(f"selftest_ane: skipped: {ane.unavailable_reason()}")
         return EXIT_SKIPPED
     chip, dialect = ane.chip(), ane.dialect()
     print(f"chip: {chip['brand']} ({chip['model']}, ANE {chip['ane_subtype'] or '?'}); "
-          f"MIL dialect {dialect['version']}/{dialect['opset']}{' verbose' if dialect['verbose_scalars'] else ''} "
-          f"({dialect['source']}); options {ane.options()}")
+          f"MIL dialect {ane.dialect_string()} ({dialect['source']}); options {ane.options()}")
     rng = np.random.default_rng(args.seed)
-    cases = list(builtin_cases(dialect, chip["family"], rng)) + list(model_cases(args.config))
+    cases = list(builtin_cases(dialect, rng)) + list(model_cases(ane.dialect_string(), rng))
+    on_ane, on_ref = ane.new_backend(), kernels.new_backend("ref")
     print(f"{'kernel':34s} {'max abs err':>12s} {'max rel err':>12s}  result")
     failed = 0
-    for name, text, weights, shapes, skip in cases:
-        if skip:
-            print(f"{name:34s} {'':>12s} {'':>12s}  skipped ({skip})")
+    for name, text, weights in cases:
+        missing = unsupported_ops(text, chip["family"])
+        if missing:
+            print(f"{name:34s} {'':>12s} {'':>12s}  skipped (the {chip['family']} ANE compiler lacks {', '.join(missing)})")
             continue
-        inputs = [rng.standard_normal(s).astype(np.float16) for s in shapes]
         try:
-            ref_outs = run_on_ref(text, weights, name, inputs)
-            ane_outs = run_on_ane(text, weights, name, inputs)
+            ref = kernels.compile(text, weights, backend=on_ref, name=name)
+            inputs = random_inputs(ref, rng)
+            ref_outs = as_list(ref(*inputs))
+            ane_outs = as_list(kernels.compile(text, weights, backend=on_ane, name=name)(*inputs))
         except Exception as e:  # noqa: BLE001  (every failure is a row of the report)
             failed += 1
             print(f"{name:34s} {'':>12s} {'':>12s}  FAILED: {type(e).__name__}: {e}")
@@ -113,7 +126,7 @@ def main(argv=None):
         abs_err, rel_err, ok = compare(ane_outs, ref_outs, args.tolerance)
         failed += not ok
         print(f"{name:34s} {abs_err:12.3g} {rel_err:12.3g}  {'ok' if ok else 'MISMATCH'}")
-    print(f"{len(cases)} kernels, {failed} failed")
+    print(f"{len(cases)} kernels, {failed} failed; {on_ane.compiles} ANE compiles")
     return 1 if failed else 0
 
 

@@ -1,6 +1,7 @@
 """The ANE backend's portable parts (all platforms) and, on a Mac with an ANE, the backend itself."""
 import importlib.util
 import math
+import re
 import os
 import shutil
 import subprocess
@@ -38,9 +39,17 @@ def test_unavailable_off_macos_says_why():
 
 
 @off_mac
-def test_ane_programs_cannot_be_compiled_off_macos():
-    assert not hasattr(_native, "ane_compile")
-    assert not hasattr(_native, "AneProgram")
+def test_ane_backend_off_macos_is_a_backend_error_saying_why():
+    from anetrain import kernels
+
+    with pytest.raises(anetrain.BackendError, match="ANE backend is unavailable: .*macOS"):
+        _native.make_ane_backend()
+    with pytest.raises(anetrain.BackendError, match="unavailable"):
+        kernels.new_backend("ane")
+    with pytest.raises(anetrain.BackendError, match="unavailable"):
+        ane.new_backend(qos=9)
+    assert not hasattr(_native, "ane_kernel_reload")  # the probes' kernel hooks exist on macOS only
+    assert _native.ane_process_compiles() == 0
 
 
 # ------------------------------------------------------------------ dialect table
@@ -80,11 +89,17 @@ def test_dialect_env_override(monkeypatch):
     assert ane.dialect() == {"version": "1.0", "opset": "ios16", "verbose_scalars": True, "source": "env"}
 
 
-@pytest.mark.parametrize("bad", ["ios18", "1.3", "1.3/", "/ios18", "x.y/ios18", "1.3/ios 18", "13/ios18"])
+@pytest.mark.parametrize("bad", ["ios18", "1.3", "1.3/", "/ios18", "x.y/ios18", "1.3/macos15"])
 def test_bad_dialect_override_is_one_clear_error(monkeypatch, bad):
     monkeypatch.setenv("ANETRAIN_MIL_DIALECT", bad)
-    with pytest.raises(ValueError, match="ANETRAIN_MIL_DIALECT must look like 1.3/ios18"):
+    with pytest.raises(ValueError, match=f"ANETRAIN_MIL_DIALECT: MIL dialect '{re.escape(bad)}'"):
         ane.dialect()
+
+
+def test_dialect_string_is_what_the_builder_takes(monkeypatch):
+    monkeypatch.setenv("ANETRAIN_MIL_DIALECT", "1.0/ios16-verbose")
+    assert ane.dialect_string() == "1.0/ios16-verbose"
+    assert _native.MilBuilder(ane.dialect_string()).dialect == "1.0/ios16-verbose"
 
 
 # ------------------------------------------------------------------ settings
@@ -161,13 +176,9 @@ def test_supported_ops_per_chip():
 
 # ------------------------------------------------------------------ fallback policy (Python)
 
-def backend_error_type():
-    return getattr(anetrain, "BackendError", RuntimeError)
-
-
-def failing(message, error=None):
+def failing(message, error=anetrain.BackendError):
     def compile_():
-        raise (error or backend_error_type())(message)
+        raise error(message)
     return compile_
 
 
@@ -192,10 +203,10 @@ def test_no_fallback_when_the_ane_compiles():
 
 
 def test_strict_mode_raises_instead(monkeypatch):
-    with pytest.raises(backend_error_type(), match="bad op"):
+    with pytest.raises(anetrain.BackendError, match="bad op"):
         ane.compile_with_fallback(failing("bad op"), lambda: "ref-kernel", "k_strict", strict=True)
     monkeypatch.setenv("ANETRAIN_STRICT", "1")
-    with pytest.raises(backend_error_type(), match="bad op"):
+    with pytest.raises(anetrain.BackendError, match="bad op"):
         ane.compile_with_fallback(failing("bad op"), lambda: "ref-kernel", "k_strict_env")
 
 
@@ -204,11 +215,60 @@ def test_program_errors_are_not_fallen_back():
         ane.compile_with_fallback(failing("MIL line 3: unknown op", ValueError), lambda: "ref", "k_mil")
 
 
-@pytest.mark.skipif(not hasattr(anetrain, "CompileBudgetExceeded"),
-                    reason="anetrain.CompileBudgetExceeded comes with the ref backend's branch")
 def test_spent_budget_propagates():
     with pytest.raises(anetrain.CompileBudgetExceeded):
         ane.compile_with_fallback(failing("budget", anetrain.CompileBudgetExceeded), lambda: "ref", "k_budget")
+
+
+class FakeAneNative:
+    """A native backend named "ane" whose compiler rejects everything."""
+    name = "ane"
+    compiles = 0
+    budget = 119
+    remaining = 119
+
+    def compile(self, text, blobs, label):
+        raise anetrain.BackendError("ANE compile failed: Error Domain=com.apple.appleneuralengine Code=3")
+
+
+ADD_PROGRAM = """program(1.3)
+{
+    func main<ios18>(tensor<fp16, [1, 4, 1, 8]> x) {
+        tensor<fp16, [1, 4, 1, 8]> y = add(x = x, y = x)[name = string("y")];
+    } -> (y);
+}
+"""
+
+
+def test_kernels_compile_auto_falls_back_to_ref_with_one_warning(monkeypatch, rng):
+    from anetrain import kernels
+
+    fake_ane = kernels.Backend(FakeAneNative())
+    real_get = kernels.get_backend
+    monkeypatch.setattr(kernels, "get_backend", lambda name="ref": fake_ane if name == "auto" else real_get(name))
+    x = rng.standard_normal((1, 4, 1, 8)).astype(np.float16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        k = kernels.compile(ADD_PROGRAM, name="double_it")
+    assert k.backend.name == "ref"
+    np.testing.assert_array_equal(k(x), (x.astype(np.float32) * 2).astype(np.float16))
+    msgs = [str(w.message) for w in caught if issubclass(w.category, ane.FallbackWarning)]
+    assert len(msgs) == 1 and "'double_it'" in msgs[0] and "Code=3" in msgs[0]
+    with pytest.raises(anetrain.BackendError, match="Code=3"):
+        kernels.compile(ADD_PROGRAM, name="double_it_strict", strict=True)
+    with pytest.raises(anetrain.BackendError, match="Code=3"):
+        kernels.compile(ADD_PROGRAM, backend=fake_ane, name="explicit_ane_never_falls_back")
+
+
+@off_mac
+def test_kernels_honour_anetrain_backend(monkeypatch):
+    from anetrain import kernels
+
+    monkeypatch.setenv("ANETRAIN_BACKEND", "ref")
+    assert kernels.compile(ADD_PROGRAM, name="k").backend.name == "ref"
+    monkeypatch.setenv("ANETRAIN_BACKEND", "ane")
+    with pytest.raises(ValueError, match="ANETRAIN_BACKEND 'ane' is not usable here"):
+        kernels.compile(ADD_PROGRAM, name="k")
 
 
 def test_native_fallback_warning_text():
@@ -375,8 +435,6 @@ def numpy_reference(name, weights, inputs):
     raise KeyError(name)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("anetrain.kernels") is None,
-                    reason="runs the programs on the ref backend (anetrain.kernels, from the ref branch)")
 @pytest.mark.parametrize("dialect", [{"version": "1.3", "opset": "ios18", "verbose_scalars": False},
                                      {"version": "1.0", "opset": "ios16", "verbose_scalars": True}])
 def test_selftest_programs_compute_what_they_claim(rng, dialect):
@@ -384,12 +442,49 @@ def test_selftest_programs_compute_what_they_claim(rng, dialect):
     from anetrain.ane_programs import BUILTIN, Mil
 
     m = Mil(dialect)
-    for name, (build, _) in BUILTIN.items():
+    for name, build in BUILTIN.items():
         text, weights, shapes = build(m, rng)
         inputs = [rng.standard_normal(s).astype(np.float16) for s in shapes]
         got = kernels.compile(text, weights=weights, backend="ref", name=name)(*inputs)
         want = numpy_reference(name, weights, inputs)
         np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=3e-2, rtol=2e-2, err_msg=name)
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("dialect", ["1.3/ios18", "1.0/ios16-verbose"])
+def test_selftest_cases_run_on_ref(rng, dialect):
+    """Everything of the self-test but the ANE itself: its kernel list builds and runs on ref."""
+    from anetrain import kernels
+    from anetrain.ane_programs import BUILTIN
+
+    selftest = load_script("selftest_ane")
+    version, opset = dialect.split("/")
+    d = {"version": version, "opset": opset.replace("-verbose", ""), "verbose_scalars": opset.endswith("-verbose")}
+    cases = list(selftest.builtin_cases(d, rng)) + list(selftest.model_cases(dialect, rng))
+    assert [c[0] for c in cases[:len(BUILTIN)]] == list(BUILTIN)
+    assert any(c[0].startswith("static/") for c in cases) and any(c[0].startswith("dynamic/") for c in cases)
+    ref = kernels.new_backend("ref")
+    for name, text, weights in cases:
+        k = kernels.compile(text, weights, backend=ref, name=name)
+        outs = selftest.as_list(k(*selftest.random_inputs(k, rng)))
+        assert all(np.all(np.isfinite(o.astype(np.float32))) for o in outs), name
+    assert selftest.unsupported_ops(cases[1][1], "M1") == ["matmul"]  # the attention program
+    assert selftest.unsupported_ops(cases[1][1], "M4") == []
+
+
+def test_selftest_compare_flags_mismatches():
+    selftest = load_script("selftest_ane")
+    ref = np.linspace(-4, 4, 64, dtype=np.float32)
+    assert selftest.compare([ref + 0.01], [ref], 2e-2)[2] is True
+    assert selftest.compare([ref + 0.5], [ref], 2e-2)[2] is False
+    assert selftest.compare([np.full_like(ref, np.nan)], [ref], 2e-2)[2] is False
+    assert selftest.compare([ref[:32]], [ref], 2e-2)[2] is False
 
 
 # ------------------------------------------------------------------ on a Mac with an ANE
@@ -403,18 +498,29 @@ def test_selftest_passes_on_this_mac():
 
 @needs_ane
 def test_compile_errors_carry_the_compilers_message():
-    with pytest.raises(Exception, match="ANE compile failed|rejected the MIL program|MIL line"):
-        _native.ane_compile("program(1.3)\n{\n func main<ios18>(tensor<fp16, [1, 4, 1, 4]> x) {\n"
-                            "  tensor<fp16, [1, 4, 1, 4]> y = no_such_op(x = x)[name = string(\"y\")];\n } -> (y);\n}\n",
-                            {}, "bad_kernel")
+    with pytest.raises(anetrain.BackendError, match="ANE compile failed|rejected the MIL program"):
+        ane.new_backend().native.compile(
+            ADD_PROGRAM.replace("add(", "no_such_op("), {}, "bad_kernel")
 
 
 @needs_ane
-def test_slot_plan_of_a_compiled_packed_program(rng):
+def test_packed_inputs_plan_of_a_compiled_program(rng):
+    from anetrain import kernels
     from anetrain.ane_programs import Mil, attention
 
     text, weights, shapes = attention(Mil(ane.dialect()), rng)
-    prog = _native.ane_compile(text, weights, "attn", multi_input=False)
-    plan = prog.surface_plan
+    k = kernels.compile(text, weights, backend=ane.new_backend(multi_input=False), name="attn")
+    plan = _native.ane_kernel_info(k._native)["surface_plan"]
     assert plan["request_inputs"] == [[1]]
     assert [r[1] for r in plan["inputs"][0]] == [0, 64 * 32 * 2, 2 * 64 * 32 * 2]
+
+
+@needs_ane
+def test_compile_budget_counts_every_ane_compile_of_the_process():
+    from anetrain import kernels
+
+    spent = _native.ane_process_compiles()
+    b = ane.new_backend(compile_budget=spent + 1)
+    kernels.compile(ADD_PROGRAM, backend=b, name="one")
+    with pytest.raises(anetrain.CompileBudgetExceeded):
+        kernels.compile(ADD_PROGRAM, backend=ane.new_backend(compile_budget=spent + 1), name="two")

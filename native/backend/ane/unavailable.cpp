@@ -16,6 +16,8 @@ const PlatformStatus& platform_status() {
 
 ChipInfo detect_chip() { return {}; }
 
+int64_t process_compiles() { return 0; }
+
 std::vector<std::string> framework_classes(const std::string&) { return {}; }
 
 ClassInfo describe_class(const std::string&) { return {}; }

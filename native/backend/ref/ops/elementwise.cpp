@@ -1,0 +1,184 @@
+// Element-wise ops: binary with NumPy broadcasting (add, sub, mul, real_div, pow, maximum,
+// minimum) and unary activations. Operands are iterated through a coalesced strided loop whose
+// inner row has fast paths for same-shape, scalar and row/channel broadcast; big tensors are
+// split across threads; fp16 outputs are rounded chunk by chunk.
+#include <algorithm>
+#include <cmath>
+
+#include "backend/ref/plan.h"
+#include "core/fp16.h"
+
+namespace anetrain::backend::ref {
+
+namespace {
+
+template <class T, class F>
+void binary_rows(const Loop& L, const T* x, const T* y, T* z, F f, int64_t r0, int64_t r1) {
+    const int64_t n = L.inner(), sx = L.strides[0].back(), sy = L.strides[1].back();
+    for_rows<3>(L, r0, r1, [&](const int64_t* off) {
+        const T* a = x + off[0];
+        const T* c = y + off[1];
+        T* o = z + off[2];
+        if (sx == 1 && sy == 1) {
+            for (int64_t i = 0; i < n; ++i) o[i] = f(a[i], c[i]);
+        } else if (sx == 0 && sy == 1) {
+            const T s = a[0];
+            for (int64_t i = 0; i < n; ++i) o[i] = f(s, c[i]);
+        } else if (sx == 1 && sy == 0) {
+            const T s = c[0];
+            for (int64_t i = 0; i < n; ++i) o[i] = f(a[i], s);
+        } else {
+            for (int64_t i = 0; i < n; ++i) o[i] = f(a[i * sx], c[i * sy]);
+        }
+    });
+}
+
+template <class T, class F>
+void plan_binary(Builder& b, const View& x, const View& y, const View& out, F f) {
+    Loop L = make_loop(out.shape, {broadcast_strides(x, out.shape), broadcast_strides(y, out.shape), out.strides});
+    const T* xp = x.as<T>();
+    const T* yp = y.as<T>();
+    T* zp = out.as<T>();
+    const bool round = b.round16() && out.dtype == DType::fp16;
+    b.add_step([L, xp, yp, zp, f, round, out] {
+        const int64_t n = L.inner();
+        parallel_rows(L.rows(), n, [&](int64_t r0, int64_t r1) {
+            binary_rows<T>(L, xp, yp, zp, f, r0, r1);
+            if constexpr (std::is_same_v<T, float>)
+                if (round) fp16::round_f32(zp + r0 * n, zp + r0 * n, size_t((r1 - r0) * n));
+        });
+    });
+}
+
+enum class Bin { add, sub, mul, div, pow, max, min };
+
+template <class T>
+void plan_binary_op(Builder& b, Bin kind, const View& x, const View& y, const View& out) {
+    switch (kind) {
+        case Bin::add: plan_binary<T>(b, x, y, out, [](T a, T c) { return T(a + c); }); break;
+        case Bin::sub: plan_binary<T>(b, x, y, out, [](T a, T c) { return T(a - c); }); break;
+        case Bin::mul: plan_binary<T>(b, x, y, out, [](T a, T c) { return T(a * c); }); break;
+        case Bin::max: plan_binary<T>(b, x, y, out, [](T a, T c) { return std::isnan(float(a)) || a > c ? a : c; }); break;
+        case Bin::min: plan_binary<T>(b, x, y, out, [](T a, T c) { return std::isnan(float(a)) || a < c ? a : c; }); break;
+        case Bin::div:
+            if constexpr (std::is_same_v<T, float>) plan_binary<T>(b, x, y, out, [](T a, T c) { return a / c; });
+            break;
+        case Bin::pow:
+            if constexpr (std::is_same_v<T, float>) plan_binary<T>(b, x, y, out, [](T a, T c) { return std::pow(a, c); });
+            break;
+    }
+}
+
+void build_binary(Builder& b, Bin kind) {
+    const View& x = b.tensor("x");
+    const View& y = b.tensor("y");
+    b.require_dtype("x", x, {DType::fp16, DType::fp32, DType::int32});
+    b.require_dtype("y", y, {DType::fp16, DType::fp32, DType::int32});
+    DType dt = x.dtype;
+    if (x.dtype != y.dtype) {
+        if (!mil::is_float(x.dtype) || !mil::is_float(y.dtype))
+            b.fail(std::string("x is ") + mil::dtype_name(x.dtype) + " but y is " + mil::dtype_name(y.dtype) + "; cast one of them");
+        dt = DType::fp32;
+    }
+    if (dt == DType::int32 && (kind == Bin::div || kind == Bin::pow)) b.fail("int32 operands are not supported; cast to fp32");
+    Shape shape;
+    if (!broadcast_shapes(x.shape, y.shape, &shape))
+        b.fail("shapes " + shape_str(x.shape) + " and " + shape_str(y.shape) + " do not broadcast");
+    View out = b.output(0, dt, shape);
+    if (dt == DType::int32)
+        plan_binary_op<int32_t>(b, kind, x, y, out);
+    else
+        plan_binary_op<float>(b, kind, x, y, out);
+}
+
+template <Bin K>
+void build_bin(Builder& b) { build_binary(b, K); }
+
+// ---------------------------------------------------------------- unary
+
+template <class F>
+void plan_unary(Builder& b, const View& x, const View& out, F f) {
+    Loop L = make_loop(out.shape, {x.strides, out.strides});
+    const float* xp = x.f();
+    float* zp = out.f();
+    const bool round = b.round16() && out.dtype == DType::fp16;
+    b.add_step([L, xp, zp, f, round] {
+        const int64_t n = L.inner(), sx = L.strides[0].back();
+        parallel_rows(L.rows(), n, [&](int64_t r0, int64_t r1) {
+            for_rows<2>(L, r0, r1, [&](const int64_t* off) {
+                const float* a = xp + off[0];
+                float* o = zp + off[1];
+                if (sx == 1)
+                    for (int64_t i = 0; i < n; ++i) o[i] = f(a[i]);
+                else
+                    for (int64_t i = 0; i < n; ++i) o[i] = f(a[i * sx]);
+            });
+            if (round) fp16::round_f32(zp + r0 * n, zp + r0 * n, size_t((r1 - r0) * n));
+        });
+    });
+}
+
+const View& unary_input(Builder& b, View* out) {
+    const View& x = b.tensor("x");
+    b.require_float("x", x);
+    *out = b.output(0, x.dtype, x.shape);
+    return x;
+}
+
+void build_exp(Builder& b) {
+    View out;
+    const View& x = unary_input(b, &out);
+    plan_unary(b, x, out, [](float v) { return std::exp(v); });
+}
+void build_sqrt(Builder& b) {
+    View out;
+    const View& x = unary_input(b, &out);
+    plan_unary(b, x, out, [](float v) { return std::sqrt(v); });
+}
+void build_rsqrt(Builder& b) {
+    float eps = float(b.number_scalar("epsilon", 1e-12));
+    View out;
+    const View& x = unary_input(b, &out);
+    plan_unary(b, x, out, [eps](float v) { return 1.0f / std::sqrt(v + eps); });
+}
+void build_sigmoid(Builder& b) {
+    View out;
+    const View& x = unary_input(b, &out);
+    plan_unary(b, x, out, [](float v) { return 1.0f / (1.0f + std::exp(-v)); });
+}
+void build_silu(Builder& b) {
+    View out;
+    const View& x = unary_input(b, &out);
+    plan_unary(b, x, out, [](float v) { return v / (1.0f + std::exp(-v)); });
+}
+void build_tanh(Builder& b) {
+    View out;
+    const View& x = unary_input(b, &out);
+    plan_unary(b, x, out, [](float v) { return std::tanh(v); });
+}
+void build_relu(Builder& b) {
+    View out;
+    const View& x = unary_input(b, &out);
+    plan_unary(b, x, out, [](float v) { return v > 0.0f ? v : (v == v ? 0.0f : v); });
+}
+
+}  // namespace
+
+void register_elementwise_ops(std::map<std::string, BuildFn>& r) {
+    r["add"] = build_bin<Bin::add>;
+    r["sub"] = build_bin<Bin::sub>;
+    r["mul"] = build_bin<Bin::mul>;
+    r["real_div"] = build_bin<Bin::div>;
+    r["pow"] = build_bin<Bin::pow>;
+    r["maximum"] = build_bin<Bin::max>;
+    r["minimum"] = build_bin<Bin::min>;
+    r["exp"] = build_exp;
+    r["sqrt"] = build_sqrt;
+    r["rsqrt"] = build_rsqrt;
+    r["sigmoid"] = build_sigmoid;
+    r["silu"] = build_silu;
+    r["tanh"] = build_tanh;
+    r["relu"] = build_relu;
+}
+
+}  // namespace anetrain::backend::ref

@@ -1,0 +1,222 @@
+// matmul (NumPy batch broadcasting, 1-D promotion, transpose flags) and
+// scaled_dot_product_attention. Strided 2-D operands go straight to BLAS through lda and the
+// transpose flag whenever one of their strides is 1, so slice -> reshape -> transpose -> matmul
+// chains never copy; otherwise the operand is made contiguous once per evaluation.
+#include <climits>
+#include <cmath>
+#include <cstring>
+
+#include "backend/ref/plan.h"
+#include "core/blas.h"
+#include "core/fp16.h"
+
+namespace anetrain::backend::ref {
+
+namespace {
+
+// How BLAS reads a rows x cols matrix stored with strides (rs, cs).
+struct MatLayout {
+    bool ok = false;
+    bool trans = false;
+    int ld = 0;
+};
+
+MatLayout mat_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
+    MatLayout m;
+    // Strides of size-1 dimensions are free: pick whatever makes the layout legal.
+    int64_t rs_n = rows == 1 ? std::max<int64_t>(cols, 1) : rs, cs_n = cols == 1 ? 1 : cs;
+    if (cs_n == 1 && rs_n >= std::max<int64_t>(cols, 1) && rs_n <= INT_MAX) {
+        m.ok = true;
+        m.ld = int(rs_n);
+        return m;
+    }
+    int64_t rs_t = rows == 1 ? 1 : rs, cs_t = cols == 1 ? std::max<int64_t>(rows, 1) : cs;
+    if (rs_t == 1 && cs_t >= std::max<int64_t>(rows, 1) && cs_t <= INT_MAX) {
+        m.ok = true;
+        m.trans = true;
+        m.ld = int(cs_t);
+    }
+    return m;
+}
+
+// Element offsets of every batch matrix of v (rank-2 trailing dims) over broadcast batch dims.
+std::vector<int64_t> batch_offsets(const View& v, const Shape& batch) {
+    Shape vb(v.shape.begin(), v.shape.end() - 2), vs(v.strides.begin(), v.strides.end() - 2);
+    View bv{v.dtype, vb, vs, nullptr};
+    Shape strides = broadcast_strides(bv, batch);
+    int64_t n = 1;
+    for (int64_t d : batch) n *= d;
+    std::vector<int64_t> offs(size_t(n), 0);
+    for (int64_t i = 0; i < n; ++i) {
+        int64_t r = i, off = 0;
+        for (size_t d = batch.size(); d-- > 0;) {
+            off += (r % batch[d]) * strides[d];
+            r /= batch[d];
+        }
+        offs[size_t(i)] = off;
+    }
+    return offs;
+}
+
+// A matmul operand as BLAS sees it: the view with its last two dims possibly swapped.
+View matrix_view(const View& v, bool transpose) {
+    View m = v;
+    if (transpose) {
+        std::swap(m.shape[m.rank() - 1], m.shape[m.rank() - 2]);
+        std::swap(m.strides[m.rank() - 1], m.strides[m.rank() - 2]);
+    }
+    return m;
+}
+
+MatLayout operand_layout(Builder& b, View* m) {
+    size_t r = m->rank();
+    MatLayout l = mat_layout(m->shape[r - 2], m->shape[r - 1], m->strides[r - 2], m->strides[r - 1]);
+    if (!l.ok) {
+        *m = b.contiguous(*m);
+        l = mat_layout(m->shape[r - 2], m->shape[r - 1], m->strides[r - 2], m->strides[r - 1]);
+    }
+    return l;
+}
+
+void build_matmul(Builder& b) {
+    View x = b.tensor("x"), y = b.tensor("y");
+    b.require_float("x", x);
+    b.require_float("y", y);
+    bool tx = b.bool_scalar("transpose_x", false), ty = b.bool_scalar("transpose_y", false);
+    if (x.rank() == 0 || y.rank() == 0) b.fail("x and y must have rank 1 or more");
+    const bool x1 = x.rank() == 1, y1 = y.rank() == 1;
+    if (x1) {
+        x.shape.insert(x.shape.begin(), 1);
+        x.strides.insert(x.strides.begin(), 0);
+        tx = false;
+    }
+    if (y1) {
+        y.shape.push_back(1);
+        y.strides.push_back(0);
+        ty = false;
+    }
+    View xm = matrix_view(x, tx), ym = matrix_view(y, ty);
+    const int64_t M = xm.shape[xm.rank() - 2], K = xm.shape[xm.rank() - 1];
+    const int64_t K2 = ym.shape[ym.rank() - 2], N = ym.shape[ym.rank() - 1];
+    if (K != K2) b.fail("inner dimensions differ: x gives " + std::to_string(K) + ", y gives " + std::to_string(K2));
+    Shape batch;
+    if (!broadcast_shapes(Shape(xm.shape.begin(), xm.shape.end() - 2), Shape(ym.shape.begin(), ym.shape.end() - 2), &batch))
+        b.fail("batch dimensions of " + shape_str(x.shape) + " and " + shape_str(y.shape) + " do not broadcast");
+    Shape shape = batch;
+    if (!x1) shape.push_back(M);
+    if (!y1) shape.push_back(N);
+    View out = b.output(0, x.dtype, shape);
+    if (M > INT_MAX || N > INT_MAX || K > INT_MAX) b.fail("matrix dimensions exceed the BLAS int range");
+
+    MatLayout la = operand_layout(b, &xm), lb = operand_layout(b, &ym);
+    std::vector<int64_t> xo = batch_offsets(xm, batch), yo = batch_offsets(ym, batch);
+    const float* xp = xm.f();
+    const float* yp = ym.f();
+    float* op = out.f();
+    const bool round = b.round16() && out.dtype == DType::fp16;
+    b.add_step([=] {
+        const size_t mn = size_t(M * N);
+        for (size_t i = 0; i < xo.size(); ++i) {
+            float* c = op + i * mn;
+            if (K == 0)
+                std::memset(c, 0, mn * sizeof(float));
+            else if (mn)
+                blas::sgemm(la.trans, lb.trans, int(M), int(N), int(K), 1.0f, xp + xo[i], la.ld, yp + yo[i], lb.ld, 0.0f, c, int(N));
+            if (round) fp16::round_f32(c, c, mn);
+        }
+    });
+}
+
+// softmax over each row of a contiguous [rows, n] block, in place, fp32 accumulation.
+void softmax_rows(float* p, int64_t rows, int64_t n) {
+    for (int64_t r = 0; r < rows; ++r) {
+        float* row = p + r * n;
+        float mx = -INFINITY;
+        for (int64_t i = 0; i < n; ++i) mx = std::max(mx, row[i]);
+        float sum = 0.0f;
+        for (int64_t i = 0; i < n; ++i) {
+            row[i] = std::exp(row[i] - mx);
+            sum += row[i];
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t i = 0; i < n; ++i) row[i] *= inv;
+    }
+}
+
+void build_sdpa(Builder& b) {
+    const View q0 = b.tensor("query"), k0 = b.tensor("key"), v0 = b.tensor("value");
+    b.require_float("query", q0);
+    b.require_float("key", k0);
+    b.require_float("value", v0);
+    const Value* mask = b.optional("attn_mask");
+    if (q0.rank() < 3 || k0.rank() != q0.rank() || v0.rank() != q0.rank()) b.fail("query, key and value must have the same rank, at least 3");
+    const size_t r = q0.rank();
+    const Shape batch(q0.shape.begin(), q0.shape.end() - 2);
+    if (Shape(k0.shape.begin(), k0.shape.end() - 2) != batch || Shape(v0.shape.begin(), v0.shape.end() - 2) != batch)
+        b.fail("query, key and value must share their batch dimensions");
+    const int64_t L = q0.shape[r - 2], E = q0.shape[r - 1], S = k0.shape[r - 2], EV = v0.shape[r - 1];
+    if (k0.shape[r - 1] != E) b.fail("key's last dimension must equal query's (" + std::to_string(E) + ")");
+    if (v0.shape[r - 2] != S) b.fail("value's sequence dimension must equal key's (" + std::to_string(S) + ")");
+    Shape scores_shape = batch;
+    scores_shape.push_back(L);
+    scores_shape.push_back(S);
+    Shape mstrides;
+    const void* mp = nullptr;
+    bool mask_bool = false;
+    if (mask) {
+        const View& m = mask->view;
+        b.require_dtype("attn_mask", m, {DType::fp16, DType::fp32, DType::bool_});
+        Shape bs;
+        if (!broadcast_shapes(m.shape, scores_shape, &bs) || bs != scores_shape)
+            b.fail("attn_mask " + shape_str(m.shape) + " does not broadcast to " + shape_str(scores_shape));
+        mstrides = broadcast_strides(m, scores_shape);
+        mp = m.data;
+        mask_bool = m.dtype == DType::bool_;
+    }
+    Shape out_shape = batch;
+    out_shape.push_back(L);
+    out_shape.push_back(EV);
+    View out = b.output(0, q0.dtype, out_shape);
+    View q = b.contiguous(q0), k = b.contiguous(k0), v = b.contiguous(v0);
+    View scores = b.alloc(DType::fp32, {L, S});
+    int64_t nb = 1;
+    for (int64_t d : batch) nb *= d;
+    const float scale = 1.0f / std::sqrt(float(E));
+    const bool round = b.round16() && out.dtype == DType::fp16;
+    b.add_step([=] {
+        float* sc = scores.f();
+        for (int64_t i = 0; i < nb; ++i) {
+            blas::sgemm(false, true, int(L), int(S), int(E), scale, q.f() + i * L * E, int(E), k.f() + i * S * E, int(E), 0.0f, sc, int(S));
+            if (mp) {
+                int64_t base = 0, rem = i;
+                for (size_t d = batch.size(); d-- > 0;) {
+                    base += (rem % batch[d]) * mstrides[d];
+                    rem /= batch[d];
+                }
+                const int64_t ml = mstrides[r - 2], ms = mstrides[r - 1];
+                for (int64_t l = 0; l < L; ++l)
+                    for (int64_t s = 0; s < S; ++s) {
+                        int64_t at = base + l * ml + s * ms;
+                        if (mask_bool) {
+                            if (!static_cast<const uint8_t*>(mp)[at]) sc[l * S + s] = -INFINITY;
+                        } else {
+                            sc[l * S + s] += static_cast<const float*>(mp)[at];
+                        }
+                    }
+            }
+            softmax_rows(sc, L, S);
+            float* o = out.f() + i * L * EV;
+            blas::sgemm(false, false, int(L), int(EV), int(S), 1.0f, sc, int(S), v.f() + i * S * EV, int(EV), 0.0f, o, int(EV));
+            if (round) fp16::round_f32(o, o, size_t(L * EV));
+        }
+    });
+}
+
+}  // namespace
+
+void register_matmul_ops(std::map<std::string, BuildFn>& r) {
+    r["matmul"] = build_matmul;
+    r["scaled_dot_product_attention"] = build_sdpa;
+}
+
+}  // namespace anetrain::backend::ref

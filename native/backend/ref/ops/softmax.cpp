@@ -1,0 +1,53 @@
+// softmax(x, axis): exp(x - max) / sum, accumulated in fp32, rows split across threads.
+#include <cmath>
+#include <cstring>
+
+#include "backend/ref/plan.h"
+#include "core/fp16.h"
+
+namespace anetrain::backend::ref {
+
+namespace {
+
+// Softmax along the middle axis of a contiguous [outer, n, inner] block.
+void softmax_block(const float* x, float* y, int64_t n, int64_t inner) {
+    for (int64_t j = 0; j < inner; ++j) {
+        float mx = -INFINITY;
+        for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i * inner + j]);
+        float sum = 0.0f;
+        for (int64_t i = 0; i < n; ++i) {
+            float e = std::exp(x[i * inner + j] - mx);
+            y[i * inner + j] = e;
+            sum += e;
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t i = 0; i < n; ++i) y[i * inner + j] *= inv;
+    }
+}
+
+void build_softmax(Builder& b) {
+    const View x0 = b.tensor("x");
+    b.require_float("x", x0);
+    if (x0.rank() == 0) b.fail("x must have rank 1 or more");
+    const int64_t axis = normalize_axis(b, b.int_scalar("axis", -1), x0.rank(), "axis");
+    View out = b.output(0, x0.dtype, x0.shape);
+    View x = b.contiguous(x0);
+    int64_t outer = 1, inner = 1;
+    for (int64_t i = 0; i < axis; ++i) outer *= x.shape[size_t(i)];
+    for (size_t i = size_t(axis) + 1; i < x.rank(); ++i) inner *= x.shape[i];
+    const int64_t n = x.shape[size_t(axis)];
+    const bool round = b.round16() && out.dtype == DType::fp16;
+    b.add_step([=] {
+        parallel_rows(outer, n * inner, [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r) softmax_block(x.f() + r * n * inner, out.f() + r * n * inner, n, inner);
+            float* p = out.f() + r0 * n * inner;
+            if (round) fp16::round_f32(p, p, size_t((r1 - r0) * n * inner));
+        });
+    });
+}
+
+}  // namespace
+
+void register_softmax_ops(std::map<std::string, BuildFn>& r) { r["softmax"] = build_softmax; }
+
+}  // namespace anetrain::backend::ref

@@ -1,0 +1,192 @@
+// Internals of the ref backend shared by the executor and the op families.
+//
+// Design: parse -> for each op, its family's build function validates operands, infers the
+// output type (checked against the declared one) and appends Steps to the plan -> eval runs the
+// Steps. Shapes are static, so every buffer is allocated at compile time and a Step is a closure
+// over raw pointers, strides and precomputed sizes; eval does no lookups.
+//
+// Storage: fp16 and fp32 tensors are float arrays (fp16 values exactly representable in fp16),
+// int32 as int32, int8 as int8, uint8 and bool as uint8. A View is shape + strides (in elements)
+// + a pointer, so reshape/transpose/slice/split are views over the producer's buffer.
+#pragma once
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "backend/backend.h"
+
+namespace anetrain::backend::ref {
+
+using mil::DType;
+using Shape = std::vector<int64_t>;
+
+// Element storage of a dtype (throws MilError for dtypes the ref backend cannot hold).
+enum class Store : uint8_t { f32, i32, i8, u8 };
+bool storable(DType d);
+Store store_of(DType d);
+size_t store_size(Store s);
+
+struct View {
+    DType dtype = DType::fp32;
+    Shape shape;
+    Shape strides;
+    void* data = nullptr;
+
+    int64_t numel() const;
+    size_t rank() const { return shape.size(); }
+    bool contiguous() const;
+    float* f() const { return static_cast<float*>(data); }
+    template <class T>
+    T* as() const { return static_cast<T*>(data); }
+};
+
+Shape contiguous_strides(const Shape& shape);
+std::string shape_str(const Shape& s);
+
+// A named value during compilation.
+struct Value {
+    View view;
+    bool tensor = true;              // declared as tensor<...> (false: scalar spelling)
+    bool is_const = false;           // produced by const / a literal: contents known at compile time
+    std::vector<std::string> strings;  // string constants (no storage)
+};
+
+using Step = std::function<void()>;
+
+// Strided copy of src into dst (same storage type), dst described by its own strides.
+void copy_strided(const View& src, void* dst, const Shape& dst_strides);
+// Copy/convert any view into a contiguous buffer of dtype `to` (cast semantics: float->int
+// truncates toward zero; fp16 targets are rounded to fp16 when round16).
+void convert_into(const View& src, void* dst, DType to, bool round16);
+
+// The compile-time context of one op; op families talk to the plan only through it.
+class Builder {
+public:
+    Builder(const mil::Op& op, std::unordered_map<std::string, Value>& values, std::vector<Step>& steps,
+            const Blobs& blobs, bool round16, std::vector<std::unique_ptr<float[]>>& buffers);
+
+    const mil::Op& op() const { return op_; }
+    bool round16() const { return round16_; }
+
+    // Operands, looked up in (...) then [...]. Each lookup marks the key as used; keys never
+    // looked up are reported as unknown arguments after the build.
+    bool has(const char* key);
+    const Value& value(const char* key);            // required operand (ref or literal)
+    const Value* optional(const char* key);          // nullptr when absent
+    std::vector<const Value*> values(const char* key);  // a tuple operand
+    const View& tensor(const char* key) { return value(key).view; }
+
+    // Compile-time constants (the operand must be a const or a literal).
+    std::vector<int64_t> ints(const char* key);
+    int64_t int_scalar(const char* key, int64_t dflt, bool required = false);
+    bool bool_scalar(const char* key, bool dflt);
+    std::string string_scalar(const char* key, const std::string& dflt, bool required = false);
+    std::vector<double> numbers(const char* key);   // const numeric contents, row-major
+    double number_scalar(const char* key, double dflt);
+
+    // Checks that raise a MilError naming the op's line.
+    void require_float(const char* key, const View& v);
+    void require_dtype(const char* key, const View& v, std::initializer_list<DType> ok);
+    [[noreturn]] void fail(const std::string& msg) const;
+
+    // Outputs: a new contiguous buffer, or a view of existing storage. The inferred type is
+    // checked against the declared one.
+    size_t num_outputs() const { return op_.outputs.size(); }
+    View output(size_t i, DType dtype, const Shape& shape);
+    void output_view(size_t i, const View& v);
+    void output_value(size_t i, Value v);  // constants and anything else fully formed
+
+    // A contiguous version of v: v itself, or a new buffer filled by a copy step.
+    View contiguous(const View& v);
+    View alloc(DType dtype, const Shape& shape);  // contiguous scratch/output storage
+    void add_step(Step s) { steps_.push_back(std::move(s)); }
+    // Round a contiguous fp16 buffer in place (no-op for other dtypes or in fp32 mode).
+    void round_output(const View& v, float* p, size_t n) const;
+
+    const Blobs& blobs() const { return blobs_; }
+    void finish();  // unknown-argument and output-count checks
+
+private:
+    const mil::Arg* lookup(const char* key);
+    Value literal_value(const mil::Literal& lit);
+    const Value& resolve(const mil::Arg& a, const char* key);
+    void check_declared(size_t i, DType dtype, const Shape& shape);
+
+    const mil::Op& op_;
+    std::unordered_map<std::string, Value>& values_;
+    std::vector<Step>& steps_;
+    const Blobs& blobs_;
+    bool round16_;
+    std::vector<std::unique_ptr<float[]>>& buffers_;
+    std::vector<std::string> used_;
+    std::vector<bool> defined_;
+    std::vector<std::unique_ptr<Value>> temps_;  // literal operands
+};
+
+// Load a literal (inline numbers or a BLOBFILE) into a new constant value.
+Value load_literal(const mil::Literal& lit, int line, const Blobs& blobs, bool round16,
+                   std::vector<std::unique_ptr<float[]>>& buffers);
+void* allocate(std::vector<std::unique_ptr<float[]>>& buffers, DType dtype, int64_t numel, int line);
+
+using BuildFn = void (*)(Builder&);
+const std::map<std::string, BuildFn>& registry();
+
+// Op families (ops/*.cpp) add their ops here.
+void register_const_ops(std::map<std::string, BuildFn>& r);
+void register_conv_ops(std::map<std::string, BuildFn>& r);
+void register_matmul_ops(std::map<std::string, BuildFn>& r);
+void register_elementwise_ops(std::map<std::string, BuildFn>& r);
+void register_reduce_ops(std::map<std::string, BuildFn>& r);
+void register_softmax_ops(std::map<std::string, BuildFn>& r);
+void register_shape_ops(std::map<std::string, BuildFn>& r);
+void register_quant_ops(std::map<std::string, BuildFn>& r);
+
+// Shared numeric helpers.
+int64_t normalize_axis(Builder& b, int64_t axis, size_t rank, const char* what);
+bool broadcast_shapes(const Shape& a, const Shape& b, Shape* out);
+Shape broadcast_strides(const View& v, const Shape& out_shape);  // 0 stride on broadcast dims
+// Run fn(begin, end) over rows in parallel when the total work is large.
+void parallel_rows(int64_t rows, int64_t row_len, const std::function<void(int64_t, int64_t)>& fn);
+
+}  // namespace anetrain::backend::ref
+
+namespace anetrain::backend::ref {
+
+// Dimensions merged and size-1 dimensions dropped for a set of operands sharing one iteration
+// space: the last dimension is the inner (row) loop, the rest are rows.
+struct Loop {
+    Shape shape;                 // at least one dimension
+    std::vector<Shape> strides;  // per operand, same length as shape
+    int64_t inner() const { return shape.back(); }
+    int64_t rows() const;
+};
+Loop make_loop(const Shape& shape, const std::vector<Shape>& strides);
+
+// Calls f(row_offsets) for rows [r0, r1) of the loop; row_offsets[k] is operand k's element
+// offset of the row start.
+template <size_t K, class F>
+void for_rows(const Loop& L, int64_t r0, int64_t r1, F&& f) {
+    const size_t nd = L.shape.size() - 1;
+    int64_t idx[16] = {0};
+    int64_t off[K] = {0};
+    int64_t r = r0;
+    for (size_t d = nd; d-- > 0;) {
+        idx[d] = r % L.shape[d];
+        r /= L.shape[d];
+        for (size_t k = 0; k < K; ++k) off[k] += idx[d] * L.strides[k][d];
+    }
+    for (int64_t row = r0; row < r1; ++row) {
+        f(off);
+        for (size_t d = nd; d-- > 0;) {
+            for (size_t k = 0; k < K; ++k) off[k] += L.strides[k][d];
+            if (++idx[d] < L.shape[d]) break;
+            for (size_t k = 0; k < K; ++k) off[k] -= idx[d] * L.strides[k][d];
+            idx[d] = 0;
+        }
+    }
+}
+
+}  // namespace anetrain::backend::ref

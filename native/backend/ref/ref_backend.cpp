@@ -1,0 +1,140 @@
+// The ref backend: compile = parse + per-op build (validate, infer, plan); eval = run the plan.
+#include "backend/ref/ref_backend.h"
+
+#include <cstring>
+
+#include "backend/ref/plan.h"
+#include "core/fp16.h"
+
+namespace anetrain::backend {
+
+namespace ref {
+
+const std::map<std::string, BuildFn>& registry() {
+    static const std::map<std::string, BuildFn> r = [] {
+        std::map<std::string, BuildFn> m;
+        register_const_ops(m);
+        register_conv_ops(m);
+        register_matmul_ops(m);
+        register_elementwise_ops(m);
+        register_reduce_ops(m);
+        register_softmax_ops(m);
+        register_shape_ops(m);
+        register_quant_ops(m);
+        return m;
+    }();
+    return r;
+}
+
+namespace {
+
+class RefKernel : public Kernel {
+public:
+    RefKernel(const mil::Program& program, const Blobs& blobs, const std::string& label, bool round16) : round16_(round16) {
+        const mil::Function& f = program.main();
+        label_ = label;
+        backend_name_ = "ref";
+        inputs_ = input_specs(f);
+        outputs_ = output_specs(f);
+        std::unordered_map<std::string, Value> values;
+        for (const auto& p : f.inputs) {
+            Value v;
+            v.tensor = p.type.tensor;
+            v.view.dtype = p.type.dtype;
+            v.view.shape = p.type.shape;
+            v.view.strides = contiguous_strides(p.type.shape);
+            v.view.data = allocate(buffers_, p.type.dtype, p.type.numel(), p.line);
+            in_views_.push_back(v.view);
+            values[p.name] = v;
+        }
+        const auto& ops = registry();
+        for (const auto& op : f.ops) {
+            auto it = ops.find(op.type);
+            if (it == ops.end()) throw mil::MilError(op.line, "unknown op '" + op.type + "' (the ref backend does not implement it)");
+            Builder b(op, values, steps_, blobs, round16, buffers_);
+            it->second(b);
+            b.finish();
+        }
+        for (const auto& name : f.outputs) {
+            const Value& v = values.at(name);
+            if (v.view.dtype == DType::string || !storable(v.view.dtype))
+                throw mil::MilError(f.outputs_line, "returned value '" + name + "' must be a numeric tensor");
+            out_views_.push_back(v.view);
+            // Non-contiguous float outputs are gathered here before conversion to fp16.
+            scratch_.push_back(v.view.contiguous() ? nullptr : allocate(buffers_, DType::fp32, v.view.numel(), f.outputs_line));
+        }
+    }
+
+    void eval(const std::vector<HostTensor>& in, const std::vector<HostTensor>& out) override {
+        std::lock_guard<std::mutex> lk(mu_);
+        try {
+            check_host_tensors(inputs_, in, "input");
+            check_host_tensors(outputs_, out, "output");
+            for (size_t i = 0; i < in.size(); ++i) load_input(in_views_[i], in[i]);
+            for (const auto& step : steps_) step();
+            for (size_t i = 0; i < out.size(); ++i) store_output(out_views_[i], scratch_[i], out[i]);
+        } catch (const BackendError&) {
+            poison_outputs(out);
+            throw;
+        } catch (const std::exception& e) {
+            poison_outputs(out);
+            throw BackendError(std::string("ref evaluation failed: ") + e.what());
+        }
+    }
+
+private:
+    void load_input(const View& v, const HostTensor& h) {
+        size_t n = size_t(h.numel);
+        if (v.dtype == DType::fp16 && h.dtype == DType::fp16) {
+            fp16::f16_to_f32(static_cast<const uint16_t*>(h.data), v.f(), n);
+        } else if (v.dtype == DType::fp16 && round16_) {
+            fp16::round_f32(static_cast<const float*>(h.data), v.f(), n);
+        } else {
+            std::memcpy(v.data, h.data, n * store_size(store_of(v.dtype)));
+        }
+    }
+
+    static void store_output(const View& v, void* scratch, const HostTensor& h) {
+        size_t n = size_t(h.numel);
+        if (h.dtype == DType::fp16) {
+            const float* src = v.f();
+            if (scratch) {
+                copy_strided(v, scratch, contiguous_strides(v.shape));
+                src = static_cast<const float*>(scratch);
+            }
+            fp16::f32_to_f16(src, static_cast<uint16_t*>(h.data), n);
+        } else {
+            copy_strided(v, h.data, contiguous_strides(v.shape));
+        }
+    }
+
+    bool round16_;
+    std::mutex mu_;
+    std::vector<std::unique_ptr<float[]>> buffers_;
+    std::vector<Step> steps_;
+    std::vector<View> in_views_, out_views_;
+    std::vector<void*> scratch_;
+};
+
+class RefBackend : public Backend {
+public:
+    explicit RefBackend(const RefOptions& o) : Backend(o.compile_budget), round16_(o.fp16_rounding) {}
+    std::string name() const override { return "ref"; }
+    bool supports(const std::string& op) const override { return registry().count(op) != 0; }
+
+protected:
+    std::unique_ptr<Kernel> compile_program(const mil::Program& program, const std::string&, const Blobs& blobs,
+                                            const std::string& label) override {
+        return std::make_unique<RefKernel>(program, blobs, label, round16_);
+    }
+
+private:
+    bool round16_;
+};
+
+}  // namespace
+}  // namespace ref
+
+std::shared_ptr<Backend> make_ref_backend(const RefOptions& options) { return std::make_shared<ref::RefBackend>(options); }
+
+}  // namespace anetrain::backend
