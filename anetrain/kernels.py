@@ -204,7 +204,7 @@ def _compile_on(backend, mil_text, weights, name):
     return Kernel(native, backend)
 
 
-def model_kernels(config, pipeline="dynamic", layer_weights=None, precision="fp16", dialect="1.3/ios18"):
+def model_kernels(config, pipeline="dynamic", layer_weights=None, precision="fp16", dialect=None):
     """The model's per-layer kernels as [(name, mil_text, weights, input names, output names)].
 
     config: a ModelConfig, dict or object with llama2.c's fields. The static pipeline bakes
@@ -212,6 +212,9 @@ def model_kernels(config, pipeline="dynamic", layer_weights=None, precision="fp1
     """
     from .model import model_config
 
+    from . import ane
+
+    dialect = dialect or ane.dialect_string()  # this Mac's MIL dialect (1.3/ios18 off macOS)
     c = model_config(config)
     shape = dict(dim=c.dim, hidden_dim=c.hidden_dim, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads,
                  seq_len=c.seq_len, rope_theta=c.rope_theta)

@@ -478,6 +478,19 @@ def test_selftest_cases_run_on_ref(rng, dialect):
     assert selftest.unsupported_ops(cases[1][1], "M4") == []
 
 
+def test_model_kernels_default_to_this_machines_dialect(monkeypatch):
+    from anetrain import kernels
+
+    small = dict(dim=64, n_layers=1, n_heads=4, n_kv_heads=4, vocab_size=64, hidden_dim=128, seq_len=16)
+    monkeypatch.setenv("ANETRAIN_MIL_DIALECT", "1.0/ios16-verbose")
+    _, text, _, _, _ = kernels.model_kernels(small, "dynamic")[0]
+    assert text.startswith("program(1.0)") and "main<ios16>" in text and 'tensor<string, []>("' in text
+    monkeypatch.delenv("ANETRAIN_MIL_DIALECT")
+    _, text, _, _, _ = kernels.model_kernels(small, "dynamic")[0]
+    expected = ane.dialect_string().split("/")[0]
+    assert text.startswith(f"program({expected})")
+
+
 def test_selftest_compare_flags_mismatches():
     selftest = load_script("selftest_ane")
     ref = np.linspace(-4, 4, 64, dtype=np.float32)

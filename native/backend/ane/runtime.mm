@@ -92,8 +92,20 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
+bool apple_silicon() {
+#if defined(__arm64__) || defined(__aarch64__)
+    return true;
+#else
+    return false;
+#endif
+}
+
 PlatformStatus load_framework() {
     PlatformStatus status;
+    if (!apple_silicon()) {
+        status.reason = "this Mac has an Intel CPU; the Apple Neural Engine needs Apple silicon";
+        return status;
+    }
     if (!dlopen(kFrameworkPath, RTLD_NOW)) {
         const char* why = dlerror();
         status.reason = std::string("cannot load AppleNeuralEngine.framework: ") + (why ? why : "unknown dlopen error");
