@@ -26,9 +26,9 @@ COMMON=(-fsyntax-only -std=c++17 -Werror -Wall -Wno-unused-function
         -DGNUSTEP -DGNUSTEP_BASE_LIBRARY=1 -DGNU_RUNTIME=1
         -I"$SHIMS" -Inative -I/usr/include/GNUstep -I"$GCC_INCLUDE")
 
-# ARC pass: GCC's libobjc headers are not ARC-clean in four declarations (an inline function
-# dereferencing id, three Protocol** prototypes). Check against a copy with those four made
-# ARC-clean; they are declarations we do not call, so nothing checked about our code changes.
+# ARC pass: GCC's libobjc headers are not ARC-clean in four places (the body of the inline
+# object_getClass dereferences id; three prototypes return Protocol**). Check against a copy
+# with those made ARC-clean: no signature our code is checked against changes.
 ARC_HEADERS="$(mktemp -d)"
 trap 'rm -rf "$ARC_HEADERS"' EXIT
 cp -r "$GCC_INCLUDE/objc" "$ARC_HEADERS/objc"
@@ -58,7 +58,8 @@ for f in "${mm_files[@]}"; do
         fi
     done
 done
-# The Apple-only C++ (the ANE Backend subclass and the bindings' ANE program handle).
+# The Apple-only C++: the ANE Backend subclass and the bindings' ANE kernel hooks.
+python3 -c "import pybind11" 2>/dev/null || python3 -m pip install -q pybind11  # a build-time-only dependency
 PY_INCLUDES=($(python3 -m pybind11 --includes))
 BLAS_INCLUDE="$(python3 -c 'import scipy_openblas32 as s; print(s.get_include_dir())')"
 PY_INCLUDES+=(-DANETRAIN_SCIPY_OPENBLAS -DBLAS_SYMBOL_PREFIX=scipy_ -I"$BLAS_INCLUDE")
