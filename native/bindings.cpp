@@ -12,6 +12,7 @@
 
 #include "backend/ane/ane_backend.h"
 #include "backend/ane/dialect.h"
+#include "backend/ane/packing.h"
 #include "backend/ane/policy.h"
 #include "backend/ane/runtime.h"
 #include "backend/ane/surfaces.h"
@@ -631,6 +632,12 @@ void bind_ane(py::module_& m) {
         },
         py::arg("dtype"), py::arg("shape"), py::arg("surface"), py::arg("dst"), py::arg("offset") = 0,
         "Read surface bytes laid out as the tensor into a host array (fp16 -> fp32 exactly).");
+    m.def(
+        "ane_packed_program",
+        [](const std::string& mil_text) { return settings([&] { return ane::packed_program_text(mil::parse(mil_text)); }); },
+        py::arg("mil_text"),
+        "The program as the ANE backend compiles it with ANETRAIN_ANE_MULTI_INPUT=0: its [1, C_i, 1, S] inputs "
+        "packed along channels into one input, each sliced back out under its own name.");
     m.def("ane_framework_classes", &ane::framework_classes, py::arg("prefix") = "_ANE");
     m.def(
         "ane_describe_class",

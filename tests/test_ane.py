@@ -283,7 +283,8 @@ def test_portable_cpp_checks(tmp_path):
     cxx = shutil.which("g++") or shutil.which("clang++")
     if cxx is None:
         pytest.skip("needs a C++ compiler")
-    srcs = ["tests/native/ane_portable_test.cpp", "native/backend/ane/policy.cpp", "native/backend/ane/packing.cpp"]
+    srcs = ["tests/native/ane_portable_test.cpp", "native/backend/ane/policy.cpp", "native/backend/ane/packing.cpp",
+            "native/mil/ir.cpp", "native/mil/parse.cpp"]
     exe = tmp_path / "ane_portable_test"
     cmd = ([shutil.which("ccache")] if shutil.which("ccache") else []) + [cxx, "-std=c++17", "-O0", "-Inative"]
     build = subprocess.run(cmd + srcs + ["-o", str(exe)], cwd=ROOT, capture_output=True, text=True)
@@ -299,6 +300,32 @@ def test_objc_check_passes():
     r = subprocess.run(["bash", ".ci/objc_check.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ok   native/backend/ane/runtime.mm" in r.stdout
+
+
+# ------------------------------------------------------------------ packed inputs (ANETRAIN_ANE_MULTI_INPUT=0)
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_packed_program_computes_the_same_on_ref(rng, verbose):
+    from anetrain import kernels
+    from anetrain.ane_programs import Mil, attention
+
+    m = Mil({"version": "1.0" if verbose else "1.3", "opset": "ios16" if verbose else "ios18", "verbose_scalars": verbose})
+    text, weights, shapes = attention(m, rng)
+    packed = _native.ane_packed_program(text)
+    summary = _native.mil_parse_summary(packed)
+    assert [(n, tuple(s)) for n, _, s in summary["inputs"]] == [("anetrain_packed_input", (1, 192, 1, 32))]
+    assert ('tensor<string, []>("q")' in packed) == verbose
+    q, k, v = (rng.standard_normal(s).astype(np.float16) for s in shapes)
+    ref = kernels.new_backend("ref")
+    want = kernels.compile(text, weights, backend=ref, name="attn")(q, k, v)
+    got = kernels.compile(packed, weights, backend=ref, name="attn_packed")(np.concatenate([q, k, v], axis=1))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_unpackable_programs_say_why():
+    text = ADD_PROGRAM.replace("tensor<fp16, [1, 4, 1, 8]> x)", "tensor<fp16, [1, 4, 1, 8]> x, tensor<fp16, [1, 4, 1, 16]> z)")
+    with pytest.raises(ValueError, match="input 'z' has width 16, the first input 8"):
+        _native.ane_packed_program(text)
 
 
 # ------------------------------------------------------------------ surfaces

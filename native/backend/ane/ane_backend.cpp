@@ -1,5 +1,5 @@
 // Built on macOS only (the objc check script also syntax-checks it with ANETRAIN_ANE_SYNTAX_CHECK):
-// it needs runtime.mm, the parser's mil::print and backend.cpp's helpers.
+// it needs runtime.mm.
 #if defined(__APPLE__) || defined(ANETRAIN_ANE_SYNTAX_CHECK)
 #include "backend/ane/ane_backend.h"
 
@@ -8,12 +8,6 @@
 namespace anetrain::backend::ane {
 
 namespace {
-
-mil::Function& main_function(mil::Program& p) {
-    for (mil::Function& f : p.functions)
-        if (f.name == "main") return f;
-    throw BackendError("the program has no main function");
-}
 
 class AneBackend : public Backend {
 public:
@@ -42,15 +36,12 @@ protected:
 
 private:
     static std::string with_packed_inputs(const mil::Program& program, const std::string& label) {
-        mil::Program rewritten = program;
-        mil::Function& f = main_function(rewritten);
-        std::string problem = packing_problem(f.inputs);
+        std::string problem = packing_problem(program.main().inputs);
         if (!problem.empty())
             throw BackendError("kernel '" + label + "': " + problem +
                                "; with ANETRAIN_ANE_MULTI_INPUT=0 the inputs must be [1, C, 1, S] with one S to share "
                                "one surface (pack them in the generator or set ANETRAIN_ANE_MULTI_INPUT=1)");
-        pack_inputs(f);
-        return mil::print(rewritten);
+        return packed_program_text(program);
     }
 
     AneOptions options_;

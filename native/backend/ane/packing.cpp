@@ -126,4 +126,14 @@ std::string pack_inputs(mil::Function& f) {
     return packed.name;
 }
 
+std::string packed_program_text(const mil::Program& program) {
+    mil::Program rewritten = program;
+    for (mil::Function& f : rewritten.functions)
+        if (f.name == "main") {
+            pack_inputs(f);
+            return mil::print(rewritten);
+        }
+    throw std::invalid_argument("the program has no main function");
+}
+
 }  // namespace anetrain::backend::ane

@@ -21,4 +21,7 @@ std::string packing_problem(const std::vector<mil::Param>& params);
 // when the inputs cannot be packed. Returns the name of the packed input.
 std::string pack_inputs(mil::Function& f);
 
+// The text of `program` with its main function's inputs packed (what the ANE compiles).
+std::string packed_program_text(const mil::Program& program);
+
 }  // namespace anetrain::backend::ane
