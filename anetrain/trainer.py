@@ -14,14 +14,12 @@ trainer, then clipping and AdamW at the scheduled learning rate. Around it:
   generated sample at intervals, and an efficiency report at the end;
 - a non-finite loss stops the run without writing a checkpoint, so the last good one is intact.
 """
-import json
 import math
 import os
 import signal
 import sys
 import time
 
-import numpy as np
 
 from . import checkpoint, config, data, telemetry
 from ._native import BackendError, CompileBudgetExceeded
@@ -208,6 +206,8 @@ class Run:
         previous = signal.signal(signal.SIGINT, self.on_interrupt)
         log = telemetry.StepLog(os.path.join(self.out, "metrics.jsonl"), mirror=t.log_stderr)
         try:
+            if self.step == 0:
+                self.evaluate(log, bar)  # the untrained model's validation loss: the baseline
             while self.step < t.steps and not self.stop_requested:
                 self.ensure_budget()
                 sampler_state = self.sampler.state()
@@ -245,14 +245,19 @@ class Run:
         print(telemetry.format_report(e), file=sys.stderr)
         return 0
 
+    def evaluate(self, log, bar):
+        if not (self.train.eval_interval and len(self.val)):
+            return
+        v = validation_loss(self.model, self.val)
+        self.val_losses.append([self.step, v])
+        log.write({"type": "eval", "step": self.step, "val_loss": v})
+        bar.write(f"step {self.step}: val loss {v:.4f}", file=sys.stderr)
+
     def periodic(self, log, bar, tokenizer):
         t, s = self.train, self.step
         last = s == t.steps
-        if t.eval_interval and (s % t.eval_interval == 0 or last) and len(self.val):
-            v = validation_loss(self.model, self.val)
-            self.val_losses.append([s, v])
-            log.write({"type": "eval", "step": s, "val_loss": v})
-            bar.write(f"step {s}: val loss {v:.4f}", file=sys.stderr)
+        if t.eval_interval and (s % t.eval_interval == 0 or last):
+            self.evaluate(log, bar)
         if t.sample_interval and (s % t.sample_interval == 0 or last) and tokenizer is not None:
             ids = sample_tokens(self.model, n_tokens=t.sample_tokens, seed=s)
             text = tokenizer.decode(ids)
