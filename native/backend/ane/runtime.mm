@@ -280,18 +280,18 @@ std::vector<std::string> shared_event_probe() {
         Class eventClass = NSClassFromString(@"IOSurfaceSharedEvent");
         id shared = eventClass ? [[eventClass alloc] init] : nil;
         lines.push_back(std::string("IOSurfaceSharedEvent: ") + (shared ? utf8([shared description]) : "unavailable"));
-        Class signal = NSClassFromString(@"_ANESharedSignalEvent");
+        Class signalClass = NSClassFromString(@"_ANESharedSignalEvent");
         SEL signalSel = sel_registerName("signalEventWithValue:symbolIndex:eventType:sharedEvent:");
-        if (shared && signal && [signal respondsToSelector:signalSel]) {
-            id ev = ((SignalEventFn)objc_msgSend)(signal, signalSel, 1ULL, 0U, 0LL, shared);
+        if (shared && signalClass && [signalClass respondsToSelector:signalSel]) {
+            id ev = ((SignalEventFn)objc_msgSend)(signalClass, signalSel, 1ULL, 0U, 0LL, shared);
             lines.push_back(std::string("_ANESharedSignalEvent: ") + (ev ? utf8([ev description]) : "nil"));
         } else {
             lines.push_back("_ANESharedSignalEvent: factory not available");
         }
-        Class wait = NSClassFromString(@"_ANESharedWaitEvent");
+        Class waitClass = NSClassFromString(@"_ANESharedWaitEvent");
         SEL waitSel = sel_registerName("waitEventWithValue:sharedEvent:");
-        if (shared && wait && [wait respondsToSelector:waitSel]) {
-            id ev = ((WaitEventFn)objc_msgSend)(wait, waitSel, 1ULL, shared);
+        if (shared && waitClass && [waitClass respondsToSelector:waitSel]) {
+            id ev = ((WaitEventFn)objc_msgSend)(waitClass, waitSel, 1ULL, shared);
             lines.push_back(std::string("_ANESharedWaitEvent: ") + (ev ? utf8([ev description]) : "nil"));
         } else {
             lines.push_back("_ANESharedWaitEvent: factory not available");
