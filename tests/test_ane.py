@@ -1,8 +1,8 @@
 """The ANE backend's portable parts (all platforms) and, on a Mac with an ANE, the backend itself."""
 import importlib.util
 import math
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
