@@ -50,7 +50,10 @@ link_args = []
 
 if IS_MAC:
     define_macros += [("ACCELERATE_NEW_LAPACK", None), ("ANETRAIN_ACCELERATE", None)]
-    link_args += ["-framework", "Accelerate", "-framework", "Foundation", "-framework", "IOSurface"]
+    # runtime.mm calls CoreFoundation (CFRelease) and the Objective-C runtime (objc_msgSend,
+    # class_copyMethodList, ...) directly: link both explicitly.
+    link_args += ["-framework", "Accelerate", "-framework", "Foundation", "-framework", "IOSurface",
+                  "-framework", "CoreFoundation", "-lobjc"]
 else:
     import numpy  # noqa: F401  (build requirement; keeps the import order numpy-first)
     import scipy_openblas32 as sob

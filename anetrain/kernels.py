@@ -75,10 +75,8 @@ def _make_native(name, compile_budget, precision):
     budget = -1 if compile_budget is None else int(compile_budget)
     if name == "ref":
         return _native.make_ref_backend(compile_budget=budget, fp16_rounding=_PRECISIONS[precision])
-    if name == "ane":
-        if not (hasattr(_native, "ane_available") and _native.ane_available()):
-            raise BackendError("the ane backend is not available on this machine; use backend='ref'")
-        return _native.make_ane_backend(compile_budget=budget)
+    if name == "ane":  # unset budget: ANETRAIN_ANE_COMPILE_BUDGET or 119 per process; BackendError off macOS
+        return _native.make_ane_backend(compile_budget=compile_budget)
     raise ValueError(f"unknown backend {name!r}; use 'ref', 'ane' or 'auto'")
 
 
@@ -101,7 +99,9 @@ def get_backend(name="ref"):
 
 
 def _auto_name():
-    return "ane" if hasattr(_native, "ane_available") and _native.ane_available() else "ref"
+    from . import ane
+
+    return ane.resolve_backend_name("auto")  # ane when available, else ref; ANETRAIN_BACKEND overrides
 
 
 class Kernel:
@@ -174,22 +174,37 @@ def _check_array(arr, info, what, writable):
         raise ValueError(f"{what} {info.name!r}: must be a writable C-contiguous array")
 
 
-def compile(mil_text, weights=None, backend=None, name=""):
+def compile(mil_text, weights=None, backend=None, name="", strict=None):
     """Compile MIL text into a Kernel.
 
     weights: {"@model_path/weights/x.bin": bytes} for BLOBFILE constants.
     backend: None or "auto" (ANE when available, else ref), "ref", "ane", or a Backend object.
+    With "auto" on the ANE, a program the ANE compiler rejects runs on ref after one warning
+    (anetrain.ane.FallbackWarning), unless strict (strict=True or ANETRAIN_STRICT=1).
     """
-    if backend is None or isinstance(backend, str):
-        backend = get_backend(backend or "auto")
+    if backend is None or backend == "auto":
+        chosen = get_backend("auto")
+        if chosen.name == "ane":
+            from . import ane
+
+            return ane.compile_with_fallback(lambda: _compile_on(chosen, mil_text, weights, name),
+                                             lambda: _compile_on(get_backend("ref"), mil_text, weights, name),
+                                             name or "<unnamed>", strict)
+        backend = chosen
+    if isinstance(backend, str):
+        backend = get_backend(backend)
     if not isinstance(backend, Backend):
         raise TypeError(f"backend must be None, a name or a Backend, got {type(backend).__name__}")
+    return _compile_on(backend, mil_text, weights, name)
+
+
+def _compile_on(backend, mil_text, weights, name):
     blobs = {str(k): bytes(v) for k, v in (weights or {}).items()}
     native = backend._native.compile(mil_text, blobs, name)
     return Kernel(native, backend)
 
 
-def model_kernels(config, pipeline="dynamic", layer_weights=None, precision="fp16", dialect="1.3/ios18"):
+def model_kernels(config, pipeline="dynamic", layer_weights=None, precision="fp16", dialect=None):
     """The model's per-layer kernels as [(name, mil_text, weights, input names, output names)].
 
     config: a ModelConfig, dict or object with llama2.c's fields. The static pipeline bakes
@@ -197,6 +212,9 @@ def model_kernels(config, pipeline="dynamic", layer_weights=None, precision="fp1
     """
     from .model import model_config
 
+    from . import ane
+
+    dialect = dialect or ane.dialect_string()  # this Mac's MIL dialect (1.3/ios18 off macOS)
     c = model_config(config)
     shape = dict(dim=c.dim, hidden_dim=c.hidden_dim, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads,
                  seq_len=c.seq_len, rope_theta=c.rope_theta)

@@ -46,8 +46,11 @@ class Model:
     """llama2.c's Transformer with its weights, gradients and AdamW state, trained natively."""
 
     def __init__(self, config, backend="auto", pipeline="dynamic", precision="fp16", seed=None, loss_scale=256.0,
-                 compile_budget=None, dialect="1.3/ios18"):
+                 compile_budget=None, dialect=None):
+        from . import ane
+
         self.config = model_config(config)
+        dialect = dialect or ane.dialect_string()  # this Mac's MIL dialect (1.3/ios18 off macOS)
         if isinstance(backend, str):
             backend = make_backend(backend, compile_budget=compile_budget, precision=precision)
         self.backend = backend

@@ -1,0 +1,118 @@
+// Built on macOS only (the objc check script also syntax-checks it with ANETRAIN_ANE_SYNTAX_CHECK):
+// it needs runtime.mm.
+#if defined(__APPLE__) || defined(ANETRAIN_ANE_SYNTAX_CHECK)
+#include "backend/ane/ane_backend.h"
+
+#include "backend/ane/packing.h"
+
+namespace anetrain::backend::ane {
+
+namespace {
+
+class AneBackend : public Backend {
+public:
+    explicit AneBackend(const AneOptions& options)
+        : Backend(options.compile_budget), options_(options), family_(detect_chip().family()) {}
+
+    std::string name() const override { return "ane"; }
+    bool supports(const std::string& op) const override { return ane_supports_op(op, family_); }
+
+protected:
+    std::unique_ptr<Kernel> compile_program(const mil::Program& program, const std::string& mil_text,
+                                            const Blobs& blobs, const std::string& label) override {
+        if (budget() >= 0 && process_compiles() >= budget())
+            throw CompileBudgetExceeded("ANE compile budget of " + std::to_string(budget()) + " per process is spent (" +
+                                        std::to_string(process_compiles()) +
+                                        " compiles so far): checkpoint and restart the process");
+        const mil::Function& f = program.main();
+        std::vector<TensorSpec> inputs = input_specs(f), outputs = output_specs(f);
+        const bool pack = inputs.size() > 1 && !options_.multi_input;
+        std::string text = mil_text;
+        if (pack) text = with_packed_inputs(program, label);
+        SurfaceTable table(inputs, outputs, pack);
+        auto compiled = std::make_unique<Program>(text, blobs, std::move(table), options_.qos);
+        return std::make_unique<AneKernel>(std::move(inputs), std::move(outputs), label, std::move(compiled));
+    }
+
+private:
+    static std::string with_packed_inputs(const mil::Program& program, const std::string& label) {
+        std::string problem = packing_problem(program.main().inputs);
+        if (!problem.empty())
+            throw BackendError("kernel '" + label + "': " + problem +
+                               "; with ANETRAIN_ANE_MULTI_INPUT=0 the inputs must be [1, C, 1, S] with one S to share "
+                               "one surface (pack them in the generator or set ANETRAIN_ANE_MULTI_INPUT=1)");
+        return packed_program_text(program);
+    }
+
+    AneOptions options_;
+    std::string family_;
+};
+
+}  // namespace
+
+std::shared_ptr<Backend> make_ane_backend(const AneOptions& options) {
+    const PlatformStatus& status = platform_status();
+    if (!status.available) throw BackendError("the ANE backend is unavailable: " + status.reason);
+    return std::make_shared<AneBackend>(options);
+}
+
+AneKernel::AneKernel(std::vector<TensorSpec> inputs, std::vector<TensorSpec> outputs, std::string label,
+                     std::unique_ptr<Program> program)
+    : program_(std::move(program)) {
+    inputs_ = std::move(inputs);
+    outputs_ = std::move(outputs);
+    label_ = std::move(label);
+    backend_name_ = "ane";
+}
+
+size_t AneKernel::add_slot() { return program_->add_slot(); }
+
+size_t AneKernel::slots() const { return program_->table().slots(); }
+
+void AneKernel::write_input(size_t slot, size_t i, const HostTensor& in) {
+    SurfaceRange r = program_->table().input(slot, i);
+    Program::Mapping m = program_->map(r.surface, false);
+    write_tensor(inputs_[i], in, static_cast<char*>(m.data()) + r.offset);
+}
+
+void AneKernel::write_inputs(size_t slot, const std::vector<HostTensor>& in) {
+    check_host_tensors(inputs_, in, "input");
+    for (size_t i = 0; i < in.size(); ++i) write_input(slot, i, in[i]);
+}
+
+void AneKernel::read_outputs(const std::vector<HostTensor>& out) {
+    check_host_tensors(outputs_, out, "output");
+    for (size_t j = 0; j < out.size(); ++j) {
+        SurfaceRange r = program_->table().output(j);
+        Program::Mapping m = program_->map(r.surface, true);
+        read_tensor(outputs_[j], static_cast<const char*>(m.data()) + r.offset, out[j]);
+    }
+}
+
+void AneKernel::eval_slot(size_t slot, const std::vector<HostTensor>& out) {
+    check_host_tensors(outputs_, out, "output");
+    try {
+        program_->evaluate(slot);
+        read_outputs(out);
+    } catch (const BackendError& e) {
+        poison_outputs(out);
+        throw BackendError("kernel '" + label_ + "': " + e.what());
+    } catch (...) {
+        poison_outputs(out);
+        throw;
+    }
+}
+
+void AneKernel::eval(const std::vector<HostTensor>& in, const std::vector<HostTensor>& out) {
+    check_host_tensors(outputs_, out, "output");
+    try {
+        write_inputs(0, in);
+    } catch (...) {
+        poison_outputs(out);
+        throw;
+    }
+    eval_slot(0, out);
+}
+
+}  // namespace anetrain::backend::ane
+#endif
