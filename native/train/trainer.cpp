@@ -1,6 +1,7 @@
 #include "train/trainer.h"
 
 #include <chrono>
+#include <cstdio>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -9,6 +10,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include "backend/ane/policy.h"
+#include "backend/ref/ref_backend.h"
 #include "core/blas.h"
 
 namespace anetrain::train {
@@ -188,7 +191,17 @@ void Trainer::ensure_kernels() {
             ks->inputs[src.name] = src.inputs;
             const std::string label = src.name + (dynamic ? "" : "[layer " + std::to_string(l) + "]");
             ++t_.compiles;
-            return backend_->compile(src.text, src.blobs, label);
+            auto primary = [&] { return backend_->compile(src.text, src.blobs, label); };
+            if (backend_->name() != "ane") return primary();
+            // A kernel the ANE compiler rejects (older chips lack some ops) runs on the ref
+            // backend instead, with one warning per kernel, unless ANETRAIN_STRICT=1.
+            auto fallback = [&] {
+                if (!fallback_) fallback_ = backend::make_ref_backend({});
+                return fallback_->compile(src.text, src.blobs, label);
+            };
+            auto warn = [](const std::string& m) { std::fprintf(stderr, "warning: %s\n", m.c_str()); };
+            return backend::ane::compile_with_fallback(src.name, primary, fallback, backend::ane::strict_from_env(),
+                                                       warn);
         };
         const mil::LayerWeights* wp = dynamic ? nullptr : &w;
         ks->attn_fwd = compile(mil::attention_forward(shape_, kopt_, wp));

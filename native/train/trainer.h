@@ -88,6 +88,7 @@ private:
 
     ModelState state_;
     std::shared_ptr<backend::Backend> backend_;
+    std::shared_ptr<backend::Backend> fallback_;  // ref backend for kernels the ANE rejects
     TrainerOptions opt_;
     mil::KernelShape shape_;
     mil::KernelOptions kopt_;
