@@ -146,10 +146,9 @@ class Run:
         if retry_step is not None:
             env[RETRY_ENV] = str(retry_step)
         args = strip_resume_flags(self.argv) + ["--resume", "--ckpt", path]
-        script = sys.orig_argv[:len(sys.orig_argv) - len(self.argv)]
         print(f"[restart after step {self.step}: {reason}; checkpoint {path}]", file=sys.stderr, flush=True)
         sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable] + script[1:] + args, env)
+        os.execve(sys.executable, [sys.executable] + interpreter_and_script(self.argv) + args, env)
 
     def ensure_budget(self):
         """Restart when the next step's compiles do not fit the remaining budget."""
@@ -271,6 +270,16 @@ class Run:
             raise KeyboardInterrupt
         self.stop_requested = True
         print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+
+
+def interpreter_and_script(argv):
+    """What came before the training arguments on this process's command line (interpreter
+    options and the script, e.g. ["-X", "dev", "scripts/train.py"]), so a restart runs the same."""
+    orig = getattr(sys, "orig_argv", None)
+    n = len(argv)
+    if orig and len(orig) > n and orig[len(orig) - n:] == list(argv):
+        return orig[1:len(orig) - n]
+    return [sys.argv[0]]
 
 
 def strip_resume_flags(argv):
