@@ -134,9 +134,20 @@ class Run:
     def init_from_llama2c(self):
         from . import llama2c
 
-        weights = llama2c.read_model(self.train.init_from)[1]
+        path = self.train.init_from
+        cfg, weights = llama2c.read_model(path)
+        fields = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim")
+        diff = [f"{f} {getattr(cfg, f)} vs {getattr(self.model_cfg, f)}" for f in fields
+                if getattr(cfg, f) != getattr(self.model_cfg, f)]
+        if diff:
+            raise UsageError(f"{path} holds another model ({', '.join(diff)} requested); pick the matching "
+                             f"--preset or model flags")
+        if "output.weight" in weights:
+            raise UsageError(f"{path} has its own classifier; anetrain trains llama2.c's tied classifier "
+                             f"(the token embedding), so it cannot start from this file")
         for name, value in weights.items():
             self.model.set(name, value)
+        print(f"initialised from {path}", file=sys.stderr)
 
     # ---------------------------------------------------------------- restart
     def restart(self, reason, retry_step=None):

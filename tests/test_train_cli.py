@@ -175,3 +175,30 @@ def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, case):
     lines = p.stderr.strip().splitlines()
     assert lines and lines[-1].startswith("error: ") and expect in lines[-1], (case, lines[-3:])
     assert "Traceback" not in p.stderr
+
+
+def test_export_to_llama2c_and_start_from_it(tmp_path):
+    from anetrain import checkpoint, llama2c
+
+    out = str(tmp_path / "run")
+    train(*SMALL, "--steps", "2", "--out", out)
+    model_bin = str(tmp_path / "model.bin")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export_llama2c.py"), out, model_bin],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    cfg, weights = llama2c.read_model(model_bin)
+    arrays, _ = checkpoint.load(checkpoint.latest(out))
+    assert (cfg.dim, cfg.n_layers, cfg.vocab_size) == (64, 2, 1024)
+    for name, w in weights.items():
+        np.testing.assert_array_equal(w, arrays["weight:" + name[:-len(".weight")]], err_msg=name)
+    # a new run starts from the exported weights (a vanishing lr keeps them)
+    out2 = str(tmp_path / "run2")
+    p = train(*SMALL, "--steps", "1", "--lr", "1e-30", "--warmup-steps", "0", "--out", out2, "--init-from", model_bin,
+              "--seed", "99")
+    assert "initialised from" in p.stderr
+    started, _ = checkpoint.load(checkpoint.latest(out2))
+    for name, w in weights.items():
+        np.testing.assert_allclose(started["weight:" + name[:-len(".weight")]], w, rtol=0, atol=1e-6, err_msg=name)
+    p = train(*SMALL, "--dim", "96", "--steps", "1", "--out", str(tmp_path / "run3"), "--init-from", model_bin,
+              check=False)
+    assert p.returncode == 2 and "holds another model (dim 64 vs 96" in p.stderr.strip().splitlines()[-1]
