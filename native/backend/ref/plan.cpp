@@ -296,8 +296,9 @@ Value load_literal(const mil::Literal& lit, int line, const Blobs& blobs, bool r
 // ------------------------------------------------------------------------------ Builder
 
 Builder::Builder(const mil::Op& op, std::unordered_map<std::string, Value>& values, std::vector<Step>& steps,
-                 const Blobs& blobs, bool round16, std::vector<std::unique_ptr<float[]>>& buffers)
-    : op_(op), values_(values), steps_(steps), blobs_(blobs), round16_(round16), buffers_(buffers),
+                 const Blobs& blobs, bool round16, std::vector<std::unique_ptr<float[]>>& buffers,
+                 const std::unordered_map<std::string, Sink*>& sinks)
+    : op_(op), values_(values), steps_(steps), blobs_(blobs), round16_(round16), buffers_(buffers), sinks_(sinks),
       defined_(op.outputs.size(), false) {}
 
 void Builder::fail(const std::string& msg) const { throw mil::MilError(op_.line, op_.type + ": " + msg); }
@@ -474,8 +475,24 @@ View Builder::contiguous(const View& v) {
     return c;
 }
 
-void Builder::round_output(const View& v, float* p, size_t n) const {
-    if (round16_ && v.dtype == DType::fp16) fp16::round_f32(p, p, n);
+const Sink* Builder::claim_sink(size_t i) {
+    auto it = sinks_.find(op_.outputs.at(i));
+    if (it == sinks_.end()) return nullptr;
+    it->second->claimed = true;
+    return it->second;
+}
+
+void emit(const Sink* sink, bool round, float* buf, size_t off, size_t n) {
+    if (sink && sink->data) {
+        if (sink->dtype == DType::fp16)
+            fp16::f32_to_f16(buf + off, static_cast<uint16_t*>(sink->data) + off, n);
+        else if (round)
+            fp16::round_f32(buf + off, static_cast<float*>(sink->data) + off, n);
+        else
+            std::memcpy(static_cast<float*>(sink->data) + off, buf + off, n * sizeof(float));
+    } else if (round) {
+        fp16::round_f32(buf + off, buf + off, n);
+    }
 }
 
 void Builder::finish() {

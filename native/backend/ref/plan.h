@@ -56,6 +56,18 @@ struct Value {
 
 using Step = std::function<void()>;
 
+// Where a returned op output goes during one evaluation: the caller's buffer (fp16 or fp32),
+// written by the producing op while its result is still in cache. Only outputs no later op
+// reads are bound this way; the kernel sets `data` before running the plan.
+struct Sink {
+    void* data = nullptr;
+    DType dtype = DType::fp32;
+    bool claimed = false;  // an op writes it (set at compile time by Builder::claim_sink)
+};
+// Finish elements [off, off + n) of a float op output `buf`: round to fp16 when `round`, and
+// deliver to the sink when there is one (an fp16 sink rounds by conversion).
+void emit(const Sink* sink, bool round, float* buf, size_t off, size_t n);
+
 // Strided copy of src into dst (same storage type), dst described by its own strides.
 void copy_strided(const View& src, void* dst, const Shape& dst_strides);
 // Copy/convert any view into a contiguous buffer of dtype `to` (cast semantics: float->int
@@ -66,7 +78,8 @@ void convert_into(const View& src, void* dst, DType to, bool round16);
 class Builder {
 public:
     Builder(const mil::Op& op, std::unordered_map<std::string, Value>& values, std::vector<Step>& steps,
-            const Blobs& blobs, bool round16, std::vector<std::unique_ptr<float[]>>& buffers);
+            const Blobs& blobs, bool round16, std::vector<std::unique_ptr<float[]>>& buffers,
+            const std::unordered_map<std::string, Sink*>& sinks);
 
     const mil::Op& op() const { return op_; }
     bool round16() const { return round16_; }
@@ -103,8 +116,11 @@ public:
     View contiguous(const View& v);
     View alloc(DType dtype, const Shape& shape);  // contiguous scratch/output storage
     void add_step(Step s) { steps_.push_back(std::move(s)); }
-    // Round a contiguous fp16 buffer in place (no-op for other dtypes or in fp32 mode).
-    void round_output(const View& v, float* p, size_t n) const;
+    // Whether a float output of dtype fp16 is rounded in this precision mode.
+    bool rounds(const View& out) const { return round16_ && out.dtype == DType::fp16; }
+    // The sink of float output i when it is returned and read by no later op (else nullptr);
+    // an op that takes it must write every element through emit().
+    const Sink* claim_sink(size_t i);
 
     const Blobs& blobs() const { return blobs_; }
     void finish();  // unknown-argument and output-count checks
@@ -121,6 +137,7 @@ private:
     const Blobs& blobs_;
     bool round16_;
     std::vector<std::unique_ptr<float[]>>& buffers_;
+    const std::unordered_map<std::string, Sink*>& sinks_;
     std::vector<std::string> used_;
     std::vector<bool> defined_;
     std::vector<std::unique_ptr<Value>> temps_;  // literal operands

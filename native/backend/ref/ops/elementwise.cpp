@@ -6,7 +6,6 @@
 #include <cmath>
 
 #include "backend/ref/plan.h"
-#include "core/fp16.h"
 
 namespace anetrain::backend::ref {
 
@@ -39,13 +38,13 @@ void plan_binary(Builder& b, const View& x, const View& y, const View& out, F f)
     const T* xp = x.as<T>();
     const T* yp = y.as<T>();
     T* zp = out.as<T>();
-    const bool round = b.round16() && out.dtype == DType::fp16;
-    b.add_step([L, xp, yp, zp, f, round, out] {
+    const bool round = b.rounds(out);
+    const Sink* sink = std::is_same_v<T, float> ? b.claim_sink(0) : nullptr;
+    b.add_step([L, xp, yp, zp, f, round, sink] {
         const int64_t n = L.inner();
         parallel_rows(L.rows(), n, [&](int64_t r0, int64_t r1) {
             binary_rows<T>(L, xp, yp, zp, f, r0, r1);
-            if constexpr (std::is_same_v<T, float>)
-                if (round) fp16::round_f32(zp + r0 * n, zp + r0 * n, size_t((r1 - r0) * n));
+            if constexpr (std::is_same_v<T, float>) emit(sink, round, zp, size_t(r0 * n), size_t((r1 - r0) * n));
         });
     });
 }
@@ -101,8 +100,9 @@ void plan_unary(Builder& b, const View& x, const View& out, F f) {
     Loop L = make_loop(out.shape, {x.strides, out.strides});
     const float* xp = x.f();
     float* zp = out.f();
-    const bool round = b.round16() && out.dtype == DType::fp16;
-    b.add_step([L, xp, zp, f, round] {
+    const bool round = b.rounds(out);
+    const Sink* sink = b.claim_sink(0);
+    b.add_step([L, xp, zp, f, round, sink] {
         const int64_t n = L.inner(), sx = L.strides[0].back();
         parallel_rows(L.rows(), n, [&](int64_t r0, int64_t r1) {
             for_rows<2>(L, r0, r1, [&](const int64_t* off) {
@@ -113,7 +113,7 @@ void plan_unary(Builder& b, const View& x, const View& out, F f) {
                 else
                     for (int64_t i = 0; i < n; ++i) o[i] = f(a[i * sx]);
             });
-            if (round) fp16::round_f32(zp + r0 * n, zp + r0 * n, size_t((r1 - r0) * n));
+            emit(sink, round, zp, size_t(r0 * n), size_t((r1 - r0) * n));
         });
     });
 }

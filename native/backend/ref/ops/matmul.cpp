@@ -8,7 +8,6 @@
 
 #include "backend/ref/plan.h"
 #include "core/blas.h"
-#include "core/fp16.h"
 
 namespace anetrain::backend::ref {
 
@@ -113,7 +112,8 @@ void build_matmul(Builder& b) {
     const float* xp = xm.f();
     const float* yp = ym.f();
     float* op = out.f();
-    const bool round = b.round16() && out.dtype == DType::fp16;
+    const bool round = b.rounds(out);
+    const Sink* sink = b.claim_sink(0);
     b.add_step([=] {
         const size_t mn = size_t(M * N);
         for (size_t i = 0; i < xo.size(); ++i) {
@@ -122,7 +122,7 @@ void build_matmul(Builder& b) {
                 std::memset(c, 0, mn * sizeof(float));
             else if (mn)
                 blas::sgemm(la.trans, lb.trans, int(M), int(N), int(K), 1.0f, xp + xo[i], la.ld, yp + yo[i], lb.ld, 0.0f, c, int(N));
-            if (round) fp16::round_f32(c, c, mn);
+            emit(sink, round, op, i * mn, mn);
         }
     });
 }
@@ -182,7 +182,8 @@ void build_sdpa(Builder& b) {
     int64_t nb = 1;
     for (int64_t d : batch) nb *= d;
     const float scale = 1.0f / std::sqrt(float(E));
-    const bool round = b.round16() && out.dtype == DType::fp16;
+    const bool round = b.rounds(out);
+    const Sink* sink = b.claim_sink(0);
     b.add_step([=] {
         float* sc = scores.f();
         for (int64_t i = 0; i < nb; ++i) {
@@ -207,7 +208,7 @@ void build_sdpa(Builder& b) {
             softmax_rows(sc, L, S);
             float* o = out.f() + i * L * EV;
             blas::sgemm(false, false, int(L), int(EV), int(S), 1.0f, sc, int(S), v.f() + i * S * EV, int(EV), 0.0f, o, int(EV));
-            if (round) fp16::round_f32(o, o, size_t(L * EV));
+            emit(sink, round, out.f(), size_t(i * L * EV), size_t(L * EV));
         }
     });
 }

@@ -3,7 +3,6 @@
 #include <cstring>
 
 #include "backend/ref/plan.h"
-#include "core/fp16.h"
 
 namespace anetrain::backend::ref {
 
@@ -36,12 +35,12 @@ void build_softmax(Builder& b) {
     for (int64_t i = 0; i < axis; ++i) outer *= x.shape[size_t(i)];
     for (size_t i = size_t(axis) + 1; i < x.rank(); ++i) inner *= x.shape[i];
     const int64_t n = x.shape[size_t(axis)];
-    const bool round = b.round16() && out.dtype == DType::fp16;
+    const bool round = b.rounds(out);
+    const Sink* sink = b.claim_sink(0);
     b.add_step([=] {
         parallel_rows(outer, n * inner, [&](int64_t r0, int64_t r1) {
             for (int64_t r = r0; r < r1; ++r) softmax_block(x.f() + r * n * inner, out.f() + r * n * inner, n, inner);
-            float* p = out.f() + r0 * n * inner;
-            if (round) fp16::round_f32(p, p, size_t((r1 - r0) * n * inner));
+            emit(sink, round, out.f(), size_t(r0 * n * inner), size_t((r1 - r0) * n * inner));
         });
     });
 }
