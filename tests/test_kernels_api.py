@@ -121,3 +121,29 @@ def test_kernel_is_reusable_and_thread_safe(rng):
         t.join()
     for x, r in zip(xs, results):
         np.testing.assert_array_equal(r, np.maximum(x, 0))
+
+
+def test_returned_outputs_also_read_later_or_returned_twice(rng):
+    """A returned value that later ops also read, one returned twice, a returned view, and an
+    input returned as is: every binding of outputs to caller buffers gives the same values."""
+    x = rng.standard_normal((2, 3)).astype(np.float16)
+    text = program([("x", "fp16", (2, 3))], [
+        f'{ttype("fp16", (2, 3))} a = mul(x = x, y = x)[name = string("a")];',
+        f'{ttype("fp16", (2, 3))} b = add(x = a, y = x)[name = string("b")];',
+        f'{ttype("fp16", (3, 2))} t = transpose(x = b, perm = tensor<int32, [2]>([1, 0]))[name = string("t")];',
+        f'{ttype("fp16", (2, 3))} c = sigmoid(x = x)[name = string("c")];',
+    ], ["a", "b", "t", "b", "x", "c"])
+    k = K.compile(text)
+    x32 = x.astype(np.float32)
+    a = (x32 * x32).astype(np.float16)
+    b = (a.astype(np.float32) + x32).astype(np.float16)
+    c = (1 / (1 + np.exp(-x.astype(np.float64)))).astype(np.float16)
+    for out_dtype in (np.float16, np.float32):
+        outs = [np.full(o.shape, 7, out_dtype) for o in k.outputs]
+        k.eval_into([x], outs)
+        np.testing.assert_array_equal(outs[0], a.astype(out_dtype))
+        np.testing.assert_array_equal(outs[1], b.astype(out_dtype))
+        np.testing.assert_array_equal(outs[2], b.T.astype(out_dtype))
+        np.testing.assert_array_equal(outs[3], b.astype(out_dtype))
+        np.testing.assert_array_equal(outs[4], x.astype(out_dtype))
+        np.testing.assert_allclose(outs[5].astype(np.float32), c.astype(np.float32), rtol=1e-3)
