@@ -9,6 +9,7 @@
 // int32 as int32, int8 as int8, uint8 and bool as uint8. A View is shape + strides (in elements)
 // + a pointer, so reshape/transpose/slice/split are views over the producer's buffer.
 #pragma once
+#include <cstdlib>
 #include <functional>
 #include <map>
 #include <memory>
@@ -56,6 +57,16 @@ struct Value {
 
 using Step = std::function<void()>;
 
+// All buffers of one kernel, allocated at compile time (zero-filled), with a size cap so that
+// no program can make the process allocate without bound.
+struct Arena {
+    struct Free {
+        void operator()(void* p) const { std::free(p); }
+    };
+    std::vector<std::unique_ptr<void, Free>> buffers;  // calloc'd: untouched pages cost nothing
+    size_t bytes = 0;
+};
+
 // Where a returned op output goes during one evaluation: the caller's buffer (fp16 or fp32),
 // written by the producing op while its result is still in cache. Only outputs no later op
 // reads are bound this way; the kernel sets `data` before running the plan.
@@ -78,7 +89,7 @@ void convert_into(const View& src, void* dst, DType to, bool round16);
 class Builder {
 public:
     Builder(const mil::Op& op, std::unordered_map<std::string, Value>& values, std::vector<Step>& steps,
-            const Blobs& blobs, bool round16, std::vector<std::unique_ptr<float[]>>& buffers,
+            const Blobs& blobs, bool round16, Arena& buffers,
             const std::unordered_map<std::string, Sink*>& sinks);
 
     const mil::Op& op() const { return op_; }
@@ -90,7 +101,7 @@ public:
     const Value& value(const char* key);            // required operand (ref or literal)
     const Value* optional(const char* key);          // nullptr when absent
     std::vector<const Value*> values(const char* key);  // a tuple operand
-    const View& tensor(const char* key) { return value(key).view; }
+    const View& tensor(const char* key);            // a required numeric operand
 
     // Compile-time constants (the operand must be a const or a literal).
     std::vector<int64_t> ints(const char* key);
@@ -136,7 +147,7 @@ private:
     std::vector<Step>& steps_;
     const Blobs& blobs_;
     bool round16_;
-    std::vector<std::unique_ptr<float[]>>& buffers_;
+    Arena& buffers_;
     const std::unordered_map<std::string, Sink*>& sinks_;
     std::vector<std::string> used_;
     std::vector<bool> defined_;
@@ -145,8 +156,9 @@ private:
 
 // Load a literal (inline numbers or a BLOBFILE) into a new constant value.
 Value load_literal(const mil::Literal& lit, int line, const Blobs& blobs, bool round16,
-                   std::vector<std::unique_ptr<float[]>>& buffers);
-void* allocate(std::vector<std::unique_ptr<float[]>>& buffers, DType dtype, int64_t numel, int line);
+                   Arena& buffers);
+void* allocate(Arena& buffers, DType dtype, int64_t numel, int line);
+int64_t bounded_numel(const Shape& shape);  // -1 above the per-tensor limit
 
 using BuildFn = void (*)(Builder&);
 const std::map<std::string, BuildFn>& registry();

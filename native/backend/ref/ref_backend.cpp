@@ -155,7 +155,7 @@ private:
 
     bool round16_;
     std::mutex mu_;
-    std::vector<std::unique_ptr<float[]>> buffers_;
+    Arena buffers_;
     std::vector<Step> steps_;
     std::vector<View> in_views_, out_views_;
     std::vector<void*> scratch_;
