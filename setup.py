@@ -40,7 +40,7 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
-compile_args = ["-O3", "-fvisibility=hidden"]
+compile_args = ["-O3", "-fvisibility=hidden", "-fno-trapping-math"]  # no FP-exception flags used; lets select-heavy loops vectorise
 define_macros = []
 include_dirs = ["native"]
 library_dirs = []

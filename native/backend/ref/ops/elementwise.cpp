@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "backend/ref/ops/vec_math.h"
 #include "backend/ref/plan.h"
 
 namespace anetrain::backend::ref {
@@ -128,7 +129,7 @@ const View& unary_input(Builder& b, View* out) {
 void build_exp(Builder& b) {
     View out;
     const View& x = unary_input(b, &out);
-    plan_unary(b, x, out, [](float v) { return std::exp(v); });
+    plan_unary(b, x, out, [](float v) { return fast_exp(v); });
 }
 void build_sqrt(Builder& b) {
     View out;
@@ -144,12 +145,12 @@ void build_rsqrt(Builder& b) {
 void build_sigmoid(Builder& b) {
     View out;
     const View& x = unary_input(b, &out);
-    plan_unary(b, x, out, [](float v) { return 1.0f / (1.0f + std::exp(-v)); });
+    plan_unary(b, x, out, [](float v) { return 1.0f / (1.0f + fast_exp(-v)); });
 }
 void build_silu(Builder& b) {
     View out;
     const View& x = unary_input(b, &out);
-    plan_unary(b, x, out, [](float v) { return v / (1.0f + std::exp(-v)); });
+    plan_unary(b, x, out, [](float v) { return v / (1.0f + fast_exp(-v)); });
 }
 void build_tanh(Builder& b) {
     View out;

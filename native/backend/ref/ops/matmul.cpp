@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend/ref/ops/vec_math.h"
 #include "backend/ref/plan.h"
 #include "core/blas.h"
 
@@ -127,22 +128,6 @@ void build_matmul(Builder& b) {
     });
 }
 
-// softmax over each row of a contiguous [rows, n] block, in place, fp32 accumulation.
-void softmax_rows(float* p, int64_t rows, int64_t n) {
-    for (int64_t r = 0; r < rows; ++r) {
-        float* row = p + r * n;
-        float mx = -INFINITY;
-        for (int64_t i = 0; i < n; ++i) mx = std::max(mx, row[i]);
-        float sum = 0.0f;
-        for (int64_t i = 0; i < n; ++i) {
-            row[i] = std::exp(row[i] - mx);
-            sum += row[i];
-        }
-        const float inv = 1.0f / sum;
-        for (int64_t i = 0; i < n; ++i) row[i] *= inv;
-    }
-}
-
 void build_sdpa(Builder& b) {
     const View q0 = b.tensor("query"), k0 = b.tensor("key"), v0 = b.tensor("value");
     b.require_float("query", q0);
@@ -205,7 +190,7 @@ void build_sdpa(Builder& b) {
                         }
                     }
             }
-            softmax_rows(sc, L, S);
+            for (int64_t l = 0; l < L; ++l) softmax_row(sc + l * S, S);
             float* o = out.f() + i * L * EV;
             blas::sgemm(false, false, int(L), int(EV), int(S), 1.0f, sc, int(S), v.f() + i * S * EV, int(EV), 0.0f, o, int(EV));
             emit(sink, round, out.f(), size_t(i * L * EV), size_t(L * EV));

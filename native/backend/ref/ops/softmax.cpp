@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend/ref/ops/vec_math.h"
 #include "backend/ref/plan.h"
 
 namespace anetrain::backend::ref {
@@ -10,12 +11,17 @@ namespace {
 
 // Softmax along the middle axis of a contiguous [outer, n, inner] block.
 void softmax_block(const float* x, float* y, int64_t n, int64_t inner) {
+    if (inner == 1) {
+        std::memcpy(y, x, size_t(n) * sizeof(float));
+        softmax_row(y, n);
+        return;
+    }
     for (int64_t j = 0; j < inner; ++j) {
         float mx = -INFINITY;
         for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i * inner + j]);
         float sum = 0.0f;
         for (int64_t i = 0; i < n; ++i) {
-            float e = std::exp(x[i * inner + j] - mx);
+            float e = fast_exp(x[i * inner + j] - mx);
             y[i * inner + j] = e;
             sum += e;
         }
