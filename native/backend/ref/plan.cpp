@@ -297,7 +297,6 @@ static void fill_from_blob(const View& v, const mil::Literal& lit, int line, con
 Value load_literal(const mil::Literal& lit, int line, const Blobs& blobs, bool round16,
                    Arena& buffers) {
     Value val;
-    val.tensor = lit.type.tensor;
     val.is_const = true;
     val.view.dtype = lit.type.dtype;
     val.view.shape = lit.type.shape;
@@ -484,7 +483,6 @@ void Builder::output_view(size_t i, const View& v) {
 
 void Builder::output_value(size_t i, Value v) {
     check_declared(i, v.view.dtype, v.view.shape);
-    v.tensor = op_.output_types[i].tensor;
     values_[op_.outputs[i]] = std::move(v);
     defined_[i] = true;
 }

@@ -50,7 +50,6 @@ std::string shape_str(const Shape& s);
 // A named value during compilation.
 struct Value {
     View view;
-    bool tensor = true;              // declared as tensor<...> (false: scalar spelling)
     bool is_const = false;           // produced by const / a literal: contents known at compile time
     std::vector<std::string> strings;  // string constants (no storage)
 };

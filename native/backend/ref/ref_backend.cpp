@@ -40,7 +40,6 @@ public:
         std::unordered_map<std::string, Value> values;
         for (const auto& p : f.inputs) {
             Value v;
-            v.tensor = p.type.tensor;
             v.view.dtype = p.type.dtype;
             v.view.shape = p.type.shape;
             v.view.strides = contiguous_strides(p.type.shape);
