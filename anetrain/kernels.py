@@ -60,6 +60,11 @@ class Backend:
     def supports(self, op):
         return self._native.supports(op)
 
+    @property
+    def native(self):
+        """The native backend object (what anetrain._native.Trainer takes)."""
+        return self._native
+
     def __repr__(self):
         return f"<anetrain Backend {self.name}: {self.compiles} compiles, budget {self.budget}>"
 
@@ -182,3 +187,24 @@ def compile(mil_text, weights=None, backend=None, name=""):
     blobs = {str(k): bytes(v) for k, v in (weights or {}).items()}
     native = backend._native.compile(mil_text, blobs, name)
     return Kernel(native, backend)
+
+
+def model_kernels(config, pipeline="dynamic", layer_weights=None, precision="fp16", dialect="1.3/ios18"):
+    """The model's per-layer kernels as [(name, mil_text, weights, input names, output names)].
+
+    config: a ModelConfig, dict or object with llama2.c's fields. The static pipeline bakes
+    ``layer_weights`` ({"wq": [q_dim, dim], "wk", "wv", "wo", "w1", "w2", "w3"} as float32).
+    """
+    from .model import model_config
+
+    c = model_config(config)
+    shape = dict(dim=c.dim, hidden_dim=c.hidden_dim, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads,
+                 seq_len=c.seq_len, rope_theta=c.rope_theta)
+    if pipeline == "static" and layer_weights is None:
+        raise ValueError("the static pipeline bakes weights: pass layer_weights")
+    out = []
+    for name in _native.model_kernel_names():
+        text, blobs, ins, outs = _native.model_kernel(name, shape, pipeline, precision, dialect,
+                                                      layer_weights if pipeline == "static" else None)
+        out.append((name, text, blobs, list(ins), list(outs)))
+    return out

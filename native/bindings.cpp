@@ -12,6 +12,13 @@
 #include "core/blas.h"
 #include "core/fp16.h"
 #include "core/threads.h"
+#include "mil/blob.h"
+#include "mil/builder.h"
+#include "mil/kernels.h"
+#include "train/config.h"
+#include "train/cpu_ops.h"
+#include "train/trainer.h"
+#include "train/model.h"
 
 namespace py = pybind11;
 using namespace anetrain;
@@ -126,8 +133,129 @@ void bind_core(py::module_& m) {
 }
 
 // ---------------------------------------------------------------- mil: blobs, builder, parser
+mil::DType dtype_arg(const std::string& name) {
+    mil::DType d;
+    if (!mil::dtype_from_name(name, &d)) throw py::value_error("unknown MIL dtype '" + name + "'");
+    return d;
+}
+
+mil::Type type_arg(const std::string& dtype, const std::vector<int64_t>& shape, bool tensor) {
+    return mil::Type{dtype_arg(dtype), tensor, shape};
+}
+
+// Python operand forms (built by anetrain/mil.py): ("var", name) | ("ints", [..]) | (dtype, value)
+mil::Operand operand_arg(const py::tuple& t) {
+    const std::string kind = t[0].cast<std::string>();
+    if (kind == "var") return mil::Operand(t[1].cast<std::string>());
+    if (kind == "ints") return mil::ints(t[1].cast<std::vector<int64_t>>());
+    if (kind == "string") return mil::str(t[1].cast<std::string>());
+    if (kind == "bool") return mil::boolean(t[1].cast<bool>());
+    if (kind == "int32") return mil::int32(t[1].cast<int64_t>());
+    if (kind == "fp16") return mil::fp16(t[1].cast<double>());
+    if (kind == "fp32") return mil::fp32(t[1].cast<double>());
+    throw py::value_error("unknown operand kind '" + kind + "'");
+}
+
 void bind_mil(py::module_& m) {
-    (void)m;  // section: mil
+    m.def(
+        "blob_write",
+        [](const std::vector<std::pair<std::string, py::buffer>>& items) {
+            std::vector<mil::blob::Entry> entries;
+            std::vector<py::buffer_info> keep;
+            for (const auto& [dtype, buf] : items) {
+                keep.push_back(buf.request());
+                const auto& bi = keep.back();
+                entries.push_back({dtype_arg(dtype), bi.ptr, size_t(bi.size * bi.itemsize)});
+            }
+            std::vector<uint64_t> offsets;
+            std::string file = mil::blob::write(entries, &offsets);  // std::invalid_argument -> ValueError
+            return py::make_tuple(py::bytes(file), offsets);
+        },
+        "Write a MIL blob-storage-v2 file from (dtype, buffer) pairs; returns (bytes, record offsets).");
+    m.def(
+        "blob_records",
+        [](const py::bytes& data) {
+            std::string file = data;
+            py::list out;
+            for (const auto& r : mil::blob::read_all(file))
+                out.append(py::dict(py::arg("offset") = r.record_offset, py::arg("dtype") = mil::dtype_name(r.dtype),
+                                    py::arg("size") = r.size, py::arg("data_offset") = r.data_offset));
+            return out;
+        },
+        "The records of a MIL blob file: offset (the BLOBFILE offset), dtype, size, data_offset.");
+
+    py::class_<mil::Builder>(m, "MilBuilder")
+        .def(py::init([](const std::string& dialect, const std::string& function) {
+                 return mil::Builder(mil::Dialect::from_string(dialect), function);
+             }),
+             py::arg("dialect") = "1.3/ios18", py::arg("function") = "main")
+        .def("input",
+             [](mil::Builder& b, const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape) {
+                 return b.input(name, type_arg(dtype, shape, true));
+             })
+        .def("weight", [](mil::Builder& b, const std::string& name, const std::string& dtype,
+                          const std::vector<int64_t>& shape, const std::string& path,
+                          uint64_t offset) { return b.weight(name, type_arg(dtype, shape, true), path, offset); })
+        .def("constant", [](mil::Builder& b, const std::string& name, const std::string& dtype,
+                            const std::vector<int64_t>& shape, const std::vector<double>& values,
+                            bool tensor) { return b.constant(name, type_arg(dtype, shape, tensor), values); })
+        .def("op",
+             [](mil::Builder& b, const std::string& out, const std::string& dtype, const std::vector<int64_t>& shape,
+                bool tensor, const std::string& op_type, const std::vector<std::pair<std::string, py::tuple>>& args,
+                const std::string& tuple_key, const std::vector<std::string>& tuple) {
+                 mil::Args a;
+                 for (const auto& [k, t] : args) a.emplace_back(k, operand_arg(t));
+                 return b.op(out, type_arg(dtype, shape, tensor), op_type, a, tuple_key, mil::Tuple{tuple});
+             })
+        .def("output", &mil::Builder::output)
+        .def("text", &mil::Builder::text)
+        .def_property_readonly("dialect", [](const mil::Builder& b) { return b.dialect().str(); });
+
+    // One of the model's per-layer kernels: (text, {blob path: bytes}, input names, output names).
+    m.def(
+        "model_kernel",
+        [](const std::string& name, const py::dict& shape, const std::string& pipeline, const std::string& dtype,
+           const std::string& dialect, const py::object& weights) {
+            mil::KernelShape s;
+            s.dim = shape["dim"].cast<int>();
+            s.hidden = shape["hidden_dim"].cast<int>();
+            s.n_heads = shape["n_heads"].cast<int>();
+            s.n_kv_heads = shape["n_kv_heads"].cast<int>();
+            s.seq = shape["seq_len"].cast<int>();
+            if (shape.contains("rope_theta")) s.rope_theta = shape["rope_theta"].cast<double>();
+            mil::KernelOptions o;
+            o.pipeline = mil::pipeline_from_string(pipeline);
+            o.dtype = dtype_arg(dtype);
+            o.dialect = mil::Dialect::from_string(dialect);
+            std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> keep;
+            mil::LayerWeights w;
+            const bool baked = !weights.is_none();
+            if (baked) {
+                const py::dict wd = weights.cast<py::dict>();
+                auto take = [&](const char* key) -> const float* {
+                    if (!wd.contains(key)) throw py::value_error(std::string("model_kernel: weights lack '") + key + "'");
+                    keep.push_back(wd[key].cast<py::array_t<float, py::array::c_style | py::array::forcecast>>());
+                    return keep.back().data();
+                };
+                keep.reserve(7);
+                w.wq = take("wq"), w.wk = take("wk"), w.wv = take("wv"), w.wo = take("wo");
+                w.w1 = take("w1"), w.w2 = take("w2"), w.w3 = take("w3");
+            }
+            using Gen = mil::KernelSource (*)(const mil::KernelShape&, const mil::KernelOptions&, const mil::LayerWeights*);
+            static const std::map<std::string, Gen> gens{{"attention_forward", &mil::attention_forward},
+                                                         {"ffn_forward", &mil::ffn_forward},
+                                                         {"ffn_backward", &mil::ffn_backward},
+                                                         {"attention_backward", &mil::attention_backward}};
+            auto it = gens.find(name);
+            if (it == gens.end()) throw py::value_error("unknown model kernel '" + name + "'");
+            mil::KernelSource src = it->second(s, o, baked ? &w : nullptr);
+            py::dict blobs;
+            for (const auto& [path, bytes] : src.blobs) blobs[py::str(path)] = py::bytes(bytes);
+            return py::make_tuple(src.text, blobs, src.inputs, src.outputs);
+        },
+        py::arg("name"), py::arg("shape"), py::arg("pipeline") = "static", py::arg("dtype") = "fp16",
+        py::arg("dialect") = "1.3/ios18", py::arg("weights") = py::none());
+    m.def("model_kernel_names", &mil::layer_kernel_names);
 }
 
 // ---------------------------------------------------------------- backend: interface + ref
@@ -266,7 +394,486 @@ void bind_ane(py::module_& m) {
 
 // ---------------------------------------------------------------- train: CPU ops, model, step
 void bind_train(py::module_& m) {
-    (void)m;  // section: train
+    // Arguments are NumPy arrays used in place: exact dtype, C-contiguous, exact shape (-1 = any).
+    auto shape_text = [](const py::array& a) {
+        std::string t = "(";
+        for (py::ssize_t i = 0; i < a.ndim(); ++i) t += (i ? ", " : "") + std::to_string(a.shape(i));
+        return t + (a.ndim() == 1 ? ",)" : ")");
+    };
+    auto check = [shape_text](const py::array& a, const py::dtype& dt, const char* fn, const char* name,
+                              std::vector<py::ssize_t> shape, bool writable) {
+        bool ok = a.dtype().is(dt) && (a.flags() & py::array::c_style) && a.ndim() == py::ssize_t(shape.size()) &&
+                  (!writable || a.writeable());
+        for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || a.shape(py::ssize_t(i)) == shape[i];
+        if (ok) return;
+        std::string want;
+        for (size_t i = 0; i < shape.size(); ++i)
+            want += (i ? ", " : "") + (shape[i] < 0 ? std::string("n") : std::to_string(shape[i]));
+        throw py::value_error(std::string(fn) + ": " + name + " must be a " + (writable ? "writable " : "") +
+                              "C-contiguous " + std::string(py::str(dt)) + " array of shape (" + want +
+                              (shape.size() == 1 ? ",)" : ")") + "; got " + std::string(py::str(a.dtype())) + " " +
+                              shape_text(a) + ((a.flags() & py::array::c_style) ? "" : " non-contiguous"));
+    };
+    const py::dtype f32 = py::dtype::of<float>(), i32 = py::dtype::of<int32_t>();
+    auto in = [check, f32](const py::array& a, const char* fn, const char* name, std::vector<py::ssize_t> shape) {
+        check(a, f32, fn, name, std::move(shape), false);
+        return static_cast<const float*>(a.data());
+    };
+    auto out = [check, f32](py::array& a, const char* fn, const char* name, std::vector<py::ssize_t> shape) {
+        check(a, f32, fn, name, std::move(shape), true);
+        return static_cast<float*>(a.mutable_data());
+    };
+    auto tokens = [check, i32](const py::array& a, const char* fn, const char* name, py::ssize_t n) {
+        check(a, i32, fn, name, {n}, false);
+        return static_cast<const int32_t*>(a.data());
+    };
+    auto extent = [](const py::array& a, int i) { return int(a.shape(i)); };
+    using Floats = py::array_t<float>;
+
+    py::class_<train::ModelConfig>(m, "ModelConfig",
+                                   "llama2.c Transformer hyper-parameters (n_kv_heads, hidden_dim: 0 = default).")
+        .def(py::init([](int dim, int n_layers, int n_heads, int n_kv_heads, int vocab_size, int hidden_dim,
+                         int seq_len, float norm_eps, float rope_theta) {
+                 train::ModelConfig c{dim, n_layers, n_heads, n_kv_heads, vocab_size, hidden_dim, seq_len, norm_eps,
+                                      rope_theta};
+                 c.validate();
+                 return c;
+             }),
+             py::arg("dim"), py::arg("n_layers"), py::arg("n_heads"), py::arg("n_kv_heads") = 0,
+             py::arg("vocab_size"), py::arg("hidden_dim") = 0, py::arg("seq_len"), py::arg("norm_eps") = 1e-5f,
+             py::arg("rope_theta") = 10000.f)
+        .def_readonly("dim", &train::ModelConfig::dim)
+        .def_readonly("n_layers", &train::ModelConfig::n_layers)
+        .def_readonly("n_heads", &train::ModelConfig::n_heads)
+        .def_property_readonly("n_kv_heads", &train::ModelConfig::kv_heads)
+        .def_readonly("vocab_size", &train::ModelConfig::vocab_size)
+        .def_property_readonly("hidden_dim", &train::ModelConfig::ffn_dim)
+        .def_readonly("seq_len", &train::ModelConfig::seq_len)
+        .def_readonly("norm_eps", &train::ModelConfig::norm_eps)
+        .def_readonly("rope_theta", &train::ModelConfig::rope_theta)
+        .def_property_readonly("head_dim", &train::ModelConfig::head_dim)
+        .def_property_readonly("kv_dim", &train::ModelConfig::kv_dim)
+        .def_property_readonly("layer_param_count", &train::ModelConfig::layer_param_count)
+        .def_property_readonly("param_count", &train::ModelConfig::param_count)
+        .def(
+            "param_specs",
+            [](const train::ModelConfig& c) {
+                py::list specs;
+                for (const auto& p : train::param_specs(c)) {
+                    py::tuple shape =
+                        p.vector ? py::tuple(py::make_tuple(p.cols)) : py::tuple(py::make_tuple(p.rows, p.cols));
+                    specs.append(py::make_tuple(p.name, shape, p.decay));
+                }
+                return specs;
+            },
+            "[(llama2.c name, shape, weight decay applies)] in llama2.c's order.")
+        .def_static("default_hidden_dim", &train::ModelConfig::default_hidden_dim, py::arg("dim"),
+                    py::arg("multiple_of") = 32)
+        .def("__repr__", [](const train::ModelConfig& c) {
+            return "ModelConfig(dim=" + std::to_string(c.dim) + ", n_layers=" + std::to_string(c.n_layers) +
+                   ", n_heads=" + std::to_string(c.n_heads) + ", n_kv_heads=" + std::to_string(c.kv_heads()) +
+                   ", vocab_size=" + std::to_string(c.vocab_size) + ", hidden_dim=" + std::to_string(c.ffn_dim()) +
+                   ", seq_len=" + std::to_string(c.seq_len) + ")";
+        });
+
+    m.def(
+        "cpu_embedding_fwd",
+        [in, tokens, extent](const py::array& E, const py::array& tok) {
+            const float* e = in(E, "cpu_embedding_fwd", "E", {-1, -1});
+            const int vocab = extent(E, 0), D = extent(E, 1), S = int(tok.size());
+            const int32_t* t = tokens(tok, "cpu_embedding_fwd", "tokens", -1);
+            Floats x({D, S});
+            float* px = x.mutable_data();
+            py::gil_scoped_release nogil;
+            train::cpu::embedding_fwd(e, vocab, D, t, S, px);
+            return x;
+        },
+        py::arg("E"), py::arg("tokens"), "x[extent, S] = E[tokens].T (int32 tokens, bounds-checked).");
+    m.def(
+        "cpu_embedding_bwd",
+        [in, out, tokens, extent](const py::array& dx, const py::array& tok, py::array& dE) {
+            float* pdE = out(dE, "cpu_embedding_bwd", "dE", {-1, -1});
+            const int vocab = extent(dE, 0), D = extent(dE, 1), S = int(tok.size());
+            const float* pdx = in(dx, "cpu_embedding_bwd", "dx", {D, S});
+            const int32_t* t = tokens(tok, "cpu_embedding_bwd", "tokens", S);
+            py::gil_scoped_release nogil;
+            train::cpu::embedding_bwd(pdx, t, S, vocab, D, pdE);
+        },
+        py::arg("dx"), py::arg("tokens"), py::arg("dE"), "dE[tokens[s]] += dx[:, s] (accumulates into dE).");
+
+    m.def(
+        "cpu_rmsnorm_fwd",
+        [in, extent](const py::array& x, const py::array& g, float eps) {
+            const float* px = in(x, "cpu_rmsnorm_fwd", "x", {-1, -1});
+            const int C = extent(x, 0), S = extent(x, 1);
+            const float* pg = in(g, "cpu_rmsnorm_fwd", "gamma", {C});
+            Floats y({C, S}), rrms(std::vector<py::ssize_t>{S});
+            float *py_ = y.mutable_data(), *pr = rrms.mutable_data();
+            {
+                py::gil_scoped_release nogil;
+                train::cpu::rmsnorm_fwd(px, pg, C, S, eps, py_, pr);
+            }
+            return py::make_tuple(y, rrms);
+        },
+        py::arg("x"), py::arg("gamma"), py::arg("eps") = 1e-5f, "(y[C, S], rrms[S]): RMSNorm over channels.");
+    m.def(
+        "cpu_rmsnorm_bwd",
+        [in, out, extent](const py::array& dy, const py::array& x, const py::array& g, const py::array& rrms,
+                       py::array& dx, py::array& dg) {
+            const float* px = in(x, "cpu_rmsnorm_bwd", "x", {-1, -1});
+            const int C = extent(x, 0), S = extent(x, 1);
+            const float* pdy = in(dy, "cpu_rmsnorm_bwd", "dy", {C, S});
+            const float* pg = in(g, "cpu_rmsnorm_bwd", "gamma", {C});
+            const float* pr = in(rrms, "cpu_rmsnorm_bwd", "rrms", {S});
+            float* pdx = out(dx, "cpu_rmsnorm_bwd", "dx", {C, S});
+            float* pdg = out(dg, "cpu_rmsnorm_bwd", "dgamma", {C});
+            py::gil_scoped_release nogil;
+            train::cpu::rmsnorm_bwd(pdy, px, pg, pr, C, S, pdx, pdg);
+        },
+        py::arg("dy"), py::arg("x"), py::arg("gamma"), py::arg("rrms"), py::arg("dx"), py::arg("dgamma"),
+        "RMSNorm backward; accumulates into dx[C, S] and dgamma[C].");
+
+    auto rope = [in, extent](const char* fn, bool inverse) {
+        return [in, extent, fn, inverse](const py::array& x, int n_heads, float theta) {
+            const float* px = in(x, fn, "x", {-1, -1});
+            const int C = extent(x, 0), S = extent(x, 1);
+            if (n_heads <= 0 || C % n_heads != 0)
+                throw py::value_error(std::string(fn) + ": " + std::to_string(C) +
+                                      " channels do not split into n_heads=" + std::to_string(n_heads) + " heads");
+            Floats y({C, S});
+            float* p = y.mutable_data();
+            std::memcpy(p, px, size_t(C) * S * sizeof(float));
+            py::gil_scoped_release nogil;
+            train::cpu::RopeTable table(C / n_heads, S, theta);
+            (inverse ? train::cpu::rope_bwd : train::cpu::rope_fwd)(p, n_heads, table);
+            return y;
+        };
+    };
+    m.def("cpu_rope_fwd", rope("cpu_rope_fwd", false), py::arg("x"), py::arg("n_heads"), py::arg("theta") = 10000.f,
+          "RoPE on adjacent channel pairs of each head of x[n_heads*hd, S], positions 0..S-1 (returns a copy).");
+    m.def("cpu_rope_bwd", rope("cpu_rope_bwd", true), py::arg("dx"), py::arg("n_heads"), py::arg("theta") = 10000.f,
+          "Inverse RoPE rotation (the gradient of cpu_rope_fwd; returns a copy).");
+
+    m.def(
+        "cpu_classifier_fwd",
+        [in, extent](const py::array& E, const py::array& x) {
+            const float* pE = in(E, "cpu_classifier_fwd", "E", {-1, -1});
+            const int vocab = extent(E, 0), D = extent(E, 1);
+            const float* px = in(x, "cpu_classifier_fwd", "x", {D, -1});
+            const int S = extent(x, 1);
+            Floats logits({vocab, S});
+            float* pl = logits.mutable_data();
+            py::gil_scoped_release nogil;
+            train::cpu::classifier_fwd(pE, px, vocab, D, S, pl);
+            return logits;
+        },
+        py::arg("E"), py::arg("x"), "logits[vocab, S] = E @ x.");
+    m.def(
+        "cpu_classifier_bwd",
+        [in, out, extent](const py::array& E, const py::array& x, const py::array& dlogits, py::array& dE) {
+            const float* pE = in(E, "cpu_classifier_bwd", "E", {-1, -1});
+            const int vocab = extent(E, 0), D = extent(E, 1);
+            const float* px = in(x, "cpu_classifier_bwd", "x", {D, -1});
+            const int S = extent(x, 1);
+            const float* pdl = in(dlogits, "cpu_classifier_bwd", "dlogits", {vocab, S});
+            float* pdE = out(dE, "cpu_classifier_bwd", "dE", {vocab, D});
+            Floats dx({D, S});
+            float* pdx = dx.mutable_data();
+            py::gil_scoped_release nogil;
+            train::cpu::classifier_bwd(pE, px, pdl, vocab, D, S, pdx, pdE);
+            return dx;
+        },
+        py::arg("E"), py::arg("x"), py::arg("dlogits"), py::arg("dE"),
+        "Returns dx = E.T @ dlogits; accumulates dE += dlogits @ x.T.");
+    m.def(
+        "cpu_cross_entropy",
+        [in, tokens, extent](const py::array& logits, const py::array& targets, float scale) {
+            const float* pl = in(logits, "cpu_cross_entropy", "logits", {-1, -1});
+            const int vocab = extent(logits, 0), S = extent(logits, 1);
+            const int32_t* t = tokens(targets, "cpu_cross_entropy", "targets", S);
+            Floats dl({vocab, S});
+            float* pdl = dl.mutable_data();
+            double loss;
+            {
+                py::gil_scoped_release nogil;
+                loss = train::cpu::cross_entropy(pl, t, vocab, S, scale, pdl);
+            }
+            return py::make_tuple(loss, dl);
+        },
+        py::arg("logits"), py::arg("targets"), py::arg("scale") = 1.f,
+        "(mean loss, dlogits[vocab, S] = scale * (softmax - onehot) / S) for logits[vocab, S].");
+
+    m.def(
+        "cpu_swiglu_fwd",
+        [in](const py::array& h1, const py::array& h3) {
+            const float* p1 = in(h1, "cpu_swiglu_fwd", "h1", {-1, -1});
+            const float* p3 = in(h3, "cpu_swiglu_fwd", "h3", {h1.shape(0), h1.shape(1)});
+            Floats gate({h1.shape(0), h1.shape(1)});
+            float* pg = gate.mutable_data();
+            size_t n = size_t(h1.size());
+            py::gil_scoped_release nogil;
+            train::cpu::swiglu_fwd(p1, p3, n, pg);
+            return gate;
+        },
+        py::arg("h1"), py::arg("h3"), "gate = silu(h1) * h3 for [hidden, S] arrays.");
+    m.def(
+        "cpu_swiglu_bwd",
+        [in](const py::array& dgate, const py::array& h1, const py::array& h3) {
+            const float* p1 = in(h1, "cpu_swiglu_bwd", "h1", {-1, -1});
+            std::vector<py::ssize_t> shape{h1.shape(0), h1.shape(1)};
+            const float* p3 = in(h3, "cpu_swiglu_bwd", "h3", shape);
+            const float* pd = in(dgate, "cpu_swiglu_bwd", "dgate", shape);
+            Floats dh1(shape), dh3(shape);
+            float *o1 = dh1.mutable_data(), *o3 = dh3.mutable_data();
+            size_t n = size_t(h1.size());
+            {
+                py::gil_scoped_release nogil;
+                train::cpu::swiglu_bwd(pd, p1, p3, n, o1, o3);
+            }
+            return py::make_tuple(dh1, dh3);
+        },
+        py::arg("dgate"), py::arg("h1"), py::arg("h3"), "(dh1, dh3), the gradients of cpu_swiglu_fwd.");
+
+    auto check_heads = [](const char* fn, int n_heads, int n_kv_heads, int kv_channels) {
+        if (n_kv_heads <= 0 || n_heads <= 0 || n_heads % n_kv_heads != 0 || kv_channels % n_kv_heads != 0)
+            throw py::value_error(std::string(fn) + ": need n_heads (" + std::to_string(n_heads) +
+                                  ") a multiple of n_kv_heads (" + std::to_string(n_kv_heads) + ") and " +
+                                  std::to_string(kv_channels) + " KV channels divisible by n_kv_heads");
+    };
+    m.def(
+        "cpu_gqa_tile",
+        [in, extent, check_heads](const py::array& kv, int n_heads, int n_kv_heads) {
+            const float* p = in(kv, "cpu_gqa_tile", "kv", {-1, -1});
+            const int C = extent(kv, 0), S = extent(kv, 1);
+            check_heads("cpu_gqa_tile", n_heads, n_kv_heads, C);
+            const int hd = C / n_kv_heads;
+            Floats t({n_heads * hd, S});
+            float* pt = t.mutable_data();
+            py::gil_scoped_release nogil;
+            train::cpu::gqa_tile(p, n_kv_heads, n_heads, hd, S, pt);
+            return t;
+        },
+        py::arg("kv"), py::arg("n_heads"), py::arg("n_kv_heads"),
+        "Repeat-interleave KV heads [n_kv_heads*hd, S] to Q heads [n_heads*hd, S].");
+    m.def(
+        "cpu_gqa_reduce",
+        [in, extent, check_heads](const py::array& d, int n_heads, int n_kv_heads) {
+            const float* p = in(d, "cpu_gqa_reduce", "d_tiled", {-1, -1});
+            const int C = extent(d, 0), S = extent(d, 1);
+            check_heads("cpu_gqa_reduce", n_heads, n_kv_heads, C);
+            if (C % n_heads != 0)
+                throw py::value_error("cpu_gqa_reduce: " + std::to_string(C) + " channels do not split into " +
+                                      std::to_string(n_heads) + " heads");
+            const int hd = C / n_heads;
+            Floats r({n_kv_heads * hd, S});
+            float* pr = r.mutable_data();
+            py::gil_scoped_release nogil;
+            train::cpu::gqa_reduce(p, n_kv_heads, n_heads, hd, S, pr);
+            return r;
+        },
+        py::arg("d_tiled"), py::arg("n_heads"), py::arg("n_kv_heads"),
+        "Sum each group of Q-head gradients back onto its KV head (the gradient of cpu_gqa_tile).");
+
+    m.def(
+        "cpu_grad_norm",
+        [check, f32](const std::vector<py::array>& grads) {
+            std::vector<std::pair<const float*, size_t>> tensors;
+            for (const auto& g : grads) {
+                check(g, f32, "cpu_grad_norm", "every gradient", std::vector<py::ssize_t>(size_t(g.ndim()), -1), false);
+                tensors.emplace_back(static_cast<const float*>(g.data()), size_t(g.size()));
+            }
+            py::gil_scoped_release nogil;
+            return train::cpu::global_norm(tensors);
+        },
+        py::arg("grads"), "Global L2 norm over a list of float32 arrays (accumulated in double).");
+    m.def("cpu_clip_scale", &train::cpu::clip_scale, py::arg("norm"), py::arg("max_norm"),
+          "min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_.");
+    m.def(
+        "cpu_scale",
+        [check, f32](py::array& x, float s) {
+            check(x, f32, "cpu_scale", "x", std::vector<py::ssize_t>(size_t(x.ndim()), -1), true);
+            float* p = static_cast<float*>(x.mutable_data());
+            size_t n = size_t(x.size());
+            py::gil_scoped_release nogil;
+            train::cpu::scale(p, n, s);
+        },
+        py::arg("x"), py::arg("s"), "x *= s in place.");
+    m.def(
+        "cpu_adamw_step",
+        [check, f32](py::array& w, const py::array& g, py::array& mom, py::array& var, int t, float lr, float beta1,
+                     float beta2, float eps, float weight_decay, bool decay, float grad_scale) {
+            std::vector<py::ssize_t> shape(w.shape(), w.shape() + w.ndim());
+            check(w, f32, "cpu_adamw_step", "w", shape, true);
+            check(g, f32, "cpu_adamw_step", "grad", shape, false);
+            check(mom, f32, "cpu_adamw_step", "m", shape, true);
+            check(var, f32, "cpu_adamw_step", "v", shape, true);
+            train::cpu::AdamW opt{lr, beta1, beta2, eps, weight_decay};
+            float* pw = static_cast<float*>(w.mutable_data());
+            const float* pg = static_cast<const float*>(g.data());
+            float* pm = static_cast<float*>(mom.mutable_data());
+            float* pv = static_cast<float*>(var.mutable_data());
+            size_t n = size_t(w.size());
+            py::gil_scoped_release nogil;
+            train::cpu::adamw_step(pw, pg, pm, pv, n, t, opt, decay, grad_scale);
+        },
+        py::arg("w"), py::arg("grad"), py::arg("m"), py::arg("v"), py::arg("step"), py::arg("lr"),
+        py::arg("beta1") = 0.9f, py::arg("beta2") = 0.95f, py::arg("eps") = 1e-8f, py::arg("weight_decay") = 0.1f,
+        py::arg("decay") = true, py::arg("grad_scale") = 1.f,
+        "One AdamW update in place on w, m, v at 1-based step (decay=False skips weight decay).");
+
+    // ------------------------------------------------ model state: weights, grads, AdamW moments
+    auto buffer = [](train::ModelState& s, const std::string& kind) -> std::vector<float>& {
+        if (kind == "weight") return s.weights;
+        if (kind == "grad") return s.grads;
+        if (kind == "m") return s.adam_m;
+        if (kind == "v") return s.adam_v;
+        throw py::value_error("kind must be one of 'weight', 'grad', 'm', 'v' (got '" + kind + "')");
+    };
+    auto slot = [](const train::ModelState& s, const std::string& name) -> const train::ParamSlot& {
+        if (const train::ParamSlot* p = s.find(name)) return *p;
+        throw py::key_error("unknown parameter '" + name +
+                            "'; names are llama2.c's, e.g. tok_embeddings, layers.0.attention.wq, norm");
+    };
+    auto llama_shape = [](const train::ParamSpec& p) {
+        return p.vector ? std::vector<py::ssize_t>{py::ssize_t(p.cols)}
+                        : std::vector<py::ssize_t>{py::ssize_t(p.rows), py::ssize_t(p.cols)};
+    };
+    py::class_<train::ModelState>(m, "ModelState",
+                                  "Weights, gradients and AdamW moments of llama2.c's model, by llama2.c name.")
+        .def(py::init<const train::ModelConfig&>(), py::arg("config"))
+        .def_property_readonly("config", &train::ModelState::config)
+        .def_property_readonly("size", &train::ModelState::size, "Elements per buffer (the parameter count).")
+        .def_readwrite("step", &train::ModelState::step, "AdamW updates applied so far.")
+        .def("names", [](const train::ModelState& s) {
+            std::vector<std::string> names;
+            for (const auto& p : s.slots()) names.push_back(p.spec.name);
+            return names;
+        })
+        .def(
+            "get",
+            [buffer, slot, llama_shape](train::ModelState& s, const std::string& name, const std::string& kind) {
+                const train::ParamSlot& p = slot(s, name);
+                const float* src = buffer(s, kind).data() + p.offset;
+                Floats a(llama_shape(p.spec));
+                std::memcpy(a.mutable_data(), src, size_t(p.spec.numel()) * sizeof(float));
+                return a;
+            },
+            py::arg("name"), py::arg("kind") = "weight", "A copy of one tensor (kind: weight, grad, m, v).")
+        .def(
+            "set",
+            [buffer, slot, llama_shape, in](train::ModelState& s, const std::string& name, const py::array& a,
+                                            const std::string& kind) {
+                const train::ParamSlot& p = slot(s, name);
+                const float* src = in(a, "ModelState.set", name.c_str(), llama_shape(p.spec));
+                float* dst = buffer(s, kind).data() + p.offset;
+                std::memcpy(dst, src, size_t(p.spec.numel()) * sizeof(float));
+            },
+            py::arg("name"), py::arg("value"), py::arg("kind") = "weight",
+            "Overwrite one tensor (float32, llama2.c's shape).")
+        .def(
+            "flat",
+            [buffer](py::object self, const std::string& kind) {
+                std::vector<float>& b = buffer(self.cast<train::ModelState&>(), kind);
+                return py::array_t<float>({py::ssize_t(b.size())}, {py::ssize_t(sizeof(float))}, b.data(), self);
+            },
+            py::arg("kind") = "weight",
+            "A writable 1-D view (no copy) of one whole buffer, tensors in names() order; keeps the state alive.")
+        .def(
+            "init_random",
+            [](train::ModelState& s, uint64_t seed) {
+                py::gil_scoped_release nogil;
+                s.init_random(seed);
+            },
+            py::arg("seed"), "Seeded init (fan-in normal linears, 0.02 embedding, unit gammas); clears the rest.")
+        .def("zero_grads", &train::ModelState::zero_grads, py::call_guard<py::gil_scoped_release>())
+        .def("grad_norm", &train::ModelState::grad_norm, py::call_guard<py::gil_scoped_release>(),
+             "Global L2 norm of all gradients.")
+        .def(
+            "adamw_update",
+            [](train::ModelState& s, float lr, float beta1, float beta2, float eps, float weight_decay,
+               float grad_scale) {
+                train::cpu::AdamW opt{lr, beta1, beta2, eps, weight_decay};
+                py::gil_scoped_release nogil;
+                s.adamw_update(opt, grad_scale);
+            },
+            py::arg("lr"), py::arg("beta1") = 0.9f, py::arg("beta2") = 0.95f, py::arg("eps") = 1e-8f,
+            py::arg("weight_decay") = 0.1f, py::arg("grad_scale") = 1.f,
+            "One AdamW update of every tensor (no decay for RMSNorm gammas) with grads times grad_scale.");
+}
+
+// ---------------------------------------------------------------- trainer: the native training step
+void bind_trainer(py::module_& m) {
+    using train::Trainer;
+    auto tokens_arg = [](const py::array& a, int extra, const Trainer& t) {
+        if (a.ndim() != 2 || a.shape(1) != t.config().seq_len + extra || a.shape(0) < 1)
+            throw py::value_error("tokens must be an int32 array [batch, " + std::to_string(t.config().seq_len + extra) +
+                                  "]; got shape " + std::string(py::str(py::tuple(py::cast(
+                                                        std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()))))));
+        return py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(a);
+    };
+    py::class_<Trainer>(m, "Trainer", "llama2.c's Transformer trained through MIL kernels on a backend.")
+        .def(py::init([](const train::ModelConfig& cfg, std::shared_ptr<backend::Backend> backend,
+                         const std::string& pipeline, const std::string& precision, const std::string& dialect,
+                         float loss_scale, int overlap_dw) {
+                 train::TrainerOptions o{pipeline, precision, dialect, loss_scale, overlap_dw};
+                 return std::make_unique<Trainer>(cfg, std::move(backend), o);
+             }),
+             py::arg("config"), py::arg("backend"), py::arg("pipeline") = "dynamic", py::arg("precision") = "fp16",
+             py::arg("dialect") = "1.3/ios18", py::arg("loss_scale") = 256.f, py::arg("overlap_dw") = -1)
+        .def_property_readonly("state", py::overload_cast<>(&Trainer::state), py::return_value_policy::reference_internal)
+        .def_property_readonly("pipeline", [](const Trainer& t) { return t.options().pipeline; })
+        .def_property_readonly("precision", [](const Trainer& t) { return t.options().precision; })
+        .def_property_readonly("loss_scale", [](const Trainer& t) { return t.options().loss_scale; })
+        .def_property_readonly("pending_sequences", &Trainer::pending_sequences)
+        .def(
+            "accumulate",
+            [tokens_arg](Trainer& t, const py::array& tokens) {
+                auto tok = tokens_arg(tokens, 1, t);
+                const int32_t* p = tok.data();
+                const int batch = int(tok.shape(0));
+                py::gil_scoped_release nogil;
+                return t.accumulate(p, batch);
+            },
+            py::arg("tokens"), "Forward+backward over int32 tokens [batch, seq_len+1]; adds gradients; returns mean loss.")
+        .def(
+            "update",
+            [](Trainer& t, float lr, float beta1, float beta2, float eps, float weight_decay, float clip) {
+                train::cpu::AdamW opt{lr, beta1, beta2, eps, weight_decay};
+                py::gil_scoped_release nogil;
+                return t.update(opt, clip);
+            },
+            py::arg("lr"), py::arg("beta1") = 0.9f, py::arg("beta2") = 0.95f, py::arg("eps") = 1e-8f,
+            py::arg("weight_decay") = 0.1f, py::arg("clip") = 1.f,
+            "Clip and apply AdamW to the accumulated (mean, unscaled) gradients; returns the gradient norm.")
+        .def(
+            "forward",
+            [tokens_arg](Trainer& t, const py::array& tokens) {
+                auto tok = tokens_arg(tokens, 0, t);
+                const int batch = int(tok.shape(0));
+                std::vector<float> logits;
+                {
+                    const int32_t* p = tok.data();
+                    py::gil_scoped_release nogil;
+                    logits = t.forward(p, batch);
+                }
+                py::array_t<float> out({py::ssize_t(batch), py::ssize_t(t.config().seq_len),
+                                        py::ssize_t(t.config().vocab_size)});
+                std::memcpy(out.mutable_data(), logits.data(), logits.size() * sizeof(float));
+                return out;
+            },
+            py::arg("tokens"), "Logits [batch, seq_len, vocab] for int32 tokens [batch, seq_len].")
+        .def("compiles_needed", &Trainer::compiles_needed,
+             "Compiles the next accumulate() needs (static: every layer after an update).")
+        .def("timings",
+             [](const Trainer& t) {
+                 const train::Timings& x = t.timings();
+                 return py::dict(py::arg("kernels_ms") = x.kernels, py::arg("cpu_ops_ms") = x.cpu_ops,
+                                 py::arg("dw_ms") = x.dw, py::arg("dw_wait_ms") = x.dw_wait,
+                                 py::arg("optimizer_ms") = x.optimizer, py::arg("compile_ms") = x.compile,
+                                 py::arg("total_ms") = x.total, py::arg("compiles") = x.compiles,
+                                 py::arg("kernel_evals") = x.kernel_evals);
+             })
+        .def("reset_timings", &Trainer::reset_timings);
 }
 
 }  // namespace
@@ -278,4 +885,5 @@ PYBIND11_MODULE(_native, m) {
     bind_backend(m);
     bind_ane(m);
     bind_train(m);
+    bind_trainer(m);
 }

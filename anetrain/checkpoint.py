@@ -1,0 +1,163 @@
+"""Training checkpoints: versioned, self-describing, checksummed, written atomically, last N kept.
+
+File format: a safetensors file (8-byte header length, JSON header, raw little-endian tensor data;
+readable by any safetensors reader). Its ``__metadata__`` holds four strings:
+
+- ``magic``: "anetrain-checkpoint"
+- ``format_version``: "1"
+- ``meta``: the caller's metadata as canonical JSON (config, step, sampler and RNG state, loss
+  history, ...)
+- ``sha256``: hex digest over the meta JSON and, for every tensor in name order, its name, dtype,
+  shape and bytes; any flipped bit in the tensors or the metadata fails the check on load.
+
+``save`` writes to a temporary file in the destination directory, fsyncs it, renames it over the
+destination and fsyncs the directory, so a crash at any moment leaves either the previous file or
+the complete new one. Files are named ``ckpt_<step:08d>.safetensors`` by ``step_path`` and
+``keep_last`` prunes the oldest of them.
+"""
+import glob
+import hashlib
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from .errors import CheckpointError
+
+MAGIC = "anetrain-checkpoint"
+FORMAT_VERSION = 1
+PREFIX, SUFFIX = "ckpt_", ".safetensors"
+TMP_PREFIX = ".ckpt-writing-"
+
+
+def step_path(run_dir, step):
+    """The conventional checkpoint path for ``step`` in ``run_dir``."""
+    return os.path.join(run_dir, f"{PREFIX}{step:08d}{SUFFIX}")
+
+
+def list_checkpoints(run_dir):
+    """Checkpoint paths in ``run_dir``, oldest first (names sort by step)."""
+    return sorted(glob.glob(os.path.join(glob.escape(run_dir), f"{PREFIX}*{SUFFIX}")))
+
+
+def latest(run_dir):
+    """The newest checkpoint in ``run_dir``, or None when it holds none."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def _json_default(x):
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"checkpoint metadata cannot hold {type(x).__name__}")
+
+
+def content_digest(arrays, meta_json):
+    """sha256 over the metadata JSON and every tensor's name, dtype, shape and bytes, by name."""
+    h = hashlib.sha256(meta_json.encode("utf-8"))
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"\0{name}\0{a.dtype.str}\0{a.shape}\0".encode("utf-8"))
+        h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+def _fsync_dir(d):
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(path, arrays, meta, keep_last=None):
+    """Write ``arrays`` (name -> ndarray) and JSON-able ``meta`` to ``path`` atomically.
+
+    With ``keep_last`` N, afterwards only the newest N ``ckpt_*`` files of that directory remain.
+    """
+    from safetensors.numpy import save_file
+
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    meta_json = json.dumps(meta, sort_keys=True, default=_json_default)
+    header = {"magic": MAGIC, "format_version": str(FORMAT_VERSION), "meta": meta_json,
+              "sha256": content_digest(arrays, meta_json)}
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=TMP_PREFIX, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(arrays, tmp, metadata=header)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(d)
+    if keep_last is not None:
+        prune(d, keep_last)
+
+
+def prune(run_dir, keep_last):
+    """Delete all but the newest ``keep_last`` checkpoints, and temp files of interrupted writes."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        os.unlink(old)
+    for tmp in glob.glob(os.path.join(glob.escape(run_dir), TMP_PREFIX + "*.tmp")):
+        os.unlink(tmp)
+
+
+def _read(path):
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as f:
+            header = f.metadata() or {}
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors reports truncation and bad headers with its own types
+        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or not safetensors: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                              f"resume from an older one with --ckpt")
+    return header, arrays
+
+
+def _config_mismatch(saved, expect):
+    diffs = [f"{k} {saved.get(k)} vs {v}" for k, v in expect.items()
+             if k != "name" and saved.get(k) != v]
+    return ", ".join(diffs)
+
+
+def load(path, expect_config=None):
+    """(arrays, meta) from a checkpoint written by ``save``; CheckpointError naming the file and
+    the problem when it is missing, truncated, corrupt, of another format or version, or (with
+    ``expect_config``, a model config dict) written for a different model shape."""
+    if not path or not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint; check --ckpt/--out or start without --resume")
+    header, arrays = _read(path)
+    if header.get("magic") != MAGIC:
+        raise CheckpointError(f"{path}: not an anetrain checkpoint (no {MAGIC!r} magic)")
+    try:
+        version = int(header.get("format_version", ""))
+    except ValueError:
+        raise CheckpointError(f"{path}: bad format_version {header.get('format_version')!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {version} is newer than this anetrain reads "
+                              f"({FORMAT_VERSION}); upgrade anetrain")
+    meta_json = header.get("meta", "")
+    if content_digest(arrays, meta_json) != header.get("sha256"):
+        raise CheckpointError(f"{path}: checksum mismatch, the file is corrupt; resume from an "
+                              f"older checkpoint with --ckpt")
+    meta = json.loads(meta_json)
+    if expect_config is not None:
+        diff = _config_mismatch(meta.get("config", {}), expect_config)
+        if diff:
+            raise CheckpointError(f"{path}: written for another model ({diff} requested); pass the "
+                                  f"matching --preset or use a new --out")
+    return arrays, meta

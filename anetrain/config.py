@@ -1,0 +1,331 @@
+"""Model presets, training settings, the command line and config files, and the learning-rate schedule.
+
+Every setting comes, in increasing priority, from: the dataclass default, the model preset, the
+config file (``--config FILE``, TOML or JSON), and the command line. A config file holds training
+settings at the top level (the same names as the flags, with ``_`` for ``-``) and model fields in
+a ``[model]`` table::
+
+    preset = "stories15M"
+    steps = 2000
+    lr = 5e-4
+    [model]
+    seq_len = 128
+
+The training loop that composes these settings with the data, checkpoint and telemetry modules is
+``anetrain.trainer``.
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+from .errors import UsageError
+
+PIPELINES = ("static", "dynamic")
+BACKENDS = ("auto", "ref", "ane")
+REPO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+
+
+def llama2c_hidden_dim(dim, multiple_of=32):
+    """llama2.c's FFN width rule: 4*dim, times 2/3, rounded up to a multiple of ``multiple_of``."""
+    hidden = int(2 * (4 * dim) / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+@dataclass
+class ModelConfig:
+    """A Llama-2-style transformer's shape. ``hidden_dim`` 0 means llama2.c's rule; ``n_kv_heads``
+    0 means equal to ``n_heads`` (multi-head attention)."""
+    name: str = "custom"
+    dim: int = 288
+    n_layers: int = 6
+    n_heads: int = 6
+    n_kv_heads: int = 0
+    vocab_size: int = 32000
+    seq_len: int = 256
+    hidden_dim: int = 0
+    multiple_of: int = 32
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+
+    def __post_init__(self):
+        if self.n_kv_heads == 0:
+            self.n_kv_heads = self.n_heads
+        if self.hidden_dim == 0:
+            self.hidden_dim = llama2c_hidden_dim(self.dim, self.multiple_of)
+        self.validate()
+
+    def validate(self):
+        for f in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len", "hidden_dim"):
+            if getattr(self, f) <= 0:
+                raise UsageError(f"model {f} must be positive, got {getattr(self, f)}")
+        if self.dim % self.n_heads:
+            raise UsageError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise UsageError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+
+    @property
+    def head_dim(self):
+        return self.dim // self.n_heads
+
+    @property
+    def q_dim(self):
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_dim(self):
+        return self.n_kv_heads * self.head_dim
+
+    def n_params(self):
+        """Parameter count with the classifier tied to the embedding (as llama2.c's Stories)."""
+        per_layer = (self.dim * (self.q_dim + 2 * self.kv_dim) + self.q_dim * self.dim
+                     + 3 * self.dim * self.hidden_dim + 2 * self.dim)
+        return self.vocab_size * self.dim + self.n_layers * per_layer + self.dim
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def native_kwargs(self):
+        """Keyword arguments of the native ``anetrain._native.ModelConfig`` constructor."""
+        return {k: getattr(self, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
+                                              "hidden_dim", "seq_len", "norm_eps", "rope_theta")}
+
+
+PRESETS = {
+    "tiny": dict(dim=128, n_layers=4, n_heads=4, vocab_size=1024, seq_len=128),
+    "stories15M": dict(dim=288, n_layers=6, n_heads=6, vocab_size=32000, seq_len=256),
+    "stories42M": dict(dim=512, n_layers=8, n_heads=8, vocab_size=32000, seq_len=256),
+    "stories110M": dict(dim=768, n_layers=12, n_heads=12, vocab_size=32000, seq_len=256),
+    "qwen3-0.6B": dict(dim=1024, n_layers=28, n_heads=16, n_kv_heads=8, vocab_size=151936,
+                       seq_len=256, hidden_dim=3072),
+}
+PRESET_NOTES = {
+    "tiny": "trains in minutes on 2 CPU cores on the shipped data/ corpus (vocab 1024)",
+    "stories15M": "llama2.c Stories15M",
+    "stories42M": "llama2.c Stories42M (seq 1024 there; 256 here for training)",
+    "stories110M": "llama2.c Stories110M",
+    "qwen3-0.6B": "Qwen3-0.6B-shaped GQA model (head_dim = dim/heads = 64)",
+}
+
+
+def model_preset(name):
+    """The ModelConfig of a preset name; UsageError listing the presets when unknown."""
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return ModelConfig(name=name, **PRESETS[name])
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a run except the model's shape. ``help`` metadata feeds ``--help``."""
+    preset: str = field(default="tiny", metadata={"help": "model preset: " + ", ".join(PRESETS)})
+    data: str = field(default="", metadata={
+        "help": "glob of training token shards (default: the shipped data/train_*.bin)"})
+    val_data: str = field(default="", metadata={
+        "help": "glob of validation shards (default: data/val_*.bin with the shipped data, else "
+                "the last --val-fraction of each training shard)"})
+    val_fraction: float = field(default=0.05, metadata={
+        "help": "share of each training shard held out for validation when --val-data is not given"})
+    tokenizer: str = field(default="", metadata={
+        "help": "sentencepiece tokenizer.model for samples (default: data/tokenizer.model with "
+                "the shipped data)"})
+    out: str = field(default="runs/default", metadata={"help": "run directory: checkpoints, metrics.jsonl"})
+    steps: int = field(default=600, metadata={"help": "optimizer steps to train in total"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per micro-batch"})
+    accum_steps: int = field(default=1, metadata={
+        "help": "micro-batches whose gradients are accumulated per optimizer step"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    min_lr_ratio: float = field(default=0.1, metadata={
+        "help": "learning-rate floor at the end of the cosine decay, as a fraction of --lr"})
+    warmup_steps: int = field(default=50, metadata={"help": "steps of linear warmup from 0 to --lr"})
+    weight_decay: float = field(default=0.1, metadata={
+        "help": "AdamW decoupled weight decay (matrices and embedding; never norm gains)"})
+    beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
+    grad_clip: float = field(default=1.0, metadata={"help": "global gradient-norm clip (0 disables)"})
+    loss_scale: float = field(default=256.0, metadata={
+        "help": "factor on dlogits that keeps fp16 backward values above underflow; undone before "
+                "clipping and the update"})
+    pipeline: str = field(default="dynamic", metadata={
+        "help": "static: weights baked into kernels, recompiled per batch; dynamic: weights passed "
+                "as inputs, kernels compiled once"})
+    backend: str = field(default="auto", metadata={
+        "help": "where kernels run: auto (ane if available, else ref), ref (CPU), ane (Apple Neural Engine)"})
+    compile_budget: int = field(default=0, metadata={
+        "help": "kernel compiles allowed per process before checkpoint + restart (0: the backend's own limit)"})
+    seed: int = field(default=1337, metadata={"help": "seed of weight init and data sampling"})
+    eval_interval: int = field(default=100, metadata={"help": "steps between validation losses (0: never)"})
+    eval_windows: int = field(default=32, metadata={"help": "validation windows per evaluation"})
+    sample_interval: int = field(default=200, metadata={"help": "steps between text samples (0: never)"})
+    sample_tokens: int = field(default=100, metadata={"help": "tokens per text sample"})
+    ckpt_interval: int = field(default=200, metadata={
+        "help": "steps between checkpoints (a checkpoint is always written at the end)"})
+    keep_last: int = field(default=3, metadata={"help": "checkpoints kept in the run directory"})
+    resume: bool = field(default=False, metadata={
+        "help": "carry on from the newest checkpoint in --out (or --ckpt)"})
+    ckpt: str = field(default="", metadata={"help": "checkpoint to resume from (implies --resume)"})
+    init_from: str = field(default="", metadata={
+        "help": "llama2.c model .bin to start from instead of random weights"})
+    log_stderr: bool = field(default=False, metadata={
+        "help": "also print each step's telemetry line to stderr (it always goes to <out>/metrics.jsonl)"})
+
+    def validate(self):
+        if self.pipeline not in PIPELINES:
+            raise UsageError(f"unknown pipeline {self.pipeline!r}; choose static or dynamic")
+        if self.backend not in BACKENDS:
+            raise UsageError(f"unknown backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}")
+        for f in ("steps", "batch_size", "accum_steps", "keep_last", "eval_windows"):
+            if getattr(self, f) < 1:
+                raise UsageError(f"--{f.replace('_', '-')} must be at least 1, got {getattr(self, f)}")
+        for f in ("warmup_steps", "eval_interval", "sample_interval", "sample_tokens",
+                  "ckpt_interval", "compile_budget", "weight_decay", "grad_clip"):
+            if getattr(self, f) < 0:
+                raise UsageError(f"--{f.replace('_', '-')} must not be negative, got {getattr(self, f)}")
+        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise UsageError(f"need --lr > 0 and 0 <= --min-lr-ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
+        if not self.loss_scale > 0:
+            raise UsageError(f"--loss-scale must be positive, got {self.loss_scale}")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+MODEL_FLAGS = {
+    "dim": "model width",
+    "n_layers": "transformer blocks",
+    "n_heads": "query heads (head_dim = dim / n_heads)",
+    "n_kv_heads": "key/value heads (GQA when fewer than n_heads)",
+    "vocab_size": "vocabulary size (must cover the data's token ids)",
+    "seq_len": "tokens per training sequence",
+    "hidden_dim": "FFN width (0: llama2.c rule, int(2*4*dim/3) rounded up to 32)",
+}
+METAVARS = {"preset": "NAME", "data": "GLOB", "val_data": "GLOB", "tokenizer": "PATH", "out": "DIR",
+            "pipeline": "{static,dynamic}", "backend": "{auto,ref,ane}", "ckpt": "PATH",
+            "init_from": "PATH"}
+_TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def lr_at(step, cfg):
+    """Learning rate for 0-based optimizer ``step``: linear warmup to ``cfg.lr`` over
+    ``warmup_steps`` (step 0 gets lr/warmup), then cosine decay to ``lr*min_lr_ratio`` at the
+    last step (``steps - 1``), constant at the floor after it."""
+    floor = cfg.lr * cfg.min_lr_ratio
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay_steps = cfg.steps - 1 - cfg.warmup_steps
+    if decay_steps <= 0:
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
+    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="train.py", argument_default=argparse.SUPPRESS,
+        description="Train a Llama-2-style model with anetrain. Settings come from the preset, then "
+                    "--config FILE (TOML or JSON), then the command line, which wins.",
+        epilog="presets: " + "; ".join(f"{k}: {v}" for k, v in PRESET_NOTES.items()))
+    p.add_argument("--config", metavar="FILE", help="TOML or JSON file of settings "
+                   "(training settings at top level, model fields in a [model] table)")
+    for name, f in _TRAIN_FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        default = f" (default: {f.default})" if f.default not in ("", False) else ""
+        if f.type in (bool, "bool"):
+            p.add_argument(flag, action="store_true", help=f.metadata["help"])
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            p.add_argument(flag, type=typ, metavar=METAVARS.get(name, "N" if typ is int else "X"),
+                           help=f.metadata["help"] + default)
+    g = p.add_argument_group("model shape (override the preset)")
+    for name, text in MODEL_FLAGS.items():
+        g.add_argument("--" + name.replace("_", "-"), type=int, metavar="N", help=text)
+    return p
+
+
+def read_config_file(path):
+    """A dict from a TOML (``.toml``) or JSON file; UsageError when unreadable."""
+    try:
+        if path.endswith(".toml"):
+            import tomllib
+            with open(path, "rb") as f:
+                return tomllib.load(f)
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} not found")
+    except (OSError, ValueError) as e:
+        raise UsageError(f"config file {path} is not valid {'TOML' if path.endswith('.toml') else 'JSON'}: {e}")
+
+
+def _split_file_settings(path, settings):
+    """(train settings, model settings) from a config file's dict, rejecting unknown keys."""
+    settings = dict(settings)
+    model = settings.pop("model", {})
+    if not isinstance(model, dict):
+        raise UsageError(f"config file {path}: 'model' must be a table of model fields")
+    for k in settings:
+        if k not in _TRAIN_FIELDS:
+            raise UsageError(f"config file {path}: unknown setting {k!r}; see train.py --help")
+    for k in model:
+        if k not in MODEL_FLAGS:
+            raise UsageError(f"config file {path}: unknown model field {k!r}; "
+                             f"choose from {', '.join(MODEL_FLAGS)}")
+    return settings, model
+
+
+def _typed(name, value, source):
+    want = _TRAIN_FIELDS[name].type
+    want = {"int": int, "float": float, "str": str, "bool": bool}.get(want, want)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        raise UsageError(f"{source}: {name} must be {want.__name__}, got {value!r}")
+    return value
+
+
+SHIPPED_VOCAB = PRESETS["tiny"]["vocab_size"]  # the shipped data/ tokenizer's size
+
+
+def apply_shipped_data_defaults(train, model):
+    """With no --data, train on the corpus shipped in data/ with its val shards and tokenizer,
+    which needs a model whose vocabulary is the shipped tokenizer's."""
+    if train.data:
+        return
+    if model.vocab_size != SHIPPED_VOCAB:
+        raise UsageError(f"model vocab_size {model.vocab_size} does not fit the shipped data/ corpus "
+                         f"({SHIPPED_VOCAB}-piece tokenizer); pass --data GLOB with shards made by the "
+                         f"model's tokenizer (scripts/prepare_data.py) or --vocab-size {SHIPPED_VOCAB}")
+    train.data = os.path.join(REPO_DATA, "train_*.bin")
+    train.val_data = train.val_data or os.path.join(REPO_DATA, "val_*.bin")
+    train.tokenizer = train.tokenizer or os.path.join(REPO_DATA, "tokenizer.model")
+
+
+def parse_args(argv):
+    """(ModelConfig, TrainConfig) from command-line arguments; UsageError on bad input."""
+    args = vars(build_parser().parse_args(argv))
+    file_train, file_model = {}, {}
+    if "config" in args:
+        path = args.pop("config")
+        file_train, file_model = _split_file_settings(path, read_config_file(path))
+        file_train = {k: _typed(k, v, f"config file {path}") for k, v in file_train.items()}
+    cli_model = {k: args.pop(k) for k in MODEL_FLAGS if k in args}
+    train = TrainConfig(**{**file_train, **args})
+    if train.ckpt:
+        train.resume = True
+    train.validate()
+    base = model_preset(train.preset).to_dict()
+    overrides = {**file_model, **cli_model}
+    for k, v in overrides.items():
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise UsageError(f"model field {k} must be an integer, got {v!r}")
+    if overrides:
+        base["name"] = f"{train.preset}+custom"
+        if "hidden_dim" not in overrides and "dim" in overrides:
+            base["hidden_dim"] = 0
+        if "n_kv_heads" not in overrides and "n_heads" in overrides:
+            base["n_kv_heads"] = 0
+    model = ModelConfig(**{**base, **overrides})
+    apply_shipped_data_defaults(train, model)
+    return model, train

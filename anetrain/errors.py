@@ -1,0 +1,36 @@
+"""Exceptions the driver turns into one clear line for the user.
+
+Each message says what is wrong and what to do. Command-line entry points catch ``AnetrainError``,
+print ``error: <message>`` to stderr and exit with status 2 (argparse's status for bad usage).
+"""
+
+
+class AnetrainError(Exception):
+    """Base of the driver's user-facing errors."""
+
+
+class UsageError(AnetrainError):
+    """A bad command line or config file: unknown preset or backend, bad value, unknown key."""
+
+
+class DataError(AnetrainError):
+    """Token shards that cannot be used: missing, empty, misshapen, out-of-vocabulary or too short."""
+
+
+class CheckpointError(AnetrainError):
+    """A checkpoint that cannot be loaded: truncated, corrupt, wrong format or wrong model config."""
+
+
+class ModelFileError(AnetrainError):
+    """A llama2.c model or tokenizer file that is malformed or does not fit its header."""
+
+
+def exit_on_error(main):
+    """Run ``main()``; turn an AnetrainError into ``error: ...`` on stderr and exit status 2."""
+    import sys
+
+    try:
+        return main()
+    except AnetrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,207 @@
+"""llama2.c file formats: the legacy model ``.bin`` (export version 0) and ``tokenizer.bin``.
+
+Model file layout (all little-endian; what llama2.c's export.py ``legacy_export`` writes and
+run.c reads):
+
+- header, 7 int32: dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len.
+  A negative vocab_size means the classifier (``output.weight``) is stored separately.
+- float32 tensors, tensor-major (each kind for all layers before the next kind):
+  tok_embeddings [vocab, dim]; attention_norm [L, dim]; wq [L, n_heads*hd, dim];
+  wk [L, n_kv_heads*hd, dim]; wv [L, n_kv_heads*hd, dim]; wo [L, dim, n_heads*hd];
+  ffn_norm [L, dim]; w1 [L, hidden, dim]; w2 [L, dim, hidden]; w3 [L, hidden, dim]; norm [dim];
+  two legacy RoPE tables, cos then sin of pos * 10000^(-2i/hd), each [seq_len, hd/2]
+  (hd = dim / n_heads); output [vocab, dim] only when unshared.
+
+Arrays are named as llama2.c's model.py names its parameters (``tok_embeddings.weight``,
+``layers.{i}.attention.wq.weight``, ``layers.{i}.feed_forward.w1.weight``, ``norm.weight``, ...).
+
+tokenizer.bin: uint32 max_token_length, then per token: float32 score, uint32 byte length, the
+UTF-8 bytes. Pieces are sentencepiece's with "\u2581" turned into a space, BOS written as
+"\\n<s>\\n" and EOS as "\\n</s>\\n", as llama2.c's tokenizer.py exports them.
+"""
+import os
+import struct
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import ModelFileError
+
+HEADER = struct.Struct("<7i")
+
+
+def layer_names(i):
+    """The per-layer parameter names of layer ``i`` (model.py naming)."""
+    return {
+        "attention_norm": f"layers.{i}.attention_norm.weight",
+        "wq": f"layers.{i}.attention.wq.weight",
+        "wk": f"layers.{i}.attention.wk.weight",
+        "wv": f"layers.{i}.attention.wv.weight",
+        "wo": f"layers.{i}.attention.wo.weight",
+        "ffn_norm": f"layers.{i}.ffn_norm.weight",
+        "w1": f"layers.{i}.feed_forward.w1.weight",
+        "w2": f"layers.{i}.feed_forward.w2.weight",
+        "w3": f"layers.{i}.feed_forward.w3.weight",
+    }
+
+
+LAYER_ORDER = ("attention_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3")
+
+
+def layer_shapes(cfg):
+    d, h, q, kv = cfg.dim, cfg.hidden_dim, cfg.q_dim, cfg.kv_dim
+    return {"attention_norm": (d,), "wq": (q, d), "wk": (kv, d), "wv": (kv, d), "wo": (d, q),
+            "ffn_norm": (d,), "w1": (h, d), "w2": (d, h), "w3": (h, d)}
+
+
+def weight_shapes(cfg, shared_classifier=True):
+    """Every parameter's name and shape, in llama2.c's naming."""
+    shapes = {"tok_embeddings.weight": (cfg.vocab_size, cfg.dim)}
+    for i in range(cfg.n_layers):
+        names = layer_names(i)
+        for kind, shape in layer_shapes(cfg).items():
+            shapes[names[kind]] = shape
+    shapes["norm.weight"] = (cfg.dim,)
+    if not shared_classifier:
+        shapes["output.weight"] = (cfg.vocab_size, cfg.dim)
+    return shapes
+
+
+def rope_tables(head_dim, seq_len):
+    """The legacy freq_cis tables llama2.c writes: cos and sin of pos * 10000^(-2i/head_dim)."""
+    inv = 1.0 / (10000.0 ** (np.arange(0, head_dim, 2)[: head_dim // 2].astype(np.float32) / head_dim))
+    angles = np.outer(np.arange(seq_len, dtype=np.float32), inv.astype(np.float32)).astype(np.float32)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def _expected_floats(cfg, shared):
+    n = sum(int(np.prod(s)) for s in weight_shapes(cfg, shared).values())
+    return n + cfg.seq_len * cfg.head_dim  # the two RoPE tables, seq_len * hd/2 each
+
+
+def read_header(path, data):
+    if len(data) < HEADER.size:
+        raise ModelFileError(f"{path}: {len(data)} bytes is too short for the 28-byte llama2.c header")
+    dim, hidden, layers, heads, kv_heads, vocab, seq = HEADER.unpack_from(data)
+    if min(dim, hidden, layers, heads, kv_heads, seq, abs(vocab)) <= 0:
+        raise ModelFileError(f"{path}: header has a non-positive size {(dim, hidden, layers, heads, kv_heads, vocab, seq)}; "
+                             f"not a llama2.c legacy model file")
+    try:
+        cfg = ModelConfig(name=os.path.basename(path), dim=dim, hidden_dim=hidden, n_layers=layers,
+                          n_heads=heads, n_kv_heads=kv_heads, vocab_size=abs(vocab), seq_len=seq)
+    except Exception as e:
+        raise ModelFileError(f"{path}: header describes an impossible model ({e})")
+    return cfg, vocab > 0
+
+
+def read_model(path):
+    """(ModelConfig, dict of float32 arrays) from a llama2.c legacy ``.bin``; ``output.weight``
+    is present only when the file's classifier is unshared. ModelFileError when the file size does
+    not match its header."""
+    with open(path, "rb") as f:
+        data = f.read()
+    cfg, shared = read_header(path, data)
+    want = HEADER.size + 4 * _expected_floats(cfg, shared)
+    if len(data) != want:
+        raise ModelFileError(f"{path}: {len(data)} bytes, but its header (dim {cfg.dim}, {cfg.n_layers} "
+                             f"layers, vocab {cfg.vocab_size}, {'shared' if shared else 'unshared'} "
+                             f"classifier) needs exactly {want}; the file is truncated or not legacy format")
+    floats = np.frombuffer(data, dtype="<f4", offset=HEADER.size)
+    pos = 0
+
+    def take(shape):
+        nonlocal pos
+        n = int(np.prod(shape))
+        a = floats[pos:pos + n].reshape(shape).astype(np.float32)
+        pos += n
+        return a
+
+    arrays = {"tok_embeddings.weight": take((cfg.vocab_size, cfg.dim))}
+    shapes = layer_shapes(cfg)
+    for kind in LAYER_ORDER:
+        stacked = take((cfg.n_layers,) + shapes[kind])
+        for i in range(cfg.n_layers):
+            arrays[layer_names(i)[kind]] = stacked[i]
+    arrays["norm.weight"] = take((cfg.dim,))
+    pos += cfg.seq_len * cfg.head_dim  # skip the legacy RoPE tables
+    if not shared:
+        arrays["output.weight"] = take((cfg.vocab_size, cfg.dim))
+    return cfg, arrays
+
+
+def write_model(path, cfg, arrays):
+    """Write ``arrays`` (model.py names) as a llama2.c legacy ``.bin`` for ``cfg``.
+
+    The classifier is written as unshared (negative vocab in the header) only when
+    ``output.weight`` is given and differs from ``tok_embeddings.weight``."""
+    out_w = arrays.get("output.weight")
+    shared = out_w is None or np.array_equal(out_w, arrays["tok_embeddings.weight"])
+    shapes = weight_shapes(cfg, shared)
+    for name, shape in shapes.items():
+        if name not in arrays:
+            raise ModelFileError(f"cannot write {path}: weight {name} is missing")
+        if tuple(np.shape(arrays[name])) != shape:
+            raise ModelFileError(f"cannot write {path}: {name} has shape {tuple(np.shape(arrays[name]))}, "
+                                 f"the config needs {shape}")
+    vocab = cfg.vocab_size if shared else -cfg.vocab_size
+    cos, sin = rope_tables(cfg.head_dim, cfg.seq_len)
+
+    def put(f, a):
+        f.write(np.ascontiguousarray(a, dtype="<f4").tobytes())
+
+    with open(path, "wb") as f:
+        f.write(HEADER.pack(cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads,
+                            vocab, cfg.seq_len))
+        put(f, arrays["tok_embeddings.weight"])
+        for kind in LAYER_ORDER:
+            for i in range(cfg.n_layers):
+                put(f, arrays[layer_names(i)[kind]])
+        put(f, arrays["norm.weight"])
+        put(f, cos)
+        put(f, sin)
+        if not shared:
+            put(f, arrays["output.weight"])
+
+
+def tokenizer_pieces(sp):
+    """(bytes, score) per id of a sentencepiece processor, as llama2.c's tokenizer.bin stores them."""
+    out = []
+    for i in range(sp.get_piece_size()):
+        piece = sp.id_to_piece(i)
+        if i == sp.bos_id():
+            piece = "\n<s>\n"
+        elif i == sp.eos_id():
+            piece = "\n</s>\n"
+        out.append((piece.replace("\u2581", " ").encode("utf-8"), float(sp.get_score(i))))
+    return out
+
+
+def write_tokenizer_bin(path, sp):
+    """Export a sentencepiece processor as llama2.c's tokenizer.bin."""
+    pieces = tokenizer_pieces(sp)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<I", max(len(b) for b, _ in pieces)))
+        for b, score in pieces:
+            f.write(struct.pack("<fI", score, len(b)))
+            f.write(b)
+
+
+def read_tokenizer_bin(path):
+    """(max_token_length, [(bytes, score)]) from a llama2.c tokenizer.bin, read to end of file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4:
+        raise ModelFileError(f"{path}: too short for a tokenizer.bin header")
+    (max_len,) = struct.unpack_from("<I", data)
+    pos, pieces = 4, []
+    while pos < len(data):
+        if pos + 8 > len(data):
+            raise ModelFileError(f"{path}: truncated entry header at byte {pos}")
+        score, n = struct.unpack_from("<fI", data, pos)
+        pos += 8
+        if n > max_len or pos + n > len(data):
+            raise ModelFileError(f"{path}: token {len(pieces)} claims {n} bytes at offset {pos}, "
+                                 f"beyond the file or max_token_length {max_len}")
+        pieces.append((data[pos:pos + n], score))
+        pos += n
+    return max_len, pieces

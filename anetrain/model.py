@@ -1,0 +1,134 @@
+"""The model and its training step, from Python.
+
+    from anetrain.model import Model
+    m = Model(dict(dim=288, n_layers=6, n_heads=6, vocab_size=32000, seq_len=256), seed=1)
+    loss, timings = m.step(tokens, lr=3e-4)      # tokens: int32 [batch, seq_len + 1]
+    logits = m.forward(tokens[:, :-1])           # [batch, seq_len, vocab]
+    wq = m.get("layers.0.attention.wq")          # llama2.c names; also "...wq.weight"
+
+Every layer runs through the generated MIL kernels on a backend (the ANE on a Mac, the ref
+backend elsewhere); embedding, norms, classifier, loss and AdamW run natively on the CPU.
+"""
+import numpy as np
+
+from . import _native
+
+KINDS = ("weight", "grad", "m", "v")
+
+
+def model_config(config):
+    """A native ModelConfig from a ModelConfig, a dict, or any object with llama2.c's field names."""
+    if isinstance(config, _native.ModelConfig):
+        return config
+    fields = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "seq_len", "norm_eps",
+              "rope_theta")
+    if not isinstance(config, dict):
+        config = {f: getattr(config, f) for f in fields if hasattr(config, f)}
+    unknown = set(config) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
+    return _native.ModelConfig(**{k: v for k, v in config.items() if v is not None})
+
+
+def _name(name):
+    """llama2.c's model.py names end in .weight; the native state uses the bare name."""
+    return name[:-len(".weight")] if name.endswith(".weight") else name
+
+
+def make_backend(name="auto", compile_budget=None, precision="fp16"):
+    """A backend object by name: "ref", "ane", or "auto" (the ANE when available, else ref)."""
+    from . import kernels
+
+    return kernels.new_backend(name, compile_budget=compile_budget, precision=precision)
+
+
+class Model:
+    """llama2.c's Transformer with its weights, gradients and AdamW state, trained natively."""
+
+    def __init__(self, config, backend="auto", pipeline="dynamic", precision="fp16", seed=None, loss_scale=256.0,
+                 compile_budget=None, dialect="1.3/ios18"):
+        self.config = model_config(config)
+        if isinstance(backend, str):
+            backend = make_backend(backend, compile_budget=compile_budget, precision=precision)
+        self.backend = backend
+        self._t = _native.Trainer(self.config, getattr(backend, "native", backend), pipeline=pipeline,
+                                  precision=precision, dialect=dialect, loss_scale=loss_scale)
+        if seed is not None:
+            self._t.state.init_random(int(seed))
+
+    # -- training
+    def accumulate(self, tokens):
+        """Forward and backward over int32 tokens [batch, seq_len+1]; adds gradients; returns the mean loss."""
+        return self._t.accumulate(np.asarray(tokens, dtype=np.int32))
+
+    def update(self, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, clip=1.0):
+        """Clip (global norm; clip <= 0 disables) and apply AdamW; returns the gradient norm before clipping."""
+        return self._t.update(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay, clip=clip)
+
+    def step(self, tokens, lr, **update_args):
+        """One optimizer step on one batch: returns (loss, timings of this step in ms)."""
+        self._t.reset_timings()
+        loss = self.accumulate(tokens)
+        norm = self.update(lr, **update_args)
+        timings = self._t.timings()
+        timings["grad_norm"] = norm
+        return loss, timings
+
+    def forward(self, tokens):
+        """Logits [batch, seq_len, vocab] for int32 tokens [batch, seq_len]."""
+        return self._t.forward(np.asarray(tokens, dtype=np.int32))
+
+    @property
+    def timings(self):
+        """Milliseconds per part (kernels, cpu_ops, dw, dw_wait, optimizer, compile, total) since the last reset."""
+        return self._t.timings()
+
+    def reset_timings(self):
+        self._t.reset_timings()
+
+    def compiles_needed(self):
+        """Compiles the next accumulate() needs (static pipeline: every layer after an update)."""
+        return self._t.compiles_needed()
+
+    @property
+    def step_count(self):
+        """AdamW updates applied so far."""
+        return self._t.state.step
+
+    @step_count.setter
+    def step_count(self, value):
+        self._t.state.step = int(value)
+
+    @property
+    def pipeline(self):
+        return self._t.pipeline
+
+    @property
+    def precision(self):
+        return self._t.precision
+
+    # -- tensors by llama2.c name
+    def names(self):
+        return list(self._t.state.names())
+
+    def get(self, name, kind="weight"):
+        """A copy of one tensor: kind is weight, grad, m or v (AdamW moments)."""
+        return self._t.state.get(_name(name), kind)
+
+    def set(self, name, value, kind="weight"):
+        self._t.state.set(_name(name), np.ascontiguousarray(value, dtype=np.float32), kind)
+
+    def state_dict(self, kinds=KINDS):
+        """{"<kind>:<name>": array} for the given kinds (default: weights, grads and both moments)."""
+        return {f"{k}:{n}": self.get(n, k) for k in kinds for n in self.names()}
+
+    def load_state_dict(self, arrays):
+        for key, value in arrays.items():
+            kind, _, name = key.partition(":")
+            if kind not in KINDS or not name:
+                raise KeyError(f"state key {key!r} is not '<kind>:<name>' with kind in {KINDS}")
+            self.set(name, value, kind)
+
+    def weights(self):
+        """{llama2.c name: weight array}."""
+        return {n: self.get(n) for n in self.names()}

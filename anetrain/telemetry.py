@@ -1,0 +1,110 @@
+"""Per-step telemetry (JSON lines), the FLOP model of a config, and the end-of-run efficiency report.
+
+FLOP model (multiply and add counted as 2 FLOPs; per token, per training step):
+
+- each layer's projections: 2 * (dim*q_dim [wq] + 2*dim*kv_dim [wk, wv] + q_dim*dim [wo]
+  + 3*dim*hidden [w1, w2, w3])
+- each layer's attention: 2*seq*q_dim for the scores Q.K^T plus 2*seq*q_dim for probs.V; the full
+  seq x seq product is counted because the kernels compute it and mask, not a causal half
+- the classifier: 2*dim*vocab
+- backward = 2 x forward (gradients for the inputs and for the weights); training = 3 x forward.
+
+Norms, RoPE, softmax, SwiGLU's elementwise work and the embedding lookup are not counted.
+"""
+import json
+import sys
+import time
+
+
+def flops_per_token(cfg):
+    """{'forward', 'backward', 'train'} FLOPs per token for a ModelConfig (see module docstring)."""
+    proj = 2 * (cfg.dim * cfg.q_dim + 2 * cfg.dim * cfg.kv_dim + cfg.q_dim * cfg.dim
+                + 3 * cfg.dim * cfg.hidden_dim)
+    attn = 4 * cfg.seq_len * cfg.q_dim
+    forward = cfg.n_layers * (proj + attn) + 2 * cfg.dim * cfg.vocab_size
+    return {"forward": forward, "backward": 2 * forward, "train": 3 * forward}
+
+
+def step_record(step, loss, lr, grad_norm, timings_ms, tokens, train_flops_per_token, compiles=0, **extra):
+    """One step's telemetry dict. ``timings_ms`` maps phase -> milliseconds; their sum is the step
+    time from which TFLOPS (training FLOPs of ``tokens`` tokens per second / 1e12) is computed."""
+    step_ms = float(sum(timings_ms.values()))
+    tflops = tokens * train_flops_per_token / (step_ms / 1e3) / 1e12 if step_ms > 0 else 0.0
+    rec = {"step": int(step), "loss": float(loss), "lr": float(lr), "grad_norm": float(grad_norm),
+           "ms": {k: float(v) for k, v in timings_ms.items()}, "step_ms": step_ms,
+           "tokens": int(tokens), "tflops": tflops, "compiles": int(compiles)}
+    rec.update(extra)
+    return rec
+
+
+def format_step(rec):
+    """The one-line human form of a step record."""
+    return (f"step {rec['step']:6d} | loss {rec['loss']:.4f} | lr {rec['lr']:.2e} | "
+            f"gnorm {rec['grad_norm']:.3f} | {rec['step_ms']:.1f} ms | {rec['tflops']:.3f} TFLOPS | "
+            f"compiles {rec['compiles']}")
+
+
+class StepLog:
+    """Appends one JSON object per line to ``path`` (flushed each write), optionally mirrored to
+    ``stream`` (stderr by default) in human form."""
+
+    def __init__(self, path, mirror=False, stream=None):
+        self.file = open(path, "a", encoding="utf-8")
+        self.mirror = mirror
+        self.stream = stream or sys.stderr
+
+    def write(self, rec):
+        rec = {"time": time.time(), **rec}
+        self.file.write(json.dumps(rec) + "\n")
+        self.file.flush()
+        if self.mirror and "loss" in rec and "step_ms" in rec:
+            print(format_step(rec), file=self.stream, flush=True)
+
+    def close(self):
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_log(path):
+    """The records of a JSON-lines telemetry file, skipping a torn last line of a crashed run."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                break
+    return out
+
+
+def efficiency(wall_s, compile_s, train_s, steps, tokens_per_step, train_flops_per_token):
+    """End-of-run summary: time shares, ms per step and sustained TFLOPS (over training time and
+    over wall time)."""
+    flops = steps * tokens_per_step * train_flops_per_token
+    return {
+        "wall_s": wall_s, "compile_s": compile_s, "train_s": train_s,
+        "other_s": max(0.0, wall_s - compile_s - train_s),
+        "compile_share": compile_s / wall_s if wall_s > 0 else 0.0,
+        "train_share": train_s / wall_s if wall_s > 0 else 0.0,
+        "steps": steps, "ms_per_step": 1e3 * train_s / steps if steps else 0.0,
+        "tflops_train": flops / train_s / 1e12 if train_s > 0 else 0.0,
+        "tflops_wall": flops / wall_s / 1e12 if wall_s > 0 else 0.0,
+    }
+
+
+def format_report(e):
+    """The efficiency summary as a few aligned lines."""
+    return "\n".join([
+        f"wall      {e['wall_s']:9.2f} s",
+        f"compile   {e['compile_s']:9.2f} s  ({100 * e['compile_share']:.1f}%)",
+        f"train     {e['train_s']:9.2f} s  ({100 * e['train_share']:.1f}%)",
+        f"other     {e['other_s']:9.2f} s",
+        f"steps     {e['steps']:9d}    {e['ms_per_step']:.1f} ms/step",
+        f"sustained {e['tflops_train']:9.4f} TFLOPS over training time, "
+        f"{e['tflops_wall']:.4f} over wall time",
+    ])

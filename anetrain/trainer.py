@@ -1,0 +1,295 @@
+"""The training loop behind ``python scripts/train.py``.
+
+One optimizer step = ``accum_steps`` micro-batches of ``batch_size`` windows through the native
+trainer, then clipping and AdamW at the scheduled learning rate. Around it:
+
+- checkpoints every ``ckpt_interval`` steps, at the end, on Ctrl-C (at the next step boundary)
+  and before a restart; ``--resume`` restores weights, AdamW moments, the step, the data
+  sampler's RNG and the loss history, so a resumed run's losses equal an uninterrupted run's;
+- the exec() restart: when the backend's compile budget (the ANE's ~119 compiles per process,
+  or ``--compile-budget`` on the ref backend) cannot fit the next step's compiles, checkpoint and
+  ``os.execv`` the same command with ``--resume --ckpt``. A failing compile or evaluation gets one
+  retry through a restart, then a clear error; a budget too small for a single step is an error;
+- telemetry: a tqdm bar, JSON lines per step in ``<out>/metrics.jsonl``, validation loss and a
+  generated sample at intervals, and an efficiency report at the end;
+- a non-finite loss stops the run without writing a checkpoint, so the last good one is intact.
+"""
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+from . import checkpoint, config, data, telemetry
+from ._native import BackendError, CompileBudgetExceeded
+from .errors import AnetrainError, UsageError, exit_on_error
+from .generate import sample_tokens, validation_loss
+from .model import Model
+
+RESTARTS_ENV = "ANETRAIN_RESTARTS"   # how many exec() restarts led to this process
+RETRY_ENV = "ANETRAIN_RETRY_STEP"    # the step whose failure was already retried once
+
+
+class RunFailed(Exception):
+    """The run cannot go on (not a usage problem): printed as one line, exit status 1."""
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+
+    def run_and_report():
+        try:
+            return run(argv)
+        except RunFailed as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+
+    return exit_on_error(run_and_report)
+
+
+def prepare_out_dir(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"cannot write to --out {path}: {e.strerror}; choose a writable directory")
+    return path
+
+
+def make_backend(train):
+    from . import kernels
+
+    try:
+        return kernels.new_backend(train.backend, compile_budget=train.compile_budget or None)
+    except (BackendError, ValueError) as e:
+        raise UsageError(f"backend {train.backend!r}: {e}")
+
+
+class Run:
+    """The state of one training run in this process."""
+
+    def __init__(self, argv):
+        self.argv = argv
+        self.model_cfg, self.train = config.parse_args(argv)
+        t = self.train
+        self.out = prepare_out_dir(t.out)
+        seq = self.model_cfg.seq_len
+        splits = data.open_splits(t.data, self.model_cfg.vocab_size, seq, t.val_data, t.val_fraction)
+        self.sampler = data.WindowSampler(splits.train, seq, t.seed)
+        self.val = data.eval_windows(splits.val, seq, t.eval_windows)
+        self.backend = make_backend(t)
+        self.model = Model(self.model_cfg.native_kwargs(), backend=self.backend, pipeline=t.pipeline,
+                           loss_scale=t.loss_scale, seed=t.seed)
+        self.step = 0
+        self.losses, self.val_losses = [], []
+        self.cum = {"wall_s": 0.0, "compile_s": 0.0, "train_s": 0.0, "steps": 0}
+        self.restarts = int(os.environ.get(RESTARTS_ENV, "0"))
+        self.flops = telemetry.flops_per_token(self.model_cfg)["train"]
+        self.tokens_per_step = t.batch_size * t.accum_steps * seq
+        self.stop_requested = False
+        self.started = time.perf_counter()
+        self.steps_here = 0
+
+    # ---------------------------------------------------------------- checkpoints
+    def ckpt_meta(self, sampler_state):
+        return {"config": self.model_cfg.to_dict(), "train": self.train.to_dict(), "step": self.step,
+                "adam_step": self.model.step_count, "sampler": sampler_state, "losses": self.losses,
+                "val_losses": self.val_losses, "cum": self.cumulative(), "restarts": self.restarts}
+
+    def cumulative(self):
+        c = dict(self.cum)
+        c["wall_s"] += time.perf_counter() - self.started
+        return c
+
+    def save(self, sampler_state=None):
+        path = checkpoint.step_path(self.out, self.step)
+        arrays = self.model.state_dict(kinds=("weight", "m", "v"))
+        checkpoint.save(path, arrays, self.ckpt_meta(sampler_state or self.sampler.state()),
+                        keep_last=self.train.keep_last)
+        return path
+
+    def restore(self):
+        t = self.train
+        path = t.ckpt or checkpoint.latest(self.out)
+        if path is None:
+            print(f"note: no checkpoint in {self.out}; starting from scratch", file=sys.stderr)
+            return
+        arrays, meta = checkpoint.load(path, expect_config=self.model_cfg.to_dict())
+        try:
+            self.model.load_state_dict(arrays)
+        except (KeyError, ValueError) as e:
+            raise AnetrainError(f"{path}: tensors do not fit the model ({e}); use a new --out")
+        self.model.step_count = meta["adam_step"]
+        self.sampler.set_state(meta["sampler"])
+        self.step = int(meta["step"])
+        self.losses = list(meta.get("losses", []))
+        self.val_losses = list(meta.get("val_losses", []))
+        self.cum = dict(meta.get("cum", self.cum))
+        print(f"resumed from {path} at step {self.step}", file=sys.stderr)
+
+    def init_from_llama2c(self):
+        from . import llama2c
+
+        weights = llama2c.read_model(self.train.init_from)[1]
+        for name, value in weights.items():
+            self.model.set(name, value)
+
+    # ---------------------------------------------------------------- restart
+    def restart(self, reason, retry_step=None):
+        path = self.save()
+        env = dict(os.environ)
+        env[RESTARTS_ENV] = str(self.restarts + 1)
+        if retry_step is not None:
+            env[RETRY_ENV] = str(retry_step)
+        args = strip_resume_flags(self.argv) + ["--resume", "--ckpt", path]
+        script = sys.orig_argv[:len(sys.orig_argv) - len(self.argv)]
+        print(f"[restart after step {self.step}: {reason}; checkpoint {path}]", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable] + script[1:] + args, env)
+
+    def ensure_budget(self):
+        """Restart when the next step's compiles do not fit the remaining budget."""
+        need, left = self.model.compiles_needed(), self.backend.remaining
+        if left is None or need <= left:
+            return
+        if self.steps_here == 0:
+            raise UsageError(f"the compile budget ({self.backend.budget}) cannot fit one {self.train.pipeline} step "
+                             f"({need} compiles); raise --compile-budget or use --pipeline dynamic")
+        self.restart(f"{need} compiles needed, {left} left in the budget")
+
+    # ---------------------------------------------------------------- one step
+    def train_step(self):
+        t = self.train
+        lr = config.lr_at(self.step, t)
+        self.model.reset_timings()
+        t0 = time.perf_counter()
+        loss = 0.0
+        for _ in range(t.accum_steps):
+            loss += self.model.accumulate(self.sampler.batch(t.batch_size)) / t.accum_steps
+        if not math.isfinite(loss):
+            last = checkpoint.latest(self.out)
+            raise RunFailed(f"loss became {loss} at step {self.step}; stopping without saving. The last good "
+                            f"checkpoint is {last or '(none yet)'}; lower --lr or raise --grad-clip and resume")
+        gnorm = self.model.update(lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay, clip=t.grad_clip)
+        elapsed = time.perf_counter() - t0
+        tm = self.model.timings
+        compile_s = tm["compile_ms"] / 1e3
+        self.cum["compile_s"] += compile_s
+        self.cum["train_s"] += elapsed - compile_s
+        self.cum["steps"] += 1
+        parts = {k[:-3]: v for k, v in tm.items() if k.endswith("_ms") and k not in ("total_ms", "dw_ms")}
+        parts["other"] = max(0.0, elapsed * 1e3 - tm["total_ms"])
+        return loss, lr, gnorm, parts, tm["compiles"]
+
+    # ---------------------------------------------------------------- the loop
+    def run(self):
+        t = self.train
+        if t.resume:
+            self.restore()
+        elif t.init_from:
+            self.init_from_llama2c()
+        if self.step >= t.steps:
+            print(f"nothing to do: the run is already at step {self.step} of {t.steps}", file=sys.stderr)
+            return 0
+        tokenizer = load_tokenizer(t.tokenizer)
+        print(f"anetrain: {self.model_cfg.name} ({self.model_cfg.n_params() / 1e6:.2f}M params), "
+              f"{t.pipeline} pipeline on {self.backend.name}, {self.tokens_per_step} tokens/step, "
+              f"out {self.out}", file=sys.stderr)
+        from tqdm import tqdm
+
+        bar = tqdm(total=t.steps, initial=self.step, unit="step", dynamic_ncols=True, file=sys.stderr,
+                   disable=None)
+        previous = signal.signal(signal.SIGINT, self.on_interrupt)
+        log = telemetry.StepLog(os.path.join(self.out, "metrics.jsonl"), mirror=t.log_stderr)
+        try:
+            while self.step < t.steps and not self.stop_requested:
+                self.ensure_budget()
+                sampler_state = self.sampler.state()
+                try:
+                    loss, lr, gnorm, parts, compiles = self.train_step()
+                except CompileBudgetExceeded:
+                    self.sampler.set_state(sampler_state)
+                    self.restart("compile budget exhausted")
+                except BackendError as e:
+                    self.sampler.set_state(sampler_state)
+                    if os.environ.get(RETRY_ENV) == str(self.step):
+                        raise RunFailed(f"step {self.step} failed again after a restart: {e}")
+                    self.restart(f"backend failure ({str(e).splitlines()[0]}), retrying once", self.step)
+                self.step += 1
+                self.steps_here += 1
+                self.losses.append(loss)
+                rec = telemetry.step_record(self.step, loss, lr, gnorm, parts, self.tokens_per_step, self.flops,
+                                            compiles=self.backend.compiles)
+                log.write(rec)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", ms=f"{rec['step_ms']:.0f}",
+                                tok_s=f"{self.tokens_per_step / rec['step_ms'] * 1e3:.0f}")
+                self.periodic(log, bar, tokenizer)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            bar.close()
+            log.close()
+        path = self.save()
+        if self.stop_requested:
+            print(f"interrupted: saved {path} at step {self.step}; resume with --resume", file=sys.stderr)
+            return 130
+        e = telemetry.efficiency(**{k: self.cumulative()[k] for k in ("wall_s", "compile_s", "train_s", "steps")},
+                                 tokens_per_step=self.tokens_per_step, train_flops_per_token=self.flops)
+        print(f"done: step {self.step}, final loss {self.losses[-1]:.4f}, checkpoint {path}", file=sys.stderr)
+        print(telemetry.format_report(e), file=sys.stderr)
+        return 0
+
+    def periodic(self, log, bar, tokenizer):
+        t, s = self.train, self.step
+        last = s == t.steps
+        if t.eval_interval and (s % t.eval_interval == 0 or last) and len(self.val):
+            v = validation_loss(self.model, self.val)
+            self.val_losses.append([s, v])
+            log.write({"type": "eval", "step": s, "val_loss": v})
+            bar.write(f"step {s}: val loss {v:.4f}", file=sys.stderr)
+        if t.sample_interval and (s % t.sample_interval == 0 or last) and tokenizer is not None:
+            ids = sample_tokens(self.model, n_tokens=t.sample_tokens, seed=s)
+            text = tokenizer.decode(ids)
+            log.write({"type": "sample", "step": s, "text": text})
+            bar.write(f"step {s} sample: {text}", file=sys.stderr)
+        if t.ckpt_interval and s % t.ckpt_interval == 0 and not last:
+            self.save()
+
+    def on_interrupt(self, signum, frame):
+        if self.stop_requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+
+
+def strip_resume_flags(argv):
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--resume" or a.startswith("--ckpt="):
+            continue
+        if a == "--ckpt":
+            skip = True
+            continue
+        out.append(a)
+    return out
+
+
+def load_tokenizer(path):
+    if not path or not os.path.exists(path):
+        return None
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_file=path)
+
+
+def run(argv):
+    return Run(argv).run()

@@ -1,0 +1,308 @@
+#include "mil/kernels.h"
+
+#include <cmath>
+#include <stdexcept>
+
+#include "core/fp16.h"
+#include "mil/blob.h"
+
+namespace anetrain::mil {
+
+void KernelShape::validate() const {
+    auto bad = [](const std::string& m) { throw std::invalid_argument("kernel shape: " + m); };
+    if (dim <= 0 || hidden <= 0 || n_heads <= 0 || n_kv_heads <= 0 || seq <= 0)
+        bad("dim, hidden, n_heads, n_kv_heads and seq must be positive");
+    if (dim % n_heads) bad("dim " + std::to_string(dim) + " is not a multiple of n_heads " + std::to_string(n_heads));
+    if (n_heads % n_kv_heads)
+        bad("n_heads " + std::to_string(n_heads) + " is not a multiple of n_kv_heads " + std::to_string(n_kv_heads));
+    if (head_dim() % 2) bad("head_dim " + std::to_string(head_dim()) + " must be even for RoPE");
+}
+
+Pipeline pipeline_from_string(const std::string& s) {
+    if (s == "static") return Pipeline::Static;
+    if (s == "dynamic") return Pipeline::Dynamic;
+    throw std::invalid_argument("unknown pipeline '" + s + "' (use static or dynamic)");
+}
+
+const std::vector<std::string>& layer_kernel_names() {
+    static const std::vector<std::string> names{"attention_forward", "ffn_forward", "ffn_backward",
+                                                "attention_backward"};
+    return names;
+}
+
+namespace {
+
+using Shape = std::vector<int64_t>;
+
+// Writes one kernel: the builder plus the pieces every kernel shares (typed tensors, linear
+// layers in either pipeline, RoPE, the head layout, constant tables as blobs).
+class KernelWriter {
+public:
+    KernelWriter(std::string name, const KernelShape& s, const KernelOptions& o)
+        : s_(s), o_(o), b_(o.dialect), src_{std::move(name), "", {}, {}, {}} {
+        s_.validate();
+    }
+
+    Type T(const Shape& shape) const { return Type{o_.dtype, true, shape}; }
+    Shape act(int64_t c) const { return {1, c, 1, s_.seq}; }
+
+    std::string input(const std::string& name, const Shape& shape) {
+        src_.inputs.push_back(name);
+        return b_.input(name, T(shape));
+    }
+    void output(const std::string& name) {
+        src_.outputs.push_back(name);
+        b_.output(name);
+    }
+
+    std::string op(const std::string& out, const Shape& shape, const std::string& type, const Args& args) {
+        return b_.op(out, T(shape), type, args);
+    }
+    std::string reshape(const std::string& out, const std::string& x, const Shape& shape) {
+        return op(out, shape, "reshape", {{"x", x}, {"shape", ints(shape)}});
+    }
+    std::string binary(const std::string& out, const Shape& shape, const std::string& type, const std::string& x,
+                       const Operand& y) {
+        return op(out, shape, type, {{"x", x}, {"y", y}});
+    }
+    Operand scalar(double v) const { return o_.dtype == DType::fp16 ? fp16(v) : fp32(v); }
+
+    // A constant table stored as its own blob file (per-matrix files work on every chip).
+    std::string table(const std::string& name, const Shape& shape, const std::vector<float>& values) {
+        const std::string path = "@model_path/weights/" + name + ".bin";
+        std::vector<uint64_t> offsets;
+        if (o_.dtype == DType::fp16) {
+            std::vector<uint16_t> h(values.size());
+            fp16::f32_to_f16(values.data(), h.data(), values.size());
+            src_.blobs[path] = blob::write({{DType::fp16, h.data(), h.size() * 2}}, &offsets);
+        } else {
+            src_.blobs[path] = blob::write({{DType::fp32, values.data(), values.size() * 4}}, &offsets);
+        }
+        return b_.weight(name, T(shape), path, offsets[0]);
+    }
+
+    // The dynamic pipeline's weight input: [1, 1, out, in], llama2.c's row-major layout.
+    std::string weight_input(const std::string& name, int64_t out, int64_t in) { return input(name, {1, 1, out, in}); }
+
+    // y = W x (transpose=false) or y = W^T x (transpose=true) for W [out, in] and x [1, C, 1, S].
+    // Static: W (or W^T) baked as a conv weight. Dynamic: `w` names the weight input.
+    std::string linear(const std::string& y, const std::string& x, const std::string& w, int64_t out, int64_t in,
+                       const float* weights, bool transpose) {
+        const int64_t oc = transpose ? in : out, ic = transpose ? out : in;
+        if (o_.pipeline == Pipeline::Static) {
+            if (!weights) throw std::invalid_argument("static kernels need the layer's weights to bake");
+            std::vector<float> baked(size_t(out * in));
+            if (transpose) {
+                for (int64_t r = 0; r < out; ++r)
+                    for (int64_t c = 0; c < in; ++c) baked[size_t(c * out + r)] = weights[r * in + c];
+            } else {
+                baked.assign(weights, weights + out * in);
+            }
+            const std::string wname = w + (transpose ? "_t" : "");
+            const std::string wc = table(wname, {oc, ic, 1, 1}, baked);
+            return op(y, act(oc), "conv",
+                      {{"x", x}, {"weight", wc}, {"strides", ints({1, 1})}, {"pad_type", str("valid")},
+                       {"pad", ints({0, 0, 0, 0})}, {"dilations", ints({1, 1})}, {"groups", int32(1)}});
+        }
+        const std::string x4 = reshape(y + "_in", x, {1, 1, ic, s_.seq});
+        const std::string y4 = op(y + "_mm", {1, 1, oc, s_.seq}, "matmul",
+                                  {{"x", w}, {"y", x4}, {"transpose_x", boolean(transpose)}, {"transpose_y", boolean(false)}});
+        return reshape(y, y4, act(oc));
+    }
+
+    // RoPE on adjacent pairs within each head of x [1, heads*hd, 1, S]: out[2i] = x[2i] cos - x[2i+1] sin,
+    // out[2i+1] = x[2i+1] cos + x[2i] sin. inverse=true rotates back (the backward pass).
+    std::string rope(const std::string& y, const std::string& x, int heads, bool inverse) {
+        const int64_t hd = s_.head_dim(), half = hd / 2, S = s_.seq;
+        if (cos_.empty()) {
+            std::vector<float> c(size_t(half * S)), sn(size_t(half * S));
+            for (int64_t p = 0; p < half; ++p) {
+                const double freq = std::pow(s_.rope_theta, -2.0 * double(p) / double(hd));
+                for (int64_t t = 0; t < S; ++t) {
+                    const double angle = double(t) * freq;  // in double, like the CPU ops' RoPE table
+                    c[size_t(p * S + t)] = float(std::cos(angle));
+                    sn[size_t(p * S + t)] = float(std::sin(angle));
+                }
+            }
+            cos_ = table("rope_cos", {1, half, 1, S}, c);
+            sin_ = table("rope_sin", {1, half, 1, S}, sn);
+        }
+        const Shape pairs{heads, half, 2, S}, one{heads, half, 1, S};
+        const std::string xp = reshape(y + "_pairs", x, pairs);
+        const std::string e = op(y + "_even", one, "slice_by_size", {{"x", xp}, {"begin", ints({0, 0, 0, 0})}, {"size", ints(one)}});
+        const std::string od = op(y + "_odd", one, "slice_by_size", {{"x", xp}, {"begin", ints({0, 0, 1, 0})}, {"size", ints(one)}});
+        const std::string ec = binary(y + "_ec", one, "mul", e, cos_), es = binary(y + "_es", one, "mul", e, sin_);
+        const std::string oc = binary(y + "_oc", one, "mul", od, cos_), os = binary(y + "_os", one, "mul", od, sin_);
+        // forward: (e cos - o sin, o cos + e sin); inverse: (e cos + o sin, o cos - e sin)
+        const std::string re = binary(y + "_re", one, inverse ? "add" : "sub", ec, os);
+        const std::string ro = binary(y + "_ro", one, inverse ? "sub" : "add", oc, es);
+        const std::string cat = b_.op(y + "_rot", T(pairs), "concat", {{"axis", int32(2)}, {"interleave", boolean(false)}},
+                                      "values", Tuple{{re, ro}});
+        return reshape(y, cat, act(int64_t(heads) * hd));
+    }
+
+    // [1, C, 1, S] -> [KVH, group, hd, S] where group = heads / KVH (1 for k and v).
+    std::string heads(const std::string& y, const std::string& x, int group) {
+        return reshape(y, x, {s_.n_kv_heads, group, s_.head_dim(), s_.seq});
+    }
+    std::string flat(const std::string& y, const std::string& x, int64_t c) { return reshape(y, x, act(c)); }
+
+    // probs = softmax(q^T k * scale + causal mask) for q [KVH, rep, hd, S], k [KVH, 1, hd, S].
+    std::string attention_probs(const std::string& q4, const std::string& k4) {
+        const int64_t S = s_.seq;
+        const Shape sc{s_.n_kv_heads, rep(), S, S};
+        std::vector<float> mask(size_t(S * S));
+        for (int64_t i = 0; i < S; ++i)
+            for (int64_t j = 0; j < S; ++j) mask[size_t(i * S + j)] = j <= i ? 0.f : -65504.f;
+        const std::string m = table("causal_mask", {1, 1, S, S}, mask);
+        const std::string raw = op("scores", sc, "matmul",
+                                   {{"x", q4}, {"y", k4}, {"transpose_x", boolean(true)}, {"transpose_y", boolean(false)}});
+        const std::string scaled = binary("scores_scaled", sc, "mul", raw, scalar(1.0 / std::sqrt(double(s_.head_dim()))));
+        const std::string masked = binary("scores_masked", sc, "add", scaled, m);
+        return op("probs", sc, "softmax", {{"x", masked}, {"axis", int32(-1)}});
+    }
+
+    // Sum over the group axis of [KVH, rep, hd, S] (GQA: gradients of a shared KV head).
+    std::string group_sum(const std::string& y, const std::string& x) {
+        if (rep() == 1) return x;
+        return op(y, {s_.n_kv_heads, 1, s_.head_dim(), s_.seq}, "reduce_sum",
+                  {{"x", x}, {"axes", ints({1})}, {"keep_dims", boolean(true)}});
+    }
+
+    int rep() const { return s_.n_heads / s_.n_kv_heads; }
+    const KernelShape& shape() const { return s_; }
+    bool is_static() const { return o_.pipeline == Pipeline::Static; }
+
+    KernelSource finish() {
+        src_.text = b_.text();
+        return std::move(src_);
+    }
+
+private:
+    KernelShape s_;
+    KernelOptions o_;
+    Builder b_;
+    KernelSource src_;
+    std::string cos_, sin_;
+};
+
+const float* weight_of(const LayerWeights* w, const float* LayerWeights::*field) { return w ? w->*field : nullptr; }
+
+}  // namespace
+
+KernelSource attention_forward(const KernelShape& s, const KernelOptions& o, const LayerWeights* w) {
+    KernelWriter k("attention_forward", s, o);
+    const int64_t D = s.dim, QD = s.q_dim(), KD = s.kv_dim();
+    const std::string xn = k.input("xn", k.act(D));
+    std::string wq = "wq", wk = "wk", wv = "wv", wo = "wo";
+    if (!k.is_static()) {
+        k.weight_input(wq, QD, D), k.weight_input(wk, KD, D), k.weight_input(wv, KD, D), k.weight_input(wo, D, QD);
+    }
+    const std::string q0 = k.linear("q_lin", xn, wq, QD, D, weight_of(w, &LayerWeights::wq), false);
+    const std::string k0 = k.linear("k_lin", xn, wk, KD, D, weight_of(w, &LayerWeights::wk), false);
+    const std::string v = k.linear("v", xn, wv, KD, D, weight_of(w, &LayerWeights::wv), false);
+    const std::string q = k.rope("q", q0, s.n_heads, false);
+    const std::string kr = k.rope("k", k0, s.n_kv_heads, false);
+    const std::string q4 = k.heads("q4", q, k.rep()), k4 = k.heads("k4", kr, 1), v4 = k.heads("v4", v, 1);
+    const std::string probs = k.attention_probs(q4, k4);
+    const std::string a4 = k.op("attn4", {s.n_kv_heads, k.rep(), s.head_dim(), s.seq}, "matmul",
+                                {{"x", v4}, {"y", probs}, {"transpose_x", boolean(false)}, {"transpose_y", boolean(true)}});
+    const std::string attn = k.flat("attn", a4, QD);
+    const std::string out = k.linear("o", attn, wo, D, QD, weight_of(w, &LayerWeights::wo), false);
+    for (const auto& n : {out, q, kr, v, attn}) k.output(n);
+    return k.finish();
+}
+
+KernelSource ffn_forward(const KernelShape& s, const KernelOptions& o, const LayerWeights* w) {
+    KernelWriter k("ffn_forward", s, o);
+    const int64_t D = s.dim, H = s.hidden;
+    const std::string x = k.input("x2n", k.act(D));
+    if (!k.is_static()) k.weight_input("w1", H, D), k.weight_input("w3", H, D), k.weight_input("w2", D, H);
+    const std::string h1 = k.linear("h1", x, "w1", H, D, weight_of(w, &LayerWeights::w1), false);
+    const std::string h3 = k.linear("h3", x, "w3", H, D, weight_of(w, &LayerWeights::w3), false);
+    const std::string sig = k.op("sig", k.act(H), "sigmoid", {{"x", h1}});
+    const std::string silu = k.binary("silu", k.act(H), "mul", h1, sig);
+    const std::string gate = k.binary("gate", k.act(H), "mul", silu, h3);
+    const std::string f = k.linear("f", gate, "w2", D, H, weight_of(w, &LayerWeights::w2), false);
+    for (const auto& n : {f, h1, h3, gate}) k.output(n);
+    return k.finish();
+}
+
+KernelSource ffn_backward(const KernelShape& s, const KernelOptions& o, const LayerWeights* w) {
+    KernelWriter k("ffn_backward", s, o);
+    const int64_t D = s.dim, H = s.hidden;
+    const std::string df = k.input("df", k.act(D));
+    const std::string h1 = k.input("h1", k.act(H));
+    const std::string h3 = k.input("h3", k.act(H));
+    if (!k.is_static()) k.weight_input("w1", H, D), k.weight_input("w3", H, D), k.weight_input("w2", D, H);
+    const Shape a = k.act(H);
+    const std::string dgate = k.linear("dgate", df, "w2", D, H, weight_of(w, &LayerWeights::w2), true);
+    const std::string sig = k.op("sig", a, "sigmoid", {{"x", h1}});
+    const std::string silu = k.binary("silu", a, "mul", h1, sig);
+    const std::string dh3 = k.binary("dh3", a, "mul", dgate, silu);
+    const std::string dsilu = k.binary("dsilu", a, "mul", dgate, h3);
+    // silu'(h) = sig (1 + h (1 - sig))
+    const std::string one_minus = k.op("one_minus_sig", a, "sub", {{"x", k.scalar(1.0)}, {"y", sig}});
+    const std::string hs = k.binary("h_one_minus_sig", a, "mul", h1, one_minus);
+    const std::string inner = k.binary("dsilu_inner", a, "add", hs, k.scalar(1.0));
+    const std::string deriv = k.binary("silu_deriv", a, "mul", sig, inner);
+    const std::string dh1 = k.binary("dh1", a, "mul", dsilu, deriv);
+    const std::string dx1 = k.linear("dx_w1", dh1, "w1", H, D, weight_of(w, &LayerWeights::w1), true);
+    const std::string dx3 = k.linear("dx_w3", dh3, "w3", H, D, weight_of(w, &LayerWeights::w3), true);
+    const std::string dx = k.binary("dx2n", k.act(D), "add", dx1, dx3);
+    for (const auto& n : {dx, dh1, dh3}) k.output(n);
+    return k.finish();
+}
+
+KernelSource attention_backward(const KernelShape& s, const KernelOptions& o, const LayerWeights* w) {
+    KernelWriter k("attention_backward", s, o);
+    const int64_t D = s.dim, QD = s.q_dim(), KD = s.kv_dim(), S = s.seq, hd = s.head_dim(), KVH = s.n_kv_heads;
+    const int rep = k.rep();
+    const std::string dout = k.input("dout", k.act(D));
+    const std::string q = k.input("q", k.act(QD));
+    const std::string kr = k.input("k", k.act(KD));
+    const std::string v = k.input("v", k.act(KD));
+    if (!k.is_static()) {
+        k.weight_input("wq", QD, D), k.weight_input("wk", KD, D), k.weight_input("wv", KD, D), k.weight_input("wo", D, QD);
+    }
+    const std::string da = k.linear("da", dout, "wo", D, QD, weight_of(w, &LayerWeights::wo), true);
+    const std::string q4 = k.heads("q4", q, rep), k4 = k.heads("k4", kr, 1), v4 = k.heads("v4", v, 1);
+    const std::string da4 = k.heads("da4", da, rep);
+    const std::string probs = k.attention_probs(q4, k4);
+    const Shape grp{KVH, rep, hd, S}, sc{KVH, rep, S, S};
+    // attn = v probs^T  =>  dv = da probs, dprobs = da^T v
+    const std::string dv4 = k.op("dv_group", grp, "matmul",
+                                 {{"x", da4}, {"y", probs}, {"transpose_x", boolean(false)}, {"transpose_y", boolean(false)}});
+    const std::string dp = k.op("dprobs", sc, "matmul",
+                                {{"x", da4}, {"y", v4}, {"transpose_x", boolean(true)}, {"transpose_y", boolean(false)}});
+    // softmax backward: ds = p (dp - sum_j p dp), then the score scale
+    const std::string pdp = k.binary("p_dp", sc, "mul", probs, dp);
+    const std::string rows = k.op("p_dp_rows", {KVH, rep, S, 1}, "reduce_sum",
+                                  {{"x", pdp}, {"axes", ints({-1})}, {"keep_dims", boolean(true)}});
+    const std::string centred = k.binary("dp_centred", sc, "sub", dp, rows);
+    const std::string ds0 = k.binary("dscores_raw", sc, "mul", probs, centred);
+    const std::string ds = k.binary("dscores", sc, "mul", ds0, k.scalar(1.0 / std::sqrt(double(hd))));
+    // scores = q^T k  =>  dq = k ds^T, dk = q ds
+    const std::string dq4 = k.op("dq4", grp, "matmul",
+                                 {{"x", k4}, {"y", ds}, {"transpose_x", boolean(false)}, {"transpose_y", boolean(true)}});
+    const std::string dk4 = k.op("dk_group", grp, "matmul",
+                                 {{"x", q4}, {"y", ds}, {"transpose_x", boolean(false)}, {"transpose_y", boolean(false)}});
+    const std::string dq_rot = k.flat("dq_roped", dq4, QD);
+    const std::string dk_rot = k.flat("dk_roped", k.group_sum("dk4", dk4), KD);
+    const std::string dv = k.flat("dv", k.group_sum("dv4", dv4), KD);
+    const std::string dq = k.rope("dq", dq_rot, s.n_heads, true);
+    const std::string dk = k.rope("dk", dk_rot, s.n_kv_heads, true);
+    const std::string dxq = k.linear("dx_q", dq, "wq", QD, D, weight_of(w, &LayerWeights::wq), true);
+    const std::string dxk = k.linear("dx_k", dk, "wk", KD, D, weight_of(w, &LayerWeights::wk), true);
+    const std::string dxv = k.linear("dx_v", dv, "wv", KD, D, weight_of(w, &LayerWeights::wv), true);
+    const std::string dxqk = k.binary("dx_qk", k.act(D), "add", dxq, dxk);
+    const std::string dxn = k.binary("dxn", k.act(D), "add", dxqk, dxv);
+    for (const auto& n : {dxn, dq, dk, dv}) k.output(n);
+    return k.finish();
+}
+
+std::vector<KernelSource> layer_kernels(const KernelShape& s, const KernelOptions& o, const LayerWeights* w) {
+    return {attention_forward(s, o, w), ffn_forward(s, o, w), ffn_backward(s, o, w), attention_backward(s, o, w)};
+}
+
+}  // namespace anetrain::mil

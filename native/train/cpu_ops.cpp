@@ -1,0 +1,345 @@
+#include "train/cpu_ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "core/blas.h"
+#include "core/threads.h"
+
+namespace anetrain::train::cpu {
+namespace {
+
+using threads::parallel_for;
+
+constexpr size_t kElementGrain = 16384;  // element-wise loops: elements per task at least
+constexpr size_t kColumnGrain = 32;      // per-position loops over [C][S]: columns per task at least
+
+// c ? a : b done on the bits. A float select feeding arithmetic stops gcc's vectoriser (it keeps
+// the branch under -ftrapping-math); the integer form does not.
+inline float bit_select(bool c, float a, float b) {
+    int32_t ia, ib;
+    std::memcpy(&ia, &a, sizeof ia);
+    std::memcpy(&ib, &b, sizeof ib);
+    const int32_t mask = -int32_t(c);
+    const int32_t r = (ia & mask) | (ib & ~mask);
+    float out;
+    std::memcpy(&out, &r, sizeof out);
+    return out;
+}
+
+// e^x for fp32, relative error below 3e-7 (~2 ulp) on [-87, 88]. Inputs are clamped to that
+// range, so e^-inf is ~1e-38 rather than 0; NaN stays NaN. Branch-free (rounding by the 1.5*2^23
+// trick, Cody-Waite reduction, degree-6 Taylor polynomial, exponent assembled in the bits), so
+// loops calling it vectorise.
+inline float exp_fast(float x) {
+    x = bit_select(x < -87.f, -87.f, x);
+    x = bit_select(x > 88.f, 88.f, x);
+    const float round_magic = 12582912.f;
+    float k = (x * 1.44269504089f + round_magic) - round_magic;
+    float r = x - k * 0.693145751953125f - k * 1.428606765330187e-06f;
+    float p = 1.f + r * (1.f + r * (0.5f + r * (1.f / 6 + r * (1.f / 24 + r * (1.f / 120 + r * (1.f / 720))))));
+    int32_t bits = (int32_t(k) + 127) << 23;
+    float two_k;
+    std::memcpy(&two_k, &bits, sizeof two_k);
+    return p * two_k;
+}
+
+inline float sigmoid(float x) { return 1.f / (1.f + exp_fast(-x)); }
+
+void check_tokens(const int32_t* tok, int S, int vocab, const char* what) {
+    for (int s = 0; s < S; ++s)
+        if (tok[s] < 0 || tok[s] >= vocab)
+            throw std::out_of_range(std::string(what) + " id " + std::to_string(tok[s]) + " at position " +
+                                    std::to_string(s) + " is outside the vocabulary [0, " + std::to_string(vocab) +
+                                    "); the data and the model's vocab_size disagree");
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------ embedding
+
+void embedding_fwd(const float* E, int vocab, int dim, const int32_t* tok, int S, float* x) {
+    check_tokens(tok, S, vocab, "token");
+    parallel_for(size_t(dim), 8, [&](size_t b, size_t e) {
+        for (size_t d = b; d < e; ++d) {
+            float* row = x + d * S;
+            for (int s = 0; s < S; ++s) row[s] = E[size_t(tok[s]) * dim + d];
+        }
+    });
+}
+
+void embedding_bwd(const float* dx, const int32_t* tok, int S, int vocab, int dim, float* dE) {
+    check_tokens(tok, S, vocab, "token");
+    // Each task owns a range of embedding columns, so repeated tokens never race.
+    parallel_for(size_t(dim), 8, [&](size_t b, size_t e) {
+        for (size_t d = b; d < e; ++d) {
+            const float* row = dx + d * S;
+            for (int s = 0; s < S; ++s) dE[size_t(tok[s]) * dim + d] += row[s];
+        }
+    });
+}
+
+// ------------------------------------------------------------------------------ RMSNorm
+
+void rmsnorm_fwd(const float* x, const float* g, int C, int S, float eps, float* y, float* rrms) {
+    parallel_for(size_t(S), kColumnGrain, [&](size_t b, size_t e) {
+        const size_t w = e - b;
+        std::vector<double> ss(w, 0.0);
+        for (int c = 0; c < C; ++c) {
+            const float* xr = x + size_t(c) * S + b;
+            for (size_t j = 0; j < w; ++j) ss[j] += double(xr[j]) * xr[j];
+        }
+        for (size_t j = 0; j < w; ++j) rrms[b + j] = float(1.0 / std::sqrt(ss[j] / C + eps));
+        for (int c = 0; c < C; ++c) {
+            const float* xr = x + size_t(c) * S + b;
+            float* yr = y + size_t(c) * S + b;
+            const float gc = g[c];
+            for (size_t j = 0; j < w; ++j) yr[j] = xr[j] * rrms[b + j] * gc;
+        }
+    });
+}
+
+void rmsnorm_bwd(const float* dy, const float* x, const float* g, const float* rrms, int C, int S, float* dx,
+                 float* dg) {
+    parallel_for(size_t(S), kColumnGrain, [&](size_t b, size_t e) {
+        const size_t w = e - b;
+        std::vector<double> dot(w, 0.0);
+        for (int c = 0; c < C; ++c) {
+            const size_t o = size_t(c) * S + b;
+            const float gc = g[c];
+            for (size_t j = 0; j < w; ++j) dot[j] += double(gc * dy[o + j]) * x[o + j];
+        }
+        std::vector<float> coef(w);  // rrms^3 * mean_c(g dy x)
+        for (size_t j = 0; j < w; ++j) {
+            double r = rrms[b + j];
+            coef[j] = float(r * r * r * dot[j] / C);
+        }
+        for (int c = 0; c < C; ++c) {
+            const size_t o = size_t(c) * S + b;
+            const float gc = g[c];
+            for (size_t j = 0; j < w; ++j) dx[o + j] += rrms[b + j] * gc * dy[o + j] - x[o + j] * coef[j];
+        }
+    });
+    parallel_for(size_t(C), 16, [&](size_t b, size_t e) {
+        for (size_t c = b; c < e; ++c) {
+            const float* dyr = dy + c * S;
+            const float* xr = x + c * S;
+            double acc = 0.0;
+            for (int s = 0; s < S; ++s) acc += double(dyr[s] * xr[s]) * rrms[s];
+            dg[c] += float(acc);
+        }
+    });
+}
+
+// ------------------------------------------------------------------------------ RoPE
+
+RopeTable::RopeTable(int head_dim_, int S_, float theta) : head_dim(head_dim_), S(S_) {
+    if (head_dim <= 0 || head_dim % 2 != 0)
+        throw std::invalid_argument("RoPE head_dim must be a positive even number (got " + std::to_string(head_dim) +
+                                    ")");
+    const int half = head_dim / 2;
+    cos.resize(size_t(half) * S);
+    sin.resize(size_t(half) * S);
+    for (int i = 0; i < half; ++i) {
+        const double freq = std::pow(double(theta), -2.0 * i / head_dim);
+        for (int s = 0; s < S; ++s) {
+            const double a = s * freq;
+            cos[size_t(i) * S + s] = float(std::cos(a));
+            sin[size_t(i) * S + s] = float(std::sin(a));
+        }
+    }
+}
+
+namespace {
+
+// Rotates every adjacent channel pair of every head by +angle (direction 1) or -angle (-1).
+void rope_rotate(float* x, int n_heads, const RopeTable& t, float direction) {
+    const int half = t.head_dim / 2, S = t.S;
+    parallel_for(size_t(n_heads) * half, 4, [&](size_t b, size_t e) {
+        for (size_t p = b; p < e; ++p) {
+            const size_t h = p / half, i = p % half;
+            float* r0 = x + (h * t.head_dim + 2 * i) * S;
+            float* r1 = r0 + S;
+            const float* cs = t.cos.data() + i * S;
+            const float* sn = t.sin.data() + i * S;
+            for (int s = 0; s < S; ++s) {
+                const float a = r0[s], c = r1[s], sd = direction * sn[s];
+                r0[s] = a * cs[s] - c * sd;
+                r1[s] = a * sd + c * cs[s];
+            }
+        }
+    });
+}
+
+}  // namespace
+
+void rope_fwd(float* x, int n_heads, const RopeTable& t) { rope_rotate(x, n_heads, t, 1.f); }
+void rope_bwd(float* dx, int n_heads, const RopeTable& t) { rope_rotate(dx, n_heads, t, -1.f); }
+
+// ------------------------------------------------------------------------------ classifier
+
+void classifier_fwd(const float* E, const float* x, int vocab, int dim, int S, float* logits) {
+    blas::sgemm(false, false, vocab, S, dim, 1.f, E, dim, x, S, 0.f, logits, S);
+}
+
+void classifier_bwd(const float* E, const float* x, const float* dlogits, int vocab, int dim, int S, float* dx,
+                    float* dE) {
+    blas::sgemm(true, false, dim, S, vocab, 1.f, E, dim, dlogits, S, 0.f, dx, S);
+    blas::sgemm(false, true, vocab, dim, S, 1.f, dlogits, S, x, S, 1.f, dE, dim);
+}
+
+// ------------------------------------------------------------------------------ loss
+
+double cross_entropy(const float* logits, const int32_t* tgt, int vocab, int S, float scale, float* dlogits) {
+    if (S <= 0 || vocab <= 0)
+        throw std::invalid_argument("cross_entropy needs at least one position and one vocabulary entry (got S=" +
+                                    std::to_string(S) + ", vocab=" + std::to_string(vocab) + ")");
+    check_tokens(tgt, S, vocab, "target");
+    std::vector<double> loss_at(S);
+    parallel_for(size_t(S), kColumnGrain, [&](size_t b, size_t e) {
+        const size_t w = e - b;
+        std::vector<float> mx(w, -std::numeric_limits<float>::infinity()), target_logit(w);
+        std::vector<double> sum(w, 0.0);
+        for (int v = 0; v < vocab; ++v) {
+            const float* row = logits + size_t(v) * S + b;
+            for (size_t j = 0; j < w; ++j) mx[j] = std::max(mx[j], row[j]);
+        }
+        for (size_t j = 0; j < w; ++j) target_logit[j] = logits[size_t(tgt[b + j]) * S + b + j];
+        for (int v = 0; v < vocab; ++v) {  // dlogits may alias logits: each element is read, then written
+            const float* row = logits + size_t(v) * S + b;
+            float* out = dlogits + size_t(v) * S + b;
+            for (size_t j = 0; j < w; ++j) {
+                const float p = exp_fast(row[j] - mx[j]);
+                out[j] = p;
+                sum[j] += p;
+            }
+        }
+        std::vector<float> k(w);
+        for (size_t j = 0; j < w; ++j) {
+            loss_at[b + j] = std::log(sum[j]) + mx[j] - target_logit[j];
+            k[j] = float(scale / (double(S) * sum[j]));
+        }
+        for (int v = 0; v < vocab; ++v) {
+            float* out = dlogits + size_t(v) * S + b;
+            for (size_t j = 0; j < w; ++j) out[j] *= k[j];
+        }
+        for (size_t j = 0; j < w; ++j) dlogits[size_t(tgt[b + j]) * S + b + j] -= scale / float(S);
+    });
+    double total = 0.0;
+    for (double l : loss_at) total += l;
+    return total / S;
+}
+
+// ------------------------------------------------------------------------------ SwiGLU
+
+void swiglu_fwd(const float* h1, const float* h3, size_t n, float* gate) {
+    parallel_for(n, kElementGrain, [&](size_t b, size_t e) {
+        for (size_t i = b; i < e; ++i) gate[i] = h1[i] * sigmoid(h1[i]) * h3[i];
+    });
+}
+
+void swiglu_bwd(const float* dgate, const float* h1, const float* h3, size_t n, float* dh1, float* dh3) {
+    parallel_for(n, kElementGrain, [&](size_t b, size_t e) {
+        for (size_t i = b; i < e; ++i) {
+            const float sig = sigmoid(h1[i]);
+            const float silu = h1[i] * sig;
+            dh1[i] = dgate[i] * h3[i] * (sig + silu * (1.f - sig));
+            dh3[i] = dgate[i] * silu;
+        }
+    });
+}
+
+// ------------------------------------------------------------------------------ GQA
+
+void gqa_tile(const float* kv, int n_kv_heads, int n_heads, int head_dim, int S, float* out) {
+    const int group = n_heads / n_kv_heads;
+    const size_t head_size = size_t(head_dim) * S;
+    parallel_for(size_t(n_heads), 1, [&](size_t b, size_t e) {
+        for (size_t h = b; h < e; ++h) std::memcpy(out + h * head_size, kv + (h / group) * head_size, head_size * 4);
+    });
+}
+
+void gqa_reduce(const float* d_tiled, int n_kv_heads, int n_heads, int head_dim, int S, float* d_kv) {
+    const int group = n_heads / n_kv_heads;
+    const size_t head_size = size_t(head_dim) * S;
+    parallel_for(size_t(n_kv_heads) * head_dim, 4, [&](size_t b, size_t e) {
+        for (size_t row = b; row < e; ++row) {
+            const size_t j = row / head_dim, r = row % head_dim;
+            float* out = d_kv + row * S;
+            const float* first = d_tiled + (j * group) * head_size + r * S;
+            std::memcpy(out, first, size_t(S) * 4);
+            for (int k = 1; k < group; ++k) {
+                const float* in = first + k * head_size;
+                for (int s = 0; s < S; ++s) out[s] += in[s];
+            }
+        }
+    });
+}
+
+// ------------------------------------------------------------------------------ norms, clipping
+
+double sum_squares(const float* x, size_t n) {
+    // Fixed blocks, summed in order: the result does not depend on the thread count.
+    constexpr size_t kBlock = 1 << 16, kLanes = 8;
+    const size_t nblocks = (n + kBlock - 1) / kBlock;
+    std::vector<double> partial(nblocks, 0.0);
+    parallel_for(nblocks, 1, [&](size_t b, size_t e) {
+        for (size_t blk = b; blk < e; ++blk) {
+            const size_t begin = blk * kBlock, end = std::min(n, begin + kBlock);
+            double lanes[kLanes] = {};  // independent partial sums, so the loop vectorises
+            size_t i = begin;
+            for (; i + kLanes <= end; i += kLanes)
+                for (size_t j = 0; j < kLanes; ++j) lanes[j] += double(x[i + j]) * x[i + j];
+            double acc = 0.0;
+            for (; i < end; ++i) acc += double(x[i]) * x[i];
+            for (double l : lanes) acc += l;
+            partial[blk] = acc;
+        }
+    });
+    double total = 0.0;
+    for (double p : partial) total += p;
+    return total;
+}
+
+double global_norm(const std::vector<std::pair<const float*, size_t>>& tensors) {
+    double total = 0.0;
+    for (const auto& [ptr, n] : tensors) total += sum_squares(ptr, n);
+    return std::sqrt(total);
+}
+
+float clip_scale(double norm, float max_norm) {
+    if (!(max_norm > 0.f))
+        throw std::invalid_argument("max_norm must be positive (got " + std::to_string(max_norm) + ")");
+    return float(std::min(1.0, double(max_norm) / (norm + 1e-6)));
+}
+
+void scale(float* x, size_t n, float s) {
+    parallel_for(n, kElementGrain, [&](size_t b, size_t e) {
+        for (size_t i = b; i < e; ++i) x[i] *= s;
+    });
+}
+
+// ------------------------------------------------------------------------------ AdamW
+
+void adamw_step(float* w, const float* g, float* m, float* v, size_t n, int t, const AdamW& opt, bool decay,
+                float grad_scale) {
+    if (t < 1) throw std::invalid_argument("AdamW step count must start at 1 (got " + std::to_string(t) + ")");
+    const float b1 = opt.beta1, b2 = opt.beta2, eps = opt.eps;
+    const float step_size = float(opt.lr / (1.0 - std::pow(double(b1), t)));
+    const float inv_sqrt_bc2 = float(1.0 / std::sqrt(1.0 - std::pow(double(b2), t)));
+    const float keep = decay ? 1.f - opt.lr * opt.weight_decay : 1.f;
+    parallel_for(n, kElementGrain, [&](size_t b, size_t e) {
+        for (size_t i = b; i < e; ++i) {
+            const float gi = g[i] * grad_scale;
+            m[i] = b1 * m[i] + (1.f - b1) * gi;
+            v[i] = b2 * v[i] + (1.f - b2) * gi * gi;
+            w[i] = w[i] * keep - step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
+        }
+    });
+}
+
+}  // namespace anetrain::train::cpu

@@ -1,0 +1,51 @@
+// The model's trainable state: weights, gradients and AdamW moments as four flat fp32 buffers,
+// every llama2.c tensor a contiguous row-major slice of each (same offsets in all four), so global
+// passes (zeroing, the gradient norm) run over one array and per-tensor code takes pointers.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "train/config.h"
+#include "train/cpu_ops.h"
+
+namespace anetrain::train {
+
+struct ParamSlot {
+    ParamSpec spec;
+    size_t offset = 0;  // first element in each flat buffer
+};
+
+class ModelState {
+public:
+    explicit ModelState(const ModelConfig& cfg);  // validates cfg; all buffers zero, step 0
+
+    const ModelConfig& config() const { return cfg_; }
+    const std::vector<ParamSlot>& slots() const { return slots_; }
+    size_t size() const { return weights.size(); }  // elements per buffer
+    const ParamSlot* find(const std::string& name) const;  // nullptr when the name is unknown
+    const ParamSlot& slot(const std::string& name) const;  // throws std::invalid_argument when unknown
+
+    // Seeded random init, the same on every platform (a counter-based generator, no std::
+    // distributions): linears N(0, 1/fan_in), with wo and w2 (the residual-branch outputs) further
+    // scaled by 1/sqrt(2 n_layers); tok_embeddings N(0, 0.02^2); RMSNorm gammas 1. Clears grads,
+    // moments and the step count.
+    void init_random(uint64_t seed);
+    void zero_grads();
+    // sqrt(sum of squared gradients) over every tensor, accumulated in double.
+    double grad_norm() const;
+    // One AdamW update of every tensor with g' = grad_scale * g (weight decay skipped for the
+    // RMSNorm gammas); increments step first, so the first update uses step 1.
+    void adamw_update(const cpu::AdamW& opt, float grad_scale);
+
+    std::vector<float> weights, grads, adam_m, adam_v;
+    int step = 0;  // AdamW updates applied so far
+
+private:
+    ModelConfig cfg_;
+    std::vector<ParamSlot> slots_;
+    std::unordered_map<std::string, size_t> index_;
+};
+
+}  // namespace anetrain::train

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""fp16 <-> fp32 conversion throughput: anetrain's kernels against NumPy's astype, same run.
+
+GB/s counts bytes read + written (6 bytes per element). Prints the ratio to NumPy for each
+direction, with and without a preallocated output (a fresh output pays its page faults).
+Targets (issue 2): >= 10x NumPy's astype and >= 20 GB/s.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import anetrain  # noqa: E402
+from anetrain import fp16  # noqa: E402
+
+
+def best_seconds(fn, repeats):
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=16 << 20, help="elements (default 16M)")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--path", default="auto", help="fp16 kernel set: auto, scalar, f16c, avx512, neon")
+    args = ap.parse_args()
+
+    fp16.set_path(args.path)
+    info = anetrain.info()
+    print(f"anetrain {info['version']}  simd={fp16.active_path()} (available: {', '.join(info['fp16_paths'])})"
+          f"  threads={info['threads']}")
+    print(f"BLAS core type: {info['blas_core']}  (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')})")
+    n = args.n
+    rng = np.random.default_rng(0)
+    x32 = rng.standard_normal(n).astype(np.float32)
+    x16 = x32.astype(np.float16)
+    out16 = np.empty(n, np.float16)
+    out32 = np.empty(n, np.float32)
+    gb = 6 * n / 1e9
+
+    rows = [
+        ("f32->f16 new array", lambda: fp16.to_half(x32), lambda: x32.astype(np.float16)),
+        ("f32->f16 into out=", lambda: fp16.to_half(x32, out=out16), lambda: np.copyto(out16, x32, casting="unsafe")),
+        ("f16->f32 new array", lambda: fp16.to_float(x16), lambda: x16.astype(np.float32)),
+        ("f16->f32 into out=", lambda: fp16.to_float(x16, out=out32), lambda: np.copyto(out32, x16)),
+    ]
+    print(f"\n{n:,} elements, best of {args.repeats}\n")
+    print(f"{'conversion':<22}{'anetrain GB/s':>14}{'numpy GB/s':>12}{'ratio':>8}")
+    worst_ratio, worst_gbs = float("inf"), float("inf")
+    for label, ours, ref in rows:
+        t_ours = best_seconds(ours, args.repeats)
+        t_ref = best_seconds(ref, max(3, args.repeats // 3))
+        ratio = t_ref / t_ours
+        worst_ratio, worst_gbs = min(worst_ratio, ratio), min(worst_gbs, gb / t_ours)
+        print(f"{label:<22}{gb / t_ours:>14.1f}{gb / t_ref:>12.1f}{ratio:>7.1f}x")
+    ok = worst_ratio >= 10 and worst_gbs >= 20
+    print(f"\nworst: {worst_gbs:.1f} GB/s, {worst_ratio:.1f}x numpy  -> target (>=20 GB/s, >=10x): "
+          f"{'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

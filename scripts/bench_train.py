@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Training step speed: anetrain's native step against the PyTorch reference step, same run.
+
+Both train llama2.c's Transformer (tests/torch_ref.py is the PyTorch model used by the test
+suite) on the same config, batch, tokens and thread count: forward, backward, gradient clipping
+and AdamW. Prints ms/step for each, the ratio (ours / PyTorch; lower is better), tokens/s, peak
+memory of each measured in a fresh subprocess, and the BLAS core type.
+
+    python scripts/bench_train.py                      # stories15M and stories110M shapes, seq 256
+    python scripts/bench_train.py --presets stories15M --steps 5
+Target (issue 4): ratio <= 0.6 on the ref backend, with peak memory no worse than PyTorch's.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRESETS = {  # llama2.c's shapes
+    "stories15M": dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=32000),
+    "stories42M": dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=8, vocab_size=32000),
+    "stories110M": dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, vocab_size=32000),
+}
+
+
+def peak_rss_mb():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_anetrain(shape, seq, batch, steps, threads, pipeline):
+    import numpy as np
+
+    import anetrain  # noqa: F401
+    from anetrain import _native
+
+    _native.set_num_threads(threads)
+    _native.blas_set_threads(threads)
+    cfg = _native.ModelConfig(seq_len=seq, **shape)
+    trainer = _native.Trainer(cfg, _native.make_ref_backend(), pipeline=pipeline)
+    trainer.state.init_random(1)
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq + 1)).astype(np.int32)
+    times = []
+    for i in range(steps + 1):  # the first step compiles and warms up
+        t0 = time.perf_counter()
+        trainer.accumulate(tokens)
+        trainer.update(lr=1e-4, clip=1.0)
+        times.append(time.perf_counter() - t0)
+        if i == 0:
+            trainer.reset_timings()
+    parts = {k: v / steps for k, v in trainer.timings().items() if k.endswith("_ms")}
+    return dict(ms=1000 * sorted(times[1:])[len(times[1:]) // 2], parts=parts, peak_mb=peak_rss_mb())
+
+
+def run_torch(shape, seq, batch, steps, threads):
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import torch_ref
+    from anetrain import _native
+
+    torch.set_num_threads(threads)
+    cfg = _native.ModelConfig(seq_len=seq, **shape)
+    state = _native.ModelState(cfg)
+    state.init_random(1)
+    model = torch_ref.build(cfg, {n: state.get(n) for n in state.names()})
+    del state
+    opt = torch_ref.adamw(model, lr=1e-4)
+    params = list(model.weights().values())
+    tokens = torch.tensor(np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq + 1)))
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        _, loss = model(tokens)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return dict(ms=1000 * sorted(times[1:])[len(times[1:]) // 2], peak_mb=peak_rss_mb(), version=torch.__version__)
+
+
+def in_subprocess(which, args):
+    """Each measurement in a fresh process, so peak memory is its own."""
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", which, "--job", json.dumps(args)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{which} benchmark failed:\n{out.stderr.strip()}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=["stories15M", "stories110M"], choices=sorted(PRESETS))
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=1, help="sequences per step")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps (median reported) after one warm-up")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both (BLAS and our loops)")
+    ap.add_argument("--pipeline", default="dynamic", choices=["static", "dynamic"])
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--job", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:
+        job = json.loads(args.job)
+        fn = run_anetrain if args.worker == "anetrain" else run_torch
+        print(json.dumps(fn(**job)))
+        return
+
+    sys.path.insert(0, ROOT)
+    import anetrain
+
+    info = anetrain.info()
+    print(f"anetrain {info['version']} ref backend, pipeline={args.pipeline}, {args.threads} threads, "
+          f"seq {args.seq}, batch {args.batch}")
+    print(f"BLAS core type: {info['blas_core']} (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}); "
+          f"PyTorch uses its own BLAS")
+    rows = []
+    for name in args.presets:
+        common = dict(shape=PRESETS[name], seq=args.seq, batch=args.batch, steps=args.steps, threads=args.threads)
+        ours = in_subprocess("anetrain", dict(common, pipeline=args.pipeline))
+        ref = in_subprocess("torch", common)
+        rows.append((name, ours, ref))
+        tok = args.batch * args.seq
+        print(f"\n{name}: anetrain {ours['ms']:.0f} ms/step ({tok / ours['ms'] * 1000:.0f} tok/s, peak "
+              f"{ours['peak_mb']:.0f} MB) | PyTorch {ref['version']} {ref['ms']:.0f} ms/step "
+              f"({tok / ref['ms'] * 1000:.0f} tok/s, peak {ref['peak_mb']:.0f} MB) | ratio {ours['ms'] / ref['ms']:.2f}")
+        print("  anetrain breakdown (ms/step): " + ", ".join(f"{k[:-3]} {v:.0f}" for k, v in ours["parts"].items()))
+    print("\ntarget: ratio <= 0.60 and peak memory <= PyTorch's")
+    for name, ours, ref in rows:
+        ok = ours["ms"] / ref["ms"] <= 0.6 and ours["peak_mb"] <= ref["peak_mb"]
+        print(f"  {name}: ratio {ours['ms'] / ref['ms']:.2f}, memory {ours['peak_mb']:.0f}/{ref['peak_mb']:.0f} MB "
+              f"-> {'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Turn text into token shards for training: tokenizer (trained or given), shards, tokenizer.bin.
+
+Inputs (files or globs):
+  *.txt    documents separated by lines reading <|endoftext|> (a file without one is one document)
+  *.json   TinyStories shards: a JSON list of {"story": ...}
+  *.jsonl  one {"story": ...} or {"text": ...} per line (what data/make_corpus.py writes)
+
+Outputs in --out DIR: tokenizer.model (trained with --vocab-size, or a copy of --tokenizer),
+tokenizer.bin (llama2.c format), train_NNN.bin and val_NNN.bin shards with .json sidecars (see
+anetrain/data.py). Every document is stripped and encoded with BOS (id 1) in front and no EOS, as
+llama2.c's pretokenizer does. The last --val-fraction of the documents go to the val shards.
+
+  python scripts/prepare_data.py data/stories.jsonl --vocab-size 1024 --out data
+  python scripts/prepare_data.py 'TinyStories_all_data/*.json' --tokenizer tok.model --out ts
+"""
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from anetrain import data, llama2c  # noqa: E402
+from anetrain.errors import DataError, UsageError, exit_on_error  # noqa: E402
+
+DOC_SEPARATOR = "<|endoftext|>"
+
+
+def read_documents(path):
+    """The documents of one input file, by its extension."""
+    with open(path, encoding="utf-8") as f:
+        if path.endswith(".json"):
+            try:
+                return [rec["story"] for rec in json.load(f)]
+            except (ValueError, KeyError, TypeError) as e:
+                raise DataError(f"{path}: expected a JSON list of {{\"story\": ...}} ({e})")
+        if path.endswith(".jsonl"):
+            docs = []
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rec = json.loads(line)
+                        docs.append(rec["story"] if "story" in rec else rec["text"])
+                    except (ValueError, KeyError, TypeError) as e:
+                        raise DataError(f"{path}:{n}: expected {{\"story\": ...}} or {{\"text\": ...}} ({e})")
+            return docs
+        text = f.read()
+    return text.split("\n" + DOC_SEPARATOR + "\n") if DOC_SEPARATOR in text else [text]
+
+
+def expand_inputs(patterns):
+    paths = []
+    for pat in patterns:
+        found = sorted(glob.glob(os.path.expanduser(pat)))
+        if not found:
+            raise DataError(f"no input files match {pat!r}")
+        paths.extend(found)
+    return paths
+
+
+def training_sentences(docs):
+    """Lines for the tokenizer trainer: one per paragraph (sentencepiece skips very long lines)."""
+    for doc in docs:
+        for line in doc.split("\n"):
+            if line.strip():
+                yield line.strip()
+
+
+def train_tokenizer(docs, vocab_size, model_path):
+    """Train a byte-fallback BPE sentencepiece model like llama2.c's (deterministic: one thread)."""
+    import io
+
+    import sentencepiece as spm
+
+    spm.set_random_generator_seed(1)
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=training_sentences(docs), model_writer=buf, model_type="bpe",
+        vocab_size=vocab_size, self_test_sample_size=0, character_coverage=1.0, num_threads=1,
+        split_digits=True, allow_whitespace_only_pieces=True, byte_fallback=True,
+        unk_surface=" \u2047 ", normalization_rule_name="identity", input_sentence_size=0,
+        shuffle_input_sentence=False, minloglevel=2)
+    with open(model_path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def load_tokenizer(model_path):
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=model_path)
+    if sp.bos_id() != 1:
+        raise UsageError(f"{model_path}: BOS id is {sp.bos_id()}, llama2.c-style data needs BOS = 1")
+    return sp
+
+
+def encode_documents(sp, docs, writer, desc, batch=256):
+    """Append BOS then the ids of each stripped document to ``writer``, in batches of documents;
+    returns the number of tokens written."""
+    n = 0
+    with tqdm(total=len(docs), desc=desc, unit="doc", disable=None) as bar:
+        for start in range(0, len(docs), batch):
+            chunk = docs[start:start + batch]
+            for ids in sp.encode([d.strip() for d in chunk]):
+                writer.add([sp.bos_id()] + ids)
+                n += 1 + len(ids)
+            bar.update(len(chunk))
+    return n
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("inputs", nargs="+", help="text, JSON or JSON-lines files or globs")
+    p.add_argument("--out", required=True, help="output directory")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--vocab-size", type=int, help="train a new tokenizer with this many pieces")
+    src.add_argument("--tokenizer", help="use this sentencepiece tokenizer.model")
+    p.add_argument("--val-fraction", type=float, default=0.05,
+                   help="share of documents (the last ones) written to val shards (default 0.05)")
+    p.add_argument("--shard-tokens", type=int, default=50_000_000,
+                   help="maximum tokens per shard file (default 50M)")
+    a = p.parse_args(argv)
+    if not 0 <= a.val_fraction < 1:
+        raise UsageError(f"--val-fraction must be in [0, 1), got {a.val_fraction}")
+
+    docs = [d for path in expand_inputs(a.inputs) for d in read_documents(path)]
+    if not docs:
+        raise DataError("the inputs hold no documents")
+    os.makedirs(a.out, exist_ok=True)
+    model_path = os.path.join(a.out, "tokenizer.model")
+    if a.vocab_size:
+        print(f"training a {a.vocab_size}-piece tokenizer on {len(docs)} documents", file=sys.stderr)
+        train_tokenizer(docs, a.vocab_size, model_path)
+    elif os.path.abspath(a.tokenizer) != os.path.abspath(model_path):
+        shutil.copyfile(a.tokenizer, model_path)
+    sp = load_tokenizer(model_path)
+    llama2c.write_tokenizer_bin(os.path.join(a.out, "tokenizer.bin"), sp)
+
+    n_val = int(round(len(docs) * a.val_fraction))
+    vocab = sp.get_piece_size()
+    counts, written = [], []
+    for prefix, part in (("train", docs[:len(docs) - n_val]), ("val", docs[len(docs) - n_val:])):
+        writer = data.ShardWriter(a.out, prefix, vocab, a.shard_tokens)
+        counts.append(encode_documents(sp, part, writer, prefix))
+        written += writer.close()
+    print(f"{counts[0]} train + {counts[1]} val tokens (vocab {vocab}) -> "
+          f"{', '.join(os.path.basename(w) for w in written)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    exit_on_error(main)

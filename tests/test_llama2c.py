@@ -1,0 +1,143 @@
+"""llama2.c legacy model .bin and tokenizer.bin: byte layout checked field by field with struct
+against llama2.c's export order, round trips, and bounds checks."""
+import math
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from anetrain import llama2c
+from anetrain.config import ModelConfig
+from anetrain.errors import ModelFileError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# GQA on purpose: 2 query heads share 1 kv head; hd = 4
+CFG = ModelConfig(dim=8, hidden_dim=12, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=10, seq_len=3)
+
+
+def make_arrays(cfg, unshared=False, seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = llama2c.weight_shapes(cfg, shared_classifier=not unshared)
+    return {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+
+
+def floats_at(raw, offset, n):
+    return list(struct.unpack_from(f"<{n}f", raw, offset)), offset + 4 * n
+
+
+def test_byte_layout_by_hand(tmp_path):
+    a = make_arrays(CFG, unshared=True)
+    p = tmp_path / "m.bin"
+    llama2c.write_model(str(p), CFG, a)
+    raw = p.read_bytes()
+    assert struct.unpack_from("<7i", raw) == (8, 12, 2, 2, 1, -10, 3)   # negative vocab: unshared
+    off = 28
+
+    def expect(name_fmt, n_per):
+        nonlocal off
+        for i in range(2):
+            got, off = floats_at(raw, off, n_per)
+            assert got == a[name_fmt.format(i)].ravel().tolist(), name_fmt
+
+    got, off = floats_at(raw, off, 80)
+    assert got == a["tok_embeddings.weight"].ravel().tolist()
+    expect("layers.{}.attention_norm.weight", 8)
+    expect("layers.{}.attention.wq.weight", 64)      # [n_heads*hd=8, dim=8]
+    expect("layers.{}.attention.wk.weight", 32)      # [n_kv_heads*hd=4, 8]
+    expect("layers.{}.attention.wv.weight", 32)
+    expect("layers.{}.attention.wo.weight", 64)
+    expect("layers.{}.ffn_norm.weight", 8)
+    expect("layers.{}.feed_forward.w1.weight", 96)   # [hidden=12, 8]
+    expect("layers.{}.feed_forward.w2.weight", 96)   # [8, 12]
+    expect("layers.{}.feed_forward.w3.weight", 96)
+    got, off = floats_at(raw, off, 8)
+    assert got == a["norm.weight"].tolist()
+    # legacy RoPE tables, [seq=3, hd/2=2] each: cos then sin of pos * 10000^(-2i/4)
+    cos, off = floats_at(raw, off, 6)
+    sin, off = floats_at(raw, off, 6)
+    angles = [pos * 10000.0 ** (-2 * i / 4) for pos in range(3) for i in range(2)]
+    assert cos == pytest.approx([math.cos(t) for t in angles], abs=1e-6)
+    assert sin == pytest.approx([math.sin(t) for t in angles], abs=1e-6)
+    got, off = floats_at(raw, off, 80)
+    assert got == a["output.weight"].ravel().tolist()
+    assert off == len(raw)
+
+
+@pytest.mark.parametrize("unshared", [False, True])
+def test_round_trip(tmp_path, unshared):
+    a = make_arrays(CFG, unshared=unshared, seed=3)
+    p = str(tmp_path / "m.bin")
+    llama2c.write_model(p, CFG, a)
+    cfg, b = llama2c.read_model(p)
+    assert (cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size, cfg.seq_len) == \
+        (8, 12, 2, 2, 1, 10, 3)
+    assert set(b) == set(a) and ("output.weight" in b) == unshared
+    for k in a:
+        np.testing.assert_array_equal(b[k], a[k])
+
+
+def test_equal_classifier_is_written_shared(tmp_path):
+    a = make_arrays(CFG)
+    a["output.weight"] = a["tok_embeddings.weight"].copy()
+    p = tmp_path / "m.bin"
+    llama2c.write_model(str(p), CFG, a)
+    assert struct.unpack_from("<7i", p.read_bytes())[5] == 10
+    assert "output.weight" not in llama2c.read_model(str(p))[1]
+
+
+def test_size_must_match_header(tmp_path):
+    p = tmp_path / "m.bin"
+    llama2c.write_model(str(p), CFG, make_arrays(CFG))
+    raw = p.read_bytes()
+    for bad in (raw[:-4], raw + b"\0\0\0\0", raw[:20]):
+        p.write_bytes(bad)
+        with pytest.raises(ModelFileError) as e:
+            llama2c.read_model(str(p))
+        assert str(p) in str(e.value) and "\n" not in str(e.value)
+    # a header claiming a huge vocab must fail on size, not allocate or read past the end
+    p.write_bytes(struct.pack("<7i", 8, 12, 2, 2, 1, 2_000_000_000, 3) + raw[28:])
+    with pytest.raises(ModelFileError, match="needs exactly"):
+        llama2c.read_model(str(p))
+    p.write_bytes(struct.pack("<7i", 8, 12, 2, 0, 1, 10, 3) + raw[28:])
+    with pytest.raises(ModelFileError, match="non-positive"):
+        llama2c.read_model(str(p))
+
+
+def test_write_checks_names_and_shapes(tmp_path):
+    a = make_arrays(CFG)
+    del a["layers.1.feed_forward.w2.weight"]
+    with pytest.raises(ModelFileError, match="layers.1.feed_forward.w2.weight is missing"):
+        llama2c.write_model(str(tmp_path / "m.bin"), CFG, a)
+    a = make_arrays(CFG)
+    a["layers.0.attention.wk.weight"] = np.zeros((8, 8), np.float32)
+    with pytest.raises(ModelFileError, match=r"shape \(8, 8\), the config needs \(4, 8\)"):
+        llama2c.write_model(str(tmp_path / "m.bin"), CFG, a)
+
+
+def test_tokenizer_bin_layout():
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(ROOT, "data/tokenizer.model"))
+    raw = open(os.path.join(ROOT, "data/tokenizer.bin"), "rb").read()
+    (max_len,) = struct.unpack_from("<I", raw)
+    off, pieces = 4, []
+    while off < len(raw):
+        score, n = struct.unpack_from("<fI", raw, off)
+        pieces.append((raw[off + 8:off + 8 + n], score))
+        off += 8 + n
+    assert off == len(raw) and len(pieces) == sp.get_piece_size() == 1024
+    assert max_len == max(len(b) for b, _ in pieces)
+    assert pieces[1][0] == b"\n<s>\n" and pieces[2][0] == b"\n</s>\n" and pieces[0][0] == b"<unk>"
+    for i in (3, 100, 500, 1023):
+        assert pieces[i][0] == sp.id_to_piece(i).replace("\u2581", " ").encode()
+        assert pieces[i][1] == pytest.approx(sp.get_score(i))
+    assert (b" the", ) in [(b,) for b, _ in pieces]
+    assert llama2c.read_tokenizer_bin(os.path.join(ROOT, "data/tokenizer.bin")) == (max_len, pieces)
+
+
+def test_tokenizer_bin_truncated(tmp_path):
+    raw = open(os.path.join(ROOT, "data/tokenizer.bin"), "rb").read()
+    p = tmp_path / "t.bin"
+    p.write_bytes(raw[:-3])
+    with pytest.raises(ModelFileError):
+        llama2c.read_tokenizer_bin(str(p))

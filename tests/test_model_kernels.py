@@ -1,0 +1,174 @@
+"""Layer 3: every generated model kernel, both pipelines, against PyTorch autograd.
+
+Each kernel runs on the ref backend (executing its MIL text). The reference computes the same
+quantities in float64 from the llama2.c definitions: forward values directly, backward values
+as gradients of the forward function (so the kernels' hand-derived backward math is checked
+against autograd, not against itself). Activations are [1, C, 1, S] in the kernels and [S, C]
+in the reference.
+"""
+import math
+
+import numpy as np
+import pytest
+
+import anetrain
+from anetrain import _native
+from anetrain.mil import unpack_weights
+
+torch = pytest.importorskip("torch", reason="PyTorch is the reference for the model kernels (pip install torch)")
+kernels = pytest.importorskip("anetrain.kernels", reason="needs the ref backend (anetrain.kernels)")
+
+SHAPES = {
+    "mha": dict(dim=32, hidden_dim=64, n_heads=4, n_kv_heads=4, seq_len=16),
+    "gqa": dict(dim=48, hidden_dim=96, n_heads=6, n_kv_heads=2, seq_len=12),
+}
+
+
+def make_weights(shape, seed):
+    rng = np.random.default_rng(seed)
+    d, h = shape["dim"], shape["hidden_dim"]
+    kv = d // shape["n_heads"] * shape["n_kv_heads"]
+    sizes = dict(wq=(d, d), wk=(kv, d), wv=(kv, d), wo=(d, d), w1=(h, d), w2=(d, h), w3=(h, d))
+    return {k: (rng.standard_normal(s) / math.sqrt(s[1])).astype(np.float32) for k, s in sizes.items()}
+
+
+def rope_ref(x, n_heads, theta=10000.0):
+    """llama2.c's RoPE on adjacent pairs: x [S, n_heads*hd] (torch, float64)."""
+    S, C = x.shape
+    hd = C // n_heads
+    freqs = theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    ang = torch.outer(torch.arange(S, dtype=torch.float64), freqs)  # [S, hd/2]
+    xr = x.reshape(S, n_heads, hd // 2, 2)
+    c, s = torch.cos(ang)[:, None, :], torch.sin(ang)[:, None, :]
+    e, o = xr[..., 0], xr[..., 1]
+    return torch.stack([e * c - o * s, e * s + o * c], dim=-1).reshape(S, C)
+
+
+def attention_ref(q, k, v, n_heads, n_kv_heads):
+    """Causal attention on roped q [S, H*hd], k/v [S, KVH*hd]; KV head of Q head h is h // rep."""
+    S = q.shape[0]
+    hd = q.shape[1] // n_heads
+    rep = n_heads // n_kv_heads
+    qh = q.reshape(S, n_heads, hd).transpose(0, 1)
+    kh = k.reshape(S, n_kv_heads, hd).transpose(0, 1).repeat_interleave(rep, dim=0)
+    vh = v.reshape(S, n_kv_heads, hd).transpose(0, 1).repeat_interleave(rep, dim=0)
+    scores = qh @ kh.transpose(1, 2) / math.sqrt(hd)
+    mask = torch.triu(torch.ones(S, S, dtype=torch.bool), diagonal=1)
+    probs = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
+    return (probs @ vh).transpose(0, 1).reshape(S, n_heads * hd)
+
+
+def to_kernel(x):  # [S, C] -> [1, C, 1, S]
+    return np.ascontiguousarray(x.detach().numpy().T[None, :, None, :])
+
+
+def from_kernel(y):  # [1, C, 1, S] -> [S, C]
+    return np.asarray(y, dtype=np.float64)[0, :, 0, :].T
+
+
+def run_kernel(name, shape, pipeline, dtype, w, inputs):
+    text, blobs, in_names, out_names = _native.model_kernel(name, shape, pipeline, dtype, "1.3/ios18",
+                                                            w if pipeline == "static" else None)
+    k = kernels.compile(text, weights=blobs, backend="ref")
+    feed = dict(inputs)
+    if pipeline == "dynamic":
+        feed.update({n: w[n][None, None] for n in in_names if n.startswith("w")})
+    np_dtype = np.float16 if dtype == "fp16" else np.float32
+    outs = k(**{n: feed[n].astype(np_dtype) for n in in_names})
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    return {n: from_kernel(o) for n, o in zip(out_names, outs)}
+
+
+def check(got, ref, dtype, what):
+    ref = ref.detach().numpy() if hasattr(ref, "detach") else ref
+    if dtype == "fp32":
+        np.testing.assert_allclose(got, ref, rtol=2e-4, atol=2e-5 * max(1.0, np.abs(ref).max()), err_msg=what)
+    else:
+        err = np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30)
+        assert err < 1e-2, f"{what}: relative error {err:.3g}"
+
+
+CASES = [(s, p, d) for s in SHAPES for p in ("static", "dynamic") for d in ("fp32", "fp16")]
+
+
+@pytest.mark.parametrize("shape_name,pipeline,dtype", CASES)
+def test_attention_forward(shape_name, pipeline, dtype):
+    shape = SHAPES[shape_name]
+    w = make_weights(shape, 1)
+    H, KVH, S, D = shape["n_heads"], shape["n_kv_heads"], shape["seq_len"], shape["dim"]
+    xn = torch.tensor(np.random.default_rng(2).standard_normal((S, D)))
+    W = {k: torch.tensor(v, dtype=torch.float64) for k, v in w.items()}
+    q = rope_ref(xn @ W["wq"].T, H)
+    k = rope_ref(xn @ W["wk"].T, KVH)
+    v = xn @ W["wv"].T
+    attn = attention_ref(q, k, v, H, KVH)
+    o = attn @ W["wo"].T
+    got = run_kernel("attention_forward", shape, pipeline, dtype, w, {"xn": to_kernel(xn)})
+    for name, ref in dict(o=o, q=q, k=k, v=v, attn=attn).items():
+        check(got[name], ref, dtype, f"attention_forward.{name}")
+
+
+@pytest.mark.parametrize("shape_name,pipeline,dtype", CASES)
+def test_attention_backward(shape_name, pipeline, dtype):
+    shape = SHAPES[shape_name]
+    w = make_weights(shape, 3)
+    H, KVH, S, D = shape["n_heads"], shape["n_kv_heads"], shape["seq_len"], shape["dim"]
+    rng = np.random.default_rng(4)
+    xn = torch.tensor(rng.standard_normal((S, D)), requires_grad=True)
+    W = {k: torch.tensor(v, dtype=torch.float64) for k, v in w.items()}
+    q_pre, k_pre, v = xn @ W["wq"].T, xn @ W["wk"].T, xn @ W["wv"].T
+    for t in (q_pre, k_pre, v):
+        t.retain_grad()
+    q, k = rope_ref(q_pre, H), rope_ref(k_pre, KVH)
+    o = attention_ref(q, k, v, H, KVH) @ W["wo"].T
+    dout = torch.tensor(rng.standard_normal((S, D)))
+    o.backward(dout)
+    got = run_kernel("attention_backward", shape, pipeline, dtype, w,
+                     {"dout": to_kernel(dout), "q": to_kernel(q), "k": to_kernel(k), "v": to_kernel(v)})
+    check(got["dxn"], xn.grad, dtype, "attention_backward.dxn")
+    check(got["dq"], q_pre.grad, dtype, "attention_backward.dq")
+    check(got["dk"], k_pre.grad, dtype, "attention_backward.dk")
+    check(got["dv"], v.grad, dtype, "attention_backward.dv")
+
+
+@pytest.mark.parametrize("shape_name,pipeline,dtype", CASES)
+def test_ffn_forward_and_backward(shape_name, pipeline, dtype):
+    shape = SHAPES[shape_name]
+    w = make_weights(shape, 5)
+    S, D = shape["seq_len"], shape["dim"]
+    rng = np.random.default_rng(6)
+    x = torch.tensor(rng.standard_normal((S, D)), requires_grad=True)
+    W = {k: torch.tensor(v, dtype=torch.float64) for k, v in w.items()}
+    h1, h3 = x @ W["w1"].T, x @ W["w3"].T
+    h1.retain_grad()
+    h3.retain_grad()
+    gate = torch.nn.functional.silu(h1) * h3
+    f = gate @ W["w2"].T
+    got = run_kernel("ffn_forward", shape, pipeline, dtype, w, {"x2n": to_kernel(x)})
+    for name, ref in dict(f=f, h1=h1, h3=h3, gate=gate).items():
+        check(got[name], ref, dtype, f"ffn_forward.{name}")
+
+    df = torch.tensor(rng.standard_normal((S, D)))
+    f.backward(df)
+    got = run_kernel("ffn_backward", shape, pipeline, dtype, w,
+                     {"df": to_kernel(df), "h1": to_kernel(h1), "h3": to_kernel(h3)})
+    check(got["dx2n"], x.grad, dtype, "ffn_backward.dx2n")
+    check(got["dh1"], h1.grad, dtype, "ffn_backward.dh1")
+    check(got["dh3"], h3.grad, dtype, "ffn_backward.dh3")
+
+
+def test_static_kernels_bake_weights_and_dynamic_take_them_as_inputs():
+    shape = SHAPES["gqa"]
+    w = make_weights(shape, 7)
+    text_s, blobs_s, in_s, _ = _native.model_kernel("attention_forward", shape, "static", "fp16", "1.3/ios18", w)
+    text_d, blobs_d, in_d, _ = _native.model_kernel("attention_forward", shape, "dynamic")
+    assert in_s == ["xn"] and in_d == ["xn", "wq", "wk", "wv", "wo"]
+    assert {"@model_path/weights/wq.bin", "@model_path/weights/causal_mask.bin"} <= set(blobs_s)
+    assert not any("wq" in p for p in blobs_d)
+    # the baked weight is the fp16 rounding of wq, row-major [out, in]
+    (wq_blob,) = unpack_weights(blobs_s["@model_path/weights/wq.bin"])
+    np.testing.assert_array_equal(wq_blob, w["wq"].astype(np.float16).reshape(-1))
+    with pytest.raises(ValueError, match="weights"):
+        _native.model_kernel("attention_forward", shape, "static")
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        _native.model_kernel("attention_forward", dict(shape, n_kv_heads=4), "dynamic")
