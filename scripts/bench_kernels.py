@@ -3,7 +3,8 @@
 of the same FLOPs in the same process (same thread count).
 
   (a) linear as a 1x1 conv: x [1, 768, 1, 256] fp16, W [2048, 768, 1, 1] fp16 BLOBFILE
-  (b) attention-style matmul: [1, 12, 256, 64] x [1, 12, 64, 256]
+  (b) attention-style matmul: [1, 12, 256, 64] x [1, 12, 64, 256], as an fp16 program and as an
+      fp32 program (no fp16 conversions: what remains is the interpreter's own overhead)
 
 Columns: 'api' = kernel(x) through anetrain.kernels (fp16 arrays in, new fp16 array out);
 'eval' = the pure evaluation into preallocated outputs; 'blas' = the same sgemm calls on fp32
@@ -71,18 +72,19 @@ def linear_case(rng, C=768, O=2048, S=256):
     return "conv1x1 768->2048 S=256", k, [x], blas, flops, lambda out: np.abs(out.reshape(O, S).astype(np.float32) - w32 @ x32).max()
 
 
-def matmul_case(rng, H=12, S=256, D=64):
+def matmul_case(rng, H=12, S=256, D=64, dtype="fp16"):
     text = f"""program(1.3)
 {{
-    func main<ios18>(tensor<fp16, [1, {H}, {S}, {D}]> q, tensor<fp16, [1, {H}, {D}, {S}]> k) {{
+    func main<ios18>(tensor<{dtype}, [1, {H}, {S}, {D}]> q, tensor<{dtype}, [1, {H}, {D}, {S}]> k) {{
         bool f = const()[name = string("f"), val = bool(false)];
-        tensor<fp16, [1, {H}, {S}, {S}]> y = matmul(x = q, y = k, transpose_x = f, transpose_y = f)[name = string("y")];
+        tensor<{dtype}, [1, {H}, {S}, {S}]> y = matmul(x = q, y = k, transpose_x = f, transpose_y = f)[name = string("y")];
     }} -> (y);
 }}
 """
     k = K.compile(text, backend="ref", name="matmul")
-    q = rng.standard_normal((1, H, S, D)).astype(np.float16)
-    kk = rng.standard_normal((1, H, D, S)).astype(np.float16)
+    npd = np.float16 if dtype == "fp16" else np.float32
+    q = rng.standard_normal((1, H, S, D)).astype(npd)
+    kk = rng.standard_normal((1, H, D, S)).astype(npd)
     q32 = [np.ascontiguousarray(q[0, h], np.float32) for h in range(H)]
     k32 = [np.ascontiguousarray(kk[0, h], np.float32) for h in range(H)]
 
@@ -92,7 +94,7 @@ def matmul_case(rng, H=12, S=256, D=64):
 
     flops = 2.0 * H * S * S * D
     ref = np.stack([q32[h] @ k32[h] for h in range(H)])[None]
-    return "matmul [1,12,256,64]x[1,12,64,256]", k, [q, kk], blas, flops, lambda out: np.abs(out.astype(np.float32) - ref).max()
+    return f"matmul [1,12,256,64]x[1,12,64,256] {dtype}", k, [q, kk], blas, flops, lambda out: np.abs(out.astype(np.float32) - ref).max()
 
 
 def main():
@@ -106,8 +108,8 @@ def main():
     rng = np.random.default_rng(0)
     rows = []
     trainer = []
-    for name, kernel, inputs, blas, flops, check in (linear_case(rng), matmul_case(rng)):
-        outs = [np.empty(o.shape, np.float16) for o in kernel.outputs]
+    for name, kernel, inputs, blas, flops, check in (linear_case(rng), matmul_case(rng), matmul_case(rng, dtype="fp32")):
+        outs = [np.empty(o.shape, inputs[0].dtype) for o in kernel.outputs]
         outs32 = [np.empty(o.shape, np.float32) for o in kernel.outputs]
         inputs32 = [a.astype(np.float32) for a in inputs]
         native = kernel._native
@@ -119,7 +121,7 @@ def main():
         rows.append((name, t_api, t_eval, t_blas, flops, err, m_api, m_eval, m_blas))
     print()
     print("median of interleaved runs (min in the second table: least disturbed by other load)")
-    header = (f"{'kernel':36s} {'api ms':>8s} {'eval ms':>8s} {'blas ms':>8s} {'eval/blas':>9s} {'api/blas':>9s} "
+    header = (f"{'kernel':41s} {'api ms':>8s} {'eval ms':>8s} {'blas ms':>8s} {'eval/blas':>9s} {'api/blas':>9s} "
               f"{'eval GF/s':>9s} {'blas GF/s':>9s}")
     for label, sel in (("median", (1, 2, 3)), ("min", (6, 7, 8))):
         print(f"\n[{label}]")
@@ -127,11 +129,11 @@ def main():
         for r in rows:
             name, flops = r[0], r[4]
             t_api, t_eval, t_blas = (r[i] for i in sel)
-            print(f"{name:36s} {t_api * 1e3:8.3f} {t_eval * 1e3:8.3f} {t_blas * 1e3:8.3f} {t_eval / t_blas:9.3f} "
+            print(f"{name:41s} {t_api * 1e3:8.3f} {t_eval * 1e3:8.3f} {t_blas * 1e3:8.3f} {t_eval / t_blas:9.3f} "
                   f"{t_api / t_blas:9.3f} {flops / t_eval / 1e9:9.1f} {flops / t_blas / 1e9:9.1f}")
     print()
     for r in rows:
-        print(f"{r[0]}: max |ref - fp32 numpy| = {r[5]:.4f} (fp16 output rounding)")
+        print(f"{r[0]}: max |ref - fp32 numpy| = {r[5]:.4f}")
     for name, med, mn in trainer:
         print(f"{name}: eval with float32 I/O buffers (the trainer's path) / blas: median {med:.3f}, min {mn:.3f}")
     worst = max(r[2] / r[3] for r in rows)

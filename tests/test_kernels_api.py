@@ -147,3 +147,25 @@ def test_returned_outputs_also_read_later_or_returned_twice(rng):
         np.testing.assert_array_equal(outs[3], b.astype(out_dtype))
         np.testing.assert_array_equal(outs[4], x.astype(out_dtype))
         np.testing.assert_allclose(outs[5].astype(np.float32), c.astype(np.float32), rtol=1e-3)
+
+
+@pytest.mark.parametrize("op", ["matmul", "conv", "softmax", "sdpa", "silu"])
+def test_fp16_and_fp32_output_buffers_agree(op, rng):
+    """Ops write returned outputs straight into the caller's buffer: an fp32 buffer must receive
+    exactly the fp16-rounded values an fp16 buffer receives."""
+    x = rng.standard_normal((1, 4, 1, 6)).astype(np.float16)
+    body = {
+        "matmul": [f'{ttype("fp16", (1, 4, 6, 1))} t = transpose(x = x, perm = tensor<int32, [4]>([0, 1, 3, 2]))[name = string("t")];',
+                   f'{ttype("fp16", (1, 4, 1, 1))} y = matmul(x = x, y = t)[name = string("y")];'],
+        "conv": [f'{ttype("fp16", (3, 4, 1, 1))} W = const()[name = string("W"), val = {ttype("fp16", (3, 4, 1, 1))}([1, 2, 3, 4, 0.5, 0.25, 0.125, 1, -1, -2, 3, 0.1])];',
+                 f'{ttype("fp16", (1, 3, 1, 6))} y = conv(x = x, weight = W)[name = string("y")];'],
+        "softmax": [f'{ttype("fp16", (1, 4, 1, 6))} y = softmax(x = x, axis = int32(1))[name = string("y")];'],
+        "sdpa": [f'{ttype("fp16", (1, 4, 1, 6))} y = scaled_dot_product_attention(query = x, key = x, value = x)[name = string("y")];'],
+        "silu": [f'{ttype("fp16", (1, 4, 1, 6))} y = silu(x = x)[name = string("y")];'],
+    }[op]
+    k = K.compile(program([("x", "fp16", (1, 4, 1, 6))], body, ["y"]))
+    o16 = np.empty(k.outputs[0].shape, np.float16)
+    o32 = np.empty(k.outputs[0].shape, np.float32)
+    k.eval_into([x], [o16])
+    k.eval_into([x], [o32])
+    np.testing.assert_array_equal(o32, o16.astype(np.float32))

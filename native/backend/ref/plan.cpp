@@ -507,16 +507,12 @@ const Sink* Builder::claim_sink(size_t i) {
     return it->second;
 }
 
-void emit(const Sink* sink, bool round, float* buf, size_t off, size_t n) {
-    if (sink && sink->data) {
-        if (sink->dtype == DType::fp16)
-            fp16::f32_to_f16(buf + off, static_cast<uint16_t*>(sink->data) + off, n);
-        else if (round)
-            fp16::round_f32(buf + off, static_cast<float*>(sink->data) + off, n);
-        else
-            std::memcpy(static_cast<float*>(sink->data) + off, buf + off, n * sizeof(float));
+void emit(const Sink* sink, bool round, float* own, size_t off, size_t n) {
+    if (sink && sink->data && sink->dtype == DType::fp16) {
+        fp16::f32_to_f16(own + off, static_cast<uint16_t*>(sink->data) + off, n);
     } else if (round) {
-        fp16::round_f32(buf + off, buf + off, n);
+        float* p = target(sink, own) + off;
+        fp16::round_f32(p, p, n);
     }
 }
 

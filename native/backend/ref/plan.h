@@ -74,9 +74,14 @@ struct Sink {
     DType dtype = DType::fp32;
     bool claimed = false;  // an op writes it (set at compile time by Builder::claim_sink)
 };
-// Finish elements [off, off + n) of a float op output `buf`: round to fp16 when `round`, and
-// deliver to the sink when there is one (an fp16 sink rounds by conversion).
-void emit(const Sink* sink, bool round, float* buf, size_t off, size_t n);
+// Where a float op writes its output: straight into the caller's buffer when an fp32 sink is
+// bound, else into its own buffer `own`.
+inline float* target(const Sink* sink, float* own) {
+    return sink && sink->data && sink->dtype == DType::fp32 ? static_cast<float*>(sink->data) : own;
+}
+// Finish elements [off, off + n) after the op wrote them to target(sink, own): round to fp16
+// when `round`, and convert into an fp16 sink (conversion rounds).
+void emit(const Sink* sink, bool round, float* own, size_t off, size_t n);
 
 // Strided copy of src into dst (same storage type), dst described by its own strides.
 void copy_strided(const View& src, void* dst, const Shape& dst_strides);

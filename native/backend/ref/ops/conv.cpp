@@ -128,10 +128,11 @@ void build_conv(Builder& b) {
     const Sink* sink = b.claim_sink(0);
     b.add_step([=] {
         const int64_t kk = g.cin_g() * g.k_size(), osz = g.out_size();
+        float* dst = target(sink, out.f());
         for (int64_t n = 0; n < g.n; ++n) {
             for (int64_t gi = 0; gi < g.groups; ++gi) {
                 const float* xs = x.f() + (n * g.cin + gi * g.cin_g()) * g.in_size();
-                float* ys = out.f() + (n * g.cout + gi * g.cout_g()) * osz;
+                float* ys = dst + (n * g.cout + gi * g.cout_g()) * osz;
                 const float* ws = w.f() + gi * g.cout_g() * kk;
                 const float* cols = xs;
                 if (!pointwise) {
@@ -143,7 +144,7 @@ void build_conv(Builder& b) {
                 else if (osz > 0 && g.cout_g() > 0)
                     blas::sgemm(false, false, int(g.cout_g()), int(osz), int(kk), 1.0f, ws, int(kk), cols, int(osz), 0.0f, ys, int(osz));
             }
-            float* y = out.f() + n * g.cout * osz;
+            float* y = dst + n * g.cout * osz;
             if (bv.data)
                 for (int64_t c = 0; c < g.cout; ++c)
                     for (int64_t i = 0; i < osz; ++i) y[c * osz + i] += bv.f()[c];

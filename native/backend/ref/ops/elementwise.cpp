@@ -43,8 +43,10 @@ void plan_binary(Builder& b, const View& x, const View& y, const View& out, F f)
     const Sink* sink = std::is_same_v<T, float> ? b.claim_sink(0) : nullptr;
     b.add_step([L, xp, yp, zp, f, round, sink] {
         const int64_t n = L.inner();
+        T* zt = zp;
+        if constexpr (std::is_same_v<T, float>) zt = target(sink, zp);
         parallel_rows(L.rows(), n, [&](int64_t r0, int64_t r1) {
-            binary_rows<T>(L, xp, yp, zp, f, r0, r1);
+            binary_rows<T>(L, xp, yp, zt, f, r0, r1);
             if constexpr (std::is_same_v<T, float>) emit(sink, round, zp, size_t(r0 * n), size_t((r1 - r0) * n));
         });
     });
@@ -105,10 +107,11 @@ void plan_unary(Builder& b, const View& x, const View& out, F f) {
     const Sink* sink = b.claim_sink(0);
     b.add_step([L, xp, zp, f, round, sink] {
         const int64_t n = L.inner(), sx = L.strides[0].back();
+        float* zt = target(sink, zp);
         parallel_rows(L.rows(), n, [&](int64_t r0, int64_t r1) {
             for_rows<2>(L, r0, r1, [&](const int64_t* off) {
                 const float* a = xp + off[0];
-                float* o = zp + off[1];
+                float* o = zt + off[1];
                 if (sx == 1)
                     for (int64_t i = 0; i < n; ++i) o[i] = f(a[i]);
                 else

@@ -117,8 +117,9 @@ void build_matmul(Builder& b) {
     const Sink* sink = b.claim_sink(0);
     b.add_step([=] {
         const size_t mn = size_t(M * N);
+        float* dst = target(sink, op);
         for (size_t i = 0; i < xo.size(); ++i) {
-            float* c = op + i * mn;
+            float* c = dst + i * mn;
             if (K == 0)
                 std::memset(c, 0, mn * sizeof(float));
             else if (mn)
@@ -191,7 +192,7 @@ void build_sdpa(Builder& b) {
                     }
             }
             for (int64_t l = 0; l < L; ++l) softmax_row(sc + l * S, S);
-            float* o = out.f() + i * L * EV;
+            float* o = target(sink, out.f()) + i * L * EV;
             blas::sgemm(false, false, int(L), int(EV), int(S), 1.0f, sc, int(S), v.f() + i * S * EV, int(EV), 0.0f, o, int(EV));
             emit(sink, round, out.f(), size_t(i * L * EV), size_t(L * EV));
         }

@@ -45,7 +45,8 @@ void build_softmax(Builder& b) {
     const Sink* sink = b.claim_sink(0);
     b.add_step([=] {
         parallel_rows(outer, n * inner, [&](int64_t r0, int64_t r1) {
-            for (int64_t r = r0; r < r1; ++r) softmax_block(x.f() + r * n * inner, out.f() + r * n * inner, n, inner);
+            float* y = target(sink, out.f());
+            for (int64_t r = r0; r < r1; ++r) softmax_block(x.f() + r * n * inner, y + r * n * inner, n, inner);
             emit(sink, round, out.f(), size_t(r0 * n * inner), size_t((r1 - r0) * n * inner));
         });
     });
