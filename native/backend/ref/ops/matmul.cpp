@@ -143,6 +143,8 @@ void build_sdpa(Builder& b) {
     const int64_t L = q0.shape[r - 2], E = q0.shape[r - 1], S = k0.shape[r - 2], EV = v0.shape[r - 1];
     if (k0.shape[r - 1] != E) b.fail("key's last dimension must equal query's (" + std::to_string(E) + ")");
     if (v0.shape[r - 2] != S) b.fail("value's sequence dimension must equal key's (" + std::to_string(S) + ")");
+    if (L < 1 || E < 1 || S < 1 || EV < 1) b.fail("query, key and value must have non-empty matrix dimensions");
+    if (L > INT_MAX || E > INT_MAX || S > INT_MAX || EV > INT_MAX) b.fail("matrix dimensions exceed the BLAS int range");
     Shape scores_shape = batch;
     scores_shape.push_back(L);
     scores_shape.push_back(S);
