@@ -500,3 +500,14 @@ def test_transpose_slice_reshape_chain(shape, data):
     got_r, got_y = run(program([("x", "fp16", shape)], body, ["r", "y"]), x)
     np.testing.assert_array_equal(got_r, r)
     np.testing.assert_array_equal(got_y, f16(r.astype(np.float32) * 3))
+
+
+def test_exp_accuracy_and_special_values_fp32():
+    x = np.concatenate([np.linspace(-87, 88, 20001, dtype=np.float32),
+                        np.array([0.0, -0.0, 1e-30, -1e-30, -87.5, -100.0, -np.inf, 88.5, 100.0, np.inf, np.nan], np.float32)])
+    got = run(unary_program("exp", x.shape, "fp32"), x)
+    want = np.exp(x.astype(np.float64))
+    finite = np.isfinite(want) & (want < 1.7e38) & (x >= -87) & (x <= 88)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=3e-7)
+    assert got[x == -np.inf][0] == 0 and got[x == -100][0] == 0 and got[x == np.inf][0] == np.inf
+    assert np.isnan(got[-1])

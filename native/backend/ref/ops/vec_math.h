@@ -12,7 +12,8 @@ namespace anetrain::backend::ref {
 // branch-free so loops over it vectorise. x > 88 gives +inf, x < -87 gives 0, NaN stays NaN.
 inline float fast_exp(float x) {
     const float lo = x < -87.0f ? -87.0f : x;
-    const float xc = lo > 88.0f ? 88.0f : lo;
+    const float hi = lo > 88.0f ? 88.0f : lo;
+    const float xc = x == x ? hi : 0.0f;  // NaN is restored at the end; keeps n in [-126, 127]
     const float magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting rounds to an integer
     const float n = (xc * 1.44269504088896341f + magic) - magic;
     const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
@@ -23,7 +24,7 @@ inline float fast_exp(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     const float y = p * r * r + r + 1.0f;
-    const int32_t bits = (int32_t(n) + 127) << 23;
+    const int32_t bits = int32_t(uint32_t(int32_t(n) + 127) << 23);
     float scale;
     std::memcpy(&scale, &bits, sizeof scale);
     float out = y * scale;
