@@ -31,19 +31,21 @@ def blob_file(a):
     return header + meta + data
 
 
-def timed(fns, reps, warmup=3):
-    """Interleaved timing of several callables (so machine load hits them alike):
-    per callable (median, min) seconds."""
+def timed(fns, reps, rounds=7, warmup=3):
+    """Per callable (median, min) over `rounds` of the mean time of `reps` back-to-back calls.
+    Callables take turns round by round, so machine load hits them alike, while each one's
+    calls run back to back (no cache or thread-state interference between them)."""
     for fn in fns:
         for _ in range(warmup):
             fn()
-    times = [[] for _ in fns]
-    for _ in range(reps):
+    means = [[] for _ in fns]
+    for _ in range(rounds):
         for i, fn in enumerate(fns):
             t = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - t)
-    return [(float(np.median(t)), float(np.min(t))) for t in times]
+            for _ in range(reps):
+                fn()
+            means[i].append((time.perf_counter() - t) / reps)
+    return [(float(np.median(m)), float(np.min(m))) for m in means]
 
 
 def linear_case(rng, C=768, O=2048, S=256):
@@ -99,7 +101,8 @@ def matmul_case(rng, H=12, S=256, D=64, dtype="fp16"):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=30, help="timed repetitions per measurement (median reported)")
+    ap.add_argument("--reps", type=int, default=20, help="back-to-back calls per timing round")
+    ap.add_argument("--rounds", type=int, default=7, help="timing rounds (median and min reported)")
     args = ap.parse_args()
     info = anetrain.info()
     print(f"BLAS: {info['blas']}  core: {info['blas_core']}  blas_threads: {info['blas_threads']}  "
@@ -115,12 +118,13 @@ def main():
         native = kernel._native
         (t_api, m_api), (t_eval, m_eval), (t_blas, m_blas), (t_e32, m_e32) = timed(
             [lambda: kernel(*inputs), lambda: native.eval(inputs, outs), blas, lambda: native.eval(inputs32, outs32)],
-            args.reps)
+            args.reps, args.rounds)
         trainer.append((name, t_e32 / t_blas, m_e32 / m_blas))
         err = check(outs[0])
         rows.append((name, t_api, t_eval, t_blas, flops, err, m_api, m_eval, m_blas))
     print()
-    print("median of interleaved runs (min in the second table: least disturbed by other load)")
+    print(f"{args.rounds} rounds of {args.reps} back-to-back calls each; median and min over rounds "
+          "(min: least disturbed by other load on the machine)")
     header = (f"{'kernel':41s} {'api ms':>8s} {'eval ms':>8s} {'blas ms':>8s} {'eval/blas':>9s} {'api/blas':>9s} "
               f"{'eval GF/s':>9s} {'blas GF/s':>9s}")
     for label, sel in (("median", (1, 2, 3)), ("min", (6, 7, 8))):
