@@ -121,3 +121,51 @@ def test_kernel_is_reusable_and_thread_safe(rng):
         t.join()
     for x, r in zip(xs, results):
         np.testing.assert_array_equal(r, np.maximum(x, 0))
+
+
+def test_returned_outputs_also_read_later_or_returned_twice(rng):
+    """A returned value that later ops also read, one returned twice, a returned view, and an
+    input returned as is: every binding of outputs to caller buffers gives the same values."""
+    x = rng.standard_normal((2, 3)).astype(np.float16)
+    text = program([("x", "fp16", (2, 3))], [
+        f'{ttype("fp16", (2, 3))} a = mul(x = x, y = x)[name = string("a")];',
+        f'{ttype("fp16", (2, 3))} b = add(x = a, y = x)[name = string("b")];',
+        f'{ttype("fp16", (3, 2))} t = transpose(x = b, perm = tensor<int32, [2]>([1, 0]))[name = string("t")];',
+        f'{ttype("fp16", (2, 3))} c = sigmoid(x = x)[name = string("c")];',
+    ], ["a", "b", "t", "b", "x", "c"])
+    k = K.compile(text)
+    x32 = x.astype(np.float32)
+    a = (x32 * x32).astype(np.float16)
+    b = (a.astype(np.float32) + x32).astype(np.float16)
+    c = (1 / (1 + np.exp(-x.astype(np.float64)))).astype(np.float16)
+    for out_dtype in (np.float16, np.float32):
+        outs = [np.full(o.shape, 7, out_dtype) for o in k.outputs]
+        k.eval_into([x], outs)
+        np.testing.assert_array_equal(outs[0], a.astype(out_dtype))
+        np.testing.assert_array_equal(outs[1], b.astype(out_dtype))
+        np.testing.assert_array_equal(outs[2], b.T.astype(out_dtype))
+        np.testing.assert_array_equal(outs[3], b.astype(out_dtype))
+        np.testing.assert_array_equal(outs[4], x.astype(out_dtype))
+        np.testing.assert_allclose(outs[5].astype(np.float32), c.astype(np.float32), rtol=1e-3)
+
+
+@pytest.mark.parametrize("op", ["matmul", "conv", "softmax", "sdpa", "silu"])
+def test_fp16_and_fp32_output_buffers_agree(op, rng):
+    """Ops write returned outputs straight into the caller's buffer: an fp32 buffer must receive
+    exactly the fp16-rounded values an fp16 buffer receives."""
+    x = rng.standard_normal((1, 4, 1, 6)).astype(np.float16)
+    body = {
+        "matmul": [f'{ttype("fp16", (1, 4, 6, 1))} t = transpose(x = x, perm = tensor<int32, [4]>([0, 1, 3, 2]))[name = string("t")];',
+                   f'{ttype("fp16", (1, 4, 1, 1))} y = matmul(x = x, y = t)[name = string("y")];'],
+        "conv": [f'{ttype("fp16", (3, 4, 1, 1))} W = const()[name = string("W"), val = {ttype("fp16", (3, 4, 1, 1))}([1, 2, 3, 4, 0.5, 0.25, 0.125, 1, -1, -2, 3, 0.1])];',
+                 f'{ttype("fp16", (1, 3, 1, 6))} y = conv(x = x, weight = W)[name = string("y")];'],
+        "softmax": [f'{ttype("fp16", (1, 4, 1, 6))} y = softmax(x = x, axis = int32(1))[name = string("y")];'],
+        "sdpa": [f'{ttype("fp16", (1, 4, 1, 6))} y = scaled_dot_product_attention(query = x, key = x, value = x)[name = string("y")];'],
+        "silu": [f'{ttype("fp16", (1, 4, 1, 6))} y = silu(x = x)[name = string("y")];'],
+    }[op]
+    k = K.compile(program([("x", "fp16", (1, 4, 1, 6))], body, ["y"]))
+    o16 = np.empty(k.outputs[0].shape, np.float16)
+    o32 = np.empty(k.outputs[0].shape, np.float32)
+    k.eval_into([x], [o16])
+    k.eval_into([x], [o32])
+    np.testing.assert_array_equal(o32, o16.astype(np.float32))

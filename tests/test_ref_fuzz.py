@@ -42,7 +42,21 @@ def seed_programs():
         'string dt = const()[name = string("dt"), val = string("fp32")];',
         f'{ttype("fp32", (1, 1, 4, 8))} o = cast(x = c, dtype = dt)[name = string("o")];',
     ], ["o"])
-    return [(a, weights), (b, {})]
+    c = program([("q", "fp16", (1, 2, 4, 8)), ("m", "bool", (4, 4))], [
+        f'{ttype("fp16", (1, 2, 4, 8))} o = scaled_dot_product_attention(query = q, key = q, value = q, attn_mask = m)[name = string("o")];',
+        const("b", np.array([0, 1, 3, 0], np.int32)), const("e", np.array([1, 2, 0, 8], np.int32)),
+        const("st", np.array([1, 1, -1, 2], np.int32)), const("sq", np.array([True, False, False, False])),
+        f'{ttype("fp16", (1, 3, 4))} v = slice_by_index(x = o, begin = b, end = e, stride = st, squeeze_mask = sq)[name = string("v")];',
+        'string od = const()[name = string("od"), val = string("int8")];',
+        f'{ttype("int8", (1, 3, 4))} qz = quantize(input = v, scale = fp16(0.05), output_dtype = od)[name = string("qz")];',
+        f'{ttype("fp16", (1, 3, 4))} dq = dequantize(input = qz, scale = fp16(0.05))[name = string("dq")];',
+        f'{ttype("fp16", (1, 1, 4))} mx = reduce_max(x = dq, axes = tensor<int32, [1]>([1]), keep_dims = bool(true))[name = string("mx")];',
+        f'{ttype("fp16", (1, 3, 4))} d = real_div(x = dq, y = mx)[name = string("d")];',
+        f'{ttype("fp16", (1, 3, 4))} r = rsqrt(x = d, epsilon = fp16(0.5))[name = string("r")];',
+        'string i32 = const()[name = string("i32"), val = string("int32")];',
+        f'{ttype("int32", (1, 3, 4))} ci = cast(x = r, dtype = i32)[name = string("ci")];',
+    ], ["o", "ci", "r"])
+    return [(a, weights), (b, {}), (c, {})]
 
 
 def mutate(rng, text, other):
@@ -107,7 +121,7 @@ def test_mutated_programs_never_crash():
     rng = np.random.default_rng(2026)
     seeds = seed_programs()
     outcomes = {}
-    for n in range(4000):
+    for n in range(4500):
         text, weights = seeds[n % len(seeds)]
         other = seeds[(n + 1) % len(seeds)][0]
         mutated = mutate(rng, text, other)

@@ -446,3 +446,68 @@ def test_fp16_rounding_at_every_op_output():
     text = program([("x", "fp16", (1, 4))], body, ["d"])
     np.testing.assert_array_equal(run(text, x), np.zeros((1, 4), np.float16))
     np.testing.assert_array_equal(run(text, x, precision="fp32"), np.full((1, 4), 2.0 ** -11, np.float16))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(1, 9), st.booleans(), st.booleans(), st.booleans())
+def test_matmul_random_shapes(batch, M, K, N, tx, ty, bcast):
+    rng = np.random.default_rng(M * 100 + K * 10 + N)
+    xs = (batch, K, M) if tx else (batch, M, K)
+    ys = (K if not ty else N, N if not ty else K)
+    ys = ys if bcast else (batch,) + ys
+    x = rng.standard_normal(xs).astype(np.float16)
+    y = rng.standard_normal(ys).astype(np.float16)
+    xm = np.swapaxes(x, -1, -2) if tx else x
+    ym = np.swapaxes(y, -1, -2) if ty else y
+    want = np.matmul(xm.astype(np.float64), ym.astype(np.float64))
+    assert_fp16_close(run(matmul_program(xs, ys, want.shape, tx, ty), x, y), f16(want), ulps=1, atol=1e-3)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=4), st.data())
+def test_reduce_random_axes(shape, data):
+    rank = len(shape)
+    axes = data.draw(st.lists(st.integers(-rank, rank - 1), min_size=1, max_size=rank, unique_by=lambda a: a % rank))
+    keep = data.draw(st.booleans())
+    x = np.random.default_rng(rank).standard_normal(shape).astype(np.float32)
+    want = x.astype(np.float64).sum(axis=tuple(axes), keepdims=keep)
+    t = ttype("fp32", want.shape) if want.ndim else "fp32"
+    body = [const("ax", np.array(axes, np.int32)), const("kd", np.bool_(keep)),
+            f'{t} y = reduce_sum(x = x, axes = ax, keep_dims = kd)[name = string("y")];']
+    got = run(program([("x", "fp32", shape)], body, ["y"]), x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 5), min_size=2, max_size=4), st.data())
+def test_transpose_slice_reshape_chain(shape, data):
+    """Views stacked on views: transpose, then slice, then reshape (view or copy), then an op."""
+    rank = len(shape)
+    perm = data.draw(st.permutations(range(rank)))
+    x = np.random.default_rng(rank).standard_normal(shape).astype(np.float16)
+    t = np.transpose(x, perm)
+    begin = [data.draw(st.integers(0, d - 1)) for d in t.shape]
+    size = [data.draw(st.integers(1, d - b)) for d, b in zip(t.shape, begin)]
+    s = t[tuple(slice(b, b + n) for b, n in zip(begin, size))]
+    flat = (-1,) if data.draw(st.booleans()) else (s.shape[0], -1)
+    r = s.reshape(flat)
+    body = [const("pm", np.array(perm, np.int32)), const("b", np.array(begin, np.int32)),
+            const("s", np.array(size, np.int32)), const("sh", np.array(flat, np.int32)),
+            f'{ttype("fp16", t.shape)} t = transpose(x = x, perm = pm)[name = string("t")];',
+            f'{ttype("fp16", s.shape)} v = slice_by_size(x = t, begin = b, size = s)[name = string("v")];',
+            f'{ttype("fp16", r.shape)} r = reshape(x = v, shape = sh)[name = string("r")];',
+            f'{ttype("fp16", r.shape)} y = mul(x = r, y = fp16(3.0))[name = string("y")];']
+    got_r, got_y = run(program([("x", "fp16", shape)], body, ["r", "y"]), x)
+    np.testing.assert_array_equal(got_r, r)
+    np.testing.assert_array_equal(got_y, f16(r.astype(np.float32) * 3))
+
+
+def test_exp_accuracy_and_special_values_fp32():
+    x = np.concatenate([np.linspace(-87, 88, 20001, dtype=np.float32),
+                        np.array([0.0, -0.0, 1e-30, -1e-30, -87.5, -100.0, -np.inf, 88.5, 100.0, np.inf, np.nan], np.float32)])
+    got = run(unary_program("exp", x.shape, "fp32"), x)
+    want = np.exp(x.astype(np.float64))
+    finite = np.isfinite(want) & (want < 1.7e38) & (x >= -87) & (x <= 88)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=3e-7)
+    assert got[x == -np.inf][0] == 0 and got[x == -100][0] == 0 and got[x == np.inf][0] == np.inf
+    assert np.isnan(got[-1])

@@ -139,3 +139,10 @@ def test_redefinition_and_undefined_names_via_compile():
     e = compile_error([f'{ttype("fp16", (2, 4))} y = relu(x = x)[name = string("y")];',
                        f'{ttype("fp16", (2, 4))} y = relu(x = x)[name = string("y2")];'])
     assert e.line == 5 and "'y' is defined twice" in e.problem
+
+
+def test_kernel_buffer_cap():
+    # Six 1 GiB inputs: each within the per-tensor limit, together above the 4 GiB kernel cap.
+    inputs = [(f"x{i}", "fp32", (1 << 28,)) for i in range(6)]
+    e = compile_error([], inputs=inputs, outputs=("x0",))
+    assert "needs more than 4 GiB of buffers" in e.problem

@@ -12,6 +12,7 @@
 namespace anetrain::backend::ref {
 
 constexpr int64_t kMaxElements = int64_t(1) << 28;
+constexpr size_t kMaxKernelBytes = size_t(4) << 30;
 
 bool storable(DType d) {
     switch (d) {
@@ -188,15 +189,35 @@ void convert_into(const View& src, void* dst, DType to, bool round16) {
     }
 }
 
-void* allocate(std::vector<std::unique_ptr<float[]>>& buffers, DType dtype, int64_t numel, int line) {
+void* allocate(Arena& arena, DType dtype, int64_t numel, int line) {
     if (!storable(dtype))
         throw mil::MilError(line, std::string("dtype ") + mil::dtype_name(dtype) + " tensors are not supported by the ref backend");
-    if (numel > kMaxElements)
+    if (numel < 0 || numel > kMaxElements)
         throw mil::MilError(line, "tensor of " + std::to_string(numel) + " elements exceeds the ref backend's limit of " +
                                       std::to_string(kMaxElements) + " elements per tensor");
     size_t bytes = size_t(std::max<int64_t>(numel, 1)) * store_size(store_of(dtype));
-    buffers.emplace_back(new float[(bytes + 3) / 4 + 16]());
-    return buffers.back().get();
+    if (arena.bytes + bytes > kMaxKernelBytes)
+        throw mil::MilError(line, "the kernel needs more than " + std::to_string(kMaxKernelBytes >> 30) +
+                                      " GiB of buffers, the ref backend's limit; split the program");
+    void* p = std::calloc(bytes + 64, 1);
+    if (!p) throw mil::MilError(line, "out of memory allocating " + std::to_string(bytes) + " bytes");
+    arena.buffers.emplace_back(p);
+    arena.bytes += bytes;
+    return p;
+}
+
+// Element count of a shape, or -1 when it exceeds the per-tensor limit (no overflow).
+int64_t bounded_numel(const Shape& shape) {
+    int64_t n = 1;
+    for (int64_t d : shape) {
+        if (d < 0) return -1;
+        if (d == 0) return 0;
+    }
+    for (int64_t d : shape) {
+        if (n > kMaxElements / d) return -1;
+        n *= d;
+    }
+    return n;
 }
 
 // ------------------------------------------------------------------------------ literals
@@ -274,9 +295,8 @@ static void fill_from_blob(const View& v, const mil::Literal& lit, int line, con
 }
 
 Value load_literal(const mil::Literal& lit, int line, const Blobs& blobs, bool round16,
-                   std::vector<std::unique_ptr<float[]>>& buffers) {
+                   Arena& buffers) {
     Value val;
-    val.tensor = lit.type.tensor;
     val.is_const = true;
     val.view.dtype = lit.type.dtype;
     val.view.shape = lit.type.shape;
@@ -296,8 +316,9 @@ Value load_literal(const mil::Literal& lit, int line, const Blobs& blobs, bool r
 // ------------------------------------------------------------------------------ Builder
 
 Builder::Builder(const mil::Op& op, std::unordered_map<std::string, Value>& values, std::vector<Step>& steps,
-                 const Blobs& blobs, bool round16, std::vector<std::unique_ptr<float[]>>& buffers)
-    : op_(op), values_(values), steps_(steps), blobs_(blobs), round16_(round16), buffers_(buffers),
+                 const Blobs& blobs, bool round16, Arena& buffers,
+                 const std::unordered_map<std::string, Sink*>& sinks)
+    : op_(op), values_(values), steps_(steps), blobs_(blobs), round16_(round16), buffers_(buffers), sinks_(sinks),
       defined_(op.outputs.size(), false) {}
 
 void Builder::fail(const std::string& msg) const { throw mil::MilError(op_.line, op_.type + ": " + msg); }
@@ -329,6 +350,12 @@ const Value& Builder::value(const char* key) {
 const Value* Builder::optional(const char* key) {
     const mil::Arg* a = lookup(key);
     return a ? &resolve(*a, key) : nullptr;
+}
+
+const View& Builder::tensor(const char* key) {
+    const Value& v = value(key);
+    if (!storable(v.view.dtype)) fail(std::string("argument ") + key + " must be a numeric tensor, got " + mil::dtype_name(v.view.dtype));
+    return v.view;
 }
 
 std::vector<const Value*> Builder::values(const char* key) {
@@ -435,8 +462,8 @@ View Builder::alloc(DType dtype, const Shape& shape) {
     v.dtype = dtype;
     v.shape = shape;
     v.strides = contiguous_strides(shape);
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
+    int64_t n = bounded_numel(shape);
+    if (n < 0) fail("a tensor of shape " + shape_str(shape) + " exceeds the ref backend's limit of " + std::to_string(kMaxElements) + " elements");
     v.data = allocate(buffers_, dtype, n, op_.line);
     return v;
 }
@@ -456,7 +483,6 @@ void Builder::output_view(size_t i, const View& v) {
 
 void Builder::output_value(size_t i, Value v) {
     check_declared(i, v.view.dtype, v.view.shape);
-    v.tensor = op_.output_types[i].tensor;
     values_[op_.outputs[i]] = std::move(v);
     defined_[i] = true;
 }
@@ -474,8 +500,20 @@ View Builder::contiguous(const View& v) {
     return c;
 }
 
-void Builder::round_output(const View& v, float* p, size_t n) const {
-    if (round16_ && v.dtype == DType::fp16) fp16::round_f32(p, p, n);
+const Sink* Builder::claim_sink(size_t i) {
+    auto it = sinks_.find(op_.outputs.at(i));
+    if (it == sinks_.end()) return nullptr;
+    it->second->claimed = true;
+    return it->second;
+}
+
+void emit(const Sink* sink, bool round, float* own, size_t off, size_t n) {
+    if (sink && sink->data && sink->dtype == DType::fp16) {
+        fp16::f32_to_f16(own + off, static_cast<uint16_t*>(sink->data) + off, n);
+    } else if (round) {
+        float* p = target(sink, own) + off;
+        fp16::round_f32(p, p, n);
+    }
 }
 
 void Builder::finish() {

@@ -9,6 +9,7 @@
 // int32 as int32, int8 as int8, uint8 and bool as uint8. A View is shape + strides (in elements)
 // + a pointer, so reshape/transpose/slice/split are views over the producer's buffer.
 #pragma once
+#include <cstdlib>
 #include <functional>
 #include <map>
 #include <memory>
@@ -49,12 +50,38 @@ std::string shape_str(const Shape& s);
 // A named value during compilation.
 struct Value {
     View view;
-    bool tensor = true;              // declared as tensor<...> (false: scalar spelling)
     bool is_const = false;           // produced by const / a literal: contents known at compile time
     std::vector<std::string> strings;  // string constants (no storage)
 };
 
 using Step = std::function<void()>;
+
+// All buffers of one kernel, allocated at compile time (zero-filled), with a size cap so that
+// no program can make the process allocate without bound.
+struct Arena {
+    struct Free {
+        void operator()(void* p) const { std::free(p); }
+    };
+    std::vector<std::unique_ptr<void, Free>> buffers;  // calloc'd: untouched pages cost nothing
+    size_t bytes = 0;
+};
+
+// Where a returned op output goes during one evaluation: the caller's buffer (fp16 or fp32),
+// written by the producing op while its result is still in cache. Only outputs no later op
+// reads are bound this way; the kernel sets `data` before running the plan.
+struct Sink {
+    void* data = nullptr;
+    DType dtype = DType::fp32;
+    bool claimed = false;  // an op writes it (set at compile time by Builder::claim_sink)
+};
+// Where a float op writes its output: straight into the caller's buffer when an fp32 sink is
+// bound, else into its own buffer `own`.
+inline float* target(const Sink* sink, float* own) {
+    return sink && sink->data && sink->dtype == DType::fp32 ? static_cast<float*>(sink->data) : own;
+}
+// Finish elements [off, off + n) after the op wrote them to target(sink, own): round to fp16
+// when `round`, and convert into an fp16 sink (conversion rounds).
+void emit(const Sink* sink, bool round, float* own, size_t off, size_t n);
 
 // Strided copy of src into dst (same storage type), dst described by its own strides.
 void copy_strided(const View& src, void* dst, const Shape& dst_strides);
@@ -66,7 +93,8 @@ void convert_into(const View& src, void* dst, DType to, bool round16);
 class Builder {
 public:
     Builder(const mil::Op& op, std::unordered_map<std::string, Value>& values, std::vector<Step>& steps,
-            const Blobs& blobs, bool round16, std::vector<std::unique_ptr<float[]>>& buffers);
+            const Blobs& blobs, bool round16, Arena& buffers,
+            const std::unordered_map<std::string, Sink*>& sinks);
 
     const mil::Op& op() const { return op_; }
     bool round16() const { return round16_; }
@@ -77,7 +105,7 @@ public:
     const Value& value(const char* key);            // required operand (ref or literal)
     const Value* optional(const char* key);          // nullptr when absent
     std::vector<const Value*> values(const char* key);  // a tuple operand
-    const View& tensor(const char* key) { return value(key).view; }
+    const View& tensor(const char* key);            // a required numeric operand
 
     // Compile-time constants (the operand must be a const or a literal).
     std::vector<int64_t> ints(const char* key);
@@ -103,8 +131,11 @@ public:
     View contiguous(const View& v);
     View alloc(DType dtype, const Shape& shape);  // contiguous scratch/output storage
     void add_step(Step s) { steps_.push_back(std::move(s)); }
-    // Round a contiguous fp16 buffer in place (no-op for other dtypes or in fp32 mode).
-    void round_output(const View& v, float* p, size_t n) const;
+    // Whether a float output of dtype fp16 is rounded in this precision mode.
+    bool rounds(const View& out) const { return round16_ && out.dtype == DType::fp16; }
+    // The sink of float output i when it is returned and read by no later op (else nullptr);
+    // an op that takes it must write every element through emit().
+    const Sink* claim_sink(size_t i);
 
     const Blobs& blobs() const { return blobs_; }
     void finish();  // unknown-argument and output-count checks
@@ -120,7 +151,8 @@ private:
     std::vector<Step>& steps_;
     const Blobs& blobs_;
     bool round16_;
-    std::vector<std::unique_ptr<float[]>>& buffers_;
+    Arena& buffers_;
+    const std::unordered_map<std::string, Sink*>& sinks_;
     std::vector<std::string> used_;
     std::vector<bool> defined_;
     std::vector<std::unique_ptr<Value>> temps_;  // literal operands
@@ -128,8 +160,9 @@ private:
 
 // Load a literal (inline numbers or a BLOBFILE) into a new constant value.
 Value load_literal(const mil::Literal& lit, int line, const Blobs& blobs, bool round16,
-                   std::vector<std::unique_ptr<float[]>>& buffers);
-void* allocate(std::vector<std::unique_ptr<float[]>>& buffers, DType dtype, int64_t numel, int line);
+                   Arena& buffers);
+void* allocate(Arena& buffers, DType dtype, int64_t numel, int line);
+int64_t bounded_numel(const Shape& shape);  // -1 above the per-tensor limit
 
 using BuildFn = void (*)(Builder&);
 const std::map<std::string, BuildFn>& registry();

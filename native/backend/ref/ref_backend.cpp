@@ -2,6 +2,7 @@
 #include "backend/ref/ref_backend.h"
 
 #include <cstring>
+#include <functional>
 
 #include "backend/ref/plan.h"
 #include "core/fp16.h"
@@ -39,7 +40,6 @@ public:
         std::unordered_map<std::string, Value> values;
         for (const auto& p : f.inputs) {
             Value v;
-            v.tensor = p.type.tensor;
             v.view.dtype = p.type.dtype;
             v.view.shape = p.type.shape;
             v.view.strides = contiguous_strides(p.type.shape);
@@ -47,15 +47,17 @@ public:
             in_views_.push_back(v.view);
             values[p.name] = v;
         }
+        std::unordered_map<std::string, Sink*> sinks = bind_sinks(f);
         const auto& ops = registry();
         for (const auto& op : f.ops) {
             auto it = ops.find(op.type);
             if (it == ops.end()) throw mil::MilError(op.line, "unknown op '" + op.type + "' (the ref backend does not implement it)");
-            Builder b(op, values, steps_, blobs, round16, buffers_);
+            Builder b(op, values, steps_, blobs, round16, buffers_, sinks);
             it->second(b);
             b.finish();
         }
-        for (const auto& name : f.outputs) {
+        for (size_t i = 0; i < f.outputs.size(); ++i) {
+            const std::string& name = f.outputs[i];
             const Value& v = values.at(name);
             if (v.view.dtype == DType::string || !storable(v.view.dtype))
                 throw mil::MilError(f.outputs_line, "returned value '" + name + "' must be a numeric tensor");
@@ -71,18 +73,60 @@ public:
             check_host_tensors(inputs_, in, "input");
             check_host_tensors(outputs_, out, "output");
             for (size_t i = 0; i < in.size(); ++i) load_input(in_views_[i], in[i]);
+            for (size_t i = 0; i < out.size(); ++i)
+                if (sinks_[i]) {
+                    sinks_[i]->data = out[i].data;
+                    sinks_[i]->dtype = out[i].dtype;
+                }
             for (const auto& step : steps_) step();
-            for (size_t i = 0; i < out.size(); ++i) store_output(out_views_[i], scratch_[i], out[i]);
+            for (size_t i = 0; i < out.size(); ++i)
+                if (!sinks_[i] || !sinks_[i]->claimed) store_output(out_views_[i], scratch_[i], out[i]);
         } catch (const BackendError&) {
+            unbind_sinks();
             poison_outputs(out);
             throw;
         } catch (const std::exception& e) {
+            unbind_sinks();
             poison_outputs(out);
             throw BackendError(std::string("ref evaluation failed: ") + e.what());
         }
+        unbind_sinks();
     }
 
 private:
+    // Sinks for returned op outputs that no later op reads (returned once, float, produced by
+    // a statement): the producing op writes them straight into the caller's buffer.
+    std::unordered_map<std::string, Sink*> bind_sinks(const mil::Function& f) {
+        std::unordered_map<std::string, int> returned, read;
+        for (const auto& name : f.outputs) ++returned[name];
+        std::function<void(const mil::Arg&)> mark = [&](const mil::Arg& a) {
+            if (a.kind == mil::Arg::Kind::Ref) ++read[a.ref];
+            for (const auto& item : a.items) mark(item);
+        };
+        for (const auto& op : f.ops) {
+            for (const auto& kv : op.args) mark(kv.second);
+            for (const auto& kv : op.attrs) mark(kv.second);
+        }
+        std::unordered_map<std::string, Sink*> sinks;
+        sinks_.resize(f.outputs.size());
+        for (const auto& op : f.ops)
+            for (size_t j = 0; j < op.outputs.size(); ++j) {
+                const std::string& name = op.outputs[j];
+                if (returned[name] != 1 || read.count(name) || !mil::is_float(op.output_types[j].dtype)) continue;
+                for (size_t i = 0; i < f.outputs.size(); ++i)
+                    if (f.outputs[i] == name) {
+                        sinks_[i] = std::make_unique<Sink>();
+                        sinks[name] = sinks_[i].get();
+                    }
+            }
+        return sinks;
+    }
+
+    void unbind_sinks() {
+        for (auto& s : sinks_)
+            if (s) s->data = nullptr;
+    }
+
     void load_input(const View& v, const HostTensor& h) {
         size_t n = size_t(h.numel);
         if (v.dtype == DType::fp16 && h.dtype == DType::fp16) {
@@ -110,10 +154,11 @@ private:
 
     bool round16_;
     std::mutex mu_;
-    std::vector<std::unique_ptr<float[]>> buffers_;
+    Arena buffers_;
     std::vector<Step> steps_;
     std::vector<View> in_views_, out_views_;
     std::vector<void*> scratch_;
+    std::vector<std::unique_ptr<Sink>> sinks_;  // per returned output; null when not bindable
 };
 
 class RefBackend : public Backend {

@@ -8,7 +8,6 @@
 
 #include "backend/ref/plan.h"
 #include "core/blas.h"
-#include "core/fp16.h"
 
 namespace anetrain::backend::ref {
 
@@ -125,13 +124,15 @@ void build_conv(Builder& b) {
     View bv = bias ? b.contiguous(bias->view) : View{};
     const bool pointwise = g.pointwise();
     float* col = pointwise ? nullptr : b.alloc(DType::fp32, {g.cin_g() * g.k_size(), g.out_size()}).f();
-    const bool round = b.round16() && out.dtype == DType::fp16;
+    const bool round = b.rounds(out);
+    const Sink* sink = b.claim_sink(0);
     b.add_step([=] {
         const int64_t kk = g.cin_g() * g.k_size(), osz = g.out_size();
-        for (int64_t n = 0; n < g.n; ++n)
+        float* dst = target(sink, out.f());
+        for (int64_t n = 0; n < g.n; ++n) {
             for (int64_t gi = 0; gi < g.groups; ++gi) {
                 const float* xs = x.f() + (n * g.cin + gi * g.cin_g()) * g.in_size();
-                float* ys = out.f() + (n * g.cout + gi * g.cout_g()) * osz;
+                float* ys = dst + (n * g.cout + gi * g.cout_g()) * osz;
                 const float* ws = w.f() + gi * g.cout_g() * kk;
                 const float* cols = xs;
                 if (!pointwise) {
@@ -143,16 +144,12 @@ void build_conv(Builder& b) {
                 else if (osz > 0 && g.cout_g() > 0)
                     blas::sgemm(false, false, int(g.cout_g()), int(osz), int(kk), 1.0f, ws, int(kk), cols, int(osz), 0.0f, ys, int(osz));
             }
-        const int64_t total = g.n * g.cout * osz;
-        float* y = out.f();
-        if (bv.data) {
-            for (int64_t nc = 0; nc < g.n * g.cout; ++nc) {
-                const float bb = bv.f()[nc % g.cout];
-                float* row = y + nc * osz;
-                for (int64_t i = 0; i < osz; ++i) row[i] += bb;
-            }
+            float* y = dst + n * g.cout * osz;
+            if (bv.data)
+                for (int64_t c = 0; c < g.cout; ++c)
+                    for (int64_t i = 0; i < osz; ++i) y[c * osz + i] += bv.f()[c];
+            emit(sink, round, out.f(), size_t(n * g.cout * osz), size_t(g.cout * osz));
         }
-        if (round) fp16::round_f32(y, y, size_t(total));
     });
 }
 

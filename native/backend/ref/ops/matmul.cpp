@@ -6,9 +6,9 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend/ref/ops/vec_math.h"
 #include "backend/ref/plan.h"
 #include "core/blas.h"
-#include "core/fp16.h"
 
 namespace anetrain::backend::ref {
 
@@ -113,34 +113,20 @@ void build_matmul(Builder& b) {
     const float* xp = xm.f();
     const float* yp = ym.f();
     float* op = out.f();
-    const bool round = b.round16() && out.dtype == DType::fp16;
+    const bool round = b.rounds(out);
+    const Sink* sink = b.claim_sink(0);
     b.add_step([=] {
         const size_t mn = size_t(M * N);
+        float* dst = target(sink, op);
         for (size_t i = 0; i < xo.size(); ++i) {
-            float* c = op + i * mn;
+            float* c = dst + i * mn;
             if (K == 0)
                 std::memset(c, 0, mn * sizeof(float));
             else if (mn)
                 blas::sgemm(la.trans, lb.trans, int(M), int(N), int(K), 1.0f, xp + xo[i], la.ld, yp + yo[i], lb.ld, 0.0f, c, int(N));
-            if (round) fp16::round_f32(c, c, mn);
+            emit(sink, round, op, i * mn, mn);
         }
     });
-}
-
-// softmax over each row of a contiguous [rows, n] block, in place, fp32 accumulation.
-void softmax_rows(float* p, int64_t rows, int64_t n) {
-    for (int64_t r = 0; r < rows; ++r) {
-        float* row = p + r * n;
-        float mx = -INFINITY;
-        for (int64_t i = 0; i < n; ++i) mx = std::max(mx, row[i]);
-        float sum = 0.0f;
-        for (int64_t i = 0; i < n; ++i) {
-            row[i] = std::exp(row[i] - mx);
-            sum += row[i];
-        }
-        const float inv = 1.0f / sum;
-        for (int64_t i = 0; i < n; ++i) row[i] *= inv;
-    }
 }
 
 void build_sdpa(Builder& b) {
@@ -157,6 +143,8 @@ void build_sdpa(Builder& b) {
     const int64_t L = q0.shape[r - 2], E = q0.shape[r - 1], S = k0.shape[r - 2], EV = v0.shape[r - 1];
     if (k0.shape[r - 1] != E) b.fail("key's last dimension must equal query's (" + std::to_string(E) + ")");
     if (v0.shape[r - 2] != S) b.fail("value's sequence dimension must equal key's (" + std::to_string(S) + ")");
+    if (L < 1 || E < 1 || S < 1 || EV < 1) b.fail("query, key and value must have non-empty matrix dimensions");
+    if (L > INT_MAX || E > INT_MAX || S > INT_MAX || EV > INT_MAX) b.fail("matrix dimensions exceed the BLAS int range");
     Shape scores_shape = batch;
     scores_shape.push_back(L);
     scores_shape.push_back(S);
@@ -182,7 +170,8 @@ void build_sdpa(Builder& b) {
     int64_t nb = 1;
     for (int64_t d : batch) nb *= d;
     const float scale = 1.0f / std::sqrt(float(E));
-    const bool round = b.round16() && out.dtype == DType::fp16;
+    const bool round = b.rounds(out);
+    const Sink* sink = b.claim_sink(0);
     b.add_step([=] {
         float* sc = scores.f();
         for (int64_t i = 0; i < nb; ++i) {
@@ -204,10 +193,10 @@ void build_sdpa(Builder& b) {
                         }
                     }
             }
-            softmax_rows(sc, L, S);
-            float* o = out.f() + i * L * EV;
+            for (int64_t l = 0; l < L; ++l) softmax_row(sc + l * S, S);
+            float* o = target(sink, out.f()) + i * L * EV;
             blas::sgemm(false, false, int(L), int(EV), int(S), 1.0f, sc, int(S), v.f() + i * S * EV, int(EV), 0.0f, o, int(EV));
-            if (round) fp16::round_f32(o, o, size_t(L * EV));
+            emit(sink, round, out.f(), size_t(i * L * EV), size_t(L * EV));
         }
     });
 }

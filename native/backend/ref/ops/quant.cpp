@@ -107,7 +107,7 @@ void build_dequantize(Builder& b) {
     AxisParams p = axis_params(b, q, "scale", false);
     if (p.zero.data && p.zero.dtype != q.dtype) b.fail(std::string("zero_point must be ") + mil::dtype_name(q.dtype) + " like input");
     View out = b.output(0, p.scale.dtype, q.shape);
-    const bool round = b.round16() && out.dtype == DType::fp16;
+    const bool round = b.rounds(out);
     b.add_step([q, p, out, round] { dequantize_into(q, p, out, round); });
 }
 
@@ -123,7 +123,7 @@ void build_constexpr_affine_dequantize(Builder& b) {
     Value out;
     out.is_const = true;
     out.view = b.alloc(p.scale.dtype, q.shape);
-    dequantize_into(q, p, out.view, b.round16() && out.view.dtype == DType::fp16);
+    dequantize_into(q, p, out.view, b.rounds(out.view));
     b.output_value(0, out);
 }
 

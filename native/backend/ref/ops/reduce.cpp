@@ -46,7 +46,7 @@ void build_reduce(Builder& b, Red kind) {
     View out = b.output(0, x.dtype, out_shape);
     Loop L = make_loop(x.shape, {x.strides, acc_strides});
     const int64_t out_n = out.numel();
-    const bool round = b.round16() && out.dtype == DType::fp16;
+    const bool round = b.rounds(out);
     b.add_step([=] {
         float* o = out.f();
         const float init = kind == Red::max ? -std::numeric_limits<float>::infinity() : 0.0f;

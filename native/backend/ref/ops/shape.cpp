@@ -65,6 +65,7 @@ void build_reshape(Builder& b) {
             continue;
         }
         if (d < 0) b.fail("shape entry " + std::to_string(spec[i]) + " is invalid");
+        if (d > 0 && known > (int64_t(1) << 48) / d) b.fail("shape " + shape_str(Shape(spec.begin(), spec.end())) + " has too many elements");
         shape[i] = d;
         known *= d;
     }

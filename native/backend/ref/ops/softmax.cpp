@@ -2,8 +2,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend/ref/ops/vec_math.h"
 #include "backend/ref/plan.h"
-#include "core/fp16.h"
 
 namespace anetrain::backend::ref {
 
@@ -11,12 +11,17 @@ namespace {
 
 // Softmax along the middle axis of a contiguous [outer, n, inner] block.
 void softmax_block(const float* x, float* y, int64_t n, int64_t inner) {
+    if (inner == 1) {
+        std::memcpy(y, x, size_t(n) * sizeof(float));
+        softmax_row(y, n);
+        return;
+    }
     for (int64_t j = 0; j < inner; ++j) {
         float mx = -INFINITY;
         for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i * inner + j]);
         float sum = 0.0f;
         for (int64_t i = 0; i < n; ++i) {
-            float e = std::exp(x[i * inner + j] - mx);
+            float e = fast_exp(x[i * inner + j] - mx);
             y[i * inner + j] = e;
             sum += e;
         }
@@ -36,12 +41,13 @@ void build_softmax(Builder& b) {
     for (int64_t i = 0; i < axis; ++i) outer *= x.shape[size_t(i)];
     for (size_t i = size_t(axis) + 1; i < x.rank(); ++i) inner *= x.shape[i];
     const int64_t n = x.shape[size_t(axis)];
-    const bool round = b.round16() && out.dtype == DType::fp16;
+    const bool round = b.rounds(out);
+    const Sink* sink = b.claim_sink(0);
     b.add_step([=] {
         parallel_rows(outer, n * inner, [&](int64_t r0, int64_t r1) {
-            for (int64_t r = r0; r < r1; ++r) softmax_block(x.f() + r * n * inner, out.f() + r * n * inner, n, inner);
-            float* p = out.f() + r0 * n * inner;
-            if (round) fp16::round_f32(p, p, size_t((r1 - r0) * n * inner));
+            float* y = target(sink, out.f());
+            for (int64_t r = r0; r < r1; ++r) softmax_block(x.f() + r * n * inner, y + r * n * inner, n, inner);
+            emit(sink, round, out.f(), size_t(r0 * n * inner), size_t((r1 - r0) * n * inner));
         });
     });
 }
