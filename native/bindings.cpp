@@ -1128,7 +1128,7 @@ void bind_trainer(py::module_& m) {
         .def("timings",
              [](const Trainer& t) {
                  const train::Timings& x = t.timings();
-                 return py::dict(py::arg("kernels_ms") = x.kernels, py::arg("cpu_ops_ms") = x.cpu_ops,
+                 return py::dict(py::arg("kernels_ms") = x.kernels, py::arg("io_ms") = x.io, py::arg("cpu_ops_ms") = x.cpu_ops,
                                  py::arg("dw_ms") = x.dw, py::arg("dw_wait_ms") = x.dw_wait,
                                  py::arg("optimizer_ms") = x.optimizer, py::arg("compile_ms") = x.compile,
                                  py::arg("total_ms") = x.total, py::arg("compiles") = x.compiles,

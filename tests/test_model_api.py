@@ -16,7 +16,7 @@ def test_step_learns_and_reports_timings():
         losses.append(loss)
     assert losses[0] == pytest.approx(np.log(40), rel=0.15)  # near uniform at init
     assert losses[-1] < 0.5 * losses[0]
-    for key in ("kernels_ms", "cpu_ops_ms", "dw_ms", "optimizer_ms", "compile_ms", "total_ms", "grad_norm"):
+    for key in ("kernels_ms", "io_ms", "cpu_ops_ms", "dw_ms", "optimizer_ms", "compile_ms", "total_ms", "grad_norm"):
         assert key in t and t[key] >= 0
     assert t["kernel_evals"] == 2 * 4 * CFG["n_layers"]
     assert m.step_count == 15

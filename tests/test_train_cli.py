@@ -52,7 +52,7 @@ def test_tiny_preset_learns_on_shipped_data(tmp_path):
     steps = records(out, "step")
     assert [r["step"] for r in steps] == list(range(1, 61))
     for r in steps:
-        assert set(r["ms"]) >= {"kernels", "cpu_ops", "optimizer", "compile"} and r["tflops"] > 0
+        assert set(r["ms"]) >= {"kernels", "io", "cpu_ops", "optimizer", "compile"} and r["tflops"] > 0
     assert records(out, "sample") and "sample:" in p.stderr
     assert "TFLOPS" in p.stderr and "compile" in p.stderr  # the efficiency report
     assert os.path.exists(os.path.join(out, "ckpt_00000060.safetensors"))

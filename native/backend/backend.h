@@ -2,6 +2,7 @@
 // A backend is a handful of functions — compile, evaluate, counters/budget, supports() — and
 // nothing else leaks. Implementations: ref (CPU, executes the MIL text), ane (macOS).
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -61,9 +62,22 @@ public:
     // from an earlier evaluation cannot be mistaken for a result.
     virtual void eval(const std::vector<HostTensor>& in, const std::vector<HostTensor>& out) = 0;
 
+    // Milliseconds spent moving data between the caller's buffers and the kernel's own, summed
+    // over evaluations: fp16 conversion into and out of IOSurfaces on the ANE, input rounding
+    // and output copies on ref. The trainer reports it as the step's "fp16 I/O".
+    double io_ms() const { return io_ms_; }
+
 protected:
+    // Adds the lifetime of the scope to io_ms_.
+    struct IoTimer {
+        double& acc;
+        std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+        ~IoTimer() { acc += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(); }
+    };
+
     std::vector<TensorSpec> inputs_, outputs_;
     std::string label_, backend_name_;
+    double io_ms_ = 0;
 };
 
 class Backend {

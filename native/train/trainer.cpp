@@ -214,12 +214,16 @@ void Trainer::ensure_kernels() {
 }
 
 void Trainer::eval(backend::Kernel& k, const std::vector<const float*>& in, const std::vector<float*>& out) {
-    Timer t{t_.kernels};
+    const auto t0 = Clock::now();
+    const double io0 = k.io_ms();
     std::vector<backend::HostTensor> hin, hout;
     for (size_t i = 0; i < in.size(); ++i)
         hin.push_back({const_cast<float*>(in[i]), mil::DType::fp32, k.inputs()[i].numel()});
     for (size_t i = 0; i < out.size(); ++i) hout.push_back({out[i], mil::DType::fp32, k.outputs()[i].numel()});
     k.eval(hin, hout);
+    const double io = k.io_ms() - io0;
+    t_.io += io;
+    t_.kernels += ms_since(t0) - io;
     ++t_.kernel_evals;
 }
 

@@ -38,7 +38,8 @@ struct TrainerOptions {
 
 // Milliseconds spent per part, summed since the last reset.
 struct Timings {
-    double kernels = 0, cpu_ops = 0, dw = 0, dw_wait = 0, optimizer = 0, compile = 0, total = 0;
+    // kernels: evaluations less their fp16 I/O (io), which is counted on its own.
+    double kernels = 0, io = 0, cpu_ops = 0, dw = 0, dw_wait = 0, optimizer = 0, compile = 0, total = 0;
     int64_t compiles = 0, kernel_evals = 0;
 };
 

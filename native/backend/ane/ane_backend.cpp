@@ -70,6 +70,7 @@ size_t AneKernel::add_slot() { return program_->add_slot(); }
 size_t AneKernel::slots() const { return program_->table().slots(); }
 
 void AneKernel::write_input(size_t slot, size_t i, const HostTensor& in) {
+    IoTimer io{io_ms_};
     SurfaceRange r = program_->table().input(slot, i);
     Program::Mapping m = program_->map(r.surface, false);
     write_tensor(inputs_[i], in, static_cast<char*>(m.data()) + r.offset);
@@ -82,6 +83,7 @@ void AneKernel::write_inputs(size_t slot, const std::vector<HostTensor>& in) {
 
 void AneKernel::read_outputs(const std::vector<HostTensor>& out) {
     check_host_tensors(outputs_, out, "output");
+    IoTimer io{io_ms_};
     for (size_t j = 0; j < out.size(); ++j) {
         SurfaceRange r = program_->table().output(j);
         Program::Mapping m = program_->map(r.surface, true);

@@ -72,13 +72,17 @@ public:
         try {
             check_host_tensors(inputs_, in, "input");
             check_host_tensors(outputs_, out, "output");
-            for (size_t i = 0; i < in.size(); ++i) load_input(in_views_[i], in[i]);
+            {
+                IoTimer io{io_ms_};
+                for (size_t i = 0; i < in.size(); ++i) load_input(in_views_[i], in[i]);
+            }
             for (size_t i = 0; i < out.size(); ++i)
                 if (sinks_[i]) {
                     sinks_[i]->data = out[i].data;
                     sinks_[i]->dtype = out[i].dtype;
                 }
             for (const auto& step : steps_) step();
+            IoTimer io{io_ms_};
             for (size_t i = 0; i < out.size(); ++i)
                 if (!sinks_[i] || !sinks_[i]->claimed) store_output(out_views_[i], scratch_[i], out[i]);
         } catch (const BackendError&) {
