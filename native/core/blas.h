@@ -26,12 +26,11 @@ typedef blasint blas_int;
 namespace anetrain::blas {
 std::string library();   // "accelerate" or "scipy-openblas32 <version>"
 std::string core_type(); // OpenBLAS kernel family in use (e.g. "Haswell"); "n/a" for Accelerate
-int threads();           // threads of the pool large products are split across
-void set_threads(int n);  // = threads::set_num_threads
+int threads();           // threads large products use
+void set_threads(int n);
 
-// Row-major C[M,N] = alpha * op(A) op(B) + beta * C, with explicit leading dimensions. OpenBLAS
-// runs single-threaded; products of 4M multiply-adds and more are split into one block per
-// thread of anetrain's pool (Accelerate schedules itself).
+// Row-major C[M,N] = alpha * op(A) op(B) + beta * C, with explicit leading dimensions. Small
+// products (under 4M multiply-adds) run on one BLAS thread.
 void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc);
 }  // namespace anetrain::blas
