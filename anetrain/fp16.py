@@ -17,7 +17,9 @@ def _contiguous(x, dtype, what):
 
 def _target(out, like, dtype):
     if out is None:
-        return np.empty(like.shape, dtype=dtype)
+        # Recycled memory: repeated conversions of same-sized arrays skip the page faults a
+        # fresh allocation costs (anetrain._native.buffer_cache_clear() returns it).
+        return _native.cached_array(np.dtype(dtype), like.shape)
     if not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != like.shape:
         raise ValueError(f"out must be a {np.dtype(dtype).name} array of shape {like.shape}")
     if not out.flags.c_contiguous or not out.flags.writeable:

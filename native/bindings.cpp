@@ -19,6 +19,7 @@
 #include "backend/backend.h"
 #include "backend/ref/ref_backend.h"
 #include "core/blas.h"
+#include "core/buffers.h"
 #include "core/fp16.h"
 #include "core/threads.h"
 #include "mil/blob.h"
@@ -54,7 +55,20 @@ void check_sizes(const py::array& a, const py::array& b) {
                               std::to_string(b.size()));
 }
 
+// A new C-contiguous array whose memory comes from the recycling buffer cache.
+py::array cached_array(const py::dtype& dtype, const std::vector<py::ssize_t>& shape) {
+    size_t n = 1;
+    for (auto d : shape) n *= size_t(d);
+    void* p = buffers::acquire(n * size_t(dtype.itemsize()));
+    py::capsule owner(p, [](void* q) { buffers::release(q); });
+    return py::array(dtype, shape, {}, p, owner);
+}
+
 void bind_core(py::module_& m) {
+    m.def("cached_array", &cached_array, py::arg("dtype"), py::arg("shape"),
+          "An uninitialised C-contiguous array from anetrain's recycling buffer cache.");
+    m.def("buffer_cache_bytes", &buffers::cached_bytes, "Bytes of idle buffers held for reuse.");
+    m.def("buffer_cache_clear", &buffers::clear, "Return every idle cached buffer to the system.");
     m.def(
         "fp16_encode",
         [](const py::array& src, py::array& dst) {

@@ -161,3 +161,31 @@ def test_env_selects_fp16_path(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env,
                          timeout=120)
     assert out.stdout.strip() == "scalar", out.stderr
+
+
+def test_returned_arrays_recycle_memory_without_sharing_it():
+    n = 1 << 20  # 4 MiB of float32: large enough to be cached
+    x = np.arange(n, dtype=np.float32) % 1024  # + 2 stays exact in fp16
+    a = fp16.to_float(fp16.to_half(x))
+    b = fp16.to_float(fp16.to_half(x + 1))
+    assert not np.shares_memory(a, b)  # live arrays never share a buffer
+    np.testing.assert_array_equal(a, x)
+    np.testing.assert_array_equal(b, x + 1)
+    ptr = a.ctypes.data
+    del a
+    c = fp16.to_float(fp16.to_half(x + 2))
+    assert c.ctypes.data == ptr  # the freed buffer was reused ...
+    np.testing.assert_array_equal(c, x + 2)  # ... and fully overwritten
+    assert c.ctypes.data % 64 == 0
+    del b, c
+    assert 0 < anetrain._native.buffer_cache_bytes() <= 256 << 20
+    anetrain._native.buffer_cache_clear()
+    assert anetrain._native.buffer_cache_bytes() == 0
+
+
+def test_buffer_cache_stays_bounded():
+    anetrain._native.buffer_cache_clear()
+    arrays = [fp16.to_float(np.zeros(16 << 20, np.float16)) for _ in range(6)]  # 6 x 64 MiB
+    del arrays
+    assert anetrain._native.buffer_cache_bytes() <= 256 << 20
+    anetrain._native.buffer_cache_clear()
