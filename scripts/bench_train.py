@@ -18,6 +18,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # this checkout's anetrain, in the worker subprocesses too
 PRESETS = {  # llama2.c's shapes
     "stories15M": dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=32000),
     "stories42M": dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=8, vocab_size=32000),
@@ -111,7 +112,6 @@ def main():
         print(json.dumps(fn(**job)))
         return
 
-    sys.path.insert(0, ROOT)
     import anetrain
 
     info = anetrain.info()
