@@ -26,11 +26,12 @@ typedef blasint blas_int;
 namespace anetrain::blas {
 std::string library();   // "accelerate" or "scipy-openblas32 <version>"
 std::string core_type(); // OpenBLAS kernel family in use (e.g. "Haswell"); "n/a" for Accelerate
-int threads();           // threads large products use
-void set_threads(int n);
+int threads();           // threads of the pool large products are split across
+void set_threads(int n);  // = threads::set_num_threads
 
-// Row-major C[M,N] = alpha * op(A) op(B) + beta * C, with explicit leading dimensions. Small
-// products (under 4M multiply-adds) run on one BLAS thread.
+// Row-major C[M,N] = alpha * op(A) op(B) + beta * C, with explicit leading dimensions. OpenBLAS
+// runs single-threaded; products of 4M multiply-adds and more are split into one block per
+// thread of anetrain's pool (Accelerate schedules itself).
 void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc);
 }  // namespace anetrain::blas
