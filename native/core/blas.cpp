@@ -1,8 +1,9 @@
 // The BLAS shim. One thread pool does all of anetrain's parallel CPU work: OpenBLAS itself runs
 // single-threaded, and large products are split into one block per pool thread. OpenBLAS's own
-// threads synchronise by spinning, so next to our pool (and on a busy machine) they fight over
-// the cores: measured here, a 110M-parameter training step varied from 1.5 s to 20 s with both
-// pools active, and small products ran up to 38x slower.
+// threads synchronise by spinning and keep spinning after a product, so next to our pool they
+// fight over the cores. Measured on 2 cores: the same speed when the machine is idle (190
+// GFLOP/s either way), and a Stories15M training step 421-443 ms instead of 585-652 ms while
+// another process competes for the cores.
 #include "core/blas.h"
 
 #include <algorithm>
