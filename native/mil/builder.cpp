@@ -153,11 +153,16 @@ std::string Builder::declare_const(const std::string& hint, const Literal& v) {
         name = "c_int" + (n < 0 ? "_m" + std::to_string(-n) : "_" + std::to_string(n));
     }
     for (int i = 1; std::find(names_.begin(), names_.end(), name) != names_.end(); ++i) name = hint + "_" + std::to_string(i);
-    check_name(name);
-    body_.push_back(type_text(v.type, dialect_.verbose_scalars) + " " + name + " = const()[name = " +
-                    string_literal(name, dialect_.verbose_scalars) + ", val = " + text + "];");
+    const_statement(name, v);
     consts_.emplace_back(text, name);
     return name;
+}
+
+void Builder::const_statement(const std::string& name, const Literal& v) {
+    check_name(name);
+    body_.push_back(type_text(v.type, dialect_.verbose_scalars) + " " + name + " = const()[name = " +
+                    string_literal(name, dialect_.verbose_scalars) + ", val = " +
+                    literal_text(v, dialect_.verbose_scalars) + "];");
 }
 
 std::string Builder::weight(const std::string& name, const Type& t, const std::string& path, uint64_t offset) {
@@ -166,10 +171,7 @@ std::string Builder::weight(const std::string& name, const Type& t, const std::s
     l.is_blob = true;
     l.blob_path = path;
     l.blob_offset = offset;
-    check_name(name);
-    body_.push_back(type_text(t, dialect_.verbose_scalars) + " " + name + " = const()[name = " +
-                    string_literal(name, dialect_.verbose_scalars) + ", val = " + literal_text(l, dialect_.verbose_scalars) +
-                    "];");
+    const_statement(name, l);
     return name;
 }
 
@@ -180,10 +182,7 @@ std::string Builder::constant(const std::string& name, const Type& t, const std:
     Literal l;
     l.type = t;
     l.numbers = values;
-    check_name(name);
-    body_.push_back(type_text(t, dialect_.verbose_scalars) + " " + name + " = const()[name = " +
-                    string_literal(name, dialect_.verbose_scalars) + ", val = " + literal_text(l, dialect_.verbose_scalars) +
-                    "];");
+    const_statement(name, l);
     return name;
 }
 

@@ -77,6 +77,7 @@ public:
 
 private:
     std::string declare_const(const std::string& hint, const Literal& v);
+    void const_statement(const std::string& name, const Literal& v);  // checks the name, appends the line
     std::string operand(const std::string& hint, const Operand& o);
     void check_name(const std::string& name);
 
