@@ -11,7 +11,6 @@ import math
 import numpy as np
 import pytest
 
-import anetrain
 from anetrain import _native
 from anetrain.mil import unpack_weights
 
