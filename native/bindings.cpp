@@ -126,6 +126,26 @@ void bind_core(py::module_& m) {
         },
         py::arg("a"), py::arg("b"), py::arg("trans_a") = false, py::arg("trans_b") = false,
         "C = op(A) @ op(B) through the BLAS shim (float32, C-contiguous inputs).");
+    m.def(
+        "sgemm_batch",
+        [](const py::array& a, const py::array& b) {
+            if (a.ndim() != 3 || b.ndim() != 3 || a.shape(0) != b.shape(0) || a.shape(2) != b.shape(1))
+                throw py::value_error("sgemm_batch takes float32 arrays [batch, M, K] and [batch, K, N]");
+            const int B = int(a.shape(0)), M = int(a.shape(1)), K = int(a.shape(2)), N = int(b.shape(2));
+            const float* A = readable_ptr<float>(a, "a");
+            const float* Bp = readable_ptr<float>(b, "b");
+            py::array_t<float> c({B, M, N});
+            float* C = c.mutable_data();
+            py::gil_scoped_release nogil;
+            threads::parallel_for(size_t(B), 1, [&](size_t b0, size_t e0) {
+                for (size_t i = b0; i < e0; ++i)
+                    blas::sgemm_serial(false, false, M, N, K, 1.f, A + i * size_t(M) * K, K, Bp + i * size_t(K) * N, N,
+                                       0.f, C + i * size_t(M) * N, N);
+            });
+            return c;
+        },
+        py::arg("a"), py::arg("b"),
+        "C[i] = A[i] @ B[i], one product per pool thread on one BLAS thread each (float32, C-contiguous).");
     m.def("blas_set_threads", &blas::set_threads);
     m.def("set_num_threads", &threads::set_num_threads, "Threads used by anetrain's own CPU loops.");
 

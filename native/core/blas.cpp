@@ -63,6 +63,12 @@ int threads() { return threads::num_threads(); }
 
 void set_threads(int n) { threads::set_num_threads(n); }
 
+void sgemm_serial(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+                  int ldb, float beta, float* C, int ldc) {
+    single_threaded_blas();
+    call(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 void sgemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
            float beta, float* C, int ldc) {
 #if defined(ANETRAIN_ACCELERATE)

@@ -34,4 +34,8 @@ void set_threads(int n);  // = threads::set_num_threads
 // thread of anetrain's pool (Accelerate schedules itself).
 void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc);
+// The same on the calling thread only: for callers that parallelise over many products
+// themselves (a batched matmul runs one product per pool thread; one sync instead of one each).
+void sgemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+                  const float* B, int ldb, float beta, float* C, int ldc);
 }  // namespace anetrain::blas

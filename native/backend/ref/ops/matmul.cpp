@@ -9,6 +9,7 @@
 #include "backend/ref/ops/vec_math.h"
 #include "backend/ref/plan.h"
 #include "core/blas.h"
+#include "core/threads.h"
 
 namespace anetrain::backend::ref {
 
@@ -115,17 +116,28 @@ void build_matmul(Builder& b) {
     float* op = out.f();
     const bool round = b.rounds(out);
     const Sink* sink = b.claim_sink(0);
+    // Several products (a batch): one per pool thread, each on one BLAS thread, so the batch
+    // costs one synchronisation instead of one per product. A single product splits itself.
+    const bool by_batch = xo.size() > 1 && threads::num_threads() > 1;
     b.add_step([=] {
         const size_t mn = size_t(M * N);
         float* dst = target(sink, op);
-        for (size_t i = 0; i < xo.size(); ++i) {
+        auto product = [&](size_t i) {
             float* c = dst + i * mn;
             if (K == 0)
                 std::memset(c, 0, mn * sizeof(float));
+            else if (mn && by_batch)
+                blas::sgemm_serial(la.trans, lb.trans, int(M), int(N), int(K), 1.0f, xp + xo[i], la.ld, yp + yo[i], lb.ld, 0.0f, c, int(N));
             else if (mn)
                 blas::sgemm(la.trans, lb.trans, int(M), int(N), int(K), 1.0f, xp + xo[i], la.ld, yp + yo[i], lb.ld, 0.0f, c, int(N));
             emit(sink, round, op, i * mn, mn);
-        }
+        };
+        if (by_batch)
+            threads::parallel_for(xo.size(), 1, [&](size_t b0, size_t e0) {
+                for (size_t i = b0; i < e0; ++i) product(i);
+            });
+        else
+            for (size_t i = 0; i < xo.size(); ++i) product(i);
     });
 }
 
