@@ -248,7 +248,10 @@ def read_config_file(path):
     """A dict from a TOML (``.toml``) or JSON file; UsageError when unreadable."""
     try:
         if path.endswith(".toml"):
-            import tomllib
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python < 3.11: the same parser as a package
+                import tomli as tomllib
             with open(path, "rb") as f:
                 return tomllib.load(f)
         with open(path) as f:
