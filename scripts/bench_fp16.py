@@ -17,16 +17,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import anetrain  # noqa: E402
 from anetrain import fp16  # noqa: E402
-
-
-def best_seconds(fn, repeats):
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+from anetrain.bench import best_seconds  # noqa: E402
 
 
 def main():

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import anetrain  # noqa: E402
 import anetrain.kernels as K  # noqa: E402
 from anetrain import _native  # noqa: E402
+from anetrain.bench import best_seconds  # noqa: E402
 
 
 def blob_file(a):
@@ -47,17 +48,6 @@ def timed(fns, reps, rounds=7, warmup=3):
                 fn()
             means[i].append((time.perf_counter() - t) / reps)
     return [(float(np.median(m)), float(np.min(m))) for m in means]
-
-
-def best_of(fn, n):
-    """The fastest of n calls, in seconds (after one warm-up call)."""
-    fn()
-    best = float("inf")
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def linear_case(rng, C=768, O=2048, S=256):
@@ -112,7 +102,7 @@ def matmul_case(rng, H=12, S=256, D=64, dtype="fp16"):
         _native.sgemm_batch(q_b, k_b)
 
     # the faster of two direct-BLAS strategies for the same products is the reference
-    blas = min((blas_per_head, blas_batched), key=lambda f: best_of(f, 5))
+    blas = min((blas_per_head, blas_batched), key=lambda f: best_seconds(f, 5))
 
     flops = 2.0 * H * S * S * D
     ref = np.stack([q32[h] @ k32[h] for h in range(H)])[None]
