@@ -35,24 +35,17 @@ def _name(name):
     return name[:-len(".weight")] if name.endswith(".weight") else name
 
 
-def make_backend(name="auto", compile_budget=None, precision="fp16"):
-    """A backend object by name: "ref", "ane", or "auto" (the ANE when available, else ref)."""
-    from . import kernels
-
-    return kernels.new_backend(name, compile_budget=compile_budget, precision=precision)
-
-
 class Model:
     """llama2.c's Transformer with its weights, gradients and AdamW state, trained natively."""
 
     def __init__(self, config, backend="auto", pipeline="dynamic", precision="fp16", seed=None, loss_scale=256.0,
                  compile_budget=None, dialect=None):
-        from . import ane
+        from . import ane, kernels
 
         self.config = model_config(config)
         dialect = dialect or ane.dialect_string()  # this Mac's MIL dialect (1.3/ios18 off macOS)
         if isinstance(backend, str):
-            backend = make_backend(backend, compile_budget=compile_budget, precision=precision)
+            backend = kernels.new_backend(backend, compile_budget=compile_budget, precision=precision)
         self.backend = backend
         self._t = _native.Trainer(self.config, getattr(backend, "native", backend), pipeline=pipeline,
                                   precision=precision, dialect=dialect, loss_scale=loss_scale)

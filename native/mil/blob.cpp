@@ -76,22 +76,24 @@ std::string write(const std::vector<Entry>& entries, std::vector<uint64_t>* offs
 
 Record read_record(const std::string& file, uint64_t off) {
     const uint64_t n = file.size();
+    const std::string at = "blob offset " + std::to_string(off);
     if (n < kHeaderBytes || get_u32(file, 4) != kVersion)
         throw std::invalid_argument("not a MIL blob file (version-2 storage header missing)");
-    if (off < kHeaderBytes || off % kAlign != 0 || off > n || n - off < kRecordBytes)
-        throw std::invalid_argument("blob offset " + std::to_string(off) + " is not a 64-byte aligned record inside the " +
-                                    std::to_string(n) + "-byte file");
+    if (off > n || n - off < kRecordBytes)
+        throw std::invalid_argument(at + " is outside the " + std::to_string(n) +
+                                    "-byte file; point offset at a blob's 64-byte metadata record");
     if (get_u32(file, off) != kSentinel)
-        throw std::invalid_argument("no blob record at offset " + std::to_string(off) + " (sentinel 0xDEADBEEF missing)");
+        throw std::invalid_argument(at + " has no 0xDEADBEEF sentinel; offset must point at a blob's 64-byte "
+                                    "metadata record");
+    if (off % kAlign != 0) throw std::invalid_argument(at + " is not 64-byte aligned");
     Record r;
     r.record_offset = off;
     r.dtype = dtype_from_code(get_u32(file, off + 4));
     r.size = get_u64(file, off + 8);
     r.data_offset = get_u64(file, off + 16);
     if (r.data_offset > n || r.size > n - r.data_offset)
-        throw std::invalid_argument("blob at offset " + std::to_string(off) + " claims " + std::to_string(r.size) +
-                                    " data bytes at " + std::to_string(r.data_offset) + ", past the end of the " +
-                                    std::to_string(n) + "-byte file");
+        throw std::invalid_argument(at + ": data at " + std::to_string(r.data_offset) + " (+" + std::to_string(r.size) +
+                                    " bytes) runs past the end of the " + std::to_string(n) + "-byte file");
     return r;
 }
 

@@ -8,6 +8,7 @@
 
 #include "core/fp16.h"
 #include "core/threads.h"
+#include "mil/blob.h"
 
 namespace anetrain::backend::ref {
 
@@ -243,54 +244,33 @@ static void fill_numbers(const View& v, const std::vector<double>& nums, bool ro
     }
 }
 
-static uint64_t read_u64(const std::string& f, uint64_t at) {
-    uint64_t v;
-    std::memcpy(&v, f.data() + at, 8);
-    return v;
-}
-static uint32_t read_u32(const std::string& f, uint64_t at) {
-    uint32_t v;
-    std::memcpy(&v, f.data() + at, 4);
-    return v;
-}
-
 static void fill_from_blob(const View& v, const mil::Literal& lit, int line, const Blobs& blobs) {
     auto it = blobs.find(lit.blob_path);
     if (it == blobs.end())
         throw mil::MilError(line, "blob file '" + lit.blob_path + "' was not provided; pass its bytes in weights");
     const std::string& file = it->second;
-    const uint64_t size = file.size(), off = lit.blob_offset;
-    const std::string where = "blob '" + lit.blob_path + "' offset " + std::to_string(off);
-    if (off > size || size - off < 64)
-        throw mil::MilError(line, where + " is outside the " + std::to_string(size) + "-byte file; point offset at a blob's metadata record");
-    if (read_u32(file, off) != 0xDEADBEEFu)
-        throw mil::MilError(line, where + " has no 0xDEADBEEF sentinel; offset must point at a blob's 64-byte metadata record");
-    uint32_t code = read_u32(file, off + 4);
-    DType stored;
-    switch (code) {
-        case 1: stored = DType::fp16; break;
-        case 2: stored = DType::fp32; break;
-        case 3: stored = DType::uint8; break;
-        case 4: stored = DType::int8; break;
-        default: throw mil::MilError(line, where + " has unsupported blob dtype code " + std::to_string(code));
+    const std::string where = "blob '" + lit.blob_path + "'";
+    mil::blob::Record r;
+    try {
+        r = mil::blob::read_record(file, lit.blob_offset);
+    } catch (const std::invalid_argument& e) {
+        throw mil::MilError(line, where + ": " + e.what());
     }
-    if (stored != lit.type.dtype)
-        throw mil::MilError(line, where + " holds " + mil::dtype_name(stored) + " data but the literal is declared " + lit.type.str());
-    const uint64_t nbytes = read_u64(file, off + 8), data = read_u64(file, off + 16);
-    const uint64_t want = uint64_t(lit.type.numel()) * mil::dtype_size(stored);
-    if (nbytes != want)
-        throw mil::MilError(line, where + " holds " + std::to_string(nbytes) + " bytes but " + lit.type.str() + " needs " +
+    if (r.dtype != lit.type.dtype)
+        throw mil::MilError(line, where + " holds " + mil::dtype_name(r.dtype) + " data but the literal is declared " +
+                                      lit.type.str());
+    if (!storable(r.dtype)) throw mil::MilError(line, where + " holds " + mil::dtype_name(r.dtype) + " data, which the ref backend cannot store");
+    const uint64_t want = uint64_t(lit.type.numel()) * mil::dtype_size(r.dtype);
+    if (r.size != want)
+        throw mil::MilError(line, where + " holds " + std::to_string(r.size) + " bytes but " + lit.type.str() + " needs " +
                                       std::to_string(want));
-    if (data > size || size - data < nbytes)
-        throw mil::MilError(line, where + ": data at " + std::to_string(data) + " (+" + std::to_string(nbytes) +
-                                      " bytes) runs past the end of the " + std::to_string(size) + "-byte file");
-    const char* src = file.data() + data;
-    if (stored == DType::fp16) {
+    const char* src = file.data() + r.data_offset;
+    if (r.dtype == DType::fp16) {
         std::vector<uint16_t> halves(size_t(lit.type.numel()));
-        std::memcpy(halves.data(), src, nbytes);
+        std::memcpy(halves.data(), src, r.size);
         fp16::f16_to_f32(halves.data(), v.f(), halves.size());
     } else {
-        std::memcpy(v.data, src, nbytes);
+        std::memcpy(v.data, src, r.size);
     }
 }
 
