@@ -1,6 +1,8 @@
 #include "core/threads.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -12,6 +14,42 @@ namespace anetrain::threads {
 namespace {
 
 thread_local bool tl_in_pool = false;
+
+// Waiting threads spin this long before they sleep. A sleeping thread costs a futex wake, and on
+// a VM waking an idle vCPU takes tens of microseconds; a kernel runs dozens of parallel regions
+// separated by microseconds of serial work, so sleeping between them was costing more than the
+// regions' own synchronisation. ANETRAIN_SPIN_US overrides (0 = always sleep).
+std::chrono::nanoseconds spin_budget() {
+    static const long us = [] {
+        const char* env = std::getenv("ANETRAIN_SPIN_US");
+        return env && *env ? std::max(0L, std::atol(env)) : 300L;
+    }();
+    return std::chrono::microseconds(us);
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
+
+// Spins until pred() or the spin budget runs out; returns pred().
+template <class Pred>
+bool spin_until(Pred pred) {
+    if (pred()) return true;
+    const auto budget = spin_budget();
+    if (budget.count() == 0) return false;
+    const auto end = std::chrono::steady_clock::now() + budget;
+    for (;;) {
+        for (int i = 0; i < 64; ++i) {
+            cpu_relax();
+            if (pred()) return true;
+        }
+        if (std::chrono::steady_clock::now() >= end) return pred();
+    }
+}
 
 int default_threads() {
     if (const char* env = std::getenv("ANETRAIN_NUM_THREADS")) {
@@ -45,14 +83,15 @@ public:
             task_ = &task;
             nchunks_ = nchunks;
             next_ = 0;
-            done_ = 0;
+            done_.store(0, std::memory_order_relaxed);
             error_ = nullptr;
-            ++generation_;
+            generation_.fetch_add(1, std::memory_order_release);
         }
         cv_.notify_all();
         work();
+        spin_until([&] { return done_.load(std::memory_order_acquire) == nchunks; });
         std::unique_lock<std::mutex> lk(mu_);
-        done_cv_.wait(lk, [&] { return done_ == nchunks_; });
+        done_cv_.wait(lk, [&] { return done_.load(std::memory_order_relaxed) == nchunks_; });
         task_ = nullptr;
         if (error_) std::rethrow_exception(error_);
     }
@@ -78,11 +117,12 @@ private:
         tl_in_pool = true;
         uint64_t seen = 0;
         for (;;) {
+            spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
             {
                 std::unique_lock<std::mutex> lk(mu_);
-                cv_.wait(lk, [&] { return quit_ || generation_ != seen; });
+                cv_.wait(lk, [&] { return quit_ || generation_.load(std::memory_order_relaxed) != seen; });
                 if (quit_) return;
-                seen = generation_;
+                seen = generation_.load(std::memory_order_relaxed);
             }
             work();
         }
@@ -107,7 +147,7 @@ private:
                 if (!error_) error_ = std::current_exception();
             }
             std::lock_guard<std::mutex> lk(mu_);
-            if (++done_ == nchunks_) done_cv_.notify_all();
+            if (done_.fetch_add(1, std::memory_order_release) + 1 == nchunks_) done_cv_.notify_all();
         }
         tl_in_pool = was;
     }
@@ -117,9 +157,10 @@ private:
     std::vector<std::thread> workers_;
     int nthreads_;
     bool quit_ = false;
-    uint64_t generation_ = 0;
+    std::atomic<uint64_t> generation_{0};  // written under mu_, read lock-free while spinning
     const std::function<void(size_t)>* task_ = nullptr;
-    size_t nchunks_ = 0, next_ = 0, done_ = 0;
+    size_t nchunks_ = 0, next_ = 0;
+    std::atomic<size_t> done_{0};  // written under mu_, read lock-free while spinning
     std::exception_ptr error_;
 };
 

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/blas.h"
+#include "core/simd.h"
 #include "core/threads.h"
 
 namespace anetrain::train::cpu {
@@ -85,45 +86,55 @@ void embedding_bwd(const float* dx, const int32_t* tok, int S, int vocab, int di
 
 // ------------------------------------------------------------------------------ RMSNorm
 
-void rmsnorm_fwd(const float* x, const float* g, int C, int S, float eps, float* y, float* rrms) {
-    parallel_for(size_t(S), kColumnGrain, [&](size_t b, size_t e) {
-        const size_t w = e - b;
-        std::vector<double> ss(w, 0.0);
-        for (int c = 0; c < C; ++c) {
-            const float* xr = x + size_t(c) * S + b;
-            for (size_t j = 0; j < w; ++j) ss[j] += double(xr[j]) * xr[j];
-        }
-        for (size_t j = 0; j < w; ++j) rrms[b + j] = float(1.0 / std::sqrt(ss[j] / C + eps));
-        for (int c = 0; c < C; ++c) {
-            const float* xr = x + size_t(c) * S + b;
-            float* yr = y + size_t(c) * S + b;
-            const float gc = g[c];
-            for (size_t j = 0; j < w; ++j) yr[j] = xr[j] * rrms[b + j] * gc;
-        }
-    });
+namespace {
+// RMSNorm forward of positions [b, e).
+ANETRAIN_HOT void rmsnorm_fwd_columns(const float* x, const float* g, int C, int S, float eps, float* y, float* rrms, size_t b, size_t e) {
+    const size_t w = e - b;
+    std::vector<double> ss(w, 0.0);
+    for (int c = 0; c < C; ++c) {
+        const float* xr = x + size_t(c) * S + b;
+        for (size_t j = 0; j < w; ++j) ss[j] += double(xr[j]) * xr[j];
+    }
+    for (size_t j = 0; j < w; ++j) rrms[b + j] = float(1.0 / std::sqrt(ss[j] / C + eps));
+    for (int c = 0; c < C; ++c) {
+        const float* xr = x + size_t(c) * S + b;
+        float* yr = y + size_t(c) * S + b;
+        const float gc = g[c];
+        for (size_t j = 0; j < w; ++j) yr[j] = xr[j] * rrms[b + j] * gc;
+    }
 }
+}  // namespace
+
+void rmsnorm_fwd(const float* x, const float* g, int C, int S, float eps, float* y, float* rrms) {
+    parallel_for(size_t(S), kColumnGrain, [&](size_t b, size_t e) { rmsnorm_fwd_columns(x, g, C, S, eps, y, rrms, b, e); });
+}
+
+namespace {
+// RMSNorm backward to the input, positions [b, e) (adds into dx).
+ANETRAIN_HOT void rmsnorm_bwd_columns(const float* dy, const float* x, const float* g, const float* rrms, int C, int S, float* dx, size_t b, size_t e) {
+    const size_t w = e - b;
+    std::vector<double> dot(w, 0.0);
+    for (int c = 0; c < C; ++c) {
+        const size_t o = size_t(c) * S + b;
+        const float gc = g[c];
+        for (size_t j = 0; j < w; ++j) dot[j] += double(gc * dy[o + j]) * x[o + j];
+    }
+    std::vector<float> coef(w);  // rrms^3 * mean_c(g dy x)
+    for (size_t j = 0; j < w; ++j) {
+        double r = rrms[b + j];
+        coef[j] = float(r * r * r * dot[j] / C);
+    }
+    for (int c = 0; c < C; ++c) {
+        const size_t o = size_t(c) * S + b;
+        const float gc = g[c];
+        for (size_t j = 0; j < w; ++j) dx[o + j] += rrms[b + j] * gc * dy[o + j] - x[o + j] * coef[j];
+    }
+}
+}  // namespace
 
 void rmsnorm_bwd(const float* dy, const float* x, const float* g, const float* rrms, int C, int S, float* dx,
                  float* dg) {
-    parallel_for(size_t(S), kColumnGrain, [&](size_t b, size_t e) {
-        const size_t w = e - b;
-        std::vector<double> dot(w, 0.0);
-        for (int c = 0; c < C; ++c) {
-            const size_t o = size_t(c) * S + b;
-            const float gc = g[c];
-            for (size_t j = 0; j < w; ++j) dot[j] += double(gc * dy[o + j]) * x[o + j];
-        }
-        std::vector<float> coef(w);  // rrms^3 * mean_c(g dy x)
-        for (size_t j = 0; j < w; ++j) {
-            double r = rrms[b + j];
-            coef[j] = float(r * r * r * dot[j] / C);
-        }
-        for (int c = 0; c < C; ++c) {
-            const size_t o = size_t(c) * S + b;
-            const float gc = g[c];
-            for (size_t j = 0; j < w; ++j) dx[o + j] += rrms[b + j] * gc * dy[o + j] - x[o + j] * coef[j];
-        }
-    });
+    parallel_for(size_t(S), kColumnGrain, [&](size_t b, size_t e) { rmsnorm_bwd_columns(dy, x, g, rrms, C, S, dx, b, e); });
     parallel_for(size_t(C), 16, [&](size_t b, size_t e) {
         for (size_t c = b; c < e; ++c) {
             const float* dyr = dy + c * S;
@@ -194,6 +205,41 @@ void classifier_bwd(const float* E, const float* x, const float* dlogits, int vo
 
 // ------------------------------------------------------------------------------ loss
 
+namespace {
+// Softmax cross-entropy of positions [b, e) (columns of [vocab][S] logits): loss per position
+// into loss_at, scaled gradient into dlogits (which may alias logits).
+ANETRAIN_HOT void cross_entropy_columns(const float* logits, const int32_t* tgt, int vocab, int S, float scale,
+                                        float* dlogits, double* loss_at, size_t b, size_t e) {
+    const size_t w = e - b;
+    std::vector<float> mx(w, -std::numeric_limits<float>::infinity()), target_logit(w);
+    std::vector<double> sum(w, 0.0);
+    for (int v = 0; v < vocab; ++v) {
+        const float* row = logits + size_t(v) * S + b;
+        for (size_t j = 0; j < w; ++j) mx[j] = std::max(mx[j], row[j]);
+    }
+    for (size_t j = 0; j < w; ++j) target_logit[j] = logits[size_t(tgt[b + j]) * S + b + j];
+    for (int v = 0; v < vocab; ++v) {  // dlogits may alias logits: each element is read, then written
+        const float* row = logits + size_t(v) * S + b;
+        float* out = dlogits + size_t(v) * S + b;
+        for (size_t j = 0; j < w; ++j) {
+            const float p = exp_fast(row[j] - mx[j]);
+            out[j] = p;
+            sum[j] += p;
+        }
+    }
+    std::vector<float> k(w);
+    for (size_t j = 0; j < w; ++j) {
+        loss_at[b + j] = std::log(sum[j]) + mx[j] - target_logit[j];
+        k[j] = float(scale / (double(S) * sum[j]));
+    }
+    for (int v = 0; v < vocab; ++v) {
+        float* out = dlogits + size_t(v) * S + b;
+        for (size_t j = 0; j < w; ++j) out[j] *= k[j];
+    }
+    for (size_t j = 0; j < w; ++j) dlogits[size_t(tgt[b + j]) * S + b + j] -= scale / float(S);
+}
+}  // namespace
+
 double cross_entropy(const float* logits, const int32_t* tgt, int vocab, int S, float scale, float* dlogits) {
     if (S <= 0 || vocab <= 0)
         throw std::invalid_argument("cross_entropy needs at least one position and one vocabulary entry (got S=" +
@@ -201,33 +247,7 @@ double cross_entropy(const float* logits, const int32_t* tgt, int vocab, int S, 
     check_tokens(tgt, S, vocab, "target");
     std::vector<double> loss_at(S);
     parallel_for(size_t(S), kColumnGrain, [&](size_t b, size_t e) {
-        const size_t w = e - b;
-        std::vector<float> mx(w, -std::numeric_limits<float>::infinity()), target_logit(w);
-        std::vector<double> sum(w, 0.0);
-        for (int v = 0; v < vocab; ++v) {
-            const float* row = logits + size_t(v) * S + b;
-            for (size_t j = 0; j < w; ++j) mx[j] = std::max(mx[j], row[j]);
-        }
-        for (size_t j = 0; j < w; ++j) target_logit[j] = logits[size_t(tgt[b + j]) * S + b + j];
-        for (int v = 0; v < vocab; ++v) {  // dlogits may alias logits: each element is read, then written
-            const float* row = logits + size_t(v) * S + b;
-            float* out = dlogits + size_t(v) * S + b;
-            for (size_t j = 0; j < w; ++j) {
-                const float p = exp_fast(row[j] - mx[j]);
-                out[j] = p;
-                sum[j] += p;
-            }
-        }
-        std::vector<float> k(w);
-        for (size_t j = 0; j < w; ++j) {
-            loss_at[b + j] = std::log(sum[j]) + mx[j] - target_logit[j];
-            k[j] = float(scale / (double(S) * sum[j]));
-        }
-        for (int v = 0; v < vocab; ++v) {
-            float* out = dlogits + size_t(v) * S + b;
-            for (size_t j = 0; j < w; ++j) out[j] *= k[j];
-        }
-        for (size_t j = 0; j < w; ++j) dlogits[size_t(tgt[b + j]) * S + b + j] -= scale / float(S);
+        cross_entropy_columns(logits, tgt, vocab, S, scale, dlogits, loss_at.data(), b, e);
     });
     double total = 0.0;
     for (double l : loss_at) total += l;
@@ -282,22 +302,29 @@ void gqa_reduce(const float* d_tiled, int n_kv_heads, int n_heads, int head_dim,
 
 // ------------------------------------------------------------------------------ norms, clipping
 
+namespace {
+ANETRAIN_HOT double sum_squares_block(const float* x, size_t n) {
+    constexpr size_t kLanes = 8;
+    double lanes[kLanes] = {};  // independent partial sums, so the loop vectorises
+    size_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+        for (size_t j = 0; j < kLanes; ++j) lanes[j] += double(x[i + j]) * x[i + j];
+    double acc = 0.0;
+    for (; i < n; ++i) acc += double(x[i]) * x[i];
+    for (double l : lanes) acc += l;
+    return acc;
+}
+}  // namespace
+
 double sum_squares(const float* x, size_t n) {
     // Fixed blocks, summed in order: the result does not depend on the thread count.
-    constexpr size_t kBlock = 1 << 16, kLanes = 8;
+    constexpr size_t kBlock = 1 << 16;
     const size_t nblocks = (n + kBlock - 1) / kBlock;
     std::vector<double> partial(nblocks, 0.0);
     parallel_for(nblocks, 1, [&](size_t b, size_t e) {
         for (size_t blk = b; blk < e; ++blk) {
             const size_t begin = blk * kBlock, end = std::min(n, begin + kBlock);
-            double lanes[kLanes] = {};  // independent partial sums, so the loop vectorises
-            size_t i = begin;
-            for (; i + kLanes <= end; i += kLanes)
-                for (size_t j = 0; j < kLanes; ++j) lanes[j] += double(x[i + j]) * x[i + j];
-            double acc = 0.0;
-            for (; i < end; ++i) acc += double(x[i]) * x[i];
-            for (double l : lanes) acc += l;
-            partial[blk] = acc;
+            partial[blk] = sum_squares_block(x + begin, end - begin);
         }
     });
     double total = 0.0;
@@ -325,6 +352,21 @@ void scale(float* x, size_t n, float s) {
 
 // ------------------------------------------------------------------------------ AdamW
 
+namespace {
+ANETRAIN_HOT void adamw_chunk(float* __restrict w, const float* __restrict g, float* __restrict m,
+                              float* __restrict v, size_t n, float b1, float b2, float eps, float step_size,
+                              float inv_sqrt_bc2, float keep, float grad_scale) {
+    for (size_t i = 0; i < n; ++i) {
+        const float gi = g[i] * grad_scale;
+        const float mi = b1 * m[i] + (1.f - b1) * gi;
+        const float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        w[i] = w[i] * keep - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
+    }
+}
+}  // namespace
+
 void adamw_step(float* w, const float* g, float* m, float* v, size_t n, int t, const AdamW& opt, bool decay,
                 float grad_scale) {
     if (t < 1) throw std::invalid_argument("AdamW step count must start at 1 (got " + std::to_string(t) + ")");
@@ -333,12 +375,7 @@ void adamw_step(float* w, const float* g, float* m, float* v, size_t n, int t, c
     const float inv_sqrt_bc2 = float(1.0 / std::sqrt(1.0 - std::pow(double(b2), t)));
     const float keep = decay ? 1.f - opt.lr * opt.weight_decay : 1.f;
     parallel_for(n, kElementGrain, [&](size_t b, size_t e) {
-        for (size_t i = b; i < e; ++i) {
-            const float gi = g[i] * grad_scale;
-            m[i] = b1 * m[i] + (1.f - b1) * gi;
-            v[i] = b2 * v[i] + (1.f - b2) * gi * gi;
-            w[i] = w[i] * keep - step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
-        }
+        adamw_chunk(w + b, g + b, m + b, v + b, e - b, b1, b2, eps, step_size, inv_sqrt_bc2, keep, grad_scale);
     });
 }
 

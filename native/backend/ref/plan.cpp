@@ -88,6 +88,17 @@ Loop make_loop(const Shape& shape, const std::vector<Shape>& strides) {
             for (size_t k = 0; k < strides.size(); ++k) L.strides[k].push_back(strides[k][d]);
         }
     }
+    // A long inner row (a contiguous tensor coalesces into one) is cut into rows of a few
+    // thousand elements so that parallel_rows can spread it over the threads.
+    if (!L.shape.empty() && L.shape.size() < 16 && L.shape.back() >= 2 * 8192)
+        for (int64_t c : {4096, 2048, 1024, 512}) {
+            if (L.shape.back() % c) continue;
+            const int64_t rows = L.shape.back() / c;
+            L.shape.back() = c;
+            L.shape.insert(L.shape.end() - 1, rows);
+            for (auto& st : L.strides) st.insert(st.end() - 1, st.back() * c);
+            break;
+        }
     for (int64_t d : shape)
         if (d == 0) L.shape.assign(1, 0);
     if (L.shape.empty() || L.shape[0] == 0) {

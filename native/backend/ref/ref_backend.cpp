@@ -1,6 +1,10 @@
 // The ref backend: compile = parse + per-op build (validate, infer, plan); eval = run the plan.
 #include "backend/ref/ref_backend.h"
 
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 
@@ -52,10 +56,18 @@ public:
         for (const auto& op : f.ops) {
             auto it = ops.find(op.type);
             if (it == ops.end()) throw mil::MilError(op.line, "unknown op '" + op.type + "' (the ref backend does not implement it)");
+            const size_t first = steps_.size();
             Builder b(op, values, steps_, blobs, round16, buffers_, sinks);
             it->second(b);
             b.finish();
+            for (size_t s = first; s < steps_.size(); ++s)
+                step_op_.push_back(op_labels_.size());
+            op_labels_.push_back("line " + std::to_string(op.line) + " " + op.type + " -> " +
+                                 (op.outputs.empty() ? std::string("?") : op.outputs[0]));
         }
+        const char* prof = std::getenv("ANETRAIN_REF_PROFILE");
+        profiling_ = prof && *prof && std::string(prof) != "0";
+        if (profiling_) op_ms_.assign(op_labels_.size(), 0.0);
         for (size_t i = 0; i < f.outputs.size(); ++i) {
             const std::string& name = f.outputs[i];
             const Value& v = values.at(name);
@@ -81,7 +93,17 @@ public:
                     sinks_[i]->data = out[i].data;
                     sinks_[i]->dtype = out[i].dtype;
                 }
-            for (const auto& step : steps_) step();
+            if (profiling_) {
+                ++profiled_evals_;
+                for (size_t s = 0; s < steps_.size(); ++s) {
+                    const auto t0 = std::chrono::steady_clock::now();
+                    steps_[s]();
+                    op_ms_[step_op_[s]] +=
+                        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+                }
+            } else {
+                for (const auto& step : steps_) step();
+            }
             IoTimer io{io_ms_};
             for (size_t i = 0; i < out.size(); ++i)
                 if (!sinks_[i] || !sinks_[i]->claimed) store_output(out_views_[i], scratch_[i], out[i]);
@@ -95,6 +117,21 @@ public:
             throw BackendError(std::string("ref evaluation failed: ") + e.what());
         }
         unbind_sinks();
+    }
+
+    // ANETRAIN_REF_PROFILE=1: time per op, printed to stderr (slowest first) when the kernel goes.
+    ~RefKernel() override {
+        if (!profiling_ || profiled_evals_ == 0) return;
+        std::vector<size_t> order(op_ms_.size());
+        for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+        std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return op_ms_[a] > op_ms_[b]; });
+        double total = 0;
+        for (double t : op_ms_) total += t;
+        std::fprintf(stderr, "ref profile of '%s': %.3f ms of ops per eval over %lld evals, io %.3f ms per eval\n",
+                     label_.c_str(), total / profiled_evals_, (long long)profiled_evals_, io_ms_ / profiled_evals_);
+        for (size_t i : order)
+            if (op_ms_[i] > 0.0)
+                std::fprintf(stderr, "  %8.3f ms  %s\n", op_ms_[i] / profiled_evals_, op_labels_[i].c_str());
     }
 
 private:
@@ -163,6 +200,12 @@ private:
     std::vector<View> in_views_, out_views_;
     std::vector<void*> scratch_;
     std::vector<std::unique_ptr<Sink>> sinks_;  // per returned output; null when not bindable
+    // profiling (ANETRAIN_REF_PROFILE)
+    std::vector<size_t> step_op_;         // step -> op index
+    std::vector<std::string> op_labels_;  // op index -> "line N type -> output"
+    std::vector<double> op_ms_;
+    bool profiling_ = false;
+    long long profiled_evals_ = 0;
 };
 
 class RefBackend : public Backend {

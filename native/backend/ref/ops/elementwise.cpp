@@ -7,30 +7,32 @@
 
 #include "backend/ref/ops/vec_math.h"
 #include "backend/ref/plan.h"
+#include "core/simd.h"
 
 namespace anetrain::backend::ref {
 
 namespace {
 
+// One row of a binary op, with fast paths for same-shape and scalar operands.
+template <class T, class F>
+ANETRAIN_HOT void binary_row(const T* a, const T* c, T* o, int64_t n, int64_t sx, int64_t sy, F f) {
+    if (sx == 1 && sy == 1) {
+        for (int64_t i = 0; i < n; ++i) o[i] = f(a[i], c[i]);
+    } else if (sx == 0 && sy == 1) {
+        const T s = a[0];
+        for (int64_t i = 0; i < n; ++i) o[i] = f(s, c[i]);
+    } else if (sx == 1 && sy == 0) {
+        const T s = c[0];
+        for (int64_t i = 0; i < n; ++i) o[i] = f(a[i], s);
+    } else {
+        for (int64_t i = 0; i < n; ++i) o[i] = f(a[i * sx], c[i * sy]);
+    }
+}
+
 template <class T, class F>
 void binary_rows(const Loop& L, const T* x, const T* y, T* z, F f, int64_t r0, int64_t r1) {
     const int64_t n = L.inner(), sx = L.strides[0].back(), sy = L.strides[1].back();
-    for_rows<3>(L, r0, r1, [&](const int64_t* off) {
-        const T* a = x + off[0];
-        const T* c = y + off[1];
-        T* o = z + off[2];
-        if (sx == 1 && sy == 1) {
-            for (int64_t i = 0; i < n; ++i) o[i] = f(a[i], c[i]);
-        } else if (sx == 0 && sy == 1) {
-            const T s = a[0];
-            for (int64_t i = 0; i < n; ++i) o[i] = f(s, c[i]);
-        } else if (sx == 1 && sy == 0) {
-            const T s = c[0];
-            for (int64_t i = 0; i < n; ++i) o[i] = f(a[i], s);
-        } else {
-            for (int64_t i = 0; i < n; ++i) o[i] = f(a[i * sx], c[i * sy]);
-        }
-    });
+    for_rows<3>(L, r0, r1, [&](const int64_t* off) { binary_row<T>(x + off[0], y + off[1], z + off[2], n, sx, sy, f); });
 }
 
 template <class T, class F>
@@ -99,6 +101,14 @@ void build_bin(Builder& b) { build_binary(b, K); }
 // ---------------------------------------------------------------- unary
 
 template <class F>
+ANETRAIN_HOT void unary_row(const float* a, float* o, int64_t n, int64_t sx, F f) {
+    if (sx == 1)
+        for (int64_t i = 0; i < n; ++i) o[i] = f(a[i]);
+    else
+        for (int64_t i = 0; i < n; ++i) o[i] = f(a[i * sx]);
+}
+
+template <class F>
 void plan_unary(Builder& b, const View& x, const View& out, F f) {
     Loop L = make_loop(out.shape, {x.strides, out.strides});
     const float* xp = x.f();
@@ -109,14 +119,7 @@ void plan_unary(Builder& b, const View& x, const View& out, F f) {
         const int64_t n = L.inner(), sx = L.strides[0].back();
         float* zt = target(sink, zp);
         parallel_rows(L.rows(), n, [&](int64_t r0, int64_t r1) {
-            for_rows<2>(L, r0, r1, [&](const int64_t* off) {
-                const float* a = xp + off[0];
-                float* o = zt + off[1];
-                if (sx == 1)
-                    for (int64_t i = 0; i < n; ++i) o[i] = f(a[i]);
-                else
-                    for (int64_t i = 0; i < n; ++i) o[i] = f(a[i * sx]);
-            });
+            for_rows<2>(L, r0, r1, [&](const int64_t* off) { unary_row(xp + off[0], zt + off[1], n, sx, f); });
             emit(sink, round, zp, size_t(r0 * n), size_t((r1 - r0) * n));
         });
     });

@@ -4,13 +4,14 @@
 
 #include "backend/ref/ops/vec_math.h"
 #include "backend/ref/plan.h"
+#include "core/simd.h"
 
 namespace anetrain::backend::ref {
 
 namespace {
 
 // Softmax along the middle axis of a contiguous [outer, n, inner] block.
-void softmax_block(const float* x, float* y, int64_t n, int64_t inner) {
+ANETRAIN_HOT void softmax_block(const float* x, float* y, int64_t n, int64_t inner) {
     if (inner == 1) {
         std::memcpy(y, x, size_t(n) * sizeof(float));
         softmax_row(y, n);
