@@ -353,9 +353,9 @@ void scale(float* x, size_t n, float s) {
 // ------------------------------------------------------------------------------ AdamW
 
 namespace {
-ANETRAIN_HOT void adamw_chunk(float* __restrict w, const float* __restrict g, float* __restrict m,
-                              float* __restrict v, size_t n, float b1, float b2, float eps, float step_size,
-                              float inv_sqrt_bc2, float keep, float grad_scale) {
+ANETRAIN_HOT void adamw_chunk(float* __restrict w, const float* g, float* __restrict m, float* __restrict v,
+                              size_t n, float b1, float b2, float eps, float step_size, float inv_sqrt_bc2,
+                              float keep, float grad_scale, float* clear_g) {
     for (size_t i = 0; i < n; ++i) {
         const float gi = g[i] * grad_scale;
         const float mi = b1 * m[i] + (1.f - b1) * gi;
@@ -364,18 +364,21 @@ ANETRAIN_HOT void adamw_chunk(float* __restrict w, const float* __restrict g, fl
         v[i] = vi;
         w[i] = w[i] * keep - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
     }
+    // Zeroing the chunk's gradients while they are still in cache saves a separate memset pass.
+    if (clear_g) std::memset(clear_g, 0, n * sizeof(float));
 }
 }  // namespace
 
 void adamw_step(float* w, const float* g, float* m, float* v, size_t n, int t, const AdamW& opt, bool decay,
-                float grad_scale) {
+                float grad_scale, float* clear_g) {
     if (t < 1) throw std::invalid_argument("AdamW step count must start at 1 (got " + std::to_string(t) + ")");
     const float b1 = opt.beta1, b2 = opt.beta2, eps = opt.eps;
     const float step_size = float(opt.lr / (1.0 - std::pow(double(b1), t)));
     const float inv_sqrt_bc2 = float(1.0 / std::sqrt(1.0 - std::pow(double(b2), t)));
     const float keep = decay ? 1.f - opt.lr * opt.weight_decay : 1.f;
     parallel_for(n, kElementGrain, [&](size_t b, size_t e) {
-        adamw_chunk(w + b, g + b, m + b, v + b, e - b, b1, b2, eps, step_size, inv_sqrt_bc2, keep, grad_scale);
+        adamw_chunk(w + b, g + b, m + b, v + b, e - b, b1, b2, eps, step_size, inv_sqrt_bc2, keep, grad_scale,
+                    clear_g ? clear_g + b : nullptr);
     });
 }
 

@@ -87,12 +87,13 @@ void ModelState::zero_grads() { std::fill(grads.begin(), grads.end(), 0.f); }
 
 double ModelState::grad_norm() const { return std::sqrt(cpu::sum_squares(grads.data(), grads.size())); }
 
-void ModelState::adamw_update(const cpu::AdamW& opt, float grad_scale) {
+void ModelState::adamw_update(const cpu::AdamW& opt, float grad_scale, bool clear_grads) {
     ++step;
     for (const ParamSlot& s : slots_) {
         const size_t o = s.offset;
         cpu::adamw_step(weights.data() + o, grads.data() + o, adam_m.data() + o, adam_v.data() + o,
-                        size_t(s.spec.numel()), step, opt, s.spec.decay, grad_scale);
+                        size_t(s.spec.numel()), step, opt, s.spec.decay, grad_scale,
+                        clear_grads ? grads.data() + o : nullptr);
     }
 }
 

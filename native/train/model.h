@@ -36,8 +36,9 @@ public:
     // sqrt(sum of squared gradients) over every tensor, accumulated in double.
     double grad_norm() const;
     // One AdamW update of every tensor with g' = grad_scale * g (weight decay skipped for the
-    // RMSNorm gammas); increments step first, so the first update uses step 1.
-    void adamw_update(const cpu::AdamW& opt, float grad_scale);
+    // RMSNorm gammas); increments step first, so the first update uses step 1. clear_grads zeroes
+    // the gradients in the same pass.
+    void adamw_update(const cpu::AdamW& opt, float grad_scale, bool clear_grads = false);
 
     std::vector<float> weights, grads, adam_m, adam_v;
     int step = 0;  // AdamW updates applied so far

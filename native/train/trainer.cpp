@@ -360,8 +360,7 @@ double Trainer::update(const cpu::AdamW& opt, float clip) {
     const float unscale = 1.f / (opt_.loss_scale * float(pending_));
     const double norm = state_.grad_norm() * unscale;
     const float clip_factor = clip > 0.f ? cpu::clip_scale(norm, clip) : 1.f;
-    state_.adamw_update(opt, unscale * clip_factor);
-    state_.zero_grads();
+    state_.adamw_update(opt, unscale * clip_factor, /*clear_grads=*/true);
     pending_ = 0;
     kernels_stale_ = true;
     t_.total += ms_since(t0);

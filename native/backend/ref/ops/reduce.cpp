@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "backend/ref/ops/vec_math.h"
 #include "backend/ref/plan.h"
 #include "core/fp16.h"
 
@@ -45,6 +46,8 @@ void build_reduce(Builder& b, Red kind) {
     if (kind == Red::max && count == 0) b.fail("reduce_max over an empty axis");
     View out = b.output(0, x.dtype, out_shape);
     Loop L = make_loop(x.shape, {x.strides, acc_strides});
+    bool own_rows = L.strides[1].back() == 0;
+    for (size_t d = 0; d + 1 < L.shape.size(); ++d) own_rows = own_rows && L.strides[1][d] != 0;
     const int64_t out_n = out.numel();
     const bool round = b.rounds(out);
     b.add_step([=] {
@@ -53,13 +56,18 @@ void build_reduce(Builder& b, Red kind) {
         for (int64_t i = 0; i < out_n; ++i) o[i] = init;
         const int64_t n = L.inner(), sx = L.strides[0].back(), so = L.strides[1].back();
         const float* xp = x.f();
-        for_rows<2>(L, 0, L.rows(), [&](const int64_t* off) {
+        // Rows that each own one output (only the inner loop dimension is reduced) run in
+        // parallel; otherwise rows share outputs and run in order.
+        auto rows = [&](int64_t r0, int64_t r1) {
+        for_rows<2>(L, r0, r1, [&](const int64_t* off) {
             const float* a = xp + off[0];
             float* c = o + off[1];
             if (so == 0) {
                 float s = *c;
                 if (kind == Red::max)
                     for (int64_t i = 0; i < n; ++i) s = (a[i * sx] > s || std::isnan(a[i * sx])) ? a[i * sx] : s;
+                else if (sx == 1)
+                    s += sum_f32(a, n);  // 8 partial sums: vectorises, and no less accurate
                 else
                     for (int64_t i = 0; i < n; ++i) s += a[i * sx];
                 *c = s;
@@ -69,6 +77,11 @@ void build_reduce(Builder& b, Red kind) {
                 for (int64_t i = 0; i < n; ++i) c[i * so] += a[i * sx];
             }
         });
+        };
+        if (own_rows)
+            parallel_rows(L.rows(), n, rows);
+        else
+            rows(0, L.rows());
         if (kind == Red::mean) {
             const float inv = 1.0f / float(count);
             for (int64_t i = 0; i < out_n; ++i) o[i] *= inv;

@@ -43,27 +43,21 @@ inline float sum_f32(const float* p, int64_t n) {
     return s;
 }
 
-// Largest element; NaN if any element is NaN.
+// Largest element, ignoring NaNs (-inf when every element is NaN or n is 0).
 inline float max_f32(const float* p, int64_t n) {
     float acc[8];
     for (float& a : acc) a = -std::numeric_limits<float>::infinity();
-    bool nan = false;
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; ++k) {
-            acc[k] = p[i + k] > acc[k] ? p[i + k] : acc[k];
-            nan |= p[i + k] != p[i + k];
-        }
+        for (int k = 0; k < 8; ++k) acc[k] = p[i + k] > acc[k] ? p[i + k] : acc[k];
     float m = -std::numeric_limits<float>::infinity();
     for (float a : acc) m = a > m ? a : m;
-    for (; i < n; ++i) {
-        m = p[i] > m ? p[i] : m;
-        nan |= p[i] != p[i];
-    }
-    return nan ? std::numeric_limits<float>::quiet_NaN() : m;
+    for (; i < n; ++i) m = p[i] > m ? p[i] : m;
+    return m;
 }
 
-// Softmax of one contiguous row in place: exp(x - max) / sum.
+// Softmax of one contiguous row in place: exp(x - max) / sum. A NaN anywhere in the row makes
+// the sum NaN, so the whole row comes out NaN, as NumPy's does.
 inline void softmax_row(float* row, int64_t n) {
     const float mx = max_f32(row, n);
     for (int64_t i = 0; i < n; ++i) row[i] = fast_exp(row[i] - mx);
