@@ -344,6 +344,16 @@ float clip_scale(double norm, float max_norm) {
     return float(std::min(1.0, double(max_norm) / (norm + 1e-6)));
 }
 
+namespace {
+ANETRAIN_HOT void add_chunk(const float* a, const float* b, float* out, size_t n) {
+    for (size_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+}  // namespace
+
+void add(const float* a, const float* b, float* out, size_t n) {
+    parallel_for(n, kElementGrain, [&](size_t lo, size_t hi) { add_chunk(a + lo, b + lo, out + lo, hi - lo); });
+}
+
 void scale(float* x, size_t n, float s) {
     parallel_for(n, kElementGrain, [&](size_t b, size_t e) {
         for (size_t i = b; i < e; ++i) x[i] *= s;

@@ -65,6 +65,8 @@ double global_norm(const std::vector<std::pair<const float*, size_t>>& tensors);
 // The factor torch.nn.utils.clip_grad_norm_ applies: min(1, max_norm / (norm + 1e-6))
 float clip_scale(double norm, float max_norm);
 // x[i] *= s
+// out = a + b, element-wise (out may alias a or b).
+void add(const float* a, const float* b, float* out, size_t n);
 void scale(float* x, size_t n, float s);
 
 struct AdamW {

@@ -244,7 +244,8 @@ void Trainer::forward_sequence(const int32_t* tok) {
     const bool dynamic = kopt_.pipeline == mil::Pipeline::Dynamic;
     {
         Timer t{t_.cpu_ops};
-        cpu::embedding_fwd(weight("tok_embeddings"), c.vocab_size, D, tok, S, x_.data());
+        float* x0 = c.n_layers > 0 ? acts_[0]->x.data() : x_.data();
+        cpu::embedding_fwd(weight("tok_embeddings"), c.vocab_size, D, tok, S, x0);
     }
     for (int l = 0; l < c.n_layers; ++l) {
         LayerActs& a = *acts_[l];
@@ -252,7 +253,6 @@ void Trainer::forward_sequence(const int32_t* tok) {
         const std::string p = "layers." + std::to_string(l) + ".";
         {
             Timer t{t_.cpu_ops};
-            std::memcpy(a.x.data(), x_.data(), DS * sizeof(float));
             cpu::rmsnorm_fwd(a.x.data(), weight(p + "attention_norm"), D, S, c.norm_eps, a.xn.data(),
                              a.rrms1.data());
         }
@@ -260,15 +260,16 @@ void Trainer::forward_sequence(const int32_t* tok) {
              {tmp_.data(), a.q.data(), a.k.data(), a.v.data(), a.attn.data()});
         {
             Timer t{t_.cpu_ops};
-            for (size_t i = 0; i < DS; ++i) a.x2[i] = a.x[i] + tmp_[i];
+            cpu::add(a.x.data(), tmp_.data(), a.x2.data(), DS);
             cpu::rmsnorm_fwd(a.x2.data(), weight(p + "ffn_norm"), D, S, c.norm_eps, a.x2n.data(),
                              a.rrms2.data());
         }
         eval(*ks.ffn_fwd, inputs(ks, "ffn_forward", l, {a.x2n.data()}),
              {tmp_.data(), a.h1.data(), a.h3.data(), a.gate.data()});
         {
-            Timer t{t_.cpu_ops};
-            for (size_t i = 0; i < DS; ++i) x_[i] = a.x2[i] + tmp_[i];
+            Timer t{t_.cpu_ops};  // the residual stream goes straight into the next layer's input
+            float* next = l + 1 < c.n_layers ? acts_[l + 1]->x.data() : x_.data();
+            cpu::add(a.x2.data(), tmp_.data(), next, DS);
         }
     }
     Timer t{t_.cpu_ops};
