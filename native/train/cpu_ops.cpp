@@ -207,34 +207,31 @@ void classifier_bwd(const float* E, const float* x, const float* dlogits, int vo
 
 namespace {
 // Softmax cross-entropy of positions [b, e) (columns of [vocab][S] logits): loss per position
-// into loss_at, scaled gradient into dlogits (which may alias logits).
+// into loss_at, scaled gradient into dlogits (which may alias logits). Two passes over the
+// logits instead of three: the first keeps a running max and a sum rescaled whenever the max
+// grows (online softmax), the second writes the gradient.
 ANETRAIN_HOT void cross_entropy_columns(const float* logits, const int32_t* tgt, int vocab, int S, float scale,
                                         float* dlogits, double* loss_at, size_t b, size_t e) {
     const size_t w = e - b;
-    std::vector<float> mx(w, -std::numeric_limits<float>::infinity()), target_logit(w);
+    std::vector<float> mx(w, -std::numeric_limits<float>::infinity()), k(w);
     std::vector<double> sum(w, 0.0);
     for (int v = 0; v < vocab; ++v) {
         const float* row = logits + size_t(v) * S + b;
-        for (size_t j = 0; j < w; ++j) mx[j] = std::max(mx[j], row[j]);
-    }
-    for (size_t j = 0; j < w; ++j) target_logit[j] = logits[size_t(tgt[b + j]) * S + b + j];
-    for (int v = 0; v < vocab; ++v) {  // dlogits may alias logits: each element is read, then written
-        const float* row = logits + size_t(v) * S + b;
-        float* out = dlogits + size_t(v) * S + b;
         for (size_t j = 0; j < w; ++j) {
-            const float p = exp_fast(row[j] - mx[j]);
-            out[j] = p;
-            sum[j] += p;
+            const float m = std::max(mx[j], row[j]);
+            sum[j] = sum[j] * double(exp_fast(mx[j] - m)) + double(exp_fast(row[j] - m));
+            mx[j] = m;
         }
     }
-    std::vector<float> k(w);
     for (size_t j = 0; j < w; ++j) {
-        loss_at[b + j] = std::log(sum[j]) + mx[j] - target_logit[j];
+        const float target_logit = logits[size_t(tgt[b + j]) * S + b + j];
+        loss_at[b + j] = std::log(sum[j]) + mx[j] - target_logit;
         k[j] = float(scale / (double(S) * sum[j]));
     }
-    for (int v = 0; v < vocab; ++v) {
+    for (int v = 0; v < vocab; ++v) {  // each element is read, then written (dlogits may alias logits)
+        const float* row = logits + size_t(v) * S + b;
         float* out = dlogits + size_t(v) * S + b;
-        for (size_t j = 0; j < w; ++j) out[j] *= k[j];
+        for (size_t j = 0; j < w; ++j) out[j] = exp_fast(row[j] - mx[j]) * k[j];
     }
     for (size_t j = 0; j < w; ++j) dlogits[size_t(tgt[b + j]) * S + b + j] -= scale / float(S);
 }
@@ -246,7 +243,11 @@ double cross_entropy(const float* logits, const int32_t* tgt, int vocab, int S, 
                                     std::to_string(S) + ", vocab=" + std::to_string(vocab) + ")");
     check_tokens(tgt, S, vocab, "target");
     std::vector<double> loss_at(S);
-    parallel_for(size_t(S), kColumnGrain, [&](size_t b, size_t e) {
+    // One wide block of columns per thread: each logits row is then read in long contiguous
+    // pieces (narrow blocks made this loop wait on memory).
+    const size_t T = size_t(std::max(1, threads::num_threads()));
+    const size_t grain = std::max(kColumnGrain, (size_t(S) + T - 1) / T);
+    parallel_for(size_t(S), grain, [&](size_t b, size_t e) {
         cross_entropy_columns(logits, tgt, vocab, S, scale, dlogits, loss_at.data(), b, e);
     });
     double total = 0.0;
