@@ -511,3 +511,82 @@ def test_exp_accuracy_and_special_values_fp32():
     np.testing.assert_allclose(got[finite], want[finite], rtol=3e-7)
     assert got[x == -np.inf][0] == 0 and got[x == -100][0] == 0 and got[x == np.inf][0] == np.inf
     assert np.isnan(got[-1])
+
+
+# ---------------------------------------------------------------- large tensors (threaded paths)
+# A contiguous tensor coalesces into one long row, which the executor cuts into pieces for the
+# threads; reductions over the inner axis run rows in parallel. These sizes take those paths.
+
+@pytest.mark.parametrize("shape", [(1, 2048, 1, 256), (3, 40000), (1, 1, 1, 65536 + 8), (4, 65536)])
+def test_large_contiguous_unary_and_binary(shape, rng):
+    x = rng.standard_normal(shape).astype(np.float16)
+    y = rng.standard_normal(shape).astype(np.float16)
+    got = run(unary_program("sigmoid", shape), x)
+    assert_fp16_close(got, f16(1 / (1 + np.exp(-x.astype(np.float64)))), ulps=1)
+    got = run(binary_program("mul", shape, shape, shape), x, y)
+    np.testing.assert_array_equal(got, f16(x.astype(np.float32) * y.astype(np.float32)))
+    row = shape[:-1] + (1,)  # row broadcast over the long axis
+    z = rng.standard_normal(row).astype(np.float16)
+    got = run(binary_program("add", shape, row, shape), x, z)
+    np.testing.assert_array_equal(got, f16(x.astype(np.float32) + z.astype(np.float32)))
+    col = (1,) + shape[1:]  # the long axis itself broadcast over the first
+    z = rng.standard_normal(col).astype(np.float16)
+    got = run(binary_program("sub", shape, col, shape), x, z)
+    np.testing.assert_array_equal(got, f16(x.astype(np.float32) - z.astype(np.float32)))
+
+
+@pytest.mark.parametrize("axes,keep", [([-1], True), (None, False), ([0], False), ([1, 3], True)])
+def test_large_reduce_sum(axes, keep, rng):
+    shape = (12, 2, 64, 256)
+    x = rng.standard_normal(shape).astype(np.float32)
+    want = np.sum(x.astype(np.float64), axis=None if axes is None else tuple(axes), keepdims=keep)
+    body = [const("kd", np.bool_(keep))]
+    args = "x = x, keep_dims = kd"
+    if axes is not None:
+        body.append(const("ax", np.array(axes, np.int32)))
+        args += ", axes = ax"
+    wshape = np.shape(want)
+    body.append(f'{ttype("fp32", wshape) if wshape else "fp32"} y = reduce_sum({args})[name = string("y")];')
+    got = run(program([("x", "fp32", shape)], body, ["y"]), x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+
+
+def test_softmax_large_and_special_values(rng):
+    shape = (12, 1, 256, 256)
+    x = (3 * rng.standard_normal(shape)).astype(np.float32)
+    x[0, 0, 3, 7] = np.nan      # a NaN makes its whole row NaN (as NumPy's softmax does)
+    x[1, 0, 5, :100] = -np.inf  # masked entries get probability 0
+    text = program([("x", "fp32", shape)], [const("ax", np.int32(-1)),
+                                            f'{ttype("fp32", shape)} y = softmax(x = x, axis = ax)[name = string("y")];'], ["y"])
+    got = run(text, x)
+    x64 = x.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        e = np.exp(x64 - np.nanmax(x64, axis=-1, keepdims=True))
+        want = e / e.sum(axis=-1, keepdims=True)
+    assert np.isnan(got[0, 0, 3]).all() and not np.isnan(got[0, 0, 4]).any()
+    np.testing.assert_array_equal(got[1, 0, 5, :100], 0.0)
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-5, atol=1e-7)
+
+
+def test_ref_profile_env_prints_per_op_times(tmp_path):
+    """ANETRAIN_REF_PROFILE=1: a kernel prints its per-op times (by line and op) when it goes."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, anetrain.kernels as K\n"
+        "text = '''" + unary_program("sigmoid", (4, 64)) + "'''\n"
+        "k = K.compile(text, backend='ref', name='probe')\n"
+        "for _ in range(3): k(np.ones((4, 64), np.float16))\n"
+        "del k\n"
+    )
+    env = dict(os.environ, ANETRAIN_REF_PROFILE="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "ref profile of 'probe'" in out.stderr and "over 3 evals" in out.stderr
+    assert "sigmoid -> y" in out.stderr
+    env["ANETRAIN_REF_PROFILE"] = "0"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0 and "ref profile" not in out.stderr
