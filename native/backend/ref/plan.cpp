@@ -308,9 +308,9 @@ Value load_literal(const mil::Literal& lit, int line, const Blobs& blobs, bool r
 
 Builder::Builder(const mil::Op& op, std::unordered_map<std::string, Value>& values, std::vector<Step>& steps,
                  const Blobs& blobs, bool round16, Arena& buffers,
-                 const std::unordered_map<std::string, Sink*>& sinks)
+                 const std::unordered_map<std::string, Sink*>& sinks, Inputs& inputs)
     : op_(op), values_(values), steps_(steps), blobs_(blobs), round16_(round16), buffers_(buffers), sinks_(sinks),
-      defined_(op.outputs.size(), false) {}
+      inputs_(inputs), defined_(op.outputs.size(), false) {}
 
 void Builder::fail(const std::string& msg) const { throw mil::MilError(op_.line, op_.type + ": " + msg); }
 
@@ -321,10 +321,12 @@ const mil::Arg* Builder::lookup(const char* key) {
 
 bool Builder::has(const char* key) { return lookup(key) != nullptr; }
 
-const Value& Builder::resolve(const mil::Arg& a, const char* key) {
+const Value& Builder::resolve(const mil::Arg& a, const char* key, bool in_place) {
     if (a.kind == mil::Arg::Kind::Ref) {
         auto it = values_.find(a.ref);
         if (it == values_.end()) fail("'" + a.ref + "' (argument " + key + ") is not defined");
+        // The op may read the view's pointer: the input behind it must be in the own buffer.
+        if (!in_place && it->second.view.input >= 0) inputs_.loaded[size_t(it->second.view.input)] = true;
         return it->second;
     }
     if (a.kind == mil::Arg::Kind::Tuple) fail(std::string("argument ") + key + " must be a single value, not a tuple");
@@ -345,6 +347,14 @@ const Value* Builder::optional(const char* key) {
 
 const View& Builder::tensor(const char* key) {
     const Value& v = value(key);
+    if (!storable(v.view.dtype)) fail(std::string("argument ") + key + " must be a numeric tensor, got " + mil::dtype_name(v.view.dtype));
+    return v.view;
+}
+
+const View& Builder::tensor_in_place(const char* key) {
+    const mil::Arg* a = lookup(key);
+    if (!a) fail(std::string("missing required argument '") + key + "'");
+    const Value& v = resolve(*a, key, true);
     if (!storable(v.view.dtype)) fail(std::string("argument ") + key + " must be a numeric tensor, got " + mil::dtype_name(v.view.dtype));
     return v.view;
 }
@@ -478,6 +488,18 @@ void Builder::output_value(size_t i, Value v) {
     defined_[i] = true;
 }
 
+Source Builder::source(const View& v, bool converts) {
+    Source s;
+    s.own = v.data;
+    if (v.input >= 0) {
+        const size_t i = size_t(v.input);
+        if (!converts) inputs_.exact_only[i] = true;
+        s.in = &inputs_.feeds[i];
+        s.bytes = static_cast<const char*>(v.data) - static_cast<const char*>(inputs_.own[i].data);
+    }
+    return s;
+}
+
 View Builder::contiguous(const View& v) {
     if (v.contiguous()) {
         View c = v;
@@ -487,7 +509,12 @@ View Builder::contiguous(const View& v) {
     View c = alloc(v.dtype, v.shape);
     Shape strides = c.strides;
     void* dst = c.data;
-    add_step([v, dst, strides] { copy_strided(v, dst, strides); });
+    const Source src = source(v, false);
+    // from: v, pointed at the elements of this evaluation (eval runs one plan at a time)
+    add_step([from = v, src, dst, strides]() mutable {
+        from.data = const_cast<void*>(src.data());
+        copy_strided(from, dst, strides);
+    });
     return c;
 }
 

@@ -8,6 +8,11 @@
 // Storage: fp16 and fp32 tensors are float arrays (fp16 values exactly representable in fp16),
 // int32 as int32, int8 as int8, uint8 and bool as uint8. A View is shape + strides (in elements)
 // + a pointer, so reshape/transpose/slice/split are views over the producer's buffer.
+//
+// Program inputs: each has a buffer of the kernel's own, but ops that read an input only
+// through a Source (matmul, conv, the view ops, contiguous copies) find the caller's buffer
+// there during an evaluation instead, so the kernel copies an input in only when some other op
+// reads it (see Inputs).
 #pragma once
 #include <cstdlib>
 #include <functional>
@@ -35,6 +40,7 @@ struct View {
     Shape shape;
     Shape strides;
     void* data = nullptr;
+    int input = -1;  // the program input whose storage this view lies in (-1: none)
 
     int64_t numel() const;
     size_t rank() const { return shape.size(); }
@@ -55,6 +61,42 @@ struct Value {
 };
 
 using Step = std::function<void()>;
+
+// How the caller's data for a program input holds its values during one evaluation.
+enum class Feed : uint8_t {
+    exact,    // stored as the kernel stores them (floats for fp32, and for fp16 when not rounding)
+    f16,      // fp16 halves, to convert to float
+    round16,  // floats for an fp16 input, to round to fp16
+};
+
+// The program inputs of one kernel. `own` are the kernel's buffers. Before each evaluation the
+// kernel sets `feeds`: the caller's buffer when the input is read in place, else the own buffer
+// after copying/converting the input into it (Feed::exact). An input is read in place only when
+// no op reads the own buffer directly (`loaded`), and, when the caller's data needs converting,
+// when every reader can convert it (`exact_only` unset). Outside eval, feeds hold the own buffers.
+struct Inputs {
+    std::vector<View> own;
+    struct In {
+        const void* data = nullptr;
+        Feed feed = Feed::exact;
+    };
+    std::vector<In> feeds;
+    std::vector<bool> loaded, exact_only;  // compile time, per input
+};
+
+// A view's elements as an op finds them during an evaluation: for a view into a program input,
+// the same elements of whichever buffer the kernel feeds the input from; else the view itself.
+struct Source {
+    const void* own = nullptr;           // the view's origin (kernel storage)
+    const Inputs::In* in = nullptr;      // the feed of the input the view lies in, if any
+    int64_t bytes = 0;                   // offset of the origin in the input's own buffer
+    Feed feed() const { return in ? in->feed : Feed::exact; }
+    // The origin, for Feed::exact and Feed::round16 (data laid out as the kernel stores it).
+    const void* data() const { return in ? static_cast<const char*>(in->data) + bytes : own; }
+    const float* f() const { return static_cast<const float*>(data()); }
+    // The origin, for Feed::f16 (the input is stored as floats: 4 bytes per element).
+    const uint16_t* halves() const { return static_cast<const uint16_t*>(in->data) + bytes / 4; }
+};
 
 // All buffers of one kernel, allocated at compile time (zero-filled), with a size cap so that
 // no program can make the process allocate without bound.
@@ -94,7 +136,7 @@ class Builder {
 public:
     Builder(const mil::Op& op, std::unordered_map<std::string, Value>& values, std::vector<Step>& steps,
             const Blobs& blobs, bool round16, Arena& buffers,
-            const std::unordered_map<std::string, Sink*>& sinks);
+            const std::unordered_map<std::string, Sink*>& sinks, Inputs& inputs);
 
     const mil::Op& op() const { return op_; }
     bool round16() const { return round16_; }
@@ -106,6 +148,10 @@ public:
     const Value* optional(const char* key);          // nullptr when absent
     std::vector<const Value*> values(const char* key);  // a tuple operand
     const View& tensor(const char* key);            // a required numeric operand
+    // The same for an op that reads the operand only through source() and contiguous() (or not
+    // at all: views), so a program input behind it can stay in the caller's buffer. Every
+    // other accessor makes the kernel copy such an input into its own buffer first.
+    const View& tensor_in_place(const char* key);
 
     // Compile-time constants (the operand must be a const or a literal).
     std::vector<int64_t> ints(const char* key);
@@ -127,6 +173,9 @@ public:
     void output_view(size_t i, const View& v);
     void output_value(size_t i, Value v);  // constants and anything else fully formed
 
+    // Where a step finds v's elements (see Source). `converts`: the op handles every Feed;
+    // otherwise the input behind v is read in place only when its data needs no conversion.
+    Source source(const View& v, bool converts);
     // A contiguous version of v: v itself, or a new buffer filled by a copy step.
     View contiguous(const View& v);
     View alloc(DType dtype, const Shape& shape);  // contiguous scratch/output storage
@@ -143,7 +192,7 @@ public:
 private:
     const mil::Arg* lookup(const char* key);
     Value literal_value(const mil::Literal& lit);
-    const Value& resolve(const mil::Arg& a, const char* key);
+    const Value& resolve(const mil::Arg& a, const char* key, bool in_place = false);
     void check_declared(size_t i, DType dtype, const Shape& shape);
 
     const mil::Op& op_;
@@ -153,6 +202,7 @@ private:
     bool round16_;
     Arena& buffers_;
     const std::unordered_map<std::string, Sink*>& sinks_;
+    Inputs& inputs_;
     std::vector<std::string> used_;
     std::vector<bool> defined_;
     std::vector<std::unique_ptr<Value>> temps_;  // literal operands

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -48,16 +49,22 @@ public:
             v.view.shape = p.type.shape;
             v.view.strides = contiguous_strides(p.type.shape);
             v.view.data = allocate(buffers_, p.type.dtype, p.type.numel(), p.line);
-            in_views_.push_back(v.view);
+            v.view.input = int(program_inputs_.own.size());
+            program_inputs_.own.push_back(v.view);
             values[p.name] = v;
         }
+        const size_t n_in = program_inputs_.own.size();
+        program_inputs_.feeds.resize(n_in);
+        restore_feeds();
+        program_inputs_.loaded.assign(n_in, false);
+        program_inputs_.exact_only.assign(n_in, false);
         std::unordered_map<std::string, Sink*> sinks = bind_sinks(f);
         const auto& ops = registry();
         for (const auto& op : f.ops) {
             auto it = ops.find(op.type);
             if (it == ops.end()) throw mil::MilError(op.line, "unknown op '" + op.type + "' (the ref backend does not implement it)");
             const size_t first = steps_.size();
-            Builder b(op, values, steps_, blobs, round16, buffers_, sinks);
+            Builder b(op, values, steps_, blobs, round16, buffers_, sinks, program_inputs_);
             it->second(b);
             b.finish();
             for (size_t s = first; s < steps_.size(); ++s)
@@ -74,6 +81,7 @@ public:
             if (v.view.dtype == DType::string || !storable(v.view.dtype))
                 throw mil::MilError(f.outputs_line, "returned value '" + name + "' must be a numeric tensor");
             out_views_.push_back(v.view);
+            if (v.view.input >= 0) program_inputs_.loaded[size_t(v.view.input)] = true;  // store_output reads it
             // Non-contiguous float outputs are gathered here before conversion to fp16.
             scratch_.push_back(v.view.contiguous() ? nullptr : allocate(buffers_, DType::fp32, v.view.numel(), f.outputs_line));
         }
@@ -84,10 +92,7 @@ public:
         try {
             check_host_tensors(inputs_, in, "input");
             check_host_tensors(outputs_, out, "output");
-            {
-                IoTimer io{io_ms_};
-                for (size_t i = 0; i < in.size(); ++i) load_input(in_views_[i], in[i]);
-            }
+            for (size_t i = 0; i < in.size(); ++i) feed_input(i, in[i], out);
             for (size_t i = 0; i < out.size(); ++i)
                 if (sinks_[i]) {
                     sinks_[i]->data = out[i].data;
@@ -109,14 +114,17 @@ public:
                 if (!sinks_[i] || !sinks_[i]->claimed) store_output(out_views_[i], scratch_[i], out[i]);
         } catch (const BackendError&) {
             unbind_sinks();
+            restore_feeds();
             poison_outputs(out);
             throw;
         } catch (const std::exception& e) {
             unbind_sinks();
+            restore_feeds();
             poison_outputs(out);
             throw BackendError(std::string("ref evaluation failed: ") + e.what());
         }
         unbind_sinks();
+        restore_feeds();
     }
 
     // ANETRAIN_REF_PROFILE=1: time per op, printed to stderr (slowest first) when the kernel goes.
@@ -168,6 +176,36 @@ private:
             if (s) s->data = nullptr;
     }
 
+    // Input i for this evaluation: read in place from the caller's buffer when the plan allows it
+    // (see Inputs), the buffer is aligned and no output overlaps it (an op could overwrite it
+    // before another reads it); else copied/converted into the kernel's own buffer.
+    void feed_input(size_t i, const HostTensor& h, const std::vector<HostTensor>& out) {
+        const View& v = program_inputs_.own[i];
+        Feed feed = Feed::exact;
+        if (h.dtype == DType::fp16)
+            feed = Feed::f16;
+        else if (v.dtype == DType::fp16 && round16_)
+            feed = Feed::round16;
+        const size_t size = mil::dtype_size(h.dtype);
+        const uintptr_t lo = reinterpret_cast<uintptr_t>(h.data), hi = lo + size_t(h.numel) * size;
+        bool in_place = !program_inputs_.loaded[i] && (feed == Feed::exact || !program_inputs_.exact_only[i]) && lo % size == 0;
+        for (const HostTensor& o : out) {
+            const uintptr_t olo = reinterpret_cast<uintptr_t>(o.data);
+            if (olo < hi && lo < olo + size_t(o.numel) * mil::dtype_size(o.dtype)) in_place = false;
+        }
+        if (in_place) {
+            program_inputs_.feeds[i] = {h.data, feed};
+        } else {
+            IoTimer io{io_ms_};
+            load_input(v, h);
+        }
+    }
+
+    // Outside eval every feed is the kernel's own buffer: no caller pointer is kept.
+    void restore_feeds() {
+        for (size_t i = 0; i < program_inputs_.own.size(); ++i) program_inputs_.feeds[i] = {program_inputs_.own[i].data, Feed::exact};
+    }
+
     void load_input(const View& v, const HostTensor& h) {
         size_t n = size_t(h.numel);
         if (v.dtype == DType::fp16 && h.dtype == DType::fp16) {
@@ -197,7 +235,8 @@ private:
     std::mutex mu_;
     Arena buffers_;
     std::vector<Step> steps_;
-    std::vector<View> in_views_, out_views_;
+    Inputs program_inputs_;
+    std::vector<View> out_views_;
     std::vector<void*> scratch_;
     std::vector<std::unique_ptr<Sink>> sinks_;  // per returned output; null when not bindable
     // profiling (ANETRAIN_REF_PROFILE)

@@ -1,6 +1,7 @@
 // The reference CPU backend: executes MIL programs with the ANE's semantics (fp16 tensors are
 // rounded to fp16 at every op output). It is also the fast CPU path: BLAS for conv and matmul,
-// views for reshape/transpose/slices, buffers planned at compile time.
+// views for reshape/transpose/slices, buffers planned at compile time, program inputs read in
+// the caller's buffer wherever the ops reading them allow it.
 //
 // Ops (coremltools semantics): const, conv, matmul, scaled_dot_product_attention, add, sub, mul,
 // real_div, pow, maximum, minimum, exp, sqrt, rsqrt, sigmoid, silu, tanh, relu, softmax,

@@ -1,6 +1,7 @@
 // conv over 1-3 spatial dims: strides, dilations, groups, pad_type valid/same/same_lower/custom,
 // optional bias. A 1x1 conv with unit strides and no padding is one sgemm per batch and group
-// (the linear layer); everything else is im2col + sgemm per batch and group.
+// (the linear layer); everything else is im2col + sgemm per batch and group. x and weight from
+// program inputs are read in the caller's buffer when it holds plain floats.
 // Padding split for "same": total = max((ceil(in/stride)-1)*stride + (K-1)*dil + 1 - in, 0);
 // "same" puts floor(total/2) before and the rest after, "same_lower" the other way round.
 #include <climits>
@@ -66,7 +67,7 @@ void im2col(const ConvGeom& g, const float* x, float* col) {
 }
 
 void build_conv(Builder& b) {
-    const View x0 = b.tensor("x"), w0 = b.tensor("weight");
+    const View x0 = b.tensor_in_place("x"), w0 = b.tensor_in_place("weight");
     b.require_float("x", x0);
     b.require_float("weight", w0);
     const Value* bias = b.optional("bias");
@@ -120,7 +121,7 @@ void build_conv(Builder& b) {
     }
     View out = b.output(0, x0.dtype, out_shape);
     if (g.cout_g() > INT_MAX || g.out_size() > INT_MAX || g.cin_g() * g.k_size() > INT_MAX) b.fail("conv too large for BLAS");
-    View x = b.contiguous(x0), w = b.contiguous(w0);
+    const Source x = b.source(b.contiguous(x0), false), w = b.source(b.contiguous(w0), false);
     View bv = bias ? b.contiguous(bias->view) : View{};
     const bool pointwise = g.pointwise();
     float* col = pointwise ? nullptr : b.alloc(DType::fp32, {g.cin_g() * g.k_size(), g.out_size()}).f();

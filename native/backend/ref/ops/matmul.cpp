@@ -1,7 +1,11 @@
 // matmul (NumPy batch broadcasting, 1-D promotion, transpose flags) and
 // scaled_dot_product_attention. Strided 2-D operands go straight to BLAS through lda and the
 // transpose flag whenever one of their strides is 1, so slice -> reshape -> transpose -> matmul
-// chains never copy; otherwise the operand is made contiguous once per evaluation.
+// chains never copy; otherwise the operand is made contiguous once per evaluation. Operands
+// from program inputs are read in the caller's buffer; caller data that needs converting
+// (fp16, or fp32 to round to fp16) is converted product by product when there are several.
+#include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstring>
@@ -9,6 +13,7 @@
 #include "backend/ref/ops/vec_math.h"
 #include "backend/ref/plan.h"
 #include "core/blas.h"
+#include "core/fp16.h"
 #include "core/threads.h"
 
 namespace anetrain::backend::ref {
@@ -79,8 +84,62 @@ MatLayout operand_layout(Builder& b, View* m) {
     return l;
 }
 
+// A matmul operand as the products read it: product i's matrix starts offs[i] elements past
+// the source's origin and is stored as `rows` rows of `cols` elements, layout.ld apart (the
+// logical matrix transposed when layout.trans).
+struct Operand {
+    Source src;
+    MatLayout layout;
+    std::vector<int64_t> offs;
+    int64_t rows = 0, cols = 0;
+    bool converts = false;  // converts caller data per product (else its feed is always exact)
+
+    // Product i's matrix as BLAS reads it, and its leading dimension: in place, or converted
+    // into `scratch` (rows * cols floats) right before the product, while it is cache-hot.
+    const float* matrix(size_t i, float* scratch, int* ld) const {
+        const Feed feed = src.feed();
+        if (feed == Feed::exact) {
+            *ld = layout.ld;
+            return src.f() + offs[i];
+        }
+        auto convert = [&](int64_t at, float* to, int64_t n) {
+            if (feed == Feed::f16)
+                fp16::f16_to_f32(src.halves() + at, to, size_t(n));
+            else
+                fp16::round_f32(src.f() + at, to, size_t(n));
+        };
+        if (rows == 1 || layout.ld == cols)
+            convert(offs[i], scratch, rows * cols);
+        else
+            for (int64_t r = 0; r < rows; ++r) convert(offs[i] + r * layout.ld, scratch + r * cols, cols);
+        *ld = int(std::max<int64_t>(cols, 1));
+        return scratch;
+    }
+};
+
+// Per-product conversion is for matrices up to this size: beyond it the conversion is not
+// cache-hot anyway, and copying the input in before the plan runs costs the same.
+constexpr int64_t kScratchFloats = int64_t(1) << 20;
+
+Operand make_operand(Builder& b, View m, const Shape& batch) {
+    Operand o;
+    o.layout = operand_layout(b, &m);
+    o.offs = batch_offsets(m, batch);
+    const size_t r = m.rank();
+    o.rows = o.layout.trans ? m.shape[r - 1] : m.shape[r - 2];
+    o.cols = o.layout.trans ? m.shape[r - 2] : m.shape[r - 1];
+    // Per product only when there are several products and each reads a matrix of its own (a
+    // broadcast operand would be converted again for every product).
+    int64_t matrices = 1;
+    for (size_t d = 0; d + 2 < r; ++d) matrices *= m.shape[d];
+    o.converts = m.input >= 0 && o.offs.size() > 1 && matrices == int64_t(o.offs.size()) &&
+                 o.rows * o.cols <= kScratchFloats;
+    o.src = b.source(m, o.converts);
+    return o;
+}
+
 void build_matmul(Builder& b) {
-    View x = b.tensor("x"), y = b.tensor("y");
+    View x = b.tensor_in_place("x"), y = b.tensor_in_place("y");
     b.require_float("x", x);
     b.require_float("y", y);
     bool tx = b.bool_scalar("transpose_x", false), ty = b.bool_scalar("transpose_y", false);
@@ -109,35 +168,44 @@ void build_matmul(Builder& b) {
     View out = b.output(0, x.dtype, shape);
     if (M > INT_MAX || N > INT_MAX || K > INT_MAX) b.fail("matrix dimensions exceed the BLAS int range");
 
-    MatLayout la = operand_layout(b, &xm), lb = operand_layout(b, &ym);
-    std::vector<int64_t> xo = batch_offsets(xm, batch), yo = batch_offsets(ym, batch);
-    const float* xp = xm.f();
-    const float* yp = ym.f();
+    Operand xo = make_operand(b, xm, batch), yo = make_operand(b, ym, batch);
+    // Several products (a batch): one per pool thread, each on one BLAS thread, so the batch
+    // costs one synchronisation instead of one per product. A single product splits itself.
+    const size_t products = xo.offs.size();
+    const bool by_batch = products > 1 && threads::num_threads() > 1;
+    // Conversion scratch: one slot per thread, each product converts into its thread's slot.
+    const size_t slots = by_batch ? size_t(threads::num_threads()) : 1;
+    const int64_t x_floats = xo.converts ? M * K : 0, slot_floats = x_floats + (yo.converts ? K * N : 0);
+    float* scratch = slot_floats ? b.alloc(DType::fp32, {int64_t(slots), slot_floats}).f() : nullptr;
     float* op = out.f();
     const bool round = b.rounds(out);
     const Sink* sink = b.claim_sink(0);
-    // Several products (a batch): one per pool thread, each on one BLAS thread, so the batch
-    // costs one synchronisation instead of one per product. A single product splits itself.
-    const bool by_batch = xo.size() > 1 && threads::num_threads() > 1;
     b.add_step([=] {
         const size_t mn = size_t(M * N);
         float* dst = target(sink, op);
-        auto product = [&](size_t i) {
+        auto product = [&](size_t i, float* slot) {
             float* c = dst + i * mn;
-            if (K == 0)
+            if (K == 0) {
                 std::memset(c, 0, mn * sizeof(float));
-            else if (mn && by_batch)
-                blas::sgemm_serial(la.trans, lb.trans, int(M), int(N), int(K), 1.0f, xp + xo[i], la.ld, yp + yo[i], lb.ld, 0.0f, c, int(N));
-            else if (mn)
-                blas::sgemm(la.trans, lb.trans, int(M), int(N), int(K), 1.0f, xp + xo[i], la.ld, yp + yo[i], lb.ld, 0.0f, c, int(N));
+            } else if (mn) {
+                int lda, ldb;
+                const float* a = xo.matrix(i, slot, &lda);
+                const float* bm = yo.matrix(i, slot + x_floats, &ldb);
+                (by_batch ? blas::sgemm_serial : blas::sgemm)(xo.layout.trans, yo.layout.trans, int(M), int(N), int(K), 1.0f,
+                                                              a, lda, bm, ldb, 0.0f, c, int(N));
+            }
             emit(sink, round, op, i * mn, mn);
         };
-        if (by_batch)
-            threads::parallel_for(xo.size(), 1, [&](size_t b0, size_t e0) {
-                for (size_t i = b0; i < e0; ++i) product(i);
+        if (by_batch) {
+            // one task per slot; tasks take the next product until none is left
+            std::atomic<size_t> next{0};
+            threads::parallel_for(slots, 1, [&](size_t s0, size_t s1) {
+                for (size_t s = s0; s < s1; ++s)
+                    for (size_t i; (i = next.fetch_add(1)) < products;) product(i, scratch + s * slot_floats);
             });
-        else
-            for (size_t i = 0; i < xo.size(); ++i) product(i);
+        } else {
+            for (size_t i = 0; i < products; ++i) product(i, scratch);
+        }
     });
 }
 

@@ -1,5 +1,6 @@
 // Data movement: reshape, transpose, slice_by_size, slice_by_index and split are views over the
-// producer's storage (reshape copies only when the strides cannot express the new shape);
+// producer's storage (reshape copies only when the strides cannot express the new shape), so
+// they take their operand in place (a program input behind it may stay in the caller's buffer);
 // concat copies each input into its place; cast converts.
 #include <algorithm>
 #include <numeric>
@@ -52,7 +53,7 @@ View offset_view(const View& v, int64_t elements) {
 }
 
 void build_reshape(Builder& b) {
-    const View& x = b.tensor("x");
+    const View& x = b.tensor_in_place("x");
     std::vector<int64_t> spec = b.ints("shape");
     Shape shape(spec.size());
     int64_t known = 1, infer = -1;
@@ -92,7 +93,7 @@ void build_reshape(Builder& b) {
 }
 
 void build_transpose(Builder& b) {
-    const View& x = b.tensor("x");
+    const View& x = b.tensor_in_place("x");
     std::vector<int64_t> perm = b.ints("perm");
     if (perm.size() != x.rank()) b.fail("perm has " + std::to_string(perm.size()) + " entries but x has rank " + std::to_string(x.rank()));
     std::vector<bool> seen(x.rank(), false);
@@ -108,7 +109,7 @@ void build_transpose(Builder& b) {
 }
 
 void build_slice_by_size(Builder& b) {
-    const View& x = b.tensor("x");
+    const View& x = b.tensor_in_place("x");
     std::vector<int64_t> begin = b.ints("begin"), size = b.ints("size");
     if (begin.size() != x.rank() || size.size() != x.rank()) b.fail("begin and size must have one entry per dimension of x");
     View v = x;
@@ -136,7 +137,7 @@ std::vector<bool> bool_list(Builder& b, const char* key, size_t n) {
 }
 
 void build_slice_by_index(Builder& b) {
-    const View& x = b.tensor("x");
+    const View& x = b.tensor_in_place("x");
     const size_t r = x.rank();
     std::vector<int64_t> begin = b.ints("begin"), end = b.ints("end");
     std::vector<int64_t> stride = b.has("stride") ? b.ints("stride") : std::vector<int64_t>(r, 1);
@@ -146,6 +147,7 @@ void build_slice_by_index(Builder& b) {
     View v;
     v.dtype = x.dtype;
     v.data = x.data;
+    v.input = x.input;
     int64_t offset = 0;
     for (size_t i = 0; i < r; ++i) {
         const int64_t dim = x.shape[i], s = stride[i];
@@ -212,7 +214,7 @@ void build_concat(Builder& b) {
 }
 
 void build_split(Builder& b) {
-    const View& x = b.tensor("x");
+    const View& x = b.tensor_in_place("x");
     int64_t axis = normalize_axis(b, b.int_scalar("axis", 0, true), x.rank(), "axis");
     const int64_t dim = x.shape[size_t(axis)];
     std::vector<int64_t> sizes;
