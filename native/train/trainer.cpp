@@ -213,12 +213,12 @@ void Trainer::ensure_kernels() {
     kernels_stale_ = false;
 }
 
-void Trainer::eval(backend::Kernel& k, const std::vector<const float*>& in, const std::vector<float*>& out) {
+void Trainer::eval(backend::Kernel& k, const std::vector<In>& in, const std::vector<float*>& out) {
     const auto t0 = Clock::now();
     const double io0 = k.io_ms();
     std::vector<backend::HostTensor> hin, hout;
     for (size_t i = 0; i < in.size(); ++i)
-        hin.push_back({const_cast<float*>(in[i]), mil::DType::fp32, k.inputs()[i].numel()});
+        hin.push_back({const_cast<float*>(in[i].data), mil::DType::fp32, k.inputs()[i].numel(), in[i].fp16_exact});
     for (size_t i = 0; i < out.size(); ++i) hout.push_back({out[i], mil::DType::fp32, k.outputs()[i].numel()});
     k.eval(hin, hout);
     const double io = k.io_ms() - io0;
@@ -230,10 +230,10 @@ void Trainer::eval(backend::Kernel& k, const std::vector<const float*>& in, cons
 float* Trainer::weight(const std::string& name) { return state_.weights.data() + state_.slot(name).offset; }
 float* Trainer::grad(const std::string& name) { return state_.grads.data() + state_.slot(name).offset; }
 
-std::vector<const float*> Trainer::inputs(const LayerKernels& ks, const std::string& kernel, int layer,
-                                          std::vector<const float*> acts) {
+std::vector<Trainer::In> Trainer::inputs(const LayerKernels& ks, const std::string& kernel, int layer,
+                                         std::vector<In> acts) {
     const auto& names = ks.inputs.at(kernel);
-    for (size_t i = acts.size(); i < names.size(); ++i) acts.push_back(weight(layer_weight_name(layer, names[i])));
+    for (size_t i = acts.size(); i < names.size(); ++i) acts.push_back({weight(layer_weight_name(layer, names[i])), false});
     return acts;
 }
 
@@ -256,7 +256,7 @@ void Trainer::forward_sequence(const int32_t* tok) {
             cpu::rmsnorm_fwd(a.x.data(), weight(p + "attention_norm"), D, S, c.norm_eps, a.xn.data(),
                              a.rrms1.data());
         }
-        eval(*ks.attn_fwd, inputs(ks, "attention_forward", l, {a.xn.data()}),
+        eval(*ks.attn_fwd, inputs(ks, "attention_forward", l, {{a.xn.data(), false}}),
              {tmp_.data(), a.q.data(), a.k.data(), a.v.data(), a.attn.data()});
         {
             Timer t{t_.cpu_ops};
@@ -264,7 +264,7 @@ void Trainer::forward_sequence(const int32_t* tok) {
             cpu::rmsnorm_fwd(a.x2.data(), weight(p + "ffn_norm"), D, S, c.norm_eps, a.x2n.data(),
                              a.rrms2.data());
         }
-        eval(*ks.ffn_fwd, inputs(ks, "ffn_forward", l, {a.x2n.data()}),
+        eval(*ks.ffn_fwd, inputs(ks, "ffn_forward", l, {{a.x2n.data(), false}}),
              {tmp_.data(), a.h1.data(), a.h3.data(), a.gate.data()});
         {
             Timer t{t_.cpu_ops};  // the residual stream goes straight into the next layer's input
@@ -282,6 +282,7 @@ double Trainer::backward_sequence(const int32_t* tok) {
     const int D = c.dim, S = c.seq_len, KV = c.kv_dim(), H = c.ffn_dim(), V = c.vocab_size;
     const size_t DS = size_t(D) * S;
     const bool dynamic = kopt_.pipeline == mil::Pipeline::Dynamic;
+    const bool out16 = kopt_.dtype == mil::DType::fp16;  // the forward kernels' outputs are fp16 values
     double loss;
     {
         Timer t{t_.cpu_ops};
@@ -300,7 +301,7 @@ double Trainer::backward_sequence(const int32_t* tok) {
         auto G = [&](const std::string& n) { return grad(p + n); };
         // FFN branch: x_next = x2 + f, so df = dx
         std::memcpy(a.df.data(), dx_.data(), DS * sizeof(float));
-        eval(*ks.ffn_bwd, inputs(ks, "ffn_backward", l, {a.df.data(), a.h1.data(), a.h3.data()}),
+        eval(*ks.ffn_bwd, inputs(ks, "ffn_backward", l, {{a.df.data(), false}, {a.h1.data(), out16}, {a.h3.data(), out16}}),
              {tmp_.data(), a.dh1.data(), a.dh3.data()});
         float *gw1 = G("feed_forward.w1"), *gw2 = G("feed_forward.w2"), *gw3 = G("feed_forward.w3");
         dw_->submit([=, &a] {
@@ -315,7 +316,8 @@ double Trainer::backward_sequence(const int32_t* tok) {
                              G("ffn_norm"));
         }
         // attention branch: x2 = x + o, so do = dx2
-        eval(*ks.attn_bwd, inputs(ks, "attention_backward", l, {a.dx2.data(), a.q.data(), a.k.data(), a.v.data()}),
+        eval(*ks.attn_bwd, inputs(ks, "attention_backward", l,
+                    {{a.dx2.data(), false}, {a.q.data(), out16}, {a.k.data(), out16}, {a.v.data(), out16}}),
              {tmp_.data(), a.dq.data(), a.dk.data(), a.dv.data()});
         float *gq = G("attention.wq"), *gk = G("attention.wk"), *gv = G("attention.wv"), *go = G("attention.wo");
         dw_->submit([=, &a] {

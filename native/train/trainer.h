@@ -82,10 +82,14 @@ private:
     double backward_sequence(const int32_t* tok);
     float* weight(const std::string& name);
     float* grad(const std::string& name);
+    // A kernel input: fp32 data, and whether it holds fp16 values already (see HostTensor).
+    struct In {
+        const float* data;
+        bool fp16_exact;
+    };
     // A kernel's inputs: the given activations, then the layer's weights it takes by name.
-    std::vector<const float*> inputs(const LayerKernels& ks, const std::string& kernel, int layer,
-                                     std::vector<const float*> acts);
-    void eval(backend::Kernel& k, const std::vector<const float*>& in, const std::vector<float*>& out);
+    std::vector<In> inputs(const LayerKernels& ks, const std::string& kernel, int layer, std::vector<In> acts);
+    void eval(backend::Kernel& k, const std::vector<In>& in, const std::vector<float*>& out);
 
     ModelState state_;
     std::shared_ptr<backend::Backend> backend_;

@@ -184,7 +184,7 @@ private:
         Feed feed = Feed::exact;
         if (h.dtype == DType::fp16)
             feed = Feed::f16;
-        else if (v.dtype == DType::fp16 && round16_)
+        else if (v.dtype == DType::fp16 && round16_ && !h.fp16_exact)
             feed = Feed::round16;
         const size_t size = mil::dtype_size(h.dtype);
         const uintptr_t lo = reinterpret_cast<uintptr_t>(h.data), hi = lo + size_t(h.numel) * size;
@@ -210,7 +210,7 @@ private:
         size_t n = size_t(h.numel);
         if (v.dtype == DType::fp16 && h.dtype == DType::fp16) {
             fp16::f16_to_f32(static_cast<const uint16_t*>(h.data), v.f(), n);
-        } else if (v.dtype == DType::fp16 && round16_) {
+        } else if (v.dtype == DType::fp16 && round16_ && !h.fp16_exact) {
             fp16::round_f32(static_cast<const float*>(h.data), v.f(), n);
         } else {
             std::memcpy(v.data, h.data, n * store_size(store_of(v.dtype)));
