@@ -128,21 +128,24 @@ def test_softmax(shape, axis, rng):
     assert_fp16_close(run(text, x), f16(e / e.sum(axis=axis, keepdims=True)), ulps=1, atol=1e-7)
 
 
+def reduce_program(op, shape, axes, keep, out_shape, dtype):
+    body = [const("kd", np.bool_(keep))]
+    args = "x = x, keep_dims = kd"
+    if axes is not None:
+        body.append(const("ax", np.array(axes, np.int32)))
+        args += ", axes = ax"
+    t = ttype(dtype, out_shape) if out_shape else dtype
+    body.append(f'{t} y = {op}({args})[name = string("y")];')
+    return program([("x", dtype, shape)], body, ["y"])
+
+
 @pytest.mark.parametrize("op,f", [("reduce_sum", np.sum), ("reduce_mean", np.mean), ("reduce_max", np.max)])
 @pytest.mark.parametrize("axes,keep", [([1], True), ([-1], True), ([0, 2], False), (None, False), (None, True), ([1, 3], False)])
 def test_reduce(op, f, axes, keep, rng):
     shape = (2, 24, 3, 40)
     x = rng.standard_normal(shape).astype(np.float16)
     want = f(x.astype(np.float64), axis=None if axes is None else tuple(axes), keepdims=keep)
-    body = [const("kd", np.bool_(keep))]
-    args = "x = x, keep_dims = kd"
-    if axes is not None:
-        body.append(const("ax", np.array(axes, np.int32)))
-        args += ", axes = ax"
-    wshape = np.shape(want)
-    t = ttype("fp16", wshape) if wshape else "fp16"
-    body.append(f'{t} y = {op}({args})[name = string("y")];')
-    got = run(program([("x", "fp16", shape)], body, ["y"]), x)
+    got = run(reduce_program(op, shape, axes, keep, np.shape(want), "fp16"), x)
     assert_fp16_close(got, f16(want), ulps=1, atol=2e-3 if op == "reduce_sum" else 1e-4)
 
 
@@ -540,14 +543,7 @@ def test_large_reduce_sum(axes, keep, rng):
     shape = (12, 2, 64, 256)
     x = rng.standard_normal(shape).astype(np.float32)
     want = np.sum(x.astype(np.float64), axis=None if axes is None else tuple(axes), keepdims=keep)
-    body = [const("kd", np.bool_(keep))]
-    args = "x = x, keep_dims = kd"
-    if axes is not None:
-        body.append(const("ax", np.array(axes, np.int32)))
-        args += ", axes = ax"
-    wshape = np.shape(want)
-    body.append(f'{ttype("fp32", wshape) if wshape else "fp32"} y = reduce_sum({args})[name = string("y")];')
-    got = run(program([("x", "fp32", shape)], body, ["y"]), x)
+    got = run(reduce_program("reduce_sum", shape, axes, keep, np.shape(want), "fp32"), x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
 
 
