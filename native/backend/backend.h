@@ -47,8 +47,8 @@ struct HostTensor {
     void* data = nullptr;
     DType dtype = DType::fp16;
     int64_t numel = 0;
-    // fp32 data the caller knows to hold fp16 values already (an fp16 kernel's outputs, a rounded
-    // copy of the weights): a backend may skip rounding it. Ignored for fp16 data.
+    // fp32 data the caller knows to hold fp16 values already (e.g. an fp16 kernel's outputs): a
+    // backend may skip rounding it. Ignored for fp16 data.
     bool fp16_exact = false;
 };
 

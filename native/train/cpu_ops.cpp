@@ -88,7 +88,8 @@ void embedding_bwd(const float* dx, const int32_t* tok, int S, int vocab, int di
 
 namespace {
 // RMSNorm forward of positions [b, e).
-ANETRAIN_HOT void rmsnorm_fwd_columns(const float* x, const float* g, int C, int S, float eps, float* y, float* rrms, size_t b, size_t e) {
+ANETRAIN_HOT void rmsnorm_fwd_columns(const float* x, const float* g, int C, int S, float eps, float* y, float* rrms,
+                                      size_t b, size_t e) {
     const size_t w = e - b;
     std::vector<double> ss(w, 0.0);
     for (int c = 0; c < C; ++c) {
@@ -106,12 +107,14 @@ ANETRAIN_HOT void rmsnorm_fwd_columns(const float* x, const float* g, int C, int
 }  // namespace
 
 void rmsnorm_fwd(const float* x, const float* g, int C, int S, float eps, float* y, float* rrms) {
-    parallel_for(size_t(S), kColumnGrain, [&](size_t b, size_t e) { rmsnorm_fwd_columns(x, g, C, S, eps, y, rrms, b, e); });
+    parallel_for(size_t(S), kColumnGrain,
+                 [&](size_t b, size_t e) { rmsnorm_fwd_columns(x, g, C, S, eps, y, rrms, b, e); });
 }
 
 namespace {
 // RMSNorm backward to the input, positions [b, e) (adds into dx).
-ANETRAIN_HOT void rmsnorm_bwd_columns(const float* dy, const float* x, const float* g, const float* rrms, int C, int S, float* dx, size_t b, size_t e) {
+ANETRAIN_HOT void rmsnorm_bwd_columns(const float* dy, const float* x, const float* g, const float* rrms, int C, int S,
+                                      float* dx, size_t b, size_t e) {
     const size_t w = e - b;
     std::vector<double> dot(w, 0.0);
     for (int c = 0; c < C; ++c) {
@@ -134,7 +137,8 @@ ANETRAIN_HOT void rmsnorm_bwd_columns(const float* dy, const float* x, const flo
 
 void rmsnorm_bwd(const float* dy, const float* x, const float* g, const float* rrms, int C, int S, float* dx,
                  float* dg) {
-    parallel_for(size_t(S), kColumnGrain, [&](size_t b, size_t e) { rmsnorm_bwd_columns(dy, x, g, rrms, C, S, dx, b, e); });
+    parallel_for(size_t(S), kColumnGrain,
+                 [&](size_t b, size_t e) { rmsnorm_bwd_columns(dy, x, g, rrms, C, S, dx, b, e); });
     parallel_for(size_t(C), 16, [&](size_t b, size_t e) {
         for (size_t c = b; c < e; ++c) {
             const float* dyr = dy + c * S;

@@ -59,24 +59,24 @@ void build_reduce(Builder& b, Red kind) {
         // Rows that each own one output (only the inner loop dimension is reduced) run in
         // parallel; otherwise rows share outputs and run in order.
         auto rows = [&](int64_t r0, int64_t r1) {
-        for_rows<2>(L, r0, r1, [&](const int64_t* off) {
-            const float* a = xp + off[0];
-            float* c = o + off[1];
-            if (so == 0) {
-                float s = *c;
-                if (kind == Red::max)
-                    for (int64_t i = 0; i < n; ++i) s = (a[i * sx] > s || std::isnan(a[i * sx])) ? a[i * sx] : s;
-                else if (sx == 1)
-                    s += sum_f32(a, n);  // 8 partial sums: vectorises, and no less accurate
-                else
-                    for (int64_t i = 0; i < n; ++i) s += a[i * sx];
-                *c = s;
-            } else if (kind == Red::max) {
-                for (int64_t i = 0; i < n; ++i) c[i * so] = (a[i * sx] > c[i * so] || std::isnan(a[i * sx])) ? a[i * sx] : c[i * so];
-            } else {
-                for (int64_t i = 0; i < n; ++i) c[i * so] += a[i * sx];
-            }
-        });
+            for_rows<2>(L, r0, r1, [&](const int64_t* off) {
+                const float* a = xp + off[0];
+                float* c = o + off[1];
+                if (so == 0) {
+                    float s = *c;
+                    if (kind == Red::max)
+                        for (int64_t i = 0; i < n; ++i) s = (a[i * sx] > s || std::isnan(a[i * sx])) ? a[i * sx] : s;
+                    else if (sx == 1)
+                        s += sum_f32(a, n);  // 8 partial sums: vectorises, and no less accurate
+                    else
+                        for (int64_t i = 0; i < n; ++i) s += a[i * sx];
+                    *c = s;
+                } else if (kind == Red::max) {
+                    for (int64_t i = 0; i < n; ++i) c[i * so] = (a[i * sx] > c[i * so] || std::isnan(a[i * sx])) ? a[i * sx] : c[i * so];
+                } else {
+                    for (int64_t i = 0; i < n; ++i) c[i * so] += a[i * sx];
+                }
+            });
         };
         if (own_rows)
             parallel_rows(L.rows(), n, rows);
