@@ -881,6 +881,30 @@ void bind_train(py::module_& m) {
         py::arg("E"), py::arg("x"), py::arg("dlogits"), py::arg("dE"),
         "Returns dx = E.T @ dlogits; accumulates dE += dlogits @ x.T.");
     m.def(
+        "cpu_classifier_loss",
+        [in, out, tokens, extent](const py::array& E, const py::array& x, const py::array& targets, float scale,
+                                  py::array& dE) {
+            const float* pE = in(E, "cpu_classifier_loss", "E", {-1, -1});
+            const int vocab = extent(E, 0), D = extent(E, 1);
+            const float* px = in(x, "cpu_classifier_loss", "x", {D, -1});
+            const int S = extent(x, 1);
+            const int32_t* t = tokens(targets, "cpu_classifier_loss", "targets", S);
+            float* pdE = out(dE, "cpu_classifier_loss", "dE", {vocab, D});
+            Floats logits({vocab, S}), dx({D, S});
+            float *pl = logits.mutable_data(), *pdx = dx.mutable_data();
+            double loss;
+            {
+                py::gil_scoped_release nogil;
+                train::cpu::SoftmaxStats st;
+                train::cpu::classifier_fwd(pE, px, vocab, D, S, pl, &st);
+                loss = train::cpu::classifier_loss_bwd(pE, px, pl, st, t, scale, vocab, D, S, pdx, pdE);
+            }
+            return py::make_tuple(loss, dx, logits);
+        },
+        py::arg("E"), py::arg("x"), py::arg("targets"), py::arg("scale"), py::arg("dE"),
+        "The trainer's fused classifier + cross-entropy: (mean loss, dx = E.T @ dlogits, dlogits), "
+        "accumulating dE += dlogits @ x.T.");
+    m.def(
         "cpu_cross_entropy",
         [in, tokens, extent](const py::array& logits, const py::array& targets, float scale) {
             const float* pl = in(logits, "cpu_cross_entropy", "logits", {-1, -1});

@@ -204,6 +204,26 @@ def test_cross_entropy_loss_and_scaled_gradient(rng, S, scale, logit_scale):
     assert_close(dl, lt.grad.numpy())
 
 
+@pytest.mark.parametrize("vocab,S", [(50, 1), (1000, 33), (2500, 256)])  # one chunk; several, with a short last one
+def test_fused_classifier_loss_matches_autograd(rng, vocab, S):
+    dim, scale = 24, 8.0
+    E, x = f32(rng, vocab, dim, scale=2.0), f32(rng, dim, S)
+    tgt = rng.integers(0, vocab, S).astype(np.int32)
+    tgt[0] = vocab - 1  # a target in the last chunk
+    dE = f32(rng, vocab, dim)
+    dE0 = dE.copy()
+    loss, dx, dl = nat.cpu_classifier_loss(E, x, tgt, scale, dE)
+    Et, xt = t64(E, grad=True), t64(x, grad=True)
+    logits = Et @ xt
+    logits.retain_grad()
+    ref = F.cross_entropy(logits.T, torch.tensor(tgt.astype(np.int64)))
+    (ref * scale).backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-6)
+    assert_close(dl, logits.grad.numpy())
+    assert_close(dx, xt.grad.numpy())
+    assert_close(dE - dE0, Et.grad.numpy())
+
+
 def test_cross_entropy_rejects_target_outside_vocab():
     with pytest.raises(IndexError, match="target id 5 at position 0"):
         nat.cpu_cross_entropy(np.zeros((5, 2), np.float32), np.array([5, 0], np.int32))

@@ -195,10 +195,89 @@ void rope_rotate(float* x, int n_heads, const RopeTable& t, float direction) {
 void rope_fwd(float* x, int n_heads, const RopeTable& t) { rope_rotate(x, n_heads, t, 1.f); }
 void rope_bwd(float* dx, int n_heads, const RopeTable& t) { rope_rotate(dx, n_heads, t, -1.f); }
 
-// ------------------------------------------------------------------------------ classifier
+// ------------------------------------------------------------------------------ classifier and loss
+//
+// The logits [vocab][S] are the biggest tensor of the step (32.8 MB for Stories at S=256), so
+// they are handled in chunks of vocabulary rows small enough to stay in a core's L2: each chunk's
+// product, softmax statistics and gradient are made one after another while it is in cache,
+// instead of separate passes over the whole tensor. Chunks are split across the threads; every
+// per-chunk result is combined in chunk order, so results do not depend on scheduling.
 
-void classifier_fwd(const float* E, const float* x, int vocab, int dim, int S, float* logits) {
-    blas::sgemm(false, false, vocab, S, dim, 1.f, E, dim, x, S, 0.f, logits, S);
+namespace {
+
+// Vocabulary rows per chunk: about 128K floats (512 KB) of logits.
+int vocab_chunk(int S) { return std::max(16, 131072 / std::max(S, 1) / 16 * 16); }
+
+// Per column s of a [n][S] block: mx[s] = max over the rows (NaNs ignored here; they reach the
+// sum), sum[s] = sum over the rows of exp(z - mx[s]).
+ANETRAIN_HOT void block_softmax_stats(const float* z, int n, int S, float* mx, float* sum) {
+    for (int s = 0; s < S; ++s) mx[s] = -std::numeric_limits<float>::infinity();
+    for (int r = 0; r < n; ++r) {
+        const float* row = z + size_t(r) * S;
+        for (int s = 0; s < S; ++s) mx[s] = row[s] > mx[s] ? row[s] : mx[s];
+    }
+    for (int s = 0; s < S; ++s) sum[s] = 0.f;
+    for (int r = 0; r < n; ++r) {
+        const float* row = z + size_t(r) * S;
+        for (int s = 0; s < S; ++s) sum[s] += exp_fast(row[s] - mx[s]);
+    }
+}
+
+// Combines per-chunk statistics (chunk c's at c*S) in chunk order.
+void merge_softmax_stats(const std::vector<float>& cmax, const std::vector<float>& csum, int chunks, int S,
+                         SoftmaxStats* st) {
+    st->max.assign(size_t(S), -std::numeric_limits<float>::infinity());
+    st->sum.assign(size_t(S), 0.0);
+    for (int c = 0; c < chunks; ++c)
+        for (int s = 0; s < S; ++s) st->max[s] = std::max(st->max[s], cmax[size_t(c) * S + s]);
+    for (int c = 0; c < chunks; ++c)
+        for (int s = 0; s < S; ++s)
+            st->sum[s] += double(csum[size_t(c) * S + s]) * std::exp(double(cmax[size_t(c) * S + s]) - st->max[s]);
+}
+
+// dlogits of rows [r0, r0 + n) in place: scale * (softmax - onehot) / S, with k[s] = scale / (S sum[s]).
+ANETRAIN_HOT void block_xent_grad(float* z, int r0, int n, int S, const float* mx, const float* k,
+                                  const int32_t* tgt, float hit) {
+    for (int r = 0; r < n; ++r) {
+        float* row = z + size_t(r) * S;
+        for (int s = 0; s < S; ++s) row[s] = exp_fast(row[s] - mx[s]) * k[s];
+    }
+    for (int s = 0; s < S; ++s)
+        if (tgt[s] >= r0 && tgt[s] < r0 + n) z[size_t(tgt[s] - r0) * S + s] -= hit;
+}
+
+// Loss per position from the statistics; fills k[s] for block_xent_grad. Returns the mean.
+double xent_loss(const float* logits, const SoftmaxStats& st, const int32_t* tgt, float scale, int S, float* k) {
+    double total = 0.0;
+    for (int s = 0; s < S; ++s) {
+        total += std::log(st.sum[s]) + st.max[s] - logits[size_t(tgt[s]) * S + s];
+        k[s] = float(scale / (double(S) * st.sum[s]));
+    }
+    return total / S;
+}
+
+void require_positions(int S, int vocab) {
+    if (S <= 0 || vocab <= 0)
+        throw std::invalid_argument("cross_entropy needs at least one position and one vocabulary entry (got S=" +
+                                    std::to_string(S) + ", vocab=" + std::to_string(vocab) + ")");
+}
+
+}  // namespace
+
+void classifier_fwd(const float* E, const float* x, int vocab, int dim, int S, float* logits, SoftmaxStats* stats) {
+    if (!stats) return blas::sgemm(false, false, vocab, S, dim, 1.f, E, dim, x, S, 0.f, logits, S);
+    require_positions(S, vocab);
+    const int C = vocab_chunk(S), chunks = (vocab + C - 1) / C;
+    std::vector<float> cmax(size_t(chunks) * S), csum(size_t(chunks) * S);
+    parallel_for(size_t(chunks), 1, [&](size_t b, size_t e) {
+        for (size_t c = b; c < e; ++c) {
+            const int r0 = int(c) * C, n = std::min(C, vocab - r0);
+            float* z = logits + size_t(r0) * S;
+            blas::sgemm_serial(false, false, n, S, dim, 1.f, E + size_t(r0) * dim, dim, x, S, 0.f, z, S);
+            block_softmax_stats(z, n, S, cmax.data() + c * S, csum.data() + c * S);
+        }
+    });
+    merge_softmax_stats(cmax, csum, chunks, S, stats);
 }
 
 void classifier_bwd(const float* E, const float* x, const float* dlogits, int vocab, int dim, int S, float* dx,
@@ -207,56 +286,60 @@ void classifier_bwd(const float* E, const float* x, const float* dlogits, int vo
     blas::sgemm(false, true, vocab, dim, S, 1.f, dlogits, S, x, S, 1.f, dE, dim);
 }
 
-// ------------------------------------------------------------------------------ loss
-
-namespace {
-// Softmax cross-entropy of positions [b, e) (columns of [vocab][S] logits): loss per position
-// into loss_at, scaled gradient into dlogits (which may alias logits). Two passes over the
-// logits instead of three: the first keeps a running max and a sum rescaled whenever the max
-// grows (online softmax), the second writes the gradient.
-ANETRAIN_HOT void cross_entropy_columns(const float* logits, const int32_t* tgt, int vocab, int S, float scale,
-                                        float* dlogits, double* loss_at, size_t b, size_t e) {
-    const size_t w = e - b;
-    std::vector<float> mx(w, -std::numeric_limits<float>::infinity()), k(w);
-    std::vector<double> sum(w, 0.0);
-    for (int v = 0; v < vocab; ++v) {
-        const float* row = logits + size_t(v) * S + b;
-        for (size_t j = 0; j < w; ++j) {
-            const float m = std::max(mx[j], row[j]);
-            sum[j] = sum[j] * double(exp_fast(mx[j] - m)) + double(exp_fast(row[j] - m));
-            mx[j] = m;
+double classifier_loss_bwd(const float* E, const float* x, float* logits, const SoftmaxStats& st,
+                           const int32_t* tgt, float scale, int vocab, int dim, int S, float* dx, float* dE) {
+    require_positions(S, vocab);
+    check_tokens(tgt, S, vocab, "target");
+    std::vector<float> k(static_cast<size_t>(S), 0.f);
+    const double loss = xent_loss(logits, st, tgt, scale, S, k.data());
+    const int C = vocab_chunk(S), chunks = (vocab + C - 1) / C;
+    // Task t takes chunks t, t+T, ... and sums its dx in its own buffer (task 0 in dx itself).
+    const int T = std::max(1, std::min(threads::num_threads(), chunks));
+    std::vector<float> partial(size_t(T - 1) * dim * S);
+    const float hit = scale / float(S);
+    parallel_for(size_t(T), 1, [&](size_t b, size_t e) {
+        for (size_t t = b; t < e; ++t) {
+            float* acc = t == 0 ? dx : partial.data() + (t - 1) * size_t(dim) * S;
+            for (int c = int(t); c < chunks; c += T) {
+                const int r0 = c * C, n = std::min(C, vocab - r0);
+                float* z = logits + size_t(r0) * S;
+                block_xent_grad(z, r0, n, S, st.max.data(), k.data(), tgt, hit);
+                blas::sgemm_serial(false, true, n, dim, S, 1.f, z, S, x, S, 1.f, dE + size_t(r0) * dim, dim);
+                blas::sgemm_serial(true, false, dim, S, n, 1.f, E + size_t(r0) * dim, dim, z, S, c == int(t) ? 0.f : 1.f,
+                                   acc, S);
+            }
         }
-    }
-    for (size_t j = 0; j < w; ++j) {
-        const float target_logit = logits[size_t(tgt[b + j]) * S + b + j];
-        loss_at[b + j] = std::log(sum[j]) + mx[j] - target_logit;
-        k[j] = float(scale / (double(S) * sum[j]));
-    }
-    for (int v = 0; v < vocab; ++v) {  // each element is read, then written (dlogits may alias logits)
-        const float* row = logits + size_t(v) * S + b;
-        float* out = dlogits + size_t(v) * S + b;
-        for (size_t j = 0; j < w; ++j) out[j] = exp_fast(row[j] - mx[j]) * k[j];
-    }
-    for (size_t j = 0; j < w; ++j) dlogits[size_t(tgt[b + j]) * S + b + j] -= scale / float(S);
+    });
+    for (int t = 1; t < T; ++t) add(dx, partial.data() + size_t(t - 1) * dim * S, dx, size_t(dim) * S);
+    return loss;
 }
-}  // namespace
 
 double cross_entropy(const float* logits, const int32_t* tgt, int vocab, int S, float scale, float* dlogits) {
-    if (S <= 0 || vocab <= 0)
-        throw std::invalid_argument("cross_entropy needs at least one position and one vocabulary entry (got S=" +
-                                    std::to_string(S) + ", vocab=" + std::to_string(vocab) + ")");
+    require_positions(S, vocab);
     check_tokens(tgt, S, vocab, "target");
-    std::vector<double> loss_at(S);
-    // One wide block of columns per thread: each logits row is then read in long contiguous
-    // pieces (narrow blocks made this loop wait on memory).
-    const size_t T = size_t(std::max(1, threads::num_threads()));
-    const size_t grain = std::max(kColumnGrain, (size_t(S) + T - 1) / T);
-    parallel_for(size_t(S), grain, [&](size_t b, size_t e) {
-        cross_entropy_columns(logits, tgt, vocab, S, scale, dlogits, loss_at.data(), b, e);
+    const int C = vocab_chunk(S), chunks = (vocab + C - 1) / C;
+    std::vector<float> cmax(size_t(chunks) * S), csum(size_t(chunks) * S);
+    parallel_for(size_t(chunks), 1, [&](size_t b, size_t e) {
+        for (size_t c = b; c < e; ++c) {
+            const int r0 = int(c) * C;
+            block_softmax_stats(logits + size_t(r0) * S, std::min(C, vocab - r0), S, cmax.data() + c * S,
+                                csum.data() + c * S);
+        }
     });
-    double total = 0.0;
-    for (double l : loss_at) total += l;
-    return total / S;
+    SoftmaxStats st;
+    merge_softmax_stats(cmax, csum, chunks, S, &st);
+    std::vector<float> k(static_cast<size_t>(S), 0.f);
+    const double loss = xent_loss(logits, st, tgt, scale, S, k.data());
+    if (dlogits != logits) std::memcpy(dlogits, logits, size_t(vocab) * S * sizeof(float));
+    const float hit = scale / float(S);
+    parallel_for(size_t(chunks), 1, [&](size_t b, size_t e) {
+        for (size_t c = b; c < e; ++c) {
+            const int r0 = int(c) * C;
+            block_xent_grad(dlogits + size_t(r0) * S, r0, std::min(C, vocab - r0), S, st.max.data(), k.data(), tgt,
+                            hit);
+        }
+    });
+    return loss;
 }
 
 // ------------------------------------------------------------------------------ SwiGLU

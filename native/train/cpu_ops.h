@@ -37,8 +37,24 @@ void rope_fwd(float* x, int n_heads, const RopeTable& t);
 // dx'[2i] = dx[2i] cos + dx[2i+1] sin;  dx'[2i+1] = -dx[2i] sin + dx[2i+1] cos
 void rope_bwd(float* dx, int n_heads, const RopeTable& t);
 
-// logits[v][s] = sum_d E[v][d] x[d][s]   (tied classifier; logits [vocab][S])
-void classifier_fwd(const float* E, const float* x, int vocab, int dim, int S, float* logits);
+// Per-position softmax statistics over the vocabulary axis of logits [vocab][S]:
+// max[s] = max_v logits[v][s] and sum[s] = sum_v exp(logits[v][s] - max[s]).
+struct SoftmaxStats {
+    std::vector<float> max;
+    std::vector<double> sum;
+};
+
+// logits[v][s] = sum_d E[v][d] x[d][s]   (tied classifier; logits [vocab][S]). With `stats`, also
+// gathers the softmax statistics of the logits, chunk by chunk while each is still in cache.
+void classifier_fwd(const float* E, const float* x, int vocab, int dim, int S, float* logits,
+                    SoftmaxStats* stats = nullptr);
+// cross_entropy and classifier_bwd in one pass over chunks of the vocabulary, each chunk's
+// gradient made and consumed by both products while it is in cache. `stats` come from
+// classifier_fwd on these logits. Returns the mean loss; logits are overwritten by dlogits;
+// dx = E^T dlogits (overwrites); dE += dlogits x^T (accumulates). Deterministic for a given
+// thread count.
+double classifier_loss_bwd(const float* E, const float* x, float* logits, const SoftmaxStats& stats,
+                           const int32_t* tgt, float scale, int vocab, int dim, int S, float* dx, float* dE);
 // dx[d][s] = sum_v E[v][d] dlogits[v][s] (overwrites);  dE[v][d] += sum_s dlogits[v][s] x[d][s] (accumulates)
 void classifier_bwd(const float* E, const float* x, const float* dlogits, int vocab, int dim, int S, float* dx,
                     float* dE);

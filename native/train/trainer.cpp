@@ -274,7 +274,7 @@ void Trainer::forward_sequence(const int32_t* tok) {
     }
     Timer t{t_.cpu_ops};
     cpu::rmsnorm_fwd(x_.data(), weight("norm"), D, S, c.norm_eps, xf_.data(), rrms_f_.data());
-    cpu::classifier_fwd(weight("tok_embeddings"), xf_.data(), c.vocab_size, D, S, logits_.data());
+    cpu::classifier_fwd(weight("tok_embeddings"), xf_.data(), c.vocab_size, D, S, logits_.data(), &softmax_);
 }
 
 double Trainer::backward_sequence(const int32_t* tok) {
@@ -286,10 +286,9 @@ double Trainer::backward_sequence(const int32_t* tok) {
     double loss;
     {
         Timer t{t_.cpu_ops};
-        loss = cpu::cross_entropy(logits_.data(), tok + 1, V, S, opt_.loss_scale, logits_.data());
+        loss = cpu::classifier_loss_bwd(weight("tok_embeddings"), xf_.data(), logits_.data(), softmax_, tok + 1,
+                                        opt_.loss_scale, V, D, S, tmp_.data(), grad("tok_embeddings"));
         std::fill(dx_.begin(), dx_.end(), 0.f);
-        cpu::classifier_bwd(weight("tok_embeddings"), xf_.data(), logits_.data(), V, D, S, tmp_.data(),
-                            grad("tok_embeddings"));
         cpu::rmsnorm_bwd(tmp_.data(), x_.data(), weight("norm"), rrms_f_.data(), D, S, dx_.data(),
                          grad("norm"));
     }

@@ -101,6 +101,7 @@ private:
     bool kernels_stale_ = true;
     std::vector<std::unique_ptr<LayerActs>> acts_;
     std::vector<float> x_, xf_, rrms_f_, logits_, dx_, tmp_;
+    cpu::SoftmaxStats softmax_;  // of logits_, from the forward pass
     std::unique_ptr<DwQueue> dw_;
     int pending_ = 0;
     Timings t_;
