@@ -179,6 +179,24 @@ def test_broadcast_batch_dims(threads, xs, ys, host, rng):
         assert_fp16_close(kernel(x, y), f16(matmul64(f16(x), f16(y))), ulps=1, atol=1e-3)
 
 
+@pytest.mark.parametrize("M,K,N", [(1000, 300, 40), (40, 300, 1000)])  # split by rows of x / columns of y
+@pytest.mark.parametrize("tx,ty", [("f", "f"), ("t", "f"), ("f", "t"), ("t", "t")])
+@pytest.mark.parametrize("host", [np.float16, np.float32])
+def test_single_big_product_converts_block_by_block(threads, M, K, N, tx, ty, host, rng):
+    """A single product big enough to split (>= 2^22 multiply-adds) converts the operand it splits
+    block by block (blocks of 16-row multiples that do not divide M or N here), read in the
+    caller's buffer; the other operand is copied in. Same results as NumPy on the rounded inputs."""
+    xs = (K, M) if tx == "t" else (M, K)
+    ys = (N, K) if ty == "t" else (K, N)
+    kernel = compile_ref(program([("x", "fp16", xs), ("y", "fp16", ys)], FLAGS + [matmul_line("x", "y", (M, N), tx=tx, ty=ty)], ["z"]))
+    for _ in range(2):
+        x = quarter_ulp_off(rng.standard_normal(xs).astype(np.float16)).astype(host)
+        y = quarter_ulp_off(rng.standard_normal(ys).astype(np.float16)).astype(host)
+        xm, ym = f16(x), f16(y)
+        want = matmul64(xm.T if tx == "t" else xm, ym.T if ty == "t" else ym)
+        assert_fp16_close(kernel(x, y), f16(want), ulps=1, atol=1e-3)
+
+
 @pytest.mark.parametrize("dtype,host", [("fp16", np.float16), ("fp16", np.float32), ("fp32", np.float32)])
 def test_inputs_are_not_held_after_eval(threads, dtype, host, rng):
     """Outputs depend only on the arrays of their own evaluation: changing or reusing an input

@@ -115,13 +115,49 @@ struct Operand {
         *ld = int(std::max<int64_t>(cols, 1));
         return scratch;
     }
+
+    // Logical rows (along_rows) or columns [start, start + count) of product i's matrix as BLAS
+    // reads it (same transpose flag), with its leading dimension: in place for Feed::exact, else
+    // converted into `scratch` (count times the other dimension floats).
+    const float* slice(size_t i, bool along_rows, int64_t start, int64_t count, float* scratch, int* ld) const {
+        const Feed feed = src.feed();
+        // A slice of logical rows is a slice of storage rows unless the matrix is stored transposed.
+        const bool storage_rows = along_rows != layout.trans;
+        if (feed == Feed::exact) {
+            *ld = layout.ld;
+            return src.f() + offs[i] + (storage_rows ? start * layout.ld : start);
+        }
+        auto convert = [&](int64_t at, float* to, int64_t n) {
+            if (feed == Feed::f16)
+                fp16::f16_to_f32(src.halves() + at, to, size_t(n));
+            else
+                fp16::round_f32(src.f() + at, to, size_t(n));
+        };
+        if (storage_rows) {
+            for (int64_t r = 0; r < count; ++r) convert(offs[i] + (start + r) * layout.ld, scratch + r * cols, cols);
+            *ld = int(std::max<int64_t>(cols, 1));
+        } else {
+            for (int64_t r = 0; r < rows; ++r) convert(offs[i] + r * layout.ld + start, scratch + r * count, count);
+            *ld = int(std::max<int64_t>(count, 1));
+        }
+        return scratch;
+    }
 };
 
 // Per-product conversion is for matrices up to this size: beyond it the conversion is not
 // cache-hot anyway, and copying the input in before the plan runs costs the same.
 constexpr int64_t kScratchFloats = int64_t(1) << 20;
 
-Operand make_operand(Builder& b, View m, const Shape& batch) {
+// A single product of at least this many multiply-adds whose bigger operand needs converting
+// (a weight passed as fp32 to an fp16 program) runs as blocks of that operand's rows (or
+// columns), each converted into its thread's scratch right before its product, instead of
+// converting the whole operand into the kernel's own buffer first: the converted copy never
+// leaves the cache.
+constexpr int64_t kBlockedMacs = int64_t(1) << 22;
+// Floats per converted block (1 MB: a core's L2 on the machines we measure).
+constexpr int64_t kBlockFloats = int64_t(1) << 18;
+
+Operand make_operand(Builder& b, View m, const Shape& batch, bool blocked = false) {
     Operand o;
     o.layout = operand_layout(b, &m);
     o.offs = batch_offsets(m, batch);
@@ -132,8 +168,9 @@ Operand make_operand(Builder& b, View m, const Shape& batch) {
     // broadcast operand would be converted again for every product).
     int64_t matrices = 1;
     for (size_t d = 0; d + 2 < r; ++d) matrices *= m.shape[d];
-    o.converts = m.input >= 0 && o.offs.size() > 1 && matrices == int64_t(o.offs.size()) &&
-                 o.rows * o.cols <= kScratchFloats;
+    o.converts = m.input >= 0 && ((o.offs.size() > 1 && matrices == int64_t(o.offs.size()) &&
+                                   o.rows * o.cols <= kScratchFloats) ||
+                                  (blocked && o.offs.size() == 1));
     o.src = b.source(m, o.converts);
     return o;
 }
@@ -168,14 +205,25 @@ void build_matmul(Builder& b) {
     View out = b.output(0, x.dtype, shape);
     if (M > INT_MAX || N > INT_MAX || K > INT_MAX) b.fail("matrix dimensions exceed the BLAS int range");
 
-    Operand xo = make_operand(b, xm, batch), yo = make_operand(b, ym, batch);
+    size_t products = 1;
+    for (int64_t d : batch) products *= size_t(d);
+    // A single big product splits the bigger of M and N into blocks; the operand that is split
+    // converts block by block when its data needs converting (see kBlockedMacs).
+    const bool single = products == 1 && M * N * K >= kBlockedMacs;
+    const bool split_rows = M >= N;
+    Operand xo = make_operand(b, xm, batch, single && split_rows), yo = make_operand(b, ym, batch, single && !split_rows);
+    const bool blocked = single && (split_rows ? xo.converts : yo.converts);
+    const int64_t extent = split_rows ? M : N, depth = K;
+    const int64_t block = blocked ? std::max<int64_t>(16, kBlockFloats / std::max<int64_t>(depth, 1) / 16 * 16) : 0;
     // Several products (a batch): one per pool thread, each on one BLAS thread, so the batch
     // costs one synchronisation instead of one per product. A single product splits itself.
-    const size_t products = xo.offs.size();
     const bool by_batch = products > 1 && threads::num_threads() > 1;
-    // Conversion scratch: one slot per thread, each product converts into its thread's slot.
-    const size_t slots = by_batch ? size_t(threads::num_threads()) : 1;
-    const int64_t x_floats = xo.converts ? M * K : 0, slot_floats = x_floats + (yo.converts ? K * N : 0);
+    const bool by_block = blocked && threads::num_threads() > 1;
+    // Conversion scratch: one slot per thread, each product (or block) converts into its
+    // thread's slot.
+    const size_t slots = by_batch || by_block ? size_t(threads::num_threads()) : 1;
+    const int64_t x_floats = blocked ? 0 : (xo.converts ? M * K : 0);
+    const int64_t slot_floats = blocked ? block * depth : x_floats + (yo.converts ? K * N : 0);
     float* scratch = slot_floats ? b.alloc(DType::fp32, {int64_t(slots), slot_floats}).f() : nullptr;
     float* op = out.f();
     const bool round = b.rounds(out);
@@ -183,6 +231,39 @@ void build_matmul(Builder& b) {
     b.add_step([=] {
         const size_t mn = size_t(M * N);
         float* dst = target(sink, op);
+        const Operand& split = split_rows ? xo : yo;
+        if (blocked && split.src.feed() != Feed::exact) {
+            // Blocks of the split operand, converted in the thread's slot, one product each.
+            const int64_t nblocks = (extent + block - 1) / block;
+            std::atomic<int64_t> next{0};
+            auto run_blocks = [&](float* slot) {
+                for (int64_t k; (k = next.fetch_add(1)) < nblocks;) {
+                    const int64_t o = k * block, n = std::min(block, extent - o);
+                    int lda, ldb;
+                    if (split_rows) {
+                        const float* a = xo.slice(0, true, o, n, slot, &lda);
+                        const float* bm = yo.matrix(0, nullptr, &ldb);
+                        blas::sgemm_serial(xo.layout.trans, yo.layout.trans, int(n), int(N), int(K), 1.0f, a, lda, bm,
+                                           ldb, 0.0f, dst + o * N, int(N));
+                        emit(sink, round, op, size_t(o * N), size_t(n * N));
+                    } else {
+                        const float* a = xo.matrix(0, nullptr, &lda);
+                        const float* bm = yo.slice(0, false, o, n, slot, &ldb);
+                        blas::sgemm_serial(xo.layout.trans, yo.layout.trans, int(M), int(n), int(K), 1.0f, a, lda, bm,
+                                           ldb, 0.0f, dst + o, int(N));
+                    }
+                }
+            };
+            if (by_block) {
+                threads::parallel_for(slots, 1, [&](size_t s0, size_t s1) {
+                    for (size_t s = s0; s < s1; ++s) run_blocks(scratch + s * slot_floats);
+                });
+            } else {
+                run_blocks(scratch);
+            }
+            if (!split_rows) emit(sink, round, op, 0, mn);  // column blocks are strided: finish at once
+            return;
+        }
         auto product = [&](size_t i, float* slot) {
             float* c = dst + i * mn;
             if (K == 0) {
