@@ -214,14 +214,22 @@ void build_matmul(Builder& b) {
     Operand xo = make_operand(b, xm, batch, single && split_rows), yo = make_operand(b, ym, batch, single && !split_rows);
     const bool blocked = single && (split_rows ? xo.converts : yo.converts);
     const int64_t extent = split_rows ? M : N, depth = K;
-    const int64_t block = blocked ? std::max<int64_t>(16, kBlockFloats / std::max<int64_t>(depth, 1) / 16 * 16) : 0;
+    // Blocks of whole 16-row multiples, at most kBlockFloats converted, in a multiple of the
+    // thread count so that the threads finish together.
+    const int64_t T = threads::num_threads();
+    int64_t block = 0;
+    if (blocked) {
+        int64_t nblocks = std::max<int64_t>(T, (extent * depth + kBlockFloats - 1) / kBlockFloats);
+        nblocks = (nblocks + T - 1) / T * T;
+        block = std::max<int64_t>(16, ((extent + nblocks - 1) / nblocks + 15) / 16 * 16);
+    }
     // Several products (a batch): one per pool thread, each on one BLAS thread, so the batch
     // costs one synchronisation instead of one per product. A single product splits itself.
-    const bool by_batch = products > 1 && threads::num_threads() > 1;
-    const bool by_block = blocked && threads::num_threads() > 1;
+    const bool by_batch = products > 1 && T > 1;
+    const bool by_block = blocked && T > 1;
     // Conversion scratch: one slot per thread, each product (or block) converts into its
     // thread's slot.
-    const size_t slots = by_batch || by_block ? size_t(threads::num_threads()) : 1;
+    const size_t slots = by_batch || by_block ? size_t(T) : 1;
     const int64_t x_floats = blocked ? 0 : (xo.converts ? M * K : 0);
     const int64_t slot_floats = blocked ? block * depth : x_floats + (yo.converts ? K * N : 0);
     float* scratch = slot_floats ? b.alloc(DType::fp32, {int64_t(slots), slot_floats}).f() : nullptr;
