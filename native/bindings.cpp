@@ -1072,6 +1072,7 @@ void bind_train(py::module_& m) {
             "get",
             [buffer, slot, llama_shape](train::ModelState& s, const std::string& name, const std::string& kind) {
                 const train::ParamSlot& p = slot(s, name);
+                if (kind == "grad") s.materialize_grads();
                 const float* src = buffer(s, kind).data() + p.offset;
                 Floats a(llama_shape(p.spec));
                 std::memcpy(a.mutable_data(), src, size_t(p.spec.numel()) * sizeof(float));
@@ -1084,6 +1085,10 @@ void bind_train(py::module_& m) {
                                             const std::string& kind) {
                 const train::ParamSlot& p = slot(s, name);
                 const float* src = in(a, "ModelState.set", name.c_str(), llama_shape(p.spec));
+                if (kind == "grad") {
+                    s.materialize_grads();
+                    s.touch_grads();
+                }
                 float* dst = buffer(s, kind).data() + p.offset;
                 std::memcpy(dst, src, size_t(p.spec.numel()) * sizeof(float));
             },
@@ -1092,6 +1097,7 @@ void bind_train(py::module_& m) {
         .def(
             "flat",
             [buffer](py::object self, const std::string& kind) {
+                if (kind == "grad") self.cast<train::ModelState&>().expose_grads();
                 std::vector<float>& b = buffer(self.cast<train::ModelState&>(), kind);
                 return py::array_t<float>({py::ssize_t(b.size())}, {py::ssize_t(sizeof(float))}, b.data(), self);
             },

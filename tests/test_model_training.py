@@ -180,3 +180,72 @@ def test_dw_on_a_worker_thread_gives_identical_results():
     for n in g0:
         np.testing.assert_array_equal(g0[n], g1[n], err_msg=n)
         np.testing.assert_array_equal(w0[n], w1[n], err_msg=n)
+
+
+def _grads(t):
+    return {n: t.state.get(n, "grad") for n in t.state.names()}
+
+
+def _norm(grads, scale):
+    return float(np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values()))) * scale
+
+
+@pytest.mark.parametrize("overlap", [0, 1])
+def test_gradients_after_an_update_read_as_zero_and_the_next_step_starts_fresh(overlap):
+    """update() leaves the gradient buffer stale instead of clearing it (the next accumulation
+    overwrites it): reading it in between gives zeros, and the next step's gradients are
+    exactly those of a fresh trainer at the updated weights."""
+    cfg = _native.ModelConfig(**CONFIGS["gqa"])
+    t = _native.Trainer(cfg, _native.make_ref_backend(), pipeline="dynamic", overlap_dw=overlap)
+    t.state.init_random(5)
+    first, second = tokens_for(cfg, 2, seed=1), tokens_for(cfg, 1, seed=2)
+    t.accumulate(first)
+    assert any(g.any() for g in _grads(t).values())
+    t.update(lr=1e-2)
+    assert not any(g.any() for g in _grads(t).values())  # zeros, as before the lazy clearing
+    t.accumulate(second)  # reading made them zero for real; now stale again after the next update
+    after_read = _grads(t)
+    t.update(lr=1e-2)
+    weights = {n: t.state.get(n) for n in t.state.names()}
+    t.accumulate(second)  # this time nothing read the stale gradients: overwritten in place
+    got = _grads(t)
+    fresh = _native.Trainer(cfg, _native.make_ref_backend(), pipeline="dynamic", overlap_dw=overlap)
+    for n, w in weights.items():
+        fresh.state.set(n, w)
+    fresh.accumulate(second)
+    for n, g in _grads(fresh).items():
+        np.testing.assert_array_equal(got[n], g, err_msg=n)
+    assert any(not np.array_equal(after_read[n], got[n]) for n in got)  # the weights did change
+
+
+@pytest.mark.parametrize("batches", [[2], [1, 1]])
+def test_update_norm_is_the_norm_of_the_accumulated_gradients(batches):
+    """update() takes the dW sums of squares from the accumulation's last sequence; the norm it
+    returns must be that of the gradients it found (one call or several accumulate() calls),
+    and a gradient set by hand in between must count."""
+    cfg = _native.ModelConfig(**CONFIGS["mha"])
+    t = _native.Trainer(cfg, _native.make_ref_backend(), pipeline="dynamic")
+    t.state.init_random(6)
+    for step in range(2):
+        for i, b in enumerate(batches):
+            t.accumulate(tokens_for(cfg, b, seed=10 * step + i))
+        scale = 1.0 / (t.loss_scale * t.pending_sequences)
+        grads = _grads(t)
+        if step == 1:  # changed by hand after the accumulation: the norm must see it
+            w1 = "layers.0.feed_forward.w1"
+            grads[w1] = grads[w1] * np.float32(3)
+            t.state.set(w1, grads[w1], "grad")
+        want = _norm(grads, scale)
+        assert t.update(lr=1e-3, clip=0.0) == pytest.approx(want, rel=1e-9)
+
+
+def test_a_live_gradient_view_is_cleared_eagerly():
+    """state.flat('grad') hands out the buffer itself: from then on update() zeroes it in place."""
+    cfg = _native.ModelConfig(**CONFIGS["mha"])
+    t = _native.Trainer(cfg, _native.make_ref_backend(), pipeline="dynamic")
+    t.state.init_random(7)
+    view = t.state.flat("grad")
+    t.accumulate(tokens_for(cfg, 1, seed=3))
+    assert view.any()
+    t.update(lr=1e-3)
+    assert not view.any()

@@ -1,6 +1,7 @@
 #include "train/cpu_ops.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -269,12 +270,15 @@ void classifier_fwd(const float* E, const float* x, int vocab, int dim, int S, f
     require_positions(S, vocab);
     const int C = vocab_chunk(S), chunks = (vocab + C - 1) / C;
     std::vector<float> cmax(size_t(chunks) * S), csum(size_t(chunks) * S);
-    parallel_for(size_t(chunks), 1, [&](size_t b, size_t e) {
-        for (size_t c = b; c < e; ++c) {
-            const int r0 = int(c) * C, n = std::min(C, vocab - r0);
+    // One task per thread, each taking the next chunk until none is left (parallel_for's few
+    // big ranges would leave a thread idle while another finishes a range of several chunks).
+    std::atomic<int> next{0};
+    parallel_for(size_t(threads::num_threads()), 1, [&](size_t, size_t) {
+        for (int c; (c = next.fetch_add(1)) < chunks;) {
+            const int r0 = c * C, n = std::min(C, vocab - r0);
             float* z = logits + size_t(r0) * S;
             blas::sgemm_serial(false, false, n, S, dim, 1.f, E + size_t(r0) * dim, dim, x, S, 0.f, z, S);
-            block_softmax_stats(z, n, S, cmax.data() + c * S, csum.data() + c * S);
+            block_softmax_stats(z, n, S, cmax.data() + size_t(c) * S, csum.data() + size_t(c) * S);
         }
     });
     merge_softmax_stats(cmax, csum, chunks, S, stats);
@@ -287,7 +291,8 @@ void classifier_bwd(const float* E, const float* x, const float* dlogits, int vo
 }
 
 double classifier_loss_bwd(const float* E, const float* x, float* logits, const SoftmaxStats& st,
-                           const int32_t* tgt, float scale, int vocab, int dim, int S, float* dx, float* dE) {
+                           const int32_t* tgt, float scale, int vocab, int dim, int S, float* dx, float* dE,
+                           bool overwrite_dE) {
     require_positions(S, vocab);
     check_tokens(tgt, S, vocab, "target");
     std::vector<float> k(static_cast<size_t>(S), 0.f);
@@ -304,7 +309,8 @@ double classifier_loss_bwd(const float* E, const float* x, float* logits, const 
                 const int r0 = c * C, n = std::min(C, vocab - r0);
                 float* z = logits + size_t(r0) * S;
                 block_xent_grad(z, r0, n, S, st.max.data(), k.data(), tgt, hit);
-                blas::sgemm_serial(false, true, n, dim, S, 1.f, z, S, x, S, 1.f, dE + size_t(r0) * dim, dim);
+                blas::sgemm_serial(false, true, n, dim, S, 1.f, z, S, x, S, overwrite_dE ? 0.f : 1.f, dE + size_t(r0) * dim,
+                                   dim);
                 blas::sgemm_serial(true, false, dim, S, n, 1.f, E + size_t(r0) * dim, dim, z, S, c == int(t) ? 0.f : 1.f,
                                    acc, S);
             }

@@ -51,10 +51,11 @@ void classifier_fwd(const float* E, const float* x, int vocab, int dim, int S, f
 // cross_entropy and classifier_bwd in one pass over chunks of the vocabulary, each chunk's
 // gradient made and consumed by both products while it is in cache. `stats` come from
 // classifier_fwd on these logits. Returns the mean loss; logits are overwritten by dlogits;
-// dx = E^T dlogits (overwrites); dE += dlogits x^T (accumulates). Deterministic for a given
-// thread count.
+// dx = E^T dlogits (overwrites); dE += dlogits x^T (accumulates; overwrites when overwrite_dE).
+// Deterministic for a given thread count.
 double classifier_loss_bwd(const float* E, const float* x, float* logits, const SoftmaxStats& stats,
-                           const int32_t* tgt, float scale, int vocab, int dim, int S, float* dx, float* dE);
+                           const int32_t* tgt, float scale, int vocab, int dim, int S, float* dx, float* dE,
+                           bool overwrite_dE = false);
 // dx[d][s] = sum_v E[v][d] dlogits[v][s] (overwrites);  dE[v][d] += sum_s dlogits[v][s] x[d][s] (accumulates)
 void classifier_bwd(const float* E, const float* x, const float* dlogits, int vocab, int dim, int S, float* dx,
                     float* dE);

@@ -67,6 +67,8 @@ const ParamSlot& ModelState::slot(const std::string& name) const {
                                 "'; names are llama2.c's, e.g. tok_embeddings, layers.0.attention.wq, norm");
 }
 
+size_t ModelState::slot_index(const std::string& name) const { return size_t(&slot(name) - slots_.data()); }
+
 void ModelState::init_random(uint64_t seed) {
     for (size_t t = 0; t < slots_.size(); ++t) {
         const ParamSlot& s = slots_[t];
@@ -77,24 +79,50 @@ void ModelState::init_random(uint64_t seed) {
             for (size_t i = b; i < e; ++i) w[i] = sd == 0.0 ? 1.f : float(sd * standard_normal(key, i));
         });
     }
-    std::fill(grads.begin(), grads.end(), 0.f);
+    zero_grads();
     std::fill(adam_m.begin(), adam_m.end(), 0.f);
     std::fill(adam_v.begin(), adam_v.end(), 0.f);
     step = 0;
 }
 
-void ModelState::zero_grads() { std::fill(grads.begin(), grads.end(), 0.f); }
+void ModelState::zero_grads() {
+    std::fill(grads.begin(), grads.end(), 0.f);
+    grads_stale_ = false;
+    touch_grads();
+}
 
-double ModelState::grad_norm() const { return std::sqrt(cpu::sum_squares(grads.data(), grads.size())); }
+void ModelState::materialize_grads() {
+    if (grads_stale_) zero_grads();
+}
+
+void ModelState::expose_grads() {
+    materialize_grads();
+    grads_exposed_ = true;
+    touch_grads();
+}
+
+bool ModelState::take_stale_grads() {
+    const bool was = grads_stale_;
+    grads_stale_ = false;
+    return was;
+}
+
+double ModelState::grad_norm() {
+    if (grads_stale_) return 0.0;
+    return std::sqrt(cpu::sum_squares(grads.data(), grads.size()));
+}
 
 void ModelState::adamw_update(const cpu::AdamW& opt, float grad_scale, bool clear_grads) {
+    materialize_grads();
     ++step;
+    const bool eager = clear_grads && grads_exposed_;
     for (const ParamSlot& s : slots_) {
         const size_t o = s.offset;
         cpu::adamw_step(weights.data() + o, grads.data() + o, adam_m.data() + o, adam_v.data() + o,
                         size_t(s.spec.numel()), step, opt, s.spec.decay, grad_scale,
-                        clear_grads ? grads.data() + o : nullptr);
+                        eager ? grads.data() + o : nullptr);
     }
+    if (clear_grads && !eager) grads_stale_ = true;
 }
 
 }  // namespace anetrain::train

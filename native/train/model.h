@@ -26,6 +26,7 @@ public:
     size_t size() const { return weights.size(); }  // elements per buffer
     const ParamSlot* find(const std::string& name) const;  // nullptr when the name is unknown
     const ParamSlot& slot(const std::string& name) const;  // throws std::invalid_argument when unknown
+    size_t slot_index(const std::string& name) const;      // position in slots(); throws like slot()
 
     // Seeded random init, the same on every platform (a counter-based generator, no std::
     // distributions): linears N(0, 1/fan_in), with wo and w2 (the residual-branch outputs) further
@@ -34,16 +35,32 @@ public:
     void init_random(uint64_t seed);
     void zero_grads();
     // sqrt(sum of squared gradients) over every tensor, accumulated in double.
-    double grad_norm() const;
+    double grad_norm();
     // One AdamW update of every tensor with g' = grad_scale * g (weight decay skipped for the
     // RMSNorm gammas); increments step first, so the first update uses step 1. clear_grads zeroes
-    // the gradients in the same pass.
+    // the gradients (see below).
     void adamw_update(const cpu::AdamW& opt, float grad_scale, bool clear_grads = false);
+
+    // Clearing the gradients after an update is lazy: the buffer keeps the old values, marked
+    // stale, and the trainer's next accumulation overwrites every gradient instead of adding
+    // (take_stale_grads), which saves a write pass over all of them per step. Anything else
+    // that reads or writes `grads` calls materialize_grads() first, which zero-fills a stale
+    // buffer. Once a live view of the buffer has been handed out (expose_grads), clearing is
+    // eager again, since writes through the view cannot be seen.
+    void materialize_grads();
+    void expose_grads();
+    bool take_stale_grads();  // true when stale (the caller overwrites every gradient); no longer stale
+    // Counts changes to the gradients made outside a trainer's accumulation (zeroing, setting,
+    // exposing), so a trainer can tell whether what it knows about them still holds.
+    uint64_t grads_version() const { return grads_version_; }
+    void touch_grads() { ++grads_version_; }
 
     std::vector<float> weights, grads, adam_m, adam_v;
     int step = 0;  // AdamW updates applied so far
 
 private:
+    bool grads_stale_ = false, grads_exposed_ = false;
+    uint64_t grads_version_ = 0;
     ModelConfig cfg_;
     std::vector<ParamSlot> slots_;
     std::unordered_map<std::string, size_t> index_;
