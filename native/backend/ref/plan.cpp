@@ -522,7 +522,8 @@ void Builder::add_ranged(Ranged r) {
     auto op = std::make_shared<const Ranged>(std::move(r));
     steps_.push_back({[op] {
                           const int64_t a = op->align;
-                          parallel_rows(op->numel / a, a, [&](int64_t r0, int64_t r1) { op->run(r0 * a, r1 * a); });
+                          const Tile in_place;
+                          parallel_rows(op->numel / a, a, [&](int64_t r0, int64_t r1) { op->run(r0 * a, r1 * a, in_place); });
                       },
                       op});
 }

@@ -17,6 +17,7 @@
 // reads it (see Inputs).
 #pragma once
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <functional>
 #include <map>
@@ -65,11 +66,30 @@ struct Value {
 
 using Step = std::function<void()>;
 
-// An op computed range by range: run(b, e) computes elements [b, e) of the op's index space on
-// its own, serially, and any order of disjoint ranges gives the same result. This is what lets
-// a run of such ops execute tile by tile, every op over one tile while its operands are in
-// cache, instead of op by op over whole tensors (fuse.cpp). Results do not change: each op still
-// writes its output buffer (and sink) with the same values; only the order of the work does.
+// Where a ranged op finds its buffers while it computes one tile of a fused run (fuse.cpp): the
+// buffer itself, or, for an intermediate that no step after the run reads, scratch that holds
+// only the tile's part of it, so that such intermediates never leave the cache. Ranged ops pass
+// every buffer pointer they read or write through at(). Outside fused runs nothing moves.
+struct Tile {
+    struct Moved {
+        const void* buffer;
+        uintptr_t at;  // address of the buffer's element 0 as seen from this tile (scratch - first)
+    };
+    std::vector<Moved> moved;
+    template <class T>
+    T* at(T* p) const {
+        for (const Moved& m : moved)
+            if (m.buffer == static_cast<const void*>(p)) return reinterpret_cast<T*>(m.at);
+        return p;
+    }
+};
+
+// An op computed range by range: run(b, e, tile) computes elements [b, e) of the op's index
+// space on its own, serially, and any order of disjoint ranges gives the same result. This is
+// what lets a run of such ops execute tile by tile, every op over one tile while its operands
+// are in cache, instead of op by op over whole tensors (fuse.cpp). Results do not change: each
+// op computes the same values; only the order of the work, and where dead intermediates live,
+// does.
 struct Ranged {
     // How the index space reaches a buffer: element i touches base[i / per] (per = 1: the same
     // element, as an element-wise output or a same-shape operand; per = n: one element per run
@@ -83,8 +103,8 @@ struct Ranged {
     };
     int64_t numel = 0;  // size of the index space
     int64_t align = 1;  // ranges begin and end at multiples of this (rows of a row-wise op)
-    std::vector<Access> reads, writes;
-    std::function<void(int64_t, int64_t)> run;
+    std::vector<Access> reads, writes;  // float or int32 buffers (4-byte elements)
+    std::function<void(int64_t, int64_t, const Tile&)> run;
 };
 // The access of an operand with data pointer `data` (elements of `elem` bytes) and `strides`
 // over the index space `shape`, traversed in row-major order.
@@ -97,13 +117,21 @@ struct PlanStep {
     std::shared_ptr<const Ranged> ranged;
 };
 
+// Bytes [lo, hi) that plan steps up to `step` may read (step = SIZE_MAX: the caller, reading a
+// returned value). Fusion keeps an intermediate of a run in scratch only if no later step reads it.
+struct Use {
+    const char* lo;
+    const char* hi;
+    size_t step;
+};
+
 // Merges runs of consecutive ranged steps that can safely run tile by tile into one step each.
 // Returns the plan steps [first, last) of each merged run (two steps or more) and its step.
 struct FusedRun {
     size_t first, last;
     Step run;
 };
-std::vector<FusedRun> fuse_plan(const std::vector<PlanStep>& plan);
+std::vector<FusedRun> fuse_plan(const std::vector<PlanStep>& plan, const std::vector<Use>& uses);
 
 // How the caller's data for a program input holds its values during one evaluation.
 enum class Feed : uint8_t {

@@ -72,10 +72,20 @@ public:
             plan_op.resize(plan.size(), op_labels_.size());
             op_labels_.push_back("line " + std::to_string(op.line) + " " + op.type + " -> " + first_output(op));
         }
+        for (size_t i = 0; i < f.outputs.size(); ++i) {
+            const std::string& name = f.outputs[i];
+            const Value& v = values.at(name);
+            if (v.view.dtype == DType::string || !storable(v.view.dtype))
+                throw mil::MilError(f.outputs_line, "returned value '" + name + "' must be a numeric tensor");
+            out_views_.push_back(v.view);
+            if (v.view.input >= 0) program_inputs_.loaded[size_t(v.view.input)] = true;  // store_output reads it
+            // Non-contiguous float outputs are gathered here before conversion to fp16.
+            scratch_.push_back(v.view.contiguous() ? nullptr : allocate(buffers_, DType::fp32, v.view.numel(), f.outputs_line));
+        }
         const char* fuse_env = std::getenv("ANETRAIN_REF_FUSE");
         if (fuse_env && std::string(fuse_env) == "0") fuse = false;
         std::vector<FusedRun> runs;
-        if (fuse) runs = fuse_plan(plan);
+        if (fuse) runs = fuse_plan(plan, uses(f, values, plan_op));
         size_t next = 0;
         for (size_t s = 0; s < plan.size();) {
             if (next < runs.size() && runs[next].first == s) {
@@ -93,16 +103,6 @@ public:
         const char* prof = std::getenv("ANETRAIN_REF_PROFILE");
         profiling_ = prof && *prof && std::string(prof) != "0";
         if (profiling_) op_ms_.assign(op_labels_.size(), 0.0);
-        for (size_t i = 0; i < f.outputs.size(); ++i) {
-            const std::string& name = f.outputs[i];
-            const Value& v = values.at(name);
-            if (v.view.dtype == DType::string || !storable(v.view.dtype))
-                throw mil::MilError(f.outputs_line, "returned value '" + name + "' must be a numeric tensor");
-            out_views_.push_back(v.view);
-            if (v.view.input >= 0) program_inputs_.loaded[size_t(v.view.input)] = true;  // store_output reads it
-            // Non-contiguous float outputs are gathered here before conversion to fp16.
-            scratch_.push_back(v.view.contiguous() ? nullptr : allocate(buffers_, DType::fp32, v.view.numel(), f.outputs_line));
-        }
     }
 
     void eval(const std::vector<HostTensor>& in, const std::vector<HostTensor>& out) override {
@@ -172,6 +172,33 @@ private:
         for (size_t s = first; s < last; ++s)
             if (s == first || plan_op[s] != plan_op[s - 1]) label += (s == first ? " " : "+") + f.ops[plan_op[s]].type;
         return label + " -> " + first_output(z);
+    }
+
+    // What the plan reads, for fusion (see Use): each op reads every value it names, up to its
+    // last plan step (ops without steps, the views, read nothing: their results are values
+    // too, which name the same bytes), and the caller reads the returned values.
+    std::vector<Use> uses(const mil::Function& f, const std::unordered_map<std::string, Value>& values,
+                          const std::vector<size_t>& plan_op) const {
+        std::vector<Use> out;
+        auto add = [&](const View& v, size_t step) {
+            if (!v.data || !storable(v.dtype) || v.numel() == 0) return;
+            const Ranged::Access a = ranged_access(v.data, store_size(store_of(v.dtype)), v.shape, v.strides);
+            out.push_back({a.lo, a.hi, step});
+        };
+        std::vector<size_t> last_step(f.ops.size(), SIZE_MAX);
+        for (size_t s = 0; s < plan_op.size(); ++s) last_step[plan_op[s]] = s;
+        std::function<void(const mil::Arg&, size_t)> named = [&](const mil::Arg& a, size_t step) {
+            auto it = a.kind == mil::Arg::Kind::Ref ? values.find(a.ref) : values.end();
+            if (it != values.end()) add(it->second.view, step);
+            for (const auto& item : a.items) named(item, step);
+        };
+        for (size_t o = 0; o < f.ops.size(); ++o) {
+            if (last_step[o] == SIZE_MAX) continue;
+            for (const auto& kv : f.ops[o].args) named(kv.second, last_step[o]);
+            for (const auto& kv : f.ops[o].attrs) named(kv.second, last_step[o]);
+        }
+        for (const View& v : out_views_) add(v, SIZE_MAX);
+        return out;
     }
 
     // Sinks for returned op outputs that no later op reads (returned once, float, produced by

@@ -43,12 +43,15 @@ void plan_binary(Builder& b, const View& x, const View& y, const View& out, F f)
     r.numel = out.numel();
     r.reads = {ranged_access(xp, sizeof(T), out.shape, xs), ranged_access(yp, sizeof(T), out.shape, ys)};
     r.writes = {ranged_access(zp, sizeof(T), out.shape, out.strides)};
-    r.run = [L, xp, yp, zp, f, round, sink](int64_t b, int64_t e) {
+    r.run = [L, xp, yp, zp, f, round, sink](int64_t b, int64_t e, const Tile& t) {
         const int64_t sx = L.strides[0].back(), sy = L.strides[1].back();
-        T* zt = zp;
-        if constexpr (std::is_same_v<T, float>) zt = target(sink, zp);
-        for_range<3>(L, b, e, [&](const int64_t* off, int64_t n) { binary_row<T>(xp + off[0], yp + off[1], zt + off[2], n, sx, sy, f); });
-        if constexpr (std::is_same_v<T, float>) emit(sink, round, zp, size_t(b), size_t(e - b));
+        const T* x = t.at(xp);
+        const T* y = t.at(yp);
+        T* z = t.at(zp);
+        T* zt = z;
+        if constexpr (std::is_same_v<T, float>) zt = target(sink, z);
+        for_range<3>(L, b, e, [&](const int64_t* off, int64_t n) { binary_row<T>(x + off[0], y + off[1], zt + off[2], n, sx, sy, f); });
+        if constexpr (std::is_same_v<T, float>) emit(sink, round, z, size_t(b), size_t(e - b));
     };
     b.add_ranged(std::move(r));
 }
@@ -118,11 +121,13 @@ void plan_unary(Builder& b, const View& x, const View& out, F f) {
     r.numel = out.numel();
     r.reads = {ranged_access(xp, sizeof(float), out.shape, x.strides)};
     r.writes = {ranged_access(zp, sizeof(float), out.shape, out.strides)};
-    r.run = [L, xp, zp, f, round, sink](int64_t b, int64_t e) {
+    r.run = [L, xp, zp, f, round, sink](int64_t b, int64_t e, const Tile& t) {
         const int64_t sx = L.strides[0].back();
-        float* zt = target(sink, zp);
-        for_range<2>(L, b, e, [&](const int64_t* off, int64_t n) { unary_row(xp + off[0], zt + off[1], n, sx, f); });
-        emit(sink, round, zp, size_t(b), size_t(e - b));
+        const float* x = t.at(xp);
+        float* z = t.at(zp);
+        float* zt = target(sink, z);
+        for_range<2>(L, b, e, [&](const int64_t* off, int64_t n) { unary_row(x + off[0], zt + off[1], n, sx, f); });
+        emit(sink, round, z, size_t(b), size_t(e - b));
     };
     b.add_ranged(std::move(r));
 }

@@ -77,11 +77,12 @@ void build_reduce(Builder& b, Red kind) {
         w.hi = w.base + out_n * int64_t(sizeof(float));
         w.per = n;
         rg.writes = {w};
-        rg.run = [=](int64_t b, int64_t e) {
+        rg.run = [=](int64_t b, int64_t e, const Tile& t) {
             const int64_t sx = L.strides[0].back(), r0 = b / n, r1 = e / n;
-            float* o = out.f();
+            const float* xp = t.at(x.f());
+            float* o = t.at(out.f());
             for_rows<2>(L, r0, r1, [&](const int64_t* off) {
-                float s = reduce_row(kind, x.f() + off[0], n, sx, init);
+                float s = reduce_row(kind, xp + off[0], n, sx, init);
                 if (kind == Red::mean) s *= inv;
                 o[off[1]] = s;
             });

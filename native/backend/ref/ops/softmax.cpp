@@ -52,10 +52,12 @@ void build_softmax(Builder& b) {
     r.align = std::max<int64_t>(block, 1);
     r.reads = {ranged_access(x.data, sizeof(float), x.shape, x.strides)};
     r.writes = {ranged_access(out.data, sizeof(float), out.shape, out.strides)};
-    r.run = [x, out, n, inner, block, round, sink](int64_t b, int64_t e) {
-        float* y = target(sink, out.f());
-        for (int64_t o = b; o < e; o += block) softmax_block(x.f() + o, y + o, n, inner);
-        emit(sink, round, out.f(), size_t(b), size_t(e - b));
+    r.run = [x, out, n, inner, block, round, sink](int64_t b, int64_t e, const Tile& t) {
+        const float* xp = t.at(x.f());
+        float* own = t.at(out.f());
+        float* y = target(sink, own);
+        for (int64_t o = b; o < e; o += block) softmax_block(xp + o, y + o, n, inner);
+        emit(sink, round, own, size_t(b), size_t(e - b));
     };
     b.add_ranged(std::move(r));
 }
