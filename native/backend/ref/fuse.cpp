@@ -12,6 +12,8 @@
 // that writes that element has written it in an earlier position of the same tile, and no op of
 // the run writes what an earlier one reads. can_join() checks this on the ops' accesses
 // (plan.h: Ranged); buffers are SSA values, so the second condition never actually cuts a run.
+#include <cstdlib>
+#include <new>
 #include <numeric>
 
 #include "backend/ref/plan.h"
@@ -20,9 +22,9 @@ namespace anetrain::backend::ref {
 
 namespace {
 
-// Elements per tile. A run touches one tile of each of its buffers (up to a dozen in the FFN
-// backward's chain), so 8K elements (32 KB per buffer) keeps a tile's working set well inside
-// a 512 KB-1 MB L2, while each op's inner loop still gets long contiguous pieces.
+// Elements per tile. A tile touches one tile of each buffer the run reads or keeps, plus its
+// scratch slots: at 8K elements (32 KB per buffer) that stays well inside a 512 KB-1 MB L2,
+// while each op's inner loop still gets long contiguous pieces. (2K-16K measured the same.)
 constexpr int64_t kTile = 8192;
 // Tiles are multiples of every op's alignment (softmax rows, reduced rows); an op needing
 // longer rows than this is left to run alone.
@@ -71,7 +73,7 @@ std::vector<Scratch> scratch_slots(const std::vector<std::shared_ptr<const Range
     std::vector<size_t> free_after;  // per slot: index in the run of the last op reading it
     for (size_t i = 0; i < run.size(); ++i)
         for (const auto& w : run[i]->writes) {
-            bool later = w.per == 0;  // (no op writes so; it could not be placed in a slot)
+            bool later = w.per == 0;  // not a per-element write (none is): left in its buffer
             for (const Use& u : uses) later = later || (u.step >= last_step && u.lo < w.hi && w.lo < u.hi);
             if (later) continue;
             size_t last_reader = i;
@@ -88,23 +90,37 @@ std::vector<Scratch> scratch_slots(const std::vector<std::shared_ptr<const Range
     return out;
 }
 
+// This thread's scratch, at least `bytes` long and 64-byte aligned. A thread runs the tiles of
+// its chunk of a run one after another, so the scratch is free for each of them; it only grows,
+// and every fused run on the thread reuses it.
+void* thread_scratch(size_t bytes) {
+    struct Space {
+        void* p = nullptr;
+        size_t bytes = 0;
+        ~Space() { std::free(p); }
+    };
+    thread_local Space space;
+    if (space.bytes < bytes) {
+        std::free(space.p);
+        space.p = std::aligned_alloc(64, bytes);
+        if (!space.p) throw std::bad_alloc();
+        space.bytes = bytes;
+    }
+    return space.p;
+}
+
 Step tiled_step(std::vector<std::shared_ptr<const Ranged>> ops, int64_t align, std::vector<Scratch> scratch,
                 size_t slots) {
     const int64_t n = ops.front()->numel;
     const int64_t tile = std::max<int64_t>(1, kTile / align) * align;
     const int64_t tiles = (n + tile - 1) / tile;
-    const int64_t slot_len = (tile + 15) / 16 * 16;  // floats; keeps every slot 64-byte aligned
+    const size_t slot_bytes = (size_t(tile) * 4 + 63) / 64 * 64;  // 4-byte elements; slots 64-byte aligned
     // A tile costs every op's work: that, not the tile alone, is what parallel_rows weighs
     // against the cost of a thread hop.
     const int64_t work = tile * int64_t(ops.size());
-    return [ops = std::move(ops), scratch = std::move(scratch), n, tile, tiles, slot_len, slots, work] {
+    return [ops = std::move(ops), scratch = std::move(scratch), n, tile, tiles, slot_bytes, slots, work] {
         parallel_rows(tiles, work, [&](int64_t t0, int64_t t1) {
-            // One thread runs a chunk's tiles one after another, so the thread's scratch is
-            // free for them; it only grows, and is reused by every fused run on the thread.
-            thread_local std::vector<float> space;
-            const size_t need = size_t(slot_len) * slots + 16;
-            if (space.size() < need) space.resize(need);
-            const uintptr_t base = (reinterpret_cast<uintptr_t>(space.data()) + 63) & ~uintptr_t(63);
+            const uintptr_t base = reinterpret_cast<uintptr_t>(thread_scratch(slot_bytes * slots));
             Tile tl;
             tl.moved.resize(scratch.size());
             for (int64_t t = t0; t < t1; ++t) {
@@ -113,8 +129,8 @@ Step tiled_step(std::vector<std::shared_ptr<const Ranged>> ops, int64_t align, s
                 // slot - b / per (an address only ever offset back into the slot)
                 for (size_t k = 0; k < scratch.size(); ++k) {
                     const Scratch& s = scratch[k];
-                    const uintptr_t slot = base + uintptr_t(s.slot) * uintptr_t(slot_len) * sizeof(float);
-                    tl.moved[k] = {s.buffer, slot - uintptr_t(b / s.per) * sizeof(float)};
+                    const uintptr_t slot = base + s.slot * slot_bytes;
+                    tl.moved[k] = {s.buffer, slot - uintptr_t(b / s.per) * 4};
                 }
                 for (const auto& op : ops) op->run(b, e, tl);
             }
