@@ -302,7 +302,7 @@ def test_softmax_over_a_middle_axis_and_int32_chains(rng):
     np.testing.assert_array_equal(k, np.maximum((n + n) * -3, n))
 
 
-def test_fuse_env_switch_is_read_at_compile(rng):
+def test_fuse_env_switch_is_read_at_compile():
     text, _ = attention_like(16, 2)
     code = ("import numpy as np, os, anetrain.kernels as K\n"
             f"a = K.compile({text!r}, backend='ref', name='on')\n"
@@ -311,9 +311,8 @@ def test_fuse_env_switch_is_read_at_compile(rng):
             "z = np.zeros((1, 2, 16, 16), np.float16)\n"
             "a(z, z); b(z, z)\n"
             "del a, b\n")
-    err = profile_lines(code)
-    on, off = err.split("ref profile of 'off'") if err.index("'on'") < err.index("'off'") else err.split("ref profile of 'on'")[::-1]
-    assert "mul+add+softmax" in on and "lines " not in off, err
+    on, off = profile_lines(code).split("ref profile of 'off'")  # a goes first, then b
+    assert "ref profile of 'on'" in on and "mul+add+softmax" in on and "lines " not in off, on + off
 
 
 # ----------------------------------------------------------------------------- model kernels
@@ -324,14 +323,23 @@ MODEL_SHAPES = {
 }
 
 
-@pytest.mark.parametrize("shape_name", sorted(MODEL_SHAPES))
+def layer_weights(shape, rng):
+    d, h = shape["dim"], shape["hidden_dim"]
+    kv = d // shape["n_heads"] * shape["n_kv_heads"]
+    sizes = dict(wq=(d, d), wk=(kv, d), wv=(kv, d), wo=(d, d), w1=(h, d), w2=(d, h), w3=(h, d))
+    return {k: (rng.standard_normal(s) / np.sqrt(s[1])).astype(np.float32) for k, s in sizes.items()}
+
+
+@pytest.mark.parametrize("shape_name,pipeline", [("tiny_gqa", "static"), ("tiny_gqa", "dynamic"),
+                                                 ("stories15M", "dynamic")])
 @pytest.mark.parametrize("dtype", ["fp16", "fp32"])
 @pytest.mark.parametrize("name", ["attention_forward", "ffn_forward", "ffn_backward", "attention_backward"])
-def test_training_kernels_bitwise_with_and_without_fusion(name, dtype, shape_name):
+def test_training_kernels_bitwise_with_and_without_fusion(name, dtype, shape_name, pipeline):
     shape = MODEL_SHAPES[shape_name]
-    text, blobs, in_names, out_names = _native.model_kernel(name, shape, "dynamic", dtype, "1.3/ios18", None)
+    rng = np.random.default_rng(sorted(MODEL_SHAPES).index(shape_name) * 10 + len(name) + len(dtype))
+    w = layer_weights(shape, rng) if pipeline == "static" else None
+    text, blobs, in_names, out_names = _native.model_kernel(name, shape, pipeline, dtype, "1.3/ios18", w)
     k = K.compile(text, weights=blobs, backend=backend(True, "fp16"))
-    rng = np.random.default_rng(hash((name, dtype, shape_name)) % 2**32)
     np_dtype = np.float16 if dtype == "fp16" else np.float32
     arrays = [(rng.standard_normal(i.shape) * (0.05 if i.name.startswith("w") else 1.0)).astype(np_dtype)
               for i in k.inputs]
