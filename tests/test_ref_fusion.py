@@ -19,6 +19,12 @@ import anetrain.kernels as K
 BACKENDS = {}
 
 
+@pytest.fixture(autouse=True)
+def fusion_not_disabled(monkeypatch):
+    """These tests are about fusion: a caller's ANETRAIN_REF_FUSE=0 would make them vacuous."""
+    monkeypatch.delenv("ANETRAIN_REF_FUSE", raising=False)
+
+
 def backend(fuse, precision):
     key = (fuse, precision)
     if key not in BACKENDS:
