@@ -102,11 +102,11 @@ void* thread_scratch(size_t bytes) {
     thread_local Space space;
     if (space.bytes < bytes) {
         std::free(space.p);
-        space.p = std::aligned_alloc(64, bytes);
+        space.p = std::malloc(bytes + 64);  // (std::aligned_alloc is missing on older macOS)
         if (!space.p) throw std::bad_alloc();
         space.bytes = bytes;
     }
-    return space.p;
+    return reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(space.p) + 63) & ~uintptr_t(63));
 }
 
 Step tiled_step(std::vector<std::shared_ptr<const Ranged>> ops, int64_t align, std::vector<Scratch> scratch,
