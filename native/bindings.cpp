@@ -416,14 +416,16 @@ void bind_backend(py::module_& m) {
 
     m.def(
         "make_ref_backend",
-        [](int64_t compile_budget, bool fp16_rounding) {
+        [](int64_t compile_budget, bool fp16_rounding, bool fuse) {
             backend::RefOptions o;
             o.compile_budget = compile_budget;
             o.fp16_rounding = fp16_rounding;
+            o.fuse = fuse;
             return backend::make_ref_backend(o);
         },
-        py::arg("compile_budget") = -1, py::arg("fp16_rounding") = true,
-        "A new CPU reference backend (fp16_rounding=False: the fp32 precision mode).");
+        py::arg("compile_budget") = -1, py::arg("fp16_rounding") = true, py::arg("fuse") = true,
+        "A new CPU reference backend (fp16_rounding=False: the fp32 precision mode; fuse=False: no "
+        "tile-by-tile execution of element-wise chains, same results).");
     m.def("mil_parse_summary", &parse_summary, py::arg("text"), "Parse MIL text; version, opset, inputs, outputs and op types of main.");
     m.def(
         "mil_canonical", [](const std::string& text) { return mil::print(mil::parse(text)); }, py::arg("text"),

@@ -306,7 +306,7 @@ Value load_literal(const mil::Literal& lit, int line, const Blobs& blobs, bool r
 
 // ------------------------------------------------------------------------------ Builder
 
-Builder::Builder(const mil::Op& op, std::unordered_map<std::string, Value>& values, std::vector<Step>& steps,
+Builder::Builder(const mil::Op& op, std::unordered_map<std::string, Value>& values, std::vector<PlanStep>& steps,
                  const Blobs& blobs, bool round16, Arena& buffers,
                  const std::unordered_map<std::string, Sink*>& sinks, Inputs& inputs)
     : op_(op), values_(values), steps_(steps), blobs_(blobs), round16_(round16), buffers_(buffers), sinks_(sinks),
@@ -516,6 +516,41 @@ View Builder::contiguous(const View& v) {
         copy_strided(from, dst, strides);
     });
     return c;
+}
+
+void Builder::add_ranged(Ranged r) {
+    auto op = std::make_shared<const Ranged>(std::move(r));
+    steps_.push_back({[op] {
+                          const int64_t a = op->align;
+                          const Tile in_place;
+                          parallel_rows(op->numel / a, a, [&](int64_t r0, int64_t r1) { op->run(r0 * a, r1 * a, in_place); });
+                      },
+                      op});
+}
+
+Ranged::Access ranged_access(const void* data, size_t elem, const Shape& shape, const Shape& strides) {
+    Ranged::Access a;
+    a.base = static_cast<const char*>(data);
+    int64_t lo = 0, hi = 0;
+    for (size_t d = 0; d < shape.size(); ++d) {
+        const int64_t span = strides[d] * (shape[d] - 1);
+        (span < 0 ? lo : hi) += span;
+    }
+    a.lo = a.base + lo * int64_t(elem);
+    a.hi = a.base + (hi + 1) * int64_t(elem);
+    // Element i is base[i / per] when the trailing dimensions of size 1 or stride 0 (broadcast)
+    // make up `per` and the rest are laid out contiguously in index order.
+    size_t d = shape.size();
+    int64_t per = 1;
+    for (; d > 0 && (shape[d - 1] == 1 || strides[d - 1] == 0); --d) per *= shape[d - 1];
+    int64_t expect = 1;
+    while (d-- > 0) {
+        if (shape[d] == 1) continue;
+        if (strides[d] != expect) return a;
+        expect *= shape[d];
+    }
+    a.per = per;
+    return a;
 }
 
 const Sink* Builder::claim_sink(size_t i) {

@@ -3,7 +3,9 @@
 // Design: parse -> for each op, its family's build function validates operands, infers the
 // output type (checked against the declared one) and appends Steps to the plan -> eval runs the
 // Steps. Shapes are static, so every buffer is allocated at compile time and a Step is a closure
-// over raw pointers, strides and precomputed sizes; eval does no lookups.
+// over raw pointers, strides and precomputed sizes; eval does no lookups. Element-wise ops,
+// softmax and row reductions add Ranged steps, and after the build runs of those are merged into
+// steps that go over their tensors tile by tile (fuse.cpp; ANETRAIN_REF_FUSE=0 turns it off).
 //
 // Storage: fp16 and fp32 tensors are float arrays (fp16 values exactly representable in fp16),
 // int32 as int32, int8 as int8, uint8 and bool as uint8. A View is shape + strides (in elements)
@@ -14,6 +16,8 @@
 // there during an evaluation instead, so the kernel copies an input in only when some other op
 // reads it (see Inputs).
 #pragma once
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <functional>
 #include <map>
@@ -61,6 +65,73 @@ struct Value {
 };
 
 using Step = std::function<void()>;
+
+// Where a ranged op finds its buffers while it computes one tile of a fused run (fuse.cpp): the
+// buffer itself, or, for an intermediate that no step after the run reads, scratch that holds
+// only the tile's part of it, so that such intermediates never leave the cache. Ranged ops pass
+// every buffer pointer they read or write through at(). Outside fused runs nothing moves.
+struct Tile {
+    struct Moved {
+        const void* buffer;
+        uintptr_t at;  // address of the buffer's element 0 as seen from this tile (scratch - first)
+    };
+    std::vector<Moved> moved;
+    template <class T>
+    T* at(T* p) const {
+        for (const Moved& m : moved)
+            if (m.buffer == static_cast<const void*>(p)) return reinterpret_cast<T*>(m.at);
+        return p;
+    }
+};
+
+// An op computed range by range: run(b, e, tile) computes elements [b, e) of the op's index
+// space on its own, serially, and any order of disjoint ranges gives the same result. This is
+// what lets a run of such ops execute tile by tile, every op over one tile while its operands
+// are in cache, instead of op by op over whole tensors (fuse.cpp). Results do not change: each
+// op computes the same values; only the order of the work, and where dead intermediates live,
+// does.
+struct Ranged {
+    // How the index space reaches a buffer: element i touches base[i / per] (per = 1: the same
+    // element, as an element-wise output or a same-shape operand; per = n: one element per run
+    // of n, as a row broadcast or a last-axis reduction's output), or, with per = 0, some other
+    // pattern within the bytes [lo, hi).
+    struct Access {
+        const char* base = nullptr;
+        int64_t per = 0;
+        const char* lo = nullptr;
+        const char* hi = nullptr;
+    };
+    int64_t numel = 0;  // size of the index space
+    int64_t align = 1;  // ranges begin and end at multiples of this (rows of a row-wise op)
+    std::vector<Access> reads, writes;  // float or int32 buffers (4-byte elements)
+    std::function<void(int64_t, int64_t, const Tile&)> run;
+};
+// The access of an operand with data pointer `data` (elements of `elem` bytes) and `strides`
+// over the index space `shape`, traversed in row-major order.
+Ranged::Access ranged_access(const void* data, size_t elem, const Shape& shape, const Shape& strides);
+
+// One step of the plan; `ranged`, when set, is the op that `run` computes over its whole index
+// space, which fusion may run tile by tile with its neighbours instead.
+struct PlanStep {
+    Step run;
+    std::shared_ptr<const Ranged> ranged;
+};
+
+// Bytes [lo, hi) that plan steps up to `step` may read (step = SIZE_MAX: the caller, reading a
+// returned value). Fusion keeps an intermediate of a run in scratch only if no later step reads it.
+struct Use {
+    const char* lo;
+    const char* hi;
+    size_t step;
+};
+
+// Merges runs of consecutive ranged steps that can safely run tile by tile into one step each.
+// Returns the plan steps [first, last) of each merged run (two steps or more) and its step.
+struct FusedRun {
+    size_t first, last;
+    Step run;
+};
+std::vector<FusedRun> fuse_plan(const std::vector<PlanStep>& plan, const std::vector<Use>& uses);
 
 // How the caller's data for a program input holds its values during one evaluation.
 enum class Feed : uint8_t {
@@ -134,7 +205,7 @@ void convert_into(const View& src, void* dst, DType to, bool round16);
 // The compile-time context of one op; op families talk to the plan only through it.
 class Builder {
 public:
-    Builder(const mil::Op& op, std::unordered_map<std::string, Value>& values, std::vector<Step>& steps,
+    Builder(const mil::Op& op, std::unordered_map<std::string, Value>& values, std::vector<PlanStep>& steps,
             const Blobs& blobs, bool round16, Arena& buffers,
             const std::unordered_map<std::string, Sink*>& sinks, Inputs& inputs);
 
@@ -179,7 +250,10 @@ public:
     // A contiguous version of v: v itself, or a new buffer filled by a copy step.
     View contiguous(const View& v);
     View alloc(DType dtype, const Shape& shape);  // contiguous scratch/output storage
-    void add_step(Step s) { steps_.push_back(std::move(s)); }
+    void add_step(Step s) { steps_.push_back({std::move(s), nullptr}); }
+    // A step that runs r over its whole index space in parallel chunks; fusion may instead run
+    // it tile by tile with the ranged steps next to it.
+    void add_ranged(Ranged r);
     // Whether a float output of dtype fp16 is rounded in this precision mode.
     bool rounds(const View& out) const { return round16_ && out.dtype == DType::fp16; }
     // The sink of float output i when it is returned and read by no later op (else nullptr);
@@ -197,7 +271,7 @@ private:
 
     const mil::Op& op_;
     std::unordered_map<std::string, Value>& values_;
-    std::vector<Step>& steps_;
+    std::vector<PlanStep>& steps_;
     const Blobs& blobs_;
     bool round16_;
     Arena& buffers_;
@@ -248,6 +322,12 @@ struct Loop {
 };
 Loop make_loop(const Shape& shape, const std::vector<Shape>& strides);
 
+// Calls f(offsets, n) for each piece of one row within elements [b, e) of the loop (in row-major
+// order); offsets[k] is operand k's element offset of the piece's first element. Pieces are
+// whole rows except where b or e cut a row.
+template <size_t K, class F>
+void for_range(const Loop& L, int64_t b, int64_t e, F&& f);
+
 // Calls f(row_offsets) for rows [r0, r1) of the loop; row_offsets[k] is operand k's element
 // offset of the row start.
 template <size_t K, class F>
@@ -270,6 +350,20 @@ void for_rows(const Loop& L, int64_t r0, int64_t r1, F&& f) {
             idx[d] = 0;
         }
     }
+}
+
+template <size_t K, class F>
+void for_range(const Loop& L, int64_t b, int64_t e, F&& f) {
+    const int64_t n = L.inner();
+    if (e <= b || n == 0) return;
+    int64_t row = b / n;
+    for_rows<K>(L, row, (e + n - 1) / n, [&](const int64_t* off) {
+        const int64_t lo = std::max<int64_t>(b - row * n, 0), hi = std::min<int64_t>(e - row * n, n);
+        int64_t piece[K];
+        for (size_t k = 0; k < K; ++k) piece[k] = off[k] + lo * L.strides[k].back();
+        f(static_cast<const int64_t*>(piece), hi - lo);
+        ++row;
+    });
 }
 
 }  // namespace anetrain::backend::ref

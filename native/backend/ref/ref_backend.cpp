@@ -36,7 +36,8 @@ namespace {
 
 class RefKernel : public Kernel {
 public:
-    RefKernel(const mil::Program& program, const Blobs& blobs, const std::string& label, bool round16) : round16_(round16) {
+    RefKernel(const mil::Program& program, const Blobs& blobs, const std::string& label, bool round16, bool fuse)
+        : round16_(round16) {
         const mil::Function& f = program.main();
         label_ = label;
         backend_name_ = "ref";
@@ -60,21 +61,17 @@ public:
         program_inputs_.exact_only.assign(n_in, false);
         std::unordered_map<std::string, Sink*> sinks = bind_sinks(f);
         const auto& ops = registry();
+        std::vector<PlanStep> plan;
+        std::vector<size_t> plan_op;  // plan step -> index in f.ops
         for (const auto& op : f.ops) {
             auto it = ops.find(op.type);
             if (it == ops.end()) throw mil::MilError(op.line, "unknown op '" + op.type + "' (the ref backend does not implement it)");
-            const size_t first = steps_.size();
-            Builder b(op, values, steps_, blobs, round16, buffers_, sinks, program_inputs_);
+            Builder b(op, values, plan, blobs, round16, buffers_, sinks, program_inputs_);
             it->second(b);
             b.finish();
-            for (size_t s = first; s < steps_.size(); ++s)
-                step_op_.push_back(op_labels_.size());
-            op_labels_.push_back("line " + std::to_string(op.line) + " " + op.type + " -> " +
-                                 (op.outputs.empty() ? std::string("?") : op.outputs[0]));
+            plan_op.resize(plan.size(), op_labels_.size());
+            op_labels_.push_back("line " + std::to_string(op.line) + " " + op.type + " -> " + first_output(op));
         }
-        const char* prof = std::getenv("ANETRAIN_REF_PROFILE");
-        profiling_ = prof && *prof && std::string(prof) != "0";
-        if (profiling_) op_ms_.assign(op_labels_.size(), 0.0);
         for (size_t i = 0; i < f.outputs.size(); ++i) {
             const std::string& name = f.outputs[i];
             const Value& v = values.at(name);
@@ -85,6 +82,27 @@ public:
             // Non-contiguous float outputs are gathered here before conversion to fp16.
             scratch_.push_back(v.view.contiguous() ? nullptr : allocate(buffers_, DType::fp32, v.view.numel(), f.outputs_line));
         }
+        const char* fuse_env = std::getenv("ANETRAIN_REF_FUSE");
+        if (fuse_env && std::string(fuse_env) == "0") fuse = false;
+        std::vector<FusedRun> runs;
+        if (fuse) runs = fuse_plan(plan, uses(f, values, plan_op));
+        size_t next = 0;
+        for (size_t s = 0; s < plan.size();) {
+            if (next < runs.size() && runs[next].first == s) {
+                FusedRun& run = runs[next++];
+                steps_.push_back(std::move(run.run));
+                step_op_.push_back(op_labels_.size());
+                op_labels_.push_back(run_label(f, plan_op, run.first, run.last));
+                s = run.last;
+            } else {
+                steps_.push_back(std::move(plan[s].run));
+                step_op_.push_back(plan_op[s]);
+                ++s;
+            }
+        }
+        const char* prof = std::getenv("ANETRAIN_REF_PROFILE");
+        profiling_ = prof && *prof && std::string(prof) != "0";
+        if (profiling_) op_ms_.assign(op_labels_.size(), 0.0);
     }
 
     void eval(const std::vector<HostTensor>& in, const std::vector<HostTensor>& out) override {
@@ -143,6 +161,46 @@ public:
     }
 
 private:
+    static std::string first_output(const mil::Op& op) { return op.outputs.empty() ? std::string("?") : op.outputs[0]; }
+
+    // "lines 20-23 mul+add+softmax -> probs": the ops whose plan steps [first, last) were fused.
+    static std::string run_label(const mil::Function& f, const std::vector<size_t>& plan_op, size_t first, size_t last) {
+        const mil::Op& a = f.ops[plan_op[first]];
+        const mil::Op& z = f.ops[plan_op[last - 1]];
+        std::string label = a.line == z.line ? "line " + std::to_string(a.line)
+                                             : "lines " + std::to_string(a.line) + "-" + std::to_string(z.line);
+        for (size_t s = first; s < last; ++s)
+            if (s == first || plan_op[s] != plan_op[s - 1]) label += (s == first ? " " : "+") + f.ops[plan_op[s]].type;
+        return label + " -> " + first_output(z);
+    }
+
+    // What the plan reads, for fusion (see Use): each op reads every value it names, up to its
+    // last plan step (ops without steps, the views, read nothing: their results are values
+    // too, which name the same bytes), and the caller reads the returned values.
+    std::vector<Use> uses(const mil::Function& f, const std::unordered_map<std::string, Value>& values,
+                          const std::vector<size_t>& plan_op) const {
+        std::vector<Use> out;
+        auto add = [&](const View& v, size_t step) {
+            if (!v.data || !storable(v.dtype) || v.numel() == 0) return;
+            const Ranged::Access a = ranged_access(v.data, store_size(store_of(v.dtype)), v.shape, v.strides);
+            out.push_back({a.lo, a.hi, step});
+        };
+        std::vector<size_t> last_step(f.ops.size(), SIZE_MAX);
+        for (size_t s = 0; s < plan_op.size(); ++s) last_step[plan_op[s]] = s;
+        std::function<void(const mil::Arg&, size_t)> named = [&](const mil::Arg& a, size_t step) {
+            auto it = a.kind == mil::Arg::Kind::Ref ? values.find(a.ref) : values.end();
+            if (it != values.end()) add(it->second.view, step);
+            for (const auto& item : a.items) named(item, step);
+        };
+        for (size_t o = 0; o < f.ops.size(); ++o) {
+            if (last_step[o] == SIZE_MAX) continue;
+            for (const auto& kv : f.ops[o].args) named(kv.second, last_step[o]);
+            for (const auto& kv : f.ops[o].attrs) named(kv.second, last_step[o]);
+        }
+        for (const View& v : out_views_) add(v, SIZE_MAX);
+        return out;
+    }
+
     // Sinks for returned op outputs that no later op reads (returned once, float, produced by
     // a statement): the producing op writes them straight into the caller's buffer.
     std::unordered_map<std::string, Sink*> bind_sinks(const mil::Function& f) {
@@ -240,8 +298,8 @@ private:
     std::vector<void*> scratch_;
     std::vector<std::unique_ptr<Sink>> sinks_;  // per returned output; null when not bindable
     // profiling (ANETRAIN_REF_PROFILE)
-    std::vector<size_t> step_op_;         // step -> op index
-    std::vector<std::string> op_labels_;  // op index -> "line N type -> output"
+    std::vector<size_t> step_op_;         // step -> label index
+    std::vector<std::string> op_labels_;  // per op "line N type -> output", then per fused run
     std::vector<double> op_ms_;
     bool profiling_ = false;
     long long profiled_evals_ = 0;
@@ -249,18 +307,19 @@ private:
 
 class RefBackend : public Backend {
 public:
-    explicit RefBackend(const RefOptions& o) : Backend(o.compile_budget), round16_(o.fp16_rounding) {}
+    explicit RefBackend(const RefOptions& o) : Backend(o.compile_budget), round16_(o.fp16_rounding), fuse_(o.fuse) {}
     std::string name() const override { return "ref"; }
     bool supports(const std::string& op) const override { return registry().count(op) != 0; }
 
 protected:
     std::unique_ptr<Kernel> compile_program(const mil::Program& program, const std::string&, const Blobs& blobs,
                                             const std::string& label) override {
-        return std::make_unique<RefKernel>(program, blobs, label, round16_);
+        return std::make_unique<RefKernel>(program, blobs, label, round16_, fuse_);
     }
 
 private:
     bool round16_;
+    bool fuse_;
 };
 
 }  // namespace

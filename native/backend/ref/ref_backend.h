@@ -26,6 +26,10 @@ struct RefOptions {
     // false = the "fp32" precision mode: nothing is rounded to fp16 (fp16 values are kept as fp32
     // end to end, including fp16 inputs passed as fp32); used to tell logic errors from precision.
     bool fp16_rounding = true;
+    // Run chains of element-wise ops, softmax and row reductions tile by tile (results are the
+    // same bitwise; false runs every op over its whole tensor). ANETRAIN_REF_FUSE=0 also turns it
+    // off, read at each compile.
+    bool fuse = true;
 };
 
 std::shared_ptr<Backend> make_ref_backend(const RefOptions& options);

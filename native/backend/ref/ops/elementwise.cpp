@@ -1,7 +1,8 @@
 // Element-wise ops: binary with NumPy broadcasting (add, sub, mul, real_div, pow, maximum,
 // minimum) and unary activations. Operands are iterated through a coalesced strided loop whose
-// inner row has fast paths for same-shape, scalar and row/channel broadcast; big tensors are
-// split across threads; fp16 outputs are rounded chunk by chunk.
+// inner row has fast paths for same-shape, scalar and row/channel broadcast. Each op is a Ranged
+// step (any range of output elements on its own, fp16 rounding included), so big tensors are
+// split across threads and chains of these ops can be fused (fuse.cpp).
 #include <algorithm>
 #include <cmath>
 
@@ -30,28 +31,29 @@ ANETRAIN_HOT void binary_row(const T* a, const T* c, T* o, int64_t n, int64_t sx
 }
 
 template <class T, class F>
-void binary_rows(const Loop& L, const T* x, const T* y, T* z, F f, int64_t r0, int64_t r1) {
-    const int64_t n = L.inner(), sx = L.strides[0].back(), sy = L.strides[1].back();
-    for_rows<3>(L, r0, r1, [&](const int64_t* off) { binary_row<T>(x + off[0], y + off[1], z + off[2], n, sx, sy, f); });
-}
-
-template <class T, class F>
 void plan_binary(Builder& b, const View& x, const View& y, const View& out, F f) {
-    Loop L = make_loop(out.shape, {broadcast_strides(x, out.shape), broadcast_strides(y, out.shape), out.strides});
+    const Shape xs = broadcast_strides(x, out.shape), ys = broadcast_strides(y, out.shape);
+    Loop L = make_loop(out.shape, {xs, ys, out.strides});
     const T* xp = x.as<T>();
     const T* yp = y.as<T>();
     T* zp = out.as<T>();
     const bool round = b.rounds(out);
     const Sink* sink = std::is_same_v<T, float> ? b.claim_sink(0) : nullptr;
-    b.add_step([L, xp, yp, zp, f, round, sink] {
-        const int64_t n = L.inner();
-        T* zt = zp;
-        if constexpr (std::is_same_v<T, float>) zt = target(sink, zp);
-        parallel_rows(L.rows(), n, [&](int64_t r0, int64_t r1) {
-            binary_rows<T>(L, xp, yp, zt, f, r0, r1);
-            if constexpr (std::is_same_v<T, float>) emit(sink, round, zp, size_t(r0 * n), size_t((r1 - r0) * n));
-        });
-    });
+    Ranged r;
+    r.numel = out.numel();
+    r.reads = {ranged_access(xp, sizeof(T), out.shape, xs), ranged_access(yp, sizeof(T), out.shape, ys)};
+    r.writes = {ranged_access(zp, sizeof(T), out.shape, out.strides)};
+    r.run = [L, xp, yp, zp, f, round, sink](int64_t b, int64_t e, const Tile& t) {
+        const int64_t sx = L.strides[0].back(), sy = L.strides[1].back();
+        const T* x = t.at(xp);
+        const T* y = t.at(yp);
+        T* z = t.at(zp);
+        T* zt = z;
+        if constexpr (std::is_same_v<T, float>) zt = target(sink, z);
+        for_range<3>(L, b, e, [&](const int64_t* off, int64_t n) { binary_row<T>(x + off[0], y + off[1], zt + off[2], n, sx, sy, f); });
+        if constexpr (std::is_same_v<T, float>) emit(sink, round, z, size_t(b), size_t(e - b));
+    };
+    b.add_ranged(std::move(r));
 }
 
 enum class Bin { add, sub, mul, div, pow, max, min };
@@ -115,14 +117,19 @@ void plan_unary(Builder& b, const View& x, const View& out, F f) {
     float* zp = out.f();
     const bool round = b.rounds(out);
     const Sink* sink = b.claim_sink(0);
-    b.add_step([L, xp, zp, f, round, sink] {
-        const int64_t n = L.inner(), sx = L.strides[0].back();
-        float* zt = target(sink, zp);
-        parallel_rows(L.rows(), n, [&](int64_t r0, int64_t r1) {
-            for_rows<2>(L, r0, r1, [&](const int64_t* off) { unary_row(xp + off[0], zt + off[1], n, sx, f); });
-            emit(sink, round, zp, size_t(r0 * n), size_t((r1 - r0) * n));
-        });
-    });
+    Ranged r;
+    r.numel = out.numel();
+    r.reads = {ranged_access(xp, sizeof(float), out.shape, x.strides)};
+    r.writes = {ranged_access(zp, sizeof(float), out.shape, out.strides)};
+    r.run = [L, xp, zp, f, round, sink](int64_t b, int64_t e, const Tile& t) {
+        const int64_t sx = L.strides[0].back();
+        const float* x = t.at(xp);
+        float* z = t.at(zp);
+        float* zt = target(sink, z);
+        for_range<2>(L, b, e, [&](const int64_t* off, int64_t n) { unary_row(x + off[0], zt + off[1], n, sx, f); });
+        emit(sink, round, z, size_t(b), size_t(e - b));
+    };
+    b.add_ranged(std::move(r));
 }
 
 const View& unary_input(Builder& b, View* out) {

@@ -1,4 +1,7 @@
-// softmax(x, axis): exp(x - max) / sum, accumulated in fp32, rows split across threads.
+// softmax(x, axis): exp(x - max) / sum, accumulated in fp32. A Ranged step whose ranges are
+// whole blocks of the axis (rows, for the last axis): split across threads, fusable with the
+// element-wise ops around it (fuse.cpp).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -41,16 +44,22 @@ void build_softmax(Builder& b) {
     int64_t outer = 1, inner = 1;
     for (int64_t i = 0; i < axis; ++i) outer *= x.shape[size_t(i)];
     for (size_t i = size_t(axis) + 1; i < x.rank(); ++i) inner *= x.shape[i];
-    const int64_t n = x.shape[size_t(axis)];
+    const int64_t n = x.shape[size_t(axis)], block = n * inner;
     const bool round = b.rounds(out);
     const Sink* sink = b.claim_sink(0);
-    b.add_step([=] {
-        parallel_rows(outer, n * inner, [&](int64_t r0, int64_t r1) {
-            float* y = target(sink, out.f());
-            for (int64_t r = r0; r < r1; ++r) softmax_block(x.f() + r * n * inner, y + r * n * inner, n, inner);
-            emit(sink, round, out.f(), size_t(r0 * n * inner), size_t((r1 - r0) * n * inner));
-        });
-    });
+    Ranged r;
+    r.numel = outer * block;
+    r.align = std::max<int64_t>(block, 1);
+    r.reads = {ranged_access(x.data, sizeof(float), x.shape, x.strides)};
+    r.writes = {ranged_access(out.data, sizeof(float), out.shape, out.strides)};
+    r.run = [x, out, n, inner, block, round, sink](int64_t b, int64_t e, const Tile& t) {
+        const float* xp = t.at(x.f());
+        float* own = t.at(out.f());
+        float* y = target(sink, own);
+        for (int64_t o = b; o < e; o += block) softmax_block(xp + o, y + o, n, inner);
+        emit(sink, round, own, size_t(b), size_t(e - b));
+    };
+    b.add_ranged(std::move(r));
 }
 
 }  // namespace
