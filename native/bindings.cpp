@@ -1087,10 +1087,7 @@ void bind_train(py::module_& m) {
                                             const std::string& kind) {
                 const train::ParamSlot& p = slot(s, name);
                 const float* src = in(a, "ModelState.set", name.c_str(), llama_shape(p.spec));
-                if (kind == "grad") {
-                    s.materialize_grads();
-                    s.touch_grads();
-                }
+                if (kind == "grad") s.materialize_grads();
                 float* dst = buffer(s, kind).data() + p.offset;
                 std::memcpy(dst, src, size_t(p.spec.numel()) * sizeof(float));
             },

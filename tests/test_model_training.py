@@ -220,9 +220,8 @@ def test_gradients_after_an_update_read_as_zero_and_the_next_step_starts_fresh(o
 
 @pytest.mark.parametrize("batches", [[2], [1, 1]])
 def test_update_norm_is_the_norm_of_the_accumulated_gradients(batches):
-    """update() takes the dW sums of squares from the accumulation's last sequence; the norm it
-    returns must be that of the gradients it found (one call or several accumulate() calls),
-    and a gradient set by hand in between must count."""
+    """The norm update() returns is that of the gradients it found (one accumulate() call or
+    several, the second step's overwriting stale ones), a gradient set by hand included."""
     cfg = _native.ModelConfig(**CONFIGS["mha"])
     t = _native.Trainer(cfg, _native.make_ref_backend(), pipeline="dynamic")
     t.state.init_random(6)

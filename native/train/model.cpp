@@ -67,8 +67,6 @@ const ParamSlot& ModelState::slot(const std::string& name) const {
                                 "'; names are llama2.c's, e.g. tok_embeddings, layers.0.attention.wq, norm");
 }
 
-size_t ModelState::slot_index(const std::string& name) const { return size_t(&slot(name) - slots_.data()); }
-
 void ModelState::init_random(uint64_t seed) {
     for (size_t t = 0; t < slots_.size(); ++t) {
         const ParamSlot& s = slots_[t];
@@ -88,7 +86,6 @@ void ModelState::init_random(uint64_t seed) {
 void ModelState::zero_grads() {
     std::fill(grads.begin(), grads.end(), 0.f);
     grads_stale_ = false;
-    touch_grads();
 }
 
 void ModelState::materialize_grads() {
@@ -98,7 +95,6 @@ void ModelState::materialize_grads() {
 void ModelState::expose_grads() {
     materialize_grads();
     grads_exposed_ = true;
-    touch_grads();
 }
 
 bool ModelState::take_stale_grads() {

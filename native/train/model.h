@@ -26,7 +26,6 @@ public:
     size_t size() const { return weights.size(); }  // elements per buffer
     const ParamSlot* find(const std::string& name) const;  // nullptr when the name is unknown
     const ParamSlot& slot(const std::string& name) const;  // throws std::invalid_argument when unknown
-    size_t slot_index(const std::string& name) const;      // position in slots(); throws like slot()
 
     // Seeded random init, the same on every platform (a counter-based generator, no std::
     // distributions): linears N(0, 1/fan_in), with wo and w2 (the residual-branch outputs) further
@@ -50,17 +49,12 @@ public:
     void materialize_grads();
     void expose_grads();
     bool take_stale_grads();  // true when stale (the caller overwrites every gradient); no longer stale
-    // Counts changes to the gradients made outside a trainer's accumulation (zeroing, setting,
-    // exposing), so a trainer can tell whether what it knows about them still holds.
-    uint64_t grads_version() const { return grads_version_; }
-    void touch_grads() { ++grads_version_; }
 
     std::vector<float> weights, grads, adam_m, adam_v;
     int step = 0;  // AdamW updates applied so far
 
 private:
     bool grads_stale_ = false, grads_exposed_ = false;
-    uint64_t grads_version_ = 0;
     ModelConfig cfg_;
     std::vector<ParamSlot> slots_;
     std::unordered_map<std::string, size_t> index_;

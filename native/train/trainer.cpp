@@ -1,7 +1,6 @@
 #include "train/trainer.h"
 
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <condition_variable>
 #include <cstring>
@@ -28,11 +27,9 @@ struct Timer {
     ~Timer() { acc += ms_since(t0); }
 };
 
-// dW = beta dW + dY X^T for dY [out][S], X [in][S] (dW [out][in], row-major); with `sq`, also
-// its sum of squares, read while it is still in cache.
-void accumulate_dw(float* dw, const float* dy, const float* x, int out, int in, int S, float beta, double* sq) {
+// dW = beta dW + dY X^T for dY [out][S], X [in][S] (dW [out][in], row-major).
+void accumulate_dw(float* dw, const float* dy, const float* x, int out, int in, int S, float beta) {
     blas::sgemm(false, true, out, in, S, 1.f, dy, S, x, S, beta, dw, in);
-    if (sq) *sq = cpu::sum_squares(dw, size_t(out) * in);
 }
 
 // llama2.c's name of a layer weight the kernels call wq..wo / w1..w3.
@@ -280,7 +277,7 @@ void Trainer::forward_sequence(const int32_t* tok) {
     cpu::classifier_fwd(weight("tok_embeddings"), xf_.data(), c.vocab_size, D, S, logits_.data(), &softmax_);
 }
 
-double Trainer::backward_sequence(const int32_t* tok, bool overwrite, bool last) {
+double Trainer::backward_sequence(const int32_t* tok, bool overwrite) {
     const ModelConfig& c = config();
     const int D = c.dim, S = c.seq_len, KV = c.kv_dim(), H = c.ffn_dim(), V = c.vocab_size;
     const size_t DS = size_t(D) * S;
@@ -301,20 +298,16 @@ double Trainer::backward_sequence(const int32_t* tok, bool overwrite, bool last)
         const std::string p = "layers." + std::to_string(l) + ".";
         auto W = [&](const std::string& n) { return weight(p + n); };
         auto G = [&](const std::string& n) { return grad(p + n); };
-        // The last sequence before an update leaves each dW final: its sum of squares is taken
-        // then, while the dW is in cache, for the gradient norm (see update).
-        auto SQ = [&](const std::string& n) { return last ? &grad_sq_[state_.slot_index(p + n)] : nullptr; };
         const float beta = overwrite ? 0.f : 1.f;
         // FFN branch: x_next = x2 + f, so df = dx
         std::memcpy(a.df.data(), dx_.data(), DS * sizeof(float));
         eval(*ks.ffn_bwd, inputs(ks, "ffn_backward", l, {{a.df.data(), false}, {a.h1.data(), out16}, {a.h3.data(), out16}}),
              {tmp_.data(), a.dh1.data(), a.dh3.data()});
         float *gw1 = G("feed_forward.w1"), *gw2 = G("feed_forward.w2"), *gw3 = G("feed_forward.w3");
-        double *sw1 = SQ("feed_forward.w1"), *sw2 = SQ("feed_forward.w2"), *sw3 = SQ("feed_forward.w3");
         dw_->submit([=, &a] {
-            accumulate_dw(gw2, a.df.data(), a.gate.data(), D, H, S, beta, sw2);
-            accumulate_dw(gw1, a.dh1.data(), a.x2n.data(), H, D, S, beta, sw1);
-            accumulate_dw(gw3, a.dh3.data(), a.x2n.data(), H, D, S, beta, sw3);
+            accumulate_dw(gw2, a.df.data(), a.gate.data(), D, H, S, beta);
+            accumulate_dw(gw1, a.dh1.data(), a.x2n.data(), H, D, S, beta);
+            accumulate_dw(gw3, a.dh3.data(), a.x2n.data(), H, D, S, beta);
         });
         {
             Timer t{t_.cpu_ops};
@@ -327,12 +320,11 @@ double Trainer::backward_sequence(const int32_t* tok, bool overwrite, bool last)
                     {{a.dx2.data(), false}, {a.q.data(), out16}, {a.k.data(), out16}, {a.v.data(), out16}}),
              {tmp_.data(), a.dq.data(), a.dk.data(), a.dv.data()});
         float *gq = G("attention.wq"), *gk = G("attention.wk"), *gv = G("attention.wv"), *go = G("attention.wo");
-        double *sq = SQ("attention.wq"), *sk = SQ("attention.wk"), *sv = SQ("attention.wv"), *so = SQ("attention.wo");
         dw_->submit([=, &a] {
-            accumulate_dw(go, a.dx2.data(), a.attn.data(), D, D, S, beta, so);
-            accumulate_dw(gq, a.dq.data(), a.xn.data(), D, D, S, beta, sq);
-            accumulate_dw(gk, a.dk.data(), a.xn.data(), KV, D, S, beta, sk);
-            accumulate_dw(gv, a.dv.data(), a.xn.data(), KV, D, S, beta, sv);
+            accumulate_dw(go, a.dx2.data(), a.attn.data(), D, D, S, beta);
+            accumulate_dw(gq, a.dq.data(), a.xn.data(), D, D, S, beta);
+            accumulate_dw(gk, a.dk.data(), a.xn.data(), KV, D, S, beta);
+            accumulate_dw(gv, a.dv.data(), a.xn.data(), KV, D, S, beta);
         });
         Timer t{t_.cpu_ops};
         std::memcpy(dx_.data(), a.dx2.data(), DS * sizeof(float));
@@ -359,14 +351,12 @@ double Trainer::accumulate(const int32_t* tokens, int batch) {
     if (overwrite)
         for (const ParamSlot& s : state_.slots())
             if (s.spec.vector) std::fill_n(state_.grads.data() + s.offset, s.spec.numel(), 0.f);
-    grad_sq_.assign(state_.slots().size(), -1.0);
-    grad_sq_version_ = ~uint64_t(0);
     double loss = 0;
     try {
         for (int b = 0; b < batch; ++b) {
             const int32_t* tok = tokens + size_t(b) * (S + 1);
             forward_sequence(tok);
-            loss += backward_sequence(tok, overwrite && b == 0, b == batch - 1);
+            loss += backward_sequence(tok, overwrite && b == 0);
             ++pending_;
         }
     } catch (...) {
@@ -374,21 +364,8 @@ double Trainer::accumulate(const int32_t* tokens, int batch) {
         if (overwrite) state_.zero_grads();
         throw;
     }
-    grad_sq_version_ = state_.grads_version();
     t_.total += ms_since(t0);
     return loss / batch;
-}
-
-double Trainer::grad_norm() {
-    // The sums of squares the last accumulation took of each dW still hold unless something
-    // changed the gradients since; the other tensors (embedding, norm gammas) are summed here.
-    if (grad_sq_version_ != state_.grads_version()) return state_.grad_norm();
-    double total = 0.0;
-    const auto& slots = state_.slots();
-    for (size_t i = 0; i < slots.size(); ++i)
-        total += grad_sq_[i] >= 0.0 ? grad_sq_[i]
-                                    : cpu::sum_squares(state_.grads.data() + slots[i].offset, size_t(slots[i].spec.numel()));
-    return std::sqrt(total);
 }
 
 double Trainer::update(const cpu::AdamW& opt, float clip) {
@@ -396,8 +373,7 @@ double Trainer::update(const cpu::AdamW& opt, float clip) {
     const auto t0 = Clock::now();
     Timer t{t_.optimizer};
     const float unscale = 1.f / (opt_.loss_scale * float(pending_));
-    const double norm = grad_norm() * unscale;
-    grad_sq_version_ = ~uint64_t(0);
+    const double norm = state_.grad_norm() * unscale;
     const float clip_factor = clip > 0.f ? cpu::clip_scale(norm, clip) : 1.f;
     state_.adamw_update(opt, unscale * clip_factor, /*clear_grads=*/true);
     pending_ = 0;

@@ -79,10 +79,8 @@ private:
 
     void ensure_kernels();
     void forward_sequence(const int32_t* tok);
-    // overwrite: the gradients are stale, write instead of adding; last: the last sequence
-    // before an update (take the dW sums of squares).
-    double backward_sequence(const int32_t* tok, bool overwrite, bool last);
-    double grad_norm();  // of the accumulated gradients
+    // overwrite: the gradients are stale (see ModelState), write them instead of adding.
+    double backward_sequence(const int32_t* tok, bool overwrite);
     float* weight(const std::string& name);
     float* grad(const std::string& name);
     // A kernel input: fp32 data, and whether it holds fp16 values already (see HostTensor).
@@ -105,10 +103,6 @@ private:
     std::vector<std::unique_ptr<LayerActs>> acts_;
     std::vector<float> x_, xf_, rrms_f_, logits_, dx_, tmp_;
     cpu::SoftmaxStats softmax_;  // of logits_, from the forward pass
-    // Per tensor (slot order), the sum of squares of its gradient taken by the last
-    // accumulation (-1: not taken), valid while the state's grads_version is grad_sq_version_.
-    std::vector<double> grad_sq_;
-    uint64_t grad_sq_version_ = ~uint64_t(0);
     std::unique_ptr<DwQueue> dw_;
     int pending_ = 0;
     Timings t_;
