@@ -1,0 +1,34 @@
+"""The training benchmark as a user runs it, shrunk to seconds: it must run, print the BLAS core
+type, and report as the ratio the median of its rounds' ratios (a smoke test of the script, not
+a speed test: speed is never asserted in tests)."""
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch", reason="bench_train.py compares against PyTorch (pip install torch)")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_train_reports_the_median_of_alternating_rounds():
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_train.py"), "--presets", "stories15M",
+                        "--seq", "16", "--steps", "1", "--rounds", "3"],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert re.search(r"^BLAS core type: \S+", p.stdout, re.M)
+    m = re.search(r"^stories15M: .*\| ratio (\d+\.\d+) \(rounds: ([\d., ]+)\)$", p.stdout, re.M)
+    assert m, p.stdout
+    rounds = [float(r) for r in m.group(2).split(", ")]
+    assert len(rounds) == 3 and rounds == sorted(rounds)
+    assert float(m.group(1)) == pytest.approx(statistics.median(rounds), abs=0.006)
+    assert re.search(r"^  stories15M: ratio \d+\.\d+, memory \d+/\d+ MB -> (met|NOT met)$", p.stdout, re.M)
+
+
+def test_bench_train_rejects_zero_rounds():
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_train.py"), "--rounds", "0"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode != 0 and "--rounds and --steps must be at least 1" in p.stderr
