@@ -1088,6 +1088,7 @@ void bind_train(py::module_& m) {
                 const train::ParamSlot& p = slot(s, name);
                 const float* src = in(a, "ModelState.set", name.c_str(), llama_shape(p.spec));
                 if (kind == "grad") s.materialize_grads();
+                if (kind == "weight") s.weights_changed();
                 float* dst = buffer(s, kind).data() + p.offset;
                 std::memcpy(dst, src, size_t(p.spec.numel()) * sizeof(float));
             },
@@ -1097,6 +1098,7 @@ void bind_train(py::module_& m) {
             "flat",
             [buffer](py::object self, const std::string& kind) {
                 if (kind == "grad") self.cast<train::ModelState&>().expose_grads();
+                if (kind == "weight") self.cast<train::ModelState&>().expose_weights();
                 std::vector<float>& b = buffer(self.cast<train::ModelState&>(), kind);
                 return py::array_t<float>({py::ssize_t(b.size())}, {py::ssize_t(sizeof(float))}, b.data(), self);
             },

@@ -140,6 +140,44 @@ def test_static_pipeline_recompiles_after_each_update_and_respects_the_budget():
         t.accumulate(tokens)
 
 
+@pytest.mark.parametrize("change", ["set", "flat", "init_random"])
+def test_static_kernels_follow_weights_changed_between_accumulations(change):
+    """The static pipeline bakes weights into its kernels: weights changed by name, through a
+    live view or by a re-init after the kernels were built must be what the next accumulation
+    uses (gradients equal to a fresh trainer's at those weights)."""
+    t, cfg = make_trainer("mha", "static", "fp32")
+    tokens = tokens_for(cfg, 1, seed=4)
+    t.accumulate(tokens)
+    t.state.zero_grads()
+    w = "layers.1.feed_forward.w2"
+    if change == "set":
+        t.state.set(w, t.state.get(w) * np.float32(1.5))
+    elif change == "flat":
+        view = t.state.flat("weight")
+        view *= np.float32(0.75)  # written after the view was handed out
+    else:
+        t.state.init_random(11)
+    assert t.compiles_needed() == 4 * cfg.n_layers
+    loss = t.accumulate(tokens)
+    fresh = _native.Trainer(cfg, _native.make_ref_backend(fp16_rounding=False), pipeline="static", precision="fp32")
+    for n in t.state.names():
+        fresh.state.set(n, t.state.get(n))
+    assert loss == fresh.accumulate(tokens)
+    for n in t.state.names():
+        np.testing.assert_array_equal(t.state.get(n, "grad"), fresh.state.get(n, "grad"), err_msg=n)
+
+
+def test_a_failed_compile_leaves_no_partial_kernel_set():
+    """With a budget for only part of the static kernels, accumulate fails, and keeps failing the
+    same way rather than running on the layers that did compile."""
+    t, cfg = make_trainer("mha", "static", "fp16", budget=4 * CONFIGS["mha"]["n_layers"] - 1)
+    tokens = tokens_for(cfg, 1, seed=1)
+    for _ in range(2):
+        with pytest.raises(_native.CompileBudgetExceeded):
+            t.accumulate(tokens)
+        assert t.compiles_needed() == 4 * cfg.n_layers
+
+
 def test_dynamic_pipeline_compiles_once():
     t, cfg = make_trainer("gqa", "dynamic", "fp16")
     tokens = tokens_for(cfg, 1, seed=1)

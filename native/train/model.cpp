@@ -77,6 +77,7 @@ void ModelState::init_random(uint64_t seed) {
             for (size_t i = b; i < e; ++i) w[i] = sd == 0.0 ? 1.f : float(sd * standard_normal(key, i));
         });
     }
+    weights_changed();
     zero_grads();
     std::fill(adam_m.begin(), adam_m.end(), 0.f);
     std::fill(adam_v.begin(), adam_v.end(), 0.f);
@@ -111,6 +112,7 @@ double ModelState::grad_norm() {
 void ModelState::adamw_update(const cpu::AdamW& opt, float grad_scale, bool clear_grads) {
     materialize_grads();
     ++step;
+    weights_changed();
     const bool eager = clear_grads && grads_exposed_;
     for (const ParamSlot& s : slots_) {
         const size_t o = s.offset;

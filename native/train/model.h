@@ -50,11 +50,24 @@ public:
     void expose_grads();
     bool take_stale_grads();  // true when stale (the caller overwrites every gradient); no longer stale
 
+    // Counts changes to the weights (init, updates, set by name, a live view handed out), so that
+    // what is built from them (the static pipeline's kernels) can tell when it is out of date.
+    // After expose_weights (a writable view of the buffer) changes can no longer be seen, and
+    // weights_exposed() says so.
+    uint64_t weights_version() const { return weights_version_; }
+    void weights_changed() { ++weights_version_; }
+    void expose_weights() {
+        weights_exposed_ = true;
+        weights_changed();
+    }
+    bool weights_exposed() const { return weights_exposed_; }
+
     std::vector<float> weights, grads, adam_m, adam_v;
     int step = 0;  // AdamW updates applied so far
 
 private:
-    bool grads_stale_ = false, grads_exposed_ = false;
+    bool grads_stale_ = false, grads_exposed_ = false, weights_exposed_ = false;
+    uint64_t weights_version_ = 0;
     ModelConfig cfg_;
     std::vector<ParamSlot> slots_;
     std::unordered_map<std::string, size_t> index_;

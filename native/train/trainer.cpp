@@ -171,14 +171,21 @@ Trainer::~Trainer() = default;
 int Trainer::compiles_needed() const {
     const int per_set = int(mil::layer_kernel_names().size());
     if (kopt_.pipeline == mil::Pipeline::Dynamic) return kernels_.empty() ? per_set : 0;
-    return kernels_stale_ ? per_set * config().n_layers : 0;
+    return static_kernels_current() ? 0 : per_set * config().n_layers;
+}
+
+bool Trainer::static_kernels_current() const {
+    // Weights behind a live view may have changed unseen: rebuild every time then.
+    return !kernels_.empty() && kernels_version_ == state_.weights_version() && !state_.weights_exposed();
 }
 
 void Trainer::ensure_kernels() {
     const bool dynamic = kopt_.pipeline == mil::Pipeline::Dynamic;
-    if (dynamic ? !kernels_.empty() : !kernels_stale_) return;
+    if (dynamic ? !kernels_.empty() : static_kernels_current()) return;
     Timer t{t_.compile};
     kernels_.clear();
+    // Built aside and kept only when complete: a failed compile (say, the budget) leaves none.
+    std::vector<std::unique_ptr<LayerKernels>> built;
     const int sets = dynamic ? 1 : config().n_layers;
     for (int l = 0; l < sets; ++l) {
         mil::LayerWeights w;
@@ -208,9 +215,10 @@ void Trainer::ensure_kernels() {
         ks->ffn_fwd = compile(mil::ffn_forward(shape_, kopt_, wp));
         ks->ffn_bwd = compile(mil::ffn_backward(shape_, kopt_, wp));
         ks->attn_bwd = compile(mil::attention_backward(shape_, kopt_, wp));
-        kernels_.push_back(std::move(ks));
+        built.push_back(std::move(ks));
     }
-    kernels_stale_ = false;
+    kernels_ = std::move(built);
+    kernels_version_ = state_.weights_version();
 }
 
 void Trainer::eval(backend::Kernel& k, const std::vector<In>& in, const std::vector<float*>& out) {
@@ -376,8 +384,7 @@ double Trainer::update(const cpu::AdamW& opt, float clip) {
     const double norm = state_.grad_norm() * unscale;
     const float clip_factor = clip > 0.f ? cpu::clip_scale(norm, clip) : 1.f;
     state_.adamw_update(opt, unscale * clip_factor, /*clear_grads=*/true);
-    pending_ = 0;
-    kernels_stale_ = true;
+    pending_ = 0;  // (the update changed the weights: the static pipeline recompiles)
     t_.total += ms_since(t0);
     return norm;
 }

@@ -78,6 +78,7 @@ private:
     class DwQueue;
 
     void ensure_kernels();
+    bool static_kernels_current() const;  // static pipeline: kernels built from the current weights
     void forward_sequence(const int32_t* tok);
     // overwrite: the gradients are stale (see ModelState), write them instead of adding.
     double backward_sequence(const int32_t* tok, bool overwrite);
@@ -99,7 +100,7 @@ private:
     mil::KernelShape shape_;
     mil::KernelOptions kopt_;
     std::vector<std::unique_ptr<LayerKernels>> kernels_;  // dynamic: one shared set; static: per layer
-    bool kernels_stale_ = true;
+    uint64_t kernels_version_ = 0;  // the state's weights_version the static kernels were built from
     std::vector<std::unique_ptr<LayerActs>> acts_;
     std::vector<float> x_, xf_, rrms_f_, logits_, dx_, tmp_;
     cpu::SoftmaxStats softmax_;  // of logits_, from the forward pass
