@@ -257,6 +257,26 @@ double xent_loss(const float* logits, const SoftmaxStats& st, const int32_t* tgt
     return total / S;
 }
 
+// Softmax statistics of [vocab][S] logits chunk by chunk: produce(r0, n) first fills rows
+// [r0, r0 + n) (or does nothing when the logits are there already), then their statistics
+// are taken while the chunk is in cache. One task per thread, each taking the next chunk until
+// none is left (parallel_for's few big ranges would leave a thread idle while another finishes a
+// range of several chunks); per-chunk results merge in chunk order.
+template <class Produce>
+void chunked_softmax_stats(const float* logits, int vocab, int S, SoftmaxStats* st, Produce produce) {
+    const int C = vocab_chunk(S), chunks = (vocab + C - 1) / C;
+    std::vector<float> cmax(size_t(chunks) * S), csum(size_t(chunks) * S);
+    std::atomic<int> next{0};
+    parallel_for(size_t(threads::num_threads()), 1, [&](size_t, size_t) {
+        for (int c; (c = next.fetch_add(1)) < chunks;) {
+            const int r0 = c * C, n = std::min(C, vocab - r0);
+            produce(r0, n);
+            block_softmax_stats(logits + size_t(r0) * S, n, S, cmax.data() + size_t(c) * S, csum.data() + size_t(c) * S);
+        }
+    });
+    merge_softmax_stats(cmax, csum, chunks, S, st);
+}
+
 void require_positions(int S, int vocab) {
     if (S <= 0 || vocab <= 0)
         throw std::invalid_argument("cross_entropy needs at least one position and one vocabulary entry (got S=" +
@@ -268,20 +288,10 @@ void require_positions(int S, int vocab) {
 void classifier_fwd(const float* E, const float* x, int vocab, int dim, int S, float* logits, SoftmaxStats* stats) {
     if (!stats) return blas::sgemm(false, false, vocab, S, dim, 1.f, E, dim, x, S, 0.f, logits, S);
     require_positions(S, vocab);
-    const int C = vocab_chunk(S), chunks = (vocab + C - 1) / C;
-    std::vector<float> cmax(size_t(chunks) * S), csum(size_t(chunks) * S);
-    // One task per thread, each taking the next chunk until none is left (parallel_for's few
-    // big ranges would leave a thread idle while another finishes a range of several chunks).
-    std::atomic<int> next{0};
-    parallel_for(size_t(threads::num_threads()), 1, [&](size_t, size_t) {
-        for (int c; (c = next.fetch_add(1)) < chunks;) {
-            const int r0 = c * C, n = std::min(C, vocab - r0);
-            float* z = logits + size_t(r0) * S;
-            blas::sgemm_serial(false, false, n, S, dim, 1.f, E + size_t(r0) * dim, dim, x, S, 0.f, z, S);
-            block_softmax_stats(z, n, S, cmax.data() + size_t(c) * S, csum.data() + size_t(c) * S);
-        }
+    chunked_softmax_stats(logits, vocab, S, stats, [&](int r0, int n) {
+        blas::sgemm_serial(false, false, n, S, dim, 1.f, E + size_t(r0) * dim, dim, x, S, 0.f, logits + size_t(r0) * S,
+                           S);
     });
-    merge_softmax_stats(cmax, csum, chunks, S, stats);
 }
 
 void classifier_bwd(const float* E, const float* x, const float* dlogits, int vocab, int dim, int S, float* dx,
@@ -323,17 +333,9 @@ double classifier_loss_bwd(const float* E, const float* x, float* logits, const 
 double cross_entropy(const float* logits, const int32_t* tgt, int vocab, int S, float scale, float* dlogits) {
     require_positions(S, vocab);
     check_tokens(tgt, S, vocab, "target");
-    const int C = vocab_chunk(S), chunks = (vocab + C - 1) / C;
-    std::vector<float> cmax(size_t(chunks) * S), csum(size_t(chunks) * S);
-    parallel_for(size_t(chunks), 1, [&](size_t b, size_t e) {
-        for (size_t c = b; c < e; ++c) {
-            const int r0 = int(c) * C;
-            block_softmax_stats(logits + size_t(r0) * S, std::min(C, vocab - r0), S, cmax.data() + c * S,
-                                csum.data() + c * S);
-        }
-    });
     SoftmaxStats st;
-    merge_softmax_stats(cmax, csum, chunks, S, &st);
+    chunked_softmax_stats(logits, vocab, S, &st, [](int, int) {});  // the logits are there already
+    const int C = vocab_chunk(S), chunks = (vocab + C - 1) / C;
     std::vector<float> k(static_cast<size_t>(S), 0.f);
     const double loss = xent_loss(logits, st, tgt, scale, S, k.data());
     if (dlogits != logits) std::memcpy(dlogits, logits, size_t(vocab) * S * sizeof(float));

@@ -102,18 +102,20 @@ struct Operand {
             *ld = layout.ld;
             return src.f() + offs[i];
         }
-        auto convert = [&](int64_t at, float* to, int64_t n) {
-            if (feed == Feed::f16)
-                fp16::f16_to_f32(src.halves() + at, to, size_t(n));
-            else
-                fp16::round_f32(src.f() + at, to, size_t(n));
-        };
         if (rows == 1 || layout.ld == cols)
-            convert(offs[i], scratch, rows * cols);
+            convert(feed, offs[i], scratch, rows * cols);
         else
-            for (int64_t r = 0; r < rows; ++r) convert(offs[i] + r * layout.ld, scratch + r * cols, cols);
+            for (int64_t r = 0; r < rows; ++r) convert(feed, offs[i] + r * layout.ld, scratch + r * cols, cols);
         *ld = int(std::max<int64_t>(cols, 1));
         return scratch;
+    }
+
+    // n elements from `at` (elements past the source's origin) into `to`, as floats.
+    void convert(Feed feed, int64_t at, float* to, int64_t n) const {
+        if (feed == Feed::f16)
+            fp16::f16_to_f32(src.halves() + at, to, size_t(n));
+        else
+            fp16::round_f32(src.f() + at, to, size_t(n));
     }
 
     // Logical rows (along_rows) or columns [start, start + count) of product i's matrix as BLAS
@@ -127,17 +129,11 @@ struct Operand {
             *ld = layout.ld;
             return src.f() + offs[i] + (storage_rows ? start * layout.ld : start);
         }
-        auto convert = [&](int64_t at, float* to, int64_t n) {
-            if (feed == Feed::f16)
-                fp16::f16_to_f32(src.halves() + at, to, size_t(n));
-            else
-                fp16::round_f32(src.f() + at, to, size_t(n));
-        };
         if (storage_rows) {
-            for (int64_t r = 0; r < count; ++r) convert(offs[i] + (start + r) * layout.ld, scratch + r * cols, cols);
+            for (int64_t r = 0; r < count; ++r) convert(feed, offs[i] + (start + r) * layout.ld, scratch + r * cols, cols);
             *ld = int(std::max<int64_t>(cols, 1));
         } else {
-            for (int64_t r = 0; r < rows; ++r) convert(offs[i] + r * layout.ld + start, scratch + r * count, count);
+            for (int64_t r = 0; r < rows; ++r) convert(feed, offs[i] + r * layout.ld + start, scratch + r * count, count);
             *ld = int(std::max<int64_t>(count, 1));
         }
         return scratch;
