@@ -147,10 +147,11 @@ def test_fp32_program_views_into_matmul_and_conv(rng):
 
 
 @pytest.mark.parametrize("host", [np.float16, np.float32])
-def test_input_read_by_matmul_and_elementwise_and_returned(threads, host, rng):
+@pytest.mark.parametrize("B,M,K,N", [(3, 5, 4, 6), (3, 150, 100, 6)], ids=["small", "copied-in-parallel"])
+def test_input_read_by_matmul_and_elementwise_and_returned(threads, host, B, M, K, N, rng):
     """x feeds a batched matmul, an add and is returned as it is: it is copied in, and the
-    matmul reads that copy; y is read by the matmul alone."""
-    B, M, K, N = 3, 5, 4, 6
+    matmul reads that copy; y is read by the matmul alone. The bigger x (45000 elements) is
+    copied in by the pool's threads in pieces."""
     body = FLAGS + [matmul_line("x", "y", (B, M, N)),
                     f'{ttype("fp16", (B, M, K))} d = add(x = x, y = x)[name = string("d")];']
     kernel = compile_ref(program([("x", "fp16", (B, M, K)), ("y", "fp16", (B, K, N))], body, ["z", "d", "x"]))

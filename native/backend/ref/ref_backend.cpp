@@ -11,6 +11,7 @@
 
 #include "backend/ref/plan.h"
 #include "core/fp16.h"
+#include "core/threads.h"
 
 namespace anetrain::backend {
 
@@ -265,15 +266,21 @@ private:
     }
 
     void load_input(const View& v, const HostTensor& h) {
-        size_t n = size_t(h.numel);
-        if (v.dtype == DType::fp16 && h.dtype == DType::fp16) {
-            fp16::f16_to_f32(static_cast<const uint16_t*>(h.data), v.f(), n);
-        } else if (v.dtype == DType::fp16 && round16_ && !h.fp16_exact) {
-            fp16::round_f32(static_cast<const float*>(h.data), v.f(), n);
-        } else {
-            std::memcpy(v.data, h.data, n * store_size(store_of(v.dtype)));
-        }
+        const bool halves = v.dtype == DType::fp16 && h.dtype == DType::fp16;
+        const bool round = !halves && v.dtype == DType::fp16 && round16_ && !h.fp16_exact;
+        const size_t size = store_size(store_of(v.dtype));
+        // Split over the pool: one thread cannot use the memory bandwidth of several.
+        threads::parallel_for(size_t(h.numel), kLoadGrain, [&](size_t b, size_t e) {
+            if (halves)
+                fp16::f16_to_f32(static_cast<const uint16_t*>(h.data) + b, v.f() + b, e - b);
+            else if (round)
+                fp16::round_f32(static_cast<const float*>(h.data) + b, v.f() + b, e - b);
+            else
+                std::memcpy(static_cast<char*>(v.data) + b * size, static_cast<const char*>(h.data) + b * size,
+                            (e - b) * size);
+        });
     }
+    static constexpr size_t kLoadGrain = size_t(1) << 15;  // elements per task at least
 
     static void store_output(const View& v, void* scratch, const HostTensor& h) {
         size_t n = size_t(h.numel);
