@@ -256,7 +256,7 @@ private:
             program_inputs_.feeds[i] = {h.data, feed};
         } else {
             IoTimer io{io_ms_};
-            load_input(v, h);
+            load_input(v, h, feed);
         }
     }
 
@@ -265,22 +265,22 @@ private:
         for (size_t i = 0; i < program_inputs_.own.size(); ++i) program_inputs_.feeds[i] = {program_inputs_.own[i].data, Feed::exact};
     }
 
-    void load_input(const View& v, const HostTensor& h) {
-        const bool halves = v.dtype == DType::fp16 && h.dtype == DType::fp16;
-        const bool round = !halves && v.dtype == DType::fp16 && round16_ && !h.fp16_exact;
-        const size_t size = store_size(store_of(v.dtype));
-        // Split over the pool: one thread cannot use the memory bandwidth of several.
-        threads::parallel_for(size_t(h.numel), kLoadGrain, [&](size_t b, size_t e) {
-            if (halves)
+    // Copies or converts input h into the kernel's own buffer v, as `feed` says. Split over the
+    // pool: the caller's data is usually cold (just written by the trainer), and one thread
+    // cannot use the memory bandwidth of two (fp16's bulk conversions split only from 1M
+    // elements, a threshold measured on cache-hot data).
+    void load_input(const View& v, const HostTensor& h, Feed feed) {
+        const size_t size = mil::dtype_size(h.dtype);
+        threads::parallel_for(size_t(h.numel), size_t(1) << 15, [&](size_t b, size_t e) {
+            if (feed == Feed::f16)
                 fp16::f16_to_f32(static_cast<const uint16_t*>(h.data) + b, v.f() + b, e - b);
-            else if (round)
+            else if (feed == Feed::round16)
                 fp16::round_f32(static_cast<const float*>(h.data) + b, v.f() + b, e - b);
             else
                 std::memcpy(static_cast<char*>(v.data) + b * size, static_cast<const char*>(h.data) + b * size,
                             (e - b) * size);
         });
     }
-    static constexpr size_t kLoadGrain = size_t(1) << 15;  // elements per task at least
 
     static void store_output(const View& v, void* scratch, const HostTensor& h) {
         size_t n = size_t(h.numel);
