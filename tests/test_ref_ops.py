@@ -175,6 +175,90 @@ def test_matmul(xs, ys, tx, ty, rng):
     assert_fp16_close(got, f16(want), ulps=1, atol=1e-3)
 
 
+def triangular(rng, shape, zero_above):
+    """Random values with the strict upper (zero_above) or lower triangle of each matrix zeroed,
+    as causal attention's probabilities are, some of the zeros negative."""
+    m = rng.standard_normal(shape).astype(np.float32)
+    n = shape[-1]
+    keep = np.tril(np.ones((n, n), bool)) if zero_above else np.triu(np.ones((n, n), bool))
+    return np.where(keep, m, np.where(rng.random(shape) < 0.5, -0.0, 0.0)).astype(np.float32)
+
+
+def full_product(xs, ys, tx, ty, x, y):
+    xm = np.swapaxes(x, -1, -2) if tx else x
+    ym = np.swapaxes(y, -1, -2) if ty else y
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.matmul(xm.astype(np.float64), ym.astype(np.float64))
+
+
+def assert_product(got, want, x, y, tx, ty):
+    got = np.asarray(got, np.float64)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    ok = np.isfinite(want)
+    scale = full_product(None, None, tx, ty, np.abs(np.nan_to_num(x)), np.abs(np.nan_to_num(y)))
+    assert (np.abs(got[ok] - want[ok]) <= 1e-5 * scale[ok] + 1e-6).all()
+
+
+# Square operands with a zero triangle (the ref backend skips the triangle's products; the
+# result must be the full product's): either operand, either triangle, stored either way, one
+# product or a batch of them (one per thread).
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("square", ["x", "y"])
+@pytest.mark.parametrize("zero_above", [True, False])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_matmul_triangular_operand(batch, square, zero_above, transposed, rng):
+    n, e = 128, 24
+    t = triangular(rng, (batch, n, n), zero_above)
+    other = rng.standard_normal((batch, e, n) if square == "y" else (batch, n, e)).astype(np.float32)
+    x, y = (other, t) if square == "y" else (t, other)
+    tx, ty = (False, transposed) if square == "y" else (transposed, False)
+    want = full_product(x.shape, y.shape, tx, ty, x, y)
+    got = run(matmul_program(x.shape, y.shape, want.shape, tx, ty, "fp32"), x, y, precision="fp32")
+    assert_product(got, want, x, y, tx, ty)
+
+
+def test_matmul_nearly_triangular_and_non_finite_operands(rng):
+    """A single nonzero in the would-be zero triangle must count (row 95 is the last row the
+    check reaches whose column 127 lies outside the diagonal blocks of 32), and an inf in the
+    other operand must make inf * 0 = NaN where the triangle's zeros meet it."""
+    n, e = 128, 16
+    t = triangular(rng, (1, n, n), True)
+    x = rng.standard_normal((1, e, n)).astype(np.float32)
+    prog = matmul_program(x.shape, t.shape, (1, e, n), False, False, "fp32")
+    almost = t.copy()
+    almost[0, 95, n - 1] = 1000.0
+    want = full_product(None, None, False, False, x, almost)
+    assert_product(run(prog, x, almost, precision="fp32"), want, x, almost, False, False)
+    x_inf = x.copy()
+    x_inf[0, 3, 5] = np.inf  # meets t[5, j] = 0 for j > 5: NaN there, inf for j <= 5
+    want = full_product(None, None, False, False, x_inf, t)
+    assert np.isnan(want).any() and np.isinf(want).any()
+    assert_product(run(prog, x_inf, t, precision="fp32"), want, x_inf, t, False, False)
+
+
+def test_causal_attention_chain_matches_numpy(rng):
+    """scores -> scale -> add the causal mask -> softmax -> matmul with v, as the model's kernels
+    do it (heads batched, probabilities as y), in fp32: the zero triangle the softmax leaves is
+    skipped and the result is the full product's."""
+    H, E, S = 3, 16, 128
+    q, k, v = (rng.standard_normal((H, 1, E, S)).astype(np.float32) for _ in range(3))
+    mask = np.triu(np.full((S, S), -65504.0, np.float32), 1).reshape(1, 1, S, S)
+    body = [const("t", np.bool_(True)), const("f", np.bool_(False)), const("c", np.float32(0.25), "fp32"),
+            const("mask", mask, "fp32"), const("ax", np.int32(-1), "int32"),
+            f'{ttype("fp32", (H, 1, S, S))} s = matmul(x = q, y = k, transpose_x = t, transpose_y = f)[name = string("s")];',
+            f'{ttype("fp32", (H, 1, S, S))} sc = mul(x = s, y = c)[name = string("sc")];',
+            f'{ttype("fp32", (H, 1, S, S))} sm = add(x = sc, y = mask)[name = string("sm")];',
+            f'{ttype("fp32", (H, 1, S, S))} p = softmax(x = sm, axis = ax)[name = string("p")];',
+            f'{ttype("fp32", (H, 1, E, S))} o = matmul(x = v, y = p, transpose_x = f, transpose_y = t)[name = string("o")];']
+    text = program([("q", "fp32", q.shape), ("k", "fp32", k.shape), ("v", "fp32", v.shape)], body, ["o"])
+    s = np.einsum("hxel,hxes->hxls", q.astype(np.float64), k.astype(np.float64)) * 0.25 + mask
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    want = np.einsum("hxes,hxls->hxel", v.astype(np.float64), p)
+    np.testing.assert_allclose(run(text, q, k, v, precision="fp32"), want, rtol=1e-4, atol=1e-5)
+
+
 def test_dynamic_pipeline_slice_reshape_transpose_matmul(rng):
     """The dynamic pipeline's packed input: x[IC, S] and a weight block M[IC, OC] side by side."""
     IC, S, OC = 16, 8, 12
