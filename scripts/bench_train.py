@@ -8,7 +8,7 @@ memory of each measured in a fresh subprocess, and the BLAS core type. Each pres
 alternating pairs of processes (ours, then PyTorch's) and reports the median of the pairs' ratios.
 
     python scripts/bench_train.py                      # stories15M and stories110M shapes, seq 256
-    python scripts/bench_train.py --presets stories15M --steps 5
+    python scripts/bench_train.py --presets stories15M --rounds 3
 Target (issue 4): ratio <= 0.6 on the ref backend, with peak memory no worse than PyTorch's.
 """
 import argparse
@@ -101,8 +101,8 @@ def main():
     ap.add_argument("--presets", nargs="+", default=["stories15M", "stories110M"], choices=sorted(PRESETS))
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--batch", type=int, default=1, help="sequences per step")
-    ap.add_argument("--steps", type=int, default=3, help="timed steps (median reported) after one warm-up")
-    ap.add_argument("--rounds", type=int, default=3,
+    ap.add_argument("--steps", type=int, default=5, help="timed steps (median reported) after one warm-up")
+    ap.add_argument("--rounds", type=int, default=5,
                     help="alternating anetrain/PyTorch process pairs per preset; the ratio is the median of the "
                          "rounds' ratios (a VM's speed drifts over minutes: pairs see the same machine)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both (BLAS and our loops)")
