@@ -151,8 +151,8 @@ struct Operand {
 // operand runs as 4 blocks along the operand's diagonal, each over only the depth its block can
 // reach: 10/16 of the multiply-adds remain (measured: the attention matmuls that read the
 // probabilities or the score gradients run about 20% faster). Whether an operand is triangular
-// is read off its values at each evaluation (a dense matrix is told apart within its first
-// row), so the result is the full product's: the skipped terms are 0 * y, exactly 0 when the
+// is read off its values at each evaluation (a dense matrix is told apart by its first and
+// last rows), so the result is the full product's: the skipped terms are 0 * y, exactly 0 when the
 // other operand is finite, which is checked too (0 * inf is NaN). Adding exact zeros changes no
 // partial sum, so the results are bitwise those of the full products whenever BLAS sums the
 // remaining terms in the same order (the attention kernels' outputs were identical).
