@@ -204,11 +204,14 @@ def _compile_on(backend, mil_text, weights, name):
     return Kernel(native, backend)
 
 
-def model_kernels(config, pipeline="dynamic", layer_weights=None, precision="fp16", dialect=None):
+def model_kernels(config, pipeline="dynamic", layer_weights=None, precision="fp16", dialect=None, probs_tap=False):
     """The model's per-layer kernels as [(name, mil_text, weights, input names, output names)].
 
     config: a ModelConfig, dict or object with llama2.c's fields. The static pipeline bakes
     ``layer_weights`` ({"wq": [q_dim, dim], "wk", "wv", "wo", "w1", "w2", "w3"} as float32).
+    probs_tap: attention_forward also returns the attention probabilities and
+    attention_backward takes them (after v) instead of recomputing them, as the trainer does
+    on the ref backend.
     """
     from .model import model_config
 
@@ -223,6 +226,6 @@ def model_kernels(config, pipeline="dynamic", layer_weights=None, precision="fp1
     out = []
     for name in _native.model_kernel_names():
         text, blobs, ins, outs = _native.model_kernel(name, shape, pipeline, precision, dialect,
-                                                      layer_weights if pipeline == "static" else None)
+                                                      layer_weights if pipeline == "static" else None, probs_tap)
         out.append((name, text, blobs, list(ins), list(outs)))
     return out

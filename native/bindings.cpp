@@ -258,7 +258,7 @@ void bind_mil(py::module_& m) {
     m.def(
         "model_kernel",
         [](const std::string& name, const py::dict& shape, const std::string& pipeline, const std::string& dtype,
-           const std::string& dialect, const py::object& weights) {
+           const std::string& dialect, const py::object& weights, bool probs_tap) {
             mil::KernelShape s;
             s.dim = shape["dim"].cast<int>();
             s.hidden = shape["hidden_dim"].cast<int>();
@@ -270,6 +270,7 @@ void bind_mil(py::module_& m) {
             o.pipeline = mil::pipeline_from_string(pipeline);
             o.dtype = dtype_arg(dtype);
             o.dialect = mil::Dialect::from_string(dialect);
+            o.probs_tap = probs_tap;
             std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> keep;
             mil::LayerWeights w;
             const bool baked = !weights.is_none();
@@ -297,7 +298,7 @@ void bind_mil(py::module_& m) {
             return py::make_tuple(src.text, blobs, src.inputs, src.outputs);
         },
         py::arg("name"), py::arg("shape"), py::arg("pipeline") = "static", py::arg("dtype") = "fp16",
-        py::arg("dialect") = "1.3/ios18", py::arg("weights") = py::none());
+        py::arg("dialect") = "1.3/ios18", py::arg("weights") = py::none(), py::arg("probs_tap") = false);
     m.def("model_kernel_names", &mil::layer_kernel_names);
 }
 
@@ -1140,12 +1141,13 @@ void bind_trainer(py::module_& m) {
     py::class_<Trainer>(m, "Trainer", "llama2.c's Transformer trained through MIL kernels on a backend.")
         .def(py::init([](const train::ModelConfig& cfg, std::shared_ptr<backend::Backend> backend,
                          const std::string& pipeline, const std::string& precision, const std::string& dialect,
-                         float loss_scale, int overlap_dw) {
-                 train::TrainerOptions o{pipeline, precision, dialect, loss_scale, overlap_dw};
+                         float loss_scale, int overlap_dw, int probs_tap) {
+                 train::TrainerOptions o{pipeline, precision, dialect, loss_scale, overlap_dw, probs_tap};
                  return std::make_unique<Trainer>(cfg, std::move(backend), o);
              }),
              py::arg("config"), py::arg("backend"), py::arg("pipeline") = "dynamic", py::arg("precision") = "fp16",
-             py::arg("dialect") = "1.3/ios18", py::arg("loss_scale") = 256.f, py::arg("overlap_dw") = -1)
+             py::arg("dialect") = "1.3/ios18", py::arg("loss_scale") = 256.f, py::arg("overlap_dw") = -1,
+             py::arg("probs_tap") = -1)
         .def_property_readonly("state", py::overload_cast<>(&Trainer::state), py::return_value_policy::reference_internal)
         .def_property_readonly("pipeline", [](const Trainer& t) { return t.options().pipeline; })
         .def_property_readonly("precision", [](const Trainer& t) { return t.options().precision; })

@@ -43,18 +43,25 @@ def rope_ref(x, n_heads, theta=10000.0):
     return torch.stack([e * c - o * s, e * s + o * c], dim=-1).reshape(S, C)
 
 
-def attention_ref(q, k, v, n_heads, n_kv_heads):
-    """Causal attention on roped q [S, H*hd], k/v [S, KVH*hd]; KV head of Q head h is h // rep."""
+def probs_ref(q, k, n_heads, n_kv_heads):
+    """Causal softmax of roped q [S, H*hd] against k [S, KVH*hd]: [H, S, S] (Q head h uses KV
+    head h // rep), which is the kernels' [KVH, rep, S, S] flattened."""
     S = q.shape[0]
     hd = q.shape[1] // n_heads
     rep = n_heads // n_kv_heads
     qh = q.reshape(S, n_heads, hd).transpose(0, 1)
     kh = k.reshape(S, n_kv_heads, hd).transpose(0, 1).repeat_interleave(rep, dim=0)
-    vh = v.reshape(S, n_kv_heads, hd).transpose(0, 1).repeat_interleave(rep, dim=0)
     scores = qh @ kh.transpose(1, 2) / math.sqrt(hd)
     mask = torch.triu(torch.ones(S, S, dtype=torch.bool), diagonal=1)
-    probs = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
-    return (probs @ vh).transpose(0, 1).reshape(S, n_heads * hd)
+    return torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
+
+
+def attention_ref(q, k, v, n_heads, n_kv_heads):
+    """Causal attention on roped q [S, H*hd], k/v [S, KVH*hd]; KV head of Q head h is h // rep."""
+    S = q.shape[0]
+    hd = q.shape[1] // n_heads
+    vh = v.reshape(S, n_kv_heads, hd).transpose(0, 1).repeat_interleave(n_heads // n_kv_heads, dim=0)
+    return (probs_ref(q, k, n_heads, n_kv_heads) @ vh).transpose(0, 1).reshape(S, n_heads * hd)
 
 
 def to_kernel(x):  # [S, C] -> [1, C, 1, S]
@@ -65,9 +72,9 @@ def from_kernel(y):  # [1, C, 1, S] -> [S, C]
     return np.asarray(y, dtype=np.float64)[0, :, 0, :].T
 
 
-def run_kernel(name, shape, pipeline, dtype, w, inputs):
+def run_kernel(name, shape, pipeline, dtype, w, inputs, probs_tap=False):
     text, blobs, in_names, out_names = _native.model_kernel(name, shape, pipeline, dtype, "1.3/ios18",
-                                                            w if pipeline == "static" else None)
+                                                            w if pipeline == "static" else None, probs_tap)
     k = kernels.compile(text, weights=blobs, backend="ref")
     feed = dict(inputs)
     if pipeline == "dynamic":
@@ -75,7 +82,7 @@ def run_kernel(name, shape, pipeline, dtype, w, inputs):
     np_dtype = np.float16 if dtype == "fp16" else np.float32
     outs = k(**{n: feed[n].astype(np_dtype) for n in in_names})
     outs = outs if isinstance(outs, tuple) else (outs,)
-    return {n: from_kernel(o) for n, o in zip(out_names, outs)}
+    return {n: (np.asarray(o, np.float64) if n == "probs" else from_kernel(o)) for n, o in zip(out_names, outs)}
 
 
 def check(got, ref, dtype, what):
@@ -90,8 +97,11 @@ def check(got, ref, dtype, what):
 CASES = [(s, p, d) for s in SHAPES for p in ("static", "dynamic") for d in ("fp32", "fp16")]
 
 
+# probs_tap: attention_forward also returns the probabilities and attention_backward takes them
+# instead of recomputing them (the ref backend's default in the trainer).
+@pytest.mark.parametrize("probs_tap", [False, True])
 @pytest.mark.parametrize("shape_name,pipeline,dtype", CASES)
-def test_attention_forward(shape_name, pipeline, dtype):
+def test_attention_forward(shape_name, pipeline, dtype, probs_tap):
     shape = SHAPES[shape_name]
     w = make_weights(shape, 1)
     H, KVH, S, D = shape["n_heads"], shape["n_kv_heads"], shape["seq_len"], shape["dim"]
@@ -102,13 +112,18 @@ def test_attention_forward(shape_name, pipeline, dtype):
     v = xn @ W["wv"].T
     attn = attention_ref(q, k, v, H, KVH)
     o = attn @ W["wo"].T
-    got = run_kernel("attention_forward", shape, pipeline, dtype, w, {"xn": to_kernel(xn)})
-    for name, ref in dict(o=o, q=q, k=k, v=v, attn=attn).items():
+    got = run_kernel("attention_forward", shape, pipeline, dtype, w, {"xn": to_kernel(xn)}, probs_tap)
+    refs = dict(o=o, q=q, k=k, v=v, attn=attn)
+    if probs_tap:
+        refs["probs"] = probs_ref(q, k, H, KVH).reshape(KVH, H // KVH, S, S)
+    assert set(got) == set(refs)
+    for name, ref in refs.items():
         check(got[name], ref, dtype, f"attention_forward.{name}")
 
 
+@pytest.mark.parametrize("probs_tap", [False, True])
 @pytest.mark.parametrize("shape_name,pipeline,dtype", CASES)
-def test_attention_backward(shape_name, pipeline, dtype):
+def test_attention_backward(shape_name, pipeline, dtype, probs_tap):
     shape = SHAPES[shape_name]
     w = make_weights(shape, 3)
     H, KVH, S, D = shape["n_heads"], shape["n_kv_heads"], shape["seq_len"], shape["dim"]
@@ -122,12 +137,29 @@ def test_attention_backward(shape_name, pipeline, dtype):
     o = attention_ref(q, k, v, H, KVH) @ W["wo"].T
     dout = torch.tensor(rng.standard_normal((S, D)))
     o.backward(dout)
-    got = run_kernel("attention_backward", shape, pipeline, dtype, w,
-                     {"dout": to_kernel(dout), "q": to_kernel(q), "k": to_kernel(k), "v": to_kernel(v)})
+    inputs = {"dout": to_kernel(dout), "q": to_kernel(q), "k": to_kernel(k), "v": to_kernel(v)}
+    if probs_tap:
+        inputs["probs"] = probs_ref(q, k, H, KVH).detach().numpy().reshape(KVH, H // KVH, S, S)
+    got = run_kernel("attention_backward", shape, pipeline, dtype, w, inputs, probs_tap)
     check(got["dxn"], xn.grad, dtype, "attention_backward.dxn")
     check(got["dq"], q_pre.grad, dtype, "attention_backward.dq")
     check(got["dk"], k_pre.grad, dtype, "attention_backward.dk")
     check(got["dv"], v.grad, dtype, "attention_backward.dv")
+
+
+def test_probs_tap_changes_the_attention_kernels_interfaces_only_as_documented():
+    shape = SHAPES["gqa"]
+    S, H, KVH = shape["seq_len"], shape["n_heads"], shape["n_kv_heads"]
+    for tap in (False, True):
+        ftext, _, fin, fout = _native.model_kernel("attention_forward", shape, "dynamic", "fp16", "1.3/ios18", None, tap)
+        btext, _, bin_, bout = _native.model_kernel("attention_backward", shape, "dynamic", "fp16", "1.3/ios18", None, tap)
+        assert fout == ["o", "q", "k", "v", "attn"] + (["probs"] if tap else [])
+        assert bin_ == ["dout", "q", "k", "v"] + (["probs"] if tap else []) + ["wq", "wk", "wv", "wo"]
+        assert bout == ["dxn", "dq", "dk", "dv"]
+        # the backward recomputes the softmax only without the tap
+        assert ("softmax(" in btext) != tap
+        if tap:
+            assert f"tensor<fp16, [{KVH}, {H // KVH}, {S}, {S}]> probs" in btext
 
 
 @pytest.mark.parametrize("shape_name,pipeline,dtype", CASES)

@@ -220,6 +220,31 @@ def test_dw_on_a_worker_thread_gives_identical_results():
         np.testing.assert_array_equal(w0[n], w1[n], err_msg=n)
 
 
+@pytest.mark.parametrize("pipeline,precision", [("dynamic", "fp16"), ("static", "fp32")])
+def test_probs_tap_gives_identical_results(pipeline, precision):
+    """Passing the attention probabilities from the forward kernel to the backward one (the ref
+    backend's default) instead of recomputing them there (the ANE's) computes the same values
+    from the same q and k: losses, gradients and weights must be bitwise equal over steps."""
+    cfg = _native.ModelConfig(**CONFIGS["gqa"])
+    results = []
+    for tap in (0, 1):
+        t = _native.Trainer(cfg, _native.make_ref_backend(), pipeline=pipeline, precision=precision, probs_tap=tap)
+        t.state.init_random(9)
+        losses, grads = [], []
+        for step in range(3):
+            losses.append(t.accumulate(tokens_for(cfg, 2, seed=20 + step)))
+            grads.append(_grads(t))
+            t.update(lr=1e-2)
+        results.append((losses, grads, {n: t.state.get(n) for n in t.state.names()}))
+    (l0, g0, w0), (l1, g1, w1) = results
+    assert l0 == l1
+    for a, b in zip(g0, g1):
+        for n in a:
+            np.testing.assert_array_equal(a[n], b[n], err_msg=n)
+    for n in w0:
+        np.testing.assert_array_equal(w0[n], w1[n], err_msg=n)
+
+
 def _grads(t):
     return {n: t.state.get(n, "grad") for n in t.state.names()}
 

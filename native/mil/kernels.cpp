@@ -210,6 +210,7 @@ KernelSource attention_forward(const KernelShape& s, const KernelOptions& o, con
     const std::string attn = k.flat("attn", a4, QD);
     const std::string out = k.linear("o", attn, wo, D, QD, weight_of(w, &LayerWeights::wo), false);
     for (const auto& n : {out, q, kr, v, attn}) k.output(n);
+    if (o.probs_tap) k.output(probs);
     return k.finish();
 }
 
@@ -262,14 +263,15 @@ KernelSource attention_backward(const KernelShape& s, const KernelOptions& o, co
     const std::string q = k.input("q", k.act(QD));
     const std::string kr = k.input("k", k.act(KD));
     const std::string v = k.input("v", k.act(KD));
+    const Shape grp{KVH, rep, hd, S}, sc{KVH, rep, S, S};
+    const std::string probs_in = o.probs_tap ? k.input("probs", sc) : "";
     if (!k.is_static()) {
         k.weight_input("wq", QD, D), k.weight_input("wk", KD, D), k.weight_input("wv", KD, D), k.weight_input("wo", D, QD);
     }
     const std::string da = k.linear("da", dout, "wo", D, QD, weight_of(w, &LayerWeights::wo), true);
     const std::string q4 = k.heads("q4", q, rep), k4 = k.heads("k4", kr, 1), v4 = k.heads("v4", v, 1);
     const std::string da4 = k.heads("da4", da, rep);
-    const std::string probs = k.attention_probs(q4, k4);
-    const Shape grp{KVH, rep, hd, S}, sc{KVH, rep, S, S};
+    const std::string probs = o.probs_tap ? probs_in : k.attention_probs(q4, k4);
     // attn = v probs^T  =>  dv = da probs, dprobs = da^T v
     const std::string dv4 = k.op("dv_group", grp, "matmul",
                                  {{"x", da4}, {"y", probs}, {"transpose_x", boolean(false)}, {"transpose_y", boolean(false)}});

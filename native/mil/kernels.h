@@ -11,6 +11,9 @@
 //   ffn_backward(df, h1, h3)       -> dx2n, dh1, dh3
 //   attention_backward(dout, q, k, v) -> dxn, dq, dk, dv  (dout = dL/do; dq, dk before RoPE)
 //
+// With KernelOptions::probs_tap, attention_forward also returns probs (the softmax, [KVH, rep,
+// S, S]) and attention_backward takes it after v instead of recomputing scores and softmax.
+//
 // Two pipelines, one set of kernels; only the linear layer differs:
 //   static:  y = conv(x, W) with W a BLOBFILE constant ([out, in, 1, 1]; W^T for backward)
 //   dynamic: y = matmul(W, x) with W a kernel input [1, 1, out, in] in llama2.c's layout, so one
@@ -50,6 +53,12 @@ struct KernelOptions {
     // backend only) bake fp32 weights and tables so logic can be checked without fp16 effects.
     DType dtype = DType::fp16;
     Dialect dialect;
+    // The attention probabilities go from the forward to the backward kernel (an S x S tensor
+    // per head written, stored and read) instead of being recomputed there (two matmul-sized
+    // passes over S x S). The ref backend gains (about 1.5% of a Stories15M step). On the ANE
+    // the trainer keeps recomputing, as the reference pipeline does: the tap would add an S x S
+    // surface per head each way, a cost not measured there.
+    bool probs_tap = false;
 };
 
 // One layer's weights, fp32 row-major [out, in] as llama2.c stores them. Only the static

@@ -42,10 +42,11 @@ std::string layer_weight_name(int layer, const std::string& n) {
 
 // Activations of one layer for the sequence in flight, and the gradients the dW jobs read.
 struct Trainer::LayerActs {
-    std::vector<float> x, rrms1, xn, q, k, v, attn, x2, rrms2, x2n, h1, h3, gate;
+    std::vector<float> x, rrms1, xn, q, k, v, attn, probs, x2, rrms2, x2n, h1, h3, gate;
     std::vector<float> df, dx2, dh1, dh3, dq, dk, dv;
-    LayerActs(const ModelConfig& c) {
+    LayerActs(const ModelConfig& c, bool probs_tap) {
         const size_t S = size_t(c.seq_len), D = size_t(c.dim), KV = size_t(c.kv_dim()), H = size_t(c.ffn_dim());
+        if (probs_tap) probs.resize(size_t(c.n_heads) * S * S);
         for (auto* b : {&x, &xn, &q, &attn, &x2, &x2n, &df, &dx2, &dq}) b->resize(D * S);
         for (auto* b : {&k, &v, &dk, &dv}) b->resize(KV * S);
         for (auto* b : {&h1, &h3, &gate, &dh1, &dh3}) b->resize(H * S);
@@ -153,8 +154,9 @@ Trainer::Trainer(const ModelConfig& cfg, std::shared_ptr<backend::Backend> backe
         throw std::invalid_argument("unknown precision '" + opt_.precision + "' (use fp16 or fp32)");
     }
     kopt_.dialect = mil::Dialect::from_string(opt_.dialect);
+    kopt_.probs_tap = opt_.probs_tap < 0 ? backend_->name() == "ref" : opt_.probs_tap > 0;
     if (!(opt_.loss_scale > 0.f)) throw std::invalid_argument("loss_scale must be positive");
-    for (int l = 0; l < c.n_layers; ++l) acts_.push_back(std::make_unique<LayerActs>(c));
+    for (int l = 0; l < c.n_layers; ++l) acts_.push_back(std::make_unique<LayerActs>(c, kopt_.probs_tap));
     const size_t D = size_t(c.dim), S = size_t(c.seq_len);
     x_.resize(D * S);
     xf_.resize(D * S);
@@ -264,8 +266,9 @@ void Trainer::forward_sequence(const int32_t* tok) {
             cpu::rmsnorm_fwd(a.x.data(), weight(p + "attention_norm"), D, S, c.norm_eps, a.xn.data(),
                              a.rrms1.data());
         }
-        eval(*ks.attn_fwd, inputs(ks, "attention_forward", l, {{a.xn.data(), false}}),
-             {tmp_.data(), a.q.data(), a.k.data(), a.v.data(), a.attn.data()});
+        std::vector<float*> attn_out{tmp_.data(), a.q.data(), a.k.data(), a.v.data(), a.attn.data()};
+        if (kopt_.probs_tap) attn_out.push_back(a.probs.data());
+        eval(*ks.attn_fwd, inputs(ks, "attention_forward", l, {{a.xn.data(), false}}), attn_out);
         {
             Timer t{t_.cpu_ops};
             cpu::add(a.x.data(), tmp_.data(), a.x2.data(), DS);
@@ -324,8 +327,9 @@ double Trainer::backward_sequence(const int32_t* tok, bool overwrite) {
                              G("ffn_norm"));
         }
         // attention branch: x2 = x + o, so do = dx2
-        eval(*ks.attn_bwd, inputs(ks, "attention_backward", l,
-                    {{a.dx2.data(), false}, {a.q.data(), out16}, {a.k.data(), out16}, {a.v.data(), out16}}),
+        std::vector<In> attn_in{{a.dx2.data(), false}, {a.q.data(), out16}, {a.k.data(), out16}, {a.v.data(), out16}};
+        if (kopt_.probs_tap) attn_in.push_back({a.probs.data(), out16});
+        eval(*ks.attn_bwd, inputs(ks, "attention_backward", l, std::move(attn_in)),
              {tmp_.data(), a.dq.data(), a.dk.data(), a.dv.data()});
         float *gq = G("attention.wq"), *gk = G("attention.wk"), *gv = G("attention.wv"), *go = G("attention.wo");
         dw_->submit([=, &a] {

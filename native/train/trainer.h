@@ -34,6 +34,7 @@ struct TrainerOptions {
     std::string dialect = "1.3/ios18";
     float loss_scale = 256.f;          // multiplies dlogits; divided out before clipping
     int overlap_dw = -1;               // -1: when the backend is not "ref"; 0 off; 1 on
+    int probs_tap = -1;                // mil::KernelOptions::probs_tap; -1: when the backend is "ref"
 };
 
 // Milliseconds spent per part, summed since the last reset.
