@@ -81,6 +81,8 @@ ext = Pybind11Extension(
     library_dirs=library_dirs,
     libraries=libraries,
     runtime_library_dirs=runtime_library_dirs,
+    # headers too: an incremental build (build_ext --inplace) then rebuilds when only a header changed
+    depends=sorted(glob.glob("native/**/*.h", recursive=True)),
 )
 
 setup(ext_modules=[ext], cmdclass={"build_ext": BuildExt})

@@ -1,5 +1,6 @@
 """Program inputs on the ref backend: matmul, conv and the view ops read an input in the caller's
 buffer, and a batched matmul converts fp16 (or fp32-to-round) caller data product by product.
+Element-wise ops, softmax and row reductions read it there too when it needs no conversion.
 Every other reader makes the kernel copy the input in first. Either way the results must be
 those of NumPy on the inputs as the program sees them (fp16-rounded in fp16 mode), and nothing
 may depend on the caller's arrays after eval returns."""
@@ -218,3 +219,49 @@ def test_inputs_are_not_held_after_eval(threads, dtype, host, rng):
     want = kernel(x, y)
     kernel.eval_into([x, y], [x])
     np.testing.assert_array_equal(x, want.astype(host))
+
+
+@pytest.mark.parametrize("fuse", ["1", "0"])
+@pytest.mark.parametrize("precision,host", [("fp32", np.float32), ("fp16", np.float32), ("fp16", np.float16)])
+def test_elementwise_softmax_and_reduce_read_inputs_in_place(threads, fuse, precision, host, monkeypatch, rng):
+    """Slices of input p feed a chain of element-wise ops, a softmax and a row sum (fused into
+    one tiled step, or op by op), and input w feeds a matmul and an add. Data that needs no
+    conversion (fp32 data, fp32 precision) is read in the caller's buffer, at the slices' offsets;
+    the rest is copied in. An output written over an input must still see the input's old values."""
+    monkeypatch.setenv("ANETRAIN_REF_FUSE", fuse)
+    B, S, D = 2, 16, 24
+    dt = "fp32" if precision == "fp32" else "fp16"
+    body = FLAGS + [
+        const("b0", np.array([0, 0, 0], np.int32)), const("b1", np.array([0, 0, D], np.int32)),
+        const("sz", np.array([B, S, D], np.int32)), const("ax", np.int32(-1)),
+        const("axes", np.array([-1], np.int32)), const("kd", np.bool_(True)),
+        f'{ttype(dt, (B, S, D))} a = slice_by_size(x = p, begin = b0, size = sz)[name = string("a")];',
+        f'{ttype(dt, (B, S, D))} c = slice_by_size(x = p, begin = b1, size = sz)[name = string("c")];',
+        f'{ttype(dt, (B, S, D))} m = mul(x = a, y = c)[name = string("m")];',
+        f'{ttype(dt, (B, S, D))} e = sub(x = m, y = c)[name = string("e")];',
+        f'{ttype(dt, (B, S, D))} sm = softmax(x = e, axis = ax)[name = string("sm")];',
+        f'{ttype(dt, (B, S, 1))} r = reduce_sum(x = a, axes = axes, keep_dims = kd)[name = string("r")];',
+        f'{ttype(dt, (B, S, D))} g = add(x = sm, y = r)[name = string("g")];',
+        matmul_line("g", "w", (B, S, S), dt, name="z"),
+        f'{ttype(dt, (B, D, S))} h = add(x = w, y = w)[name = string("h")];',
+    ]
+    kernel = compile_ref(program([("p", dt, (B, S, 2 * D)), ("w", dt, (B, D, S))], body, ["z", "h"]), precision)
+    cast = (lambda v: v.astype(np.float32)) if precision == "fp32" else f16
+    for _ in range(2):
+        p = rng.standard_normal((B, S, 2 * D)).astype(host)
+        w = rng.standard_normal((B, D, S)).astype(host)
+        pr, wr = cast(p).astype(np.float64), cast(w).astype(np.float64)
+        a, c = pr[..., :D], pr[..., D:]
+        e = cast(cast(a * c) - c).astype(np.float64)
+        sm = np.exp(e - e.max(-1, keepdims=True))
+        sm = cast(sm / sm.sum(-1, keepdims=True)).astype(np.float64)
+        g = cast(sm + cast(a.sum(-1, keepdims=True))).astype(np.float64)
+        want_z, want_h = matmul64(g, wr), 2 * wr
+        z, h = kernel(p, w)
+        tol = dict(rtol=1e-5, atol=1e-5) if precision == "fp32" else dict(rtol=4e-3, atol=4e-3)
+        np.testing.assert_allclose(np.asarray(z, np.float64), want_z, **tol)
+        np.testing.assert_allclose(np.asarray(h, np.float64), want_h, **tol)
+        # h written over w: the add must read w's old values
+        outs = [np.empty(kernel.outputs[0].shape, host), w]
+        kernel.eval_into([p, w], outs)
+        np.testing.assert_allclose(np.asarray(w, np.float64), want_h, **tol)

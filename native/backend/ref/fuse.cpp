@@ -110,7 +110,7 @@ void* thread_scratch(size_t bytes) {
 }
 
 Step tiled_step(std::vector<std::shared_ptr<const Ranged>> ops, int64_t align, std::vector<Scratch> scratch,
-                size_t slots) {
+                size_t slots, const Tile* feeds) {
     const int64_t n = ops.front()->numel;
     const int64_t tile = std::max<int64_t>(1, kTile / align) * align;
     const int64_t tiles = (n + tile - 1) / tile;
@@ -118,11 +118,12 @@ Step tiled_step(std::vector<std::shared_ptr<const Ranged>> ops, int64_t align, s
     // A tile costs every op's work: that, not the tile alone, is what parallel_rows weighs
     // against the cost of a thread hop.
     const int64_t work = tile * int64_t(ops.size());
-    return [ops = std::move(ops), scratch = std::move(scratch), n, tile, tiles, slot_bytes, slots, work] {
+    return [ops = std::move(ops), scratch = std::move(scratch), n, tile, tiles, slot_bytes, slots, work, feeds] {
         parallel_rows(tiles, work, [&](int64_t t0, int64_t t1) {
             const uintptr_t base = reinterpret_cast<uintptr_t>(thread_scratch(slot_bytes * slots));
             Tile tl;
             tl.moved.resize(scratch.size());
+            tl.moved.insert(tl.moved.end(), feeds->moved.begin(), feeds->moved.end());
             for (int64_t t = t0; t < t1; ++t) {
                 const int64_t b = t * tile, e = std::min(n, b + tile);
                 // element i of a moved buffer is at slot + (i - b) / per: element 0 "is" at
@@ -140,7 +141,7 @@ Step tiled_step(std::vector<std::shared_ptr<const Ranged>> ops, int64_t align, s
 
 }  // namespace
 
-std::vector<FusedRun> fuse_plan(const std::vector<PlanStep>& plan, const std::vector<Use>& uses) {
+std::vector<FusedRun> fuse_plan(const std::vector<PlanStep>& plan, const std::vector<Use>& uses, const Tile* feeds) {
     std::vector<FusedRun> runs;
     for (size_t i = 0; i < plan.size();) {
         const Ranged* first = plan[i].ranged.get();
@@ -160,7 +161,7 @@ std::vector<FusedRun> fuse_plan(const std::vector<PlanStep>& plan, const std::ve
         if (run.size() >= 2) {
             size_t slots = 0;
             std::vector<Scratch> scratch = scratch_slots(run, j, uses, &slots);
-            runs.push_back({i, j, tiled_step(std::move(run), align, std::move(scratch), slots)});
+            runs.push_back({i, j, tiled_step(std::move(run), align, std::move(scratch), slots, feeds)});
         }
         i = j;
     }

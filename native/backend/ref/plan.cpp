@@ -351,6 +351,16 @@ const View& Builder::tensor(const char* key) {
     return v.view;
 }
 
+const View& Builder::tensor_ranged(const char* key) {
+    const View& v = tensor_in_place(key);
+    if (v.input >= 0) inputs_.exact_only[size_t(v.input)] = true;
+    return v;
+}
+
+void Builder::reads_buffer(const View& v) {
+    if (v.input >= 0) inputs_.loaded[size_t(v.input)] = true;
+}
+
 const View& Builder::tensor_in_place(const char* key) {
     const mil::Arg* a = lookup(key);
     if (!a) fail(std::string("missing required argument '") + key + "'");
@@ -520,10 +530,10 @@ View Builder::contiguous(const View& v) {
 
 void Builder::add_ranged(Ranged r) {
     auto op = std::make_shared<const Ranged>(std::move(r));
-    steps_.push_back({[op] {
+    const Tile* feeds = &inputs_.tile;
+    steps_.push_back({[op, feeds] {
                           const int64_t a = op->align;
-                          const Tile in_place;
-                          parallel_rows(op->numel / a, a, [&](int64_t r0, int64_t r1) { op->run(r0 * a, r1 * a, in_place); });
+                          parallel_rows(op->numel / a, a, [&](int64_t r0, int64_t r1) { op->run(r0 * a, r1 * a, *feeds); });
                       },
                       op});
 }

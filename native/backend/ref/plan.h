@@ -66,20 +66,26 @@ struct Value {
 
 using Step = std::function<void()>;
 
-// Where a ranged op finds its buffers while it computes one tile of a fused run (fuse.cpp): the
-// buffer itself, or, for an intermediate that no step after the run reads, scratch that holds
-// only the tile's part of it, so that such intermediates never leave the cache. Ranged ops pass
-// every buffer pointer they read or write through at(). Outside fused runs nothing moves.
+// Where a ranged op finds its buffers: the buffer itself; for an intermediate of a fused run
+// that no step after the run reads, scratch that holds only the tile's part of it, so that such
+// intermediates never leave the cache (fuse.cpp); for a program input read in place, the
+// caller's buffer (see Inputs). Ranged ops pass every buffer pointer they read or write through
+// at().
 struct Tile {
     struct Moved {
         const void* buffer;
-        uintptr_t at;  // address of the buffer's element 0 as seen from this tile (scratch - first)
+        uintptr_t at;      // address of the buffer's element 0 as seen from here (scratch - first)
+        size_t bytes = 0;  // 0: only `buffer` itself moves (an intermediate's whole-tensor pointer);
+                           // else every pointer into [buffer, buffer + bytes) (views of an input)
     };
     std::vector<Moved> moved;
     template <class T>
     T* at(T* p) const {
-        for (const Moved& m : moved)
-            if (m.buffer == static_cast<const void*>(p)) return reinterpret_cast<T*>(m.at);
+        const char* c = reinterpret_cast<const char*>(p);
+        for (const Moved& m : moved) {
+            const char* b = static_cast<const char*>(m.buffer);
+            if (c == b || (c > b && c < b + m.bytes)) return reinterpret_cast<T*>(m.at + uintptr_t(c - b));
+        }
         return p;
     }
 };
@@ -131,7 +137,8 @@ struct FusedRun {
     size_t first, last;
     Step run;
 };
-std::vector<FusedRun> fuse_plan(const std::vector<PlanStep>& plan, const std::vector<Use>& uses);
+// `feeds`: the kernel's input redirections (Inputs::tile), added to every tile's.
+std::vector<FusedRun> fuse_plan(const std::vector<PlanStep>& plan, const std::vector<Use>& uses, const Tile* feeds);
 
 // How the caller's data for a program input holds its values during one evaluation.
 enum class Feed : uint8_t {
@@ -144,7 +151,9 @@ enum class Feed : uint8_t {
 // kernel sets `feeds`: the caller's buffer when the input is read in place, else the own buffer
 // after copying/converting the input into it (Feed::exact). An input is read in place only when
 // no op reads the own buffer directly (`loaded`), and, when the caller's data needs converting,
-// when every reader can convert it (`exact_only` unset). Outside eval, feeds hold the own buffers.
+// when every reader can convert it (`exact_only` unset). Ops reach an input in place through a
+// Source, or, for ranged ops, through `tile`, which moves each own buffer read in place as
+// Feed::exact to the caller's. Outside eval, feeds hold the own buffers and tile moves nothing.
 struct Inputs {
     std::vector<View> own;
     struct In {
@@ -152,6 +161,7 @@ struct Inputs {
         Feed feed = Feed::exact;
     };
     std::vector<In> feeds;
+    Tile tile;
     std::vector<bool> loaded, exact_only;  // compile time, per input
 };
 
@@ -223,6 +233,11 @@ public:
     // at all: views), so a program input behind it can stay in the caller's buffer. Every
     // other accessor makes the kernel copy such an input into its own buffer first.
     const View& tensor_in_place(const char* key);
+    // The same for a ranged op that reads the operand only through Tile::at (the input behind it
+    // is then read in place when its data needs no conversion).
+    const View& tensor_ranged(const char* key);
+    // Declares that a step reads v's buffer by its pointer (a program input behind it is copied in).
+    void reads_buffer(const View& v);
 
     // Compile-time constants (the operand must be a const or a literal).
     std::vector<int64_t> ints(const char* key);

@@ -86,7 +86,7 @@ public:
         const char* fuse_env = std::getenv("ANETRAIN_REF_FUSE");
         if (fuse_env && std::string(fuse_env) == "0") fuse = false;
         std::vector<FusedRun> runs;
-        if (fuse) runs = fuse_plan(plan, uses(f, values, plan_op));
+        if (fuse) runs = fuse_plan(plan, uses(f, values, plan_op), &program_inputs_.tile);
         size_t next = 0;
         for (size_t s = 0; s < plan.size();) {
             if (next < runs.size() && runs[next].first == s) {
@@ -112,6 +112,14 @@ public:
             check_host_tensors(inputs_, in, "input");
             check_host_tensors(outputs_, out, "output");
             for (size_t i = 0; i < in.size(); ++i) feed_input(i, in[i], out);
+            // Ranged ops reach the inputs read in place as they are (Feed::exact) through the tile.
+            for (size_t i = 0; i < in.size(); ++i) {
+                const Inputs::In& fd = program_inputs_.feeds[i];
+                const View& own = program_inputs_.own[i];
+                if (fd.feed == Feed::exact && fd.data != own.data)
+                    program_inputs_.tile.moved.push_back({own.data, reinterpret_cast<uintptr_t>(fd.data),
+                                                          size_t(own.numel()) * store_size(store_of(own.dtype))});
+            }
             for (size_t i = 0; i < out.size(); ++i)
                 if (sinks_[i]) {
                     sinks_[i]->data = out[i].data;
@@ -262,6 +270,7 @@ private:
 
     // Outside eval every feed is the kernel's own buffer: no caller pointer is kept.
     void restore_feeds() {
+        program_inputs_.tile.moved.clear();
         for (size_t i = 0; i < program_inputs_.own.size(); ++i) program_inputs_.feeds[i] = {program_inputs_.own[i].data, Feed::exact};
     }
 

@@ -76,8 +76,8 @@ void plan_binary_op(Builder& b, Bin kind, const View& x, const View& y, const Vi
 }
 
 void build_binary(Builder& b, Bin kind) {
-    const View& x = b.tensor("x");
-    const View& y = b.tensor("y");
+    const View& x = b.tensor_ranged("x");
+    const View& y = b.tensor_ranged("y");
     b.require_dtype("x", x, {DType::fp16, DType::fp32, DType::int32});
     b.require_dtype("y", y, {DType::fp16, DType::fp32, DType::int32});
     DType dt = x.dtype;
@@ -133,7 +133,7 @@ void plan_unary(Builder& b, const View& x, const View& out, F f) {
 }
 
 const View& unary_input(Builder& b, View* out) {
-    const View& x = b.tensor("x");
+    const View& x = b.tensor_ranged("x");
     b.require_float("x", x);
     *out = b.output(0, x.dtype, x.shape);
     return x;

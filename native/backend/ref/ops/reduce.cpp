@@ -26,7 +26,7 @@ float reduce_row(Red kind, const float* a, int64_t n, int64_t sx, float s) {
 }
 
 void build_reduce(Builder& b, Red kind) {
-    const View x = b.tensor("x");
+    const View x = b.tensor_ranged("x");
     b.require_float("x", x);
     const size_t r = x.rank();
     std::vector<bool> reduced(r, false);
@@ -93,6 +93,7 @@ void build_reduce(Builder& b, Red kind) {
     }
     // Otherwise rows share outputs (several dimensions reduced, or an outer one): accumulate in
     // memory order into the whole output, in one pass, serially.
+    b.reads_buffer(x);
     b.add_step([=] {
         float* o = out.f();
         for (int64_t i = 0; i < out_n; ++i) o[i] = init;

@@ -35,7 +35,7 @@ ANETRAIN_HOT void softmax_block(const float* x, float* y, int64_t n, int64_t inn
 }
 
 void build_softmax(Builder& b) {
-    const View x0 = b.tensor("x");
+    const View x0 = b.tensor_ranged("x");
     b.require_float("x", x0);
     if (x0.rank() == 0) b.fail("x must have rank 1 or more");
     const int64_t axis = normalize_axis(b, b.int_scalar("axis", -1), x0.rank(), "axis");
