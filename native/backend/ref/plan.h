@@ -13,8 +13,9 @@
 //
 // Program inputs: each has a buffer of the kernel's own, but ops that read an input only
 // through a Source (matmul, conv, the view ops, contiguous copies) find the caller's buffer
-// there during an evaluation instead, so the kernel copies an input in only when some other op
-// reads it (see Inputs).
+// there during an evaluation instead, and ranged ops (element-wise, softmax, row reductions)
+// find it through Tile::at when it needs no conversion, so the kernel copies an input in only
+// when some other op reads it, or a ranged op reads it and it needs converting (see Inputs).
 #pragma once
 #include <algorithm>
 #include <cstdint>
