@@ -112,14 +112,6 @@ public:
             check_host_tensors(inputs_, in, "input");
             check_host_tensors(outputs_, out, "output");
             for (size_t i = 0; i < in.size(); ++i) feed_input(i, in[i], out);
-            // Ranged ops reach the inputs read in place as they are (Feed::exact) through the tile.
-            for (size_t i = 0; i < in.size(); ++i) {
-                const Inputs::In& fd = program_inputs_.feeds[i];
-                const View& own = program_inputs_.own[i];
-                if (fd.feed == Feed::exact && fd.data != own.data)
-                    program_inputs_.tile.moved.push_back({own.data, reinterpret_cast<uintptr_t>(fd.data),
-                                                          size_t(own.numel()) * store_size(store_of(own.dtype))});
-            }
             for (size_t i = 0; i < out.size(); ++i)
                 if (sinks_[i]) {
                     sinks_[i]->data = out[i].data;
@@ -262,6 +254,9 @@ private:
         }
         if (in_place) {
             program_inputs_.feeds[i] = {h.data, feed};
+            // ranged ops reach it through the tile (only as it is: they cannot convert)
+            if (feed == Feed::exact)
+                program_inputs_.tile.moved.push_back({v.data, reinterpret_cast<uintptr_t>(h.data), size_t(h.numel) * size});
         } else {
             IoTimer io{io_ms_};
             load_input(v, h, feed);

@@ -340,7 +340,7 @@ void build_matmul(Builder& b) {
     float* op = out.f();
     const bool round = b.rounds(out);
     const Sink* sink = b.claim_sink(0);
-    const bool triangles = (K == N || M == K) && K >= kTriangleMin && triangle_skipping();
+    const bool triangles = triangle_skipping();
     b.add_step([=] {
         const size_t mn = size_t(M * N);
         float* dst = target(sink, op);
