@@ -186,4 +186,12 @@ void parallel_for(size_t n, size_t grain, const std::function<void(size_t, size_
     });
 }
 
+void for_each_item(size_t n, const std::function<void(size_t, size_t)>& fn) {
+    std::atomic<size_t> next{0};
+    parallel_for(std::min(n, size_t(num_threads())), 1, [&](size_t s0, size_t s1) {
+        for (size_t s = s0; s < s1; ++s)
+            for (size_t i; (i = next.fetch_add(1)) < n;) fn(s, i);
+    });
+}
+
 }  // namespace anetrain::threads

@@ -17,4 +17,10 @@ void set_num_threads(int n);
 // Exceptions thrown by fn are rethrown on the caller.
 void parallel_for(size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn);
 
+// Calls fn(slot, i) for every i in [0, n): one task per thread (at most n), each taking the next
+// i until none is left, for items of uneven cost or a count that parallel_for's few big ranges
+// would split unevenly. `slot` (< num_threads()) is the task's index, for per-task scratch;
+// which items a slot gets depends on scheduling. A single item runs on the caller as it is.
+void for_each_item(size_t n, const std::function<void(size_t slot, size_t i)>& fn);
+
 }  // namespace anetrain::threads

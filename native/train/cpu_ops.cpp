@@ -1,7 +1,6 @@
 #include "train/cpu_ops.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -259,20 +258,16 @@ double xent_loss(const float* logits, const SoftmaxStats& st, const int32_t* tgt
 
 // Softmax statistics of [vocab][S] logits chunk by chunk: produce(r0, n) first fills rows
 // [r0, r0 + n) (or does nothing when the logits are there already), then their statistics
-// are taken while the chunk is in cache. One task per thread, each taking the next chunk until
-// none is left (parallel_for's few big ranges would leave a thread idle while another finishes a
-// range of several chunks); per-chunk results merge in chunk order.
+// are taken while the chunk is in cache. Chunks go to the threads one at a time
+// (threads::for_each_item); per-chunk results merge in chunk order.
 template <class Produce>
 void chunked_softmax_stats(const float* logits, int vocab, int S, SoftmaxStats* st, Produce produce) {
     const int C = vocab_chunk(S), chunks = (vocab + C - 1) / C;
     std::vector<float> cmax(size_t(chunks) * S), csum(size_t(chunks) * S);
-    std::atomic<int> next{0};
-    parallel_for(size_t(threads::num_threads()), 1, [&](size_t, size_t) {
-        for (int c; (c = next.fetch_add(1)) < chunks;) {
-            const int r0 = c * C, n = std::min(C, vocab - r0);
-            produce(r0, n);
-            block_softmax_stats(logits + size_t(r0) * S, n, S, cmax.data() + size_t(c) * S, csum.data() + size_t(c) * S);
-        }
+    threads::for_each_item(size_t(chunks), [&](size_t, size_t c) {
+        const int r0 = int(c) * C, n = std::min(C, vocab - r0);
+        produce(r0, n);
+        block_softmax_stats(logits + size_t(r0) * S, n, S, cmax.data() + c * S, csum.data() + c * S);
     });
     merge_softmax_stats(cmax, csum, chunks, S, st);
 }

@@ -7,7 +7,6 @@
 // A square operand found at evaluation time to be zero on one side of its diagonal (causal
 // attention's probabilities and score gradients) skips the products of that zero triangle.
 #include <algorithm>
-#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdlib>
@@ -330,10 +329,9 @@ void build_matmul(Builder& b) {
     // Several products (a batch): one per pool thread, each on one BLAS thread, so the batch
     // costs one synchronisation instead of one per product. A single product splits itself.
     const bool by_batch = products > 1 && T > 1;
-    const bool by_block = blocked && T > 1;
     // Conversion scratch: one slot per thread, each product (or block) converts into its
     // thread's slot.
-    const size_t slots = by_batch || by_block ? size_t(T) : 1;
+    const size_t slots = by_batch || (blocked && T > 1) ? size_t(T) : 1;
     const int64_t x_floats = blocked ? 0 : (xo.converts ? M * K : 0);
     const int64_t slot_floats = blocked ? block * depth : x_floats + (yo.converts ? K * N : 0);
     float* scratch = slot_floats ? b.alloc(DType::fp32, {int64_t(slots), slot_floats}).f() : nullptr;
@@ -348,32 +346,23 @@ void build_matmul(Builder& b) {
         if (blocked && split.src.feed() != Feed::exact) {
             // Blocks of the split operand, converted in the thread's slot, one product each.
             const int64_t nblocks = (extent + block - 1) / block;
-            std::atomic<int64_t> next{0};
-            auto run_blocks = [&](float* slot) {
-                for (int64_t k; (k = next.fetch_add(1)) < nblocks;) {
-                    const int64_t o = k * block, n = std::min(block, extent - o);
-                    int lda, ldb;
-                    if (split_rows) {
-                        const float* a = xo.slice(0, true, o, n, slot, &lda);
-                        const float* bm = yo.matrix(0, nullptr, &ldb);
-                        blas::sgemm_serial(xo.layout.trans, yo.layout.trans, int(n), int(N), int(K), 1.0f, a, lda, bm,
-                                           ldb, 0.0f, dst + o * N, int(N));
-                        emit(sink, round, op, size_t(o * N), size_t(n * N));
-                    } else {
-                        const float* a = xo.matrix(0, nullptr, &lda);
-                        const float* bm = yo.slice(0, false, o, n, slot, &ldb);
-                        blas::sgemm_serial(xo.layout.trans, yo.layout.trans, int(M), int(n), int(K), 1.0f, a, lda, bm,
-                                           ldb, 0.0f, dst + o, int(N));
-                    }
+            threads::for_each_item(size_t(nblocks), [&](size_t s, size_t k) {
+                float* slot = scratch + s * slot_floats;
+                const int64_t o = int64_t(k) * block, n = std::min(block, extent - o);
+                int lda, ldb;
+                if (split_rows) {
+                    const float* a = xo.slice(0, true, o, n, slot, &lda);
+                    const float* bm = yo.matrix(0, nullptr, &ldb);
+                    blas::sgemm_serial(xo.layout.trans, yo.layout.trans, int(n), int(N), int(K), 1.0f, a, lda, bm, ldb,
+                                       0.0f, dst + o * N, int(N));
+                    emit(sink, round, op, size_t(o * N), size_t(n * N));
+                } else {
+                    const float* a = xo.matrix(0, nullptr, &lda);
+                    const float* bm = yo.slice(0, false, o, n, slot, &ldb);
+                    blas::sgemm_serial(xo.layout.trans, yo.layout.trans, int(M), int(n), int(K), 1.0f, a, lda, bm, ldb,
+                                       0.0f, dst + o, int(N));
                 }
-            };
-            if (by_block) {
-                threads::parallel_for(slots, 1, [&](size_t s0, size_t s1) {
-                    for (size_t s = s0; s < s1; ++s) run_blocks(scratch + s * slot_floats);
-                });
-            } else {
-                run_blocks(scratch);
-            }
+            });
             if (!split_rows) emit(sink, round, op, 0, mn);  // column blocks are strided: finish at once
             return;
         }
@@ -391,16 +380,7 @@ void build_matmul(Builder& b) {
             }
             emit(sink, round, op, i * mn, mn);
         };
-        if (by_batch) {
-            // one task per slot; tasks take the next product until none is left
-            std::atomic<size_t> next{0};
-            threads::parallel_for(slots, 1, [&](size_t s0, size_t s1) {
-                for (size_t s = s0; s < s1; ++s)
-                    for (size_t i; (i = next.fetch_add(1)) < products;) product(i, scratch + s * slot_floats);
-            });
-        } else {
-            for (size_t i = 0; i < products; ++i) product(i, scratch);
-        }
+        threads::for_each_item(products, [&](size_t s, size_t i) { product(i, scratch + s * slot_floats); });
     });
 }
 
