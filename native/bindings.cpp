@@ -18,6 +18,7 @@
 #include "backend/ane/surfaces.h"
 #include "backend/backend.h"
 #include "backend/ref/ref_backend.h"
+#include "bindings/modules.h"
 #include "core/blas.h"
 #include "core/buffers.h"
 #include "core/fp16.h"
@@ -1214,4 +1215,6 @@ PYBIND11_MODULE(_native, m) {
     bind_ane(m);
     bind_train(m);
     bind_trainer(m);
+    bindings::init_ane_rules(m);
+    bindings::init_ane_runtime(m);
 }

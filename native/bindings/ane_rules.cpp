@@ -1,0 +1,7 @@
+#include "bindings/modules.h"
+
+namespace anetrain::bindings {
+
+void init_ane_rules(pybind11::module_& m) { (void)m; }
+
+}  // namespace anetrain::bindings
