@@ -225,7 +225,7 @@ def model_kernels(config, pipeline="dynamic", layer_weights=None, precision="fp1
         raise ValueError("the static pipeline bakes weights: pass layer_weights")
     out = []
     for name in _native.model_kernel_names():
-        text, blobs, ins, outs = _native.model_kernel(name, shape, pipeline, precision, dialect,
+        text, blobs, ins, outs, _, _ = _native.model_kernel(name, shape, pipeline, precision, dialect,
                                                       layer_weights if pipeline == "static" else None, probs_tap)
         out.append((name, text, blobs, list(ins), list(outs)))
     return out

@@ -255,11 +255,13 @@ void bind_mil(py::module_& m) {
         .def("text", &mil::Builder::text)
         .def_property_readonly("dialect", [](const mil::Builder& b) { return b.dialect().str(); });
 
-    // One of the model's per-layer kernels: (text, {blob path: bytes}, input names, output names).
+    // One of the model's per-layer kernels: (text, {blob path: bytes}, input names, output names,
+    // input layout, output layout), a layout being [(tensor, channel, column, channels, columns)]
+    // for ANE-shaped programs and [] for split ones.
     m.def(
         "model_kernel",
         [](const std::string& name, const py::dict& shape, const std::string& pipeline, const std::string& dtype,
-           const std::string& dialect, const py::object& weights, bool probs_tap) {
+           const std::string& dialect, const py::object& weights, bool probs_tap, bool ane_shaped) {
             mil::KernelShape s;
             s.dim = shape["dim"].cast<int>();
             s.hidden = shape["hidden_dim"].cast<int>();
@@ -272,19 +274,27 @@ void bind_mil(py::module_& m) {
             o.dtype = dtype_arg(dtype);
             o.dialect = mil::Dialect::from_string(dialect);
             o.probs_tap = probs_tap;
+            o.ane_shaped = ane_shaped;
+            s.validate();
             std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> keep;
             mil::LayerWeights w;
             const bool baked = !weights.is_none();
             if (baked) {
                 const py::dict wd = weights.cast<py::dict>();
-                auto take = [&](const char* key) -> const float* {
+                // Each weight must be exactly [out, in]: the generator reads out*in floats from it.
+                auto take = [&](const char* key, int64_t out, int64_t in) -> const float* {
                     if (!wd.contains(key)) throw py::value_error(std::string("model_kernel: weights lack '") + key + "'");
                     keep.push_back(wd[key].cast<py::array_t<float, py::array::c_style | py::array::forcecast>>());
-                    return keep.back().data();
+                    const auto& a = keep.back();
+                    if (a.ndim() != 2 || a.shape(0) != out || a.shape(1) != in)
+                        throw py::value_error(std::string("model_kernel: weight '") + key + "' must have shape (" +
+                                              std::to_string(out) + ", " + std::to_string(in) + ")");
+                    return a.data();
                 };
                 keep.reserve(7);
-                w.wq = take("wq"), w.wk = take("wk"), w.wv = take("wv"), w.wo = take("wo");
-                w.w1 = take("w1"), w.w2 = take("w2"), w.w3 = take("w3");
+                const int64_t D = s.dim, QD = s.q_dim(), KD = s.kv_dim(), H = s.hidden;
+                w.wq = take("wq", QD, D), w.wk = take("wk", KD, D), w.wv = take("wv", KD, D), w.wo = take("wo", D, QD);
+                w.w1 = take("w1", H, D), w.w2 = take("w2", D, H), w.w3 = take("w3", H, D);
             }
             using Gen = mil::KernelSource (*)(const mil::KernelShape&, const mil::KernelOptions&, const mil::LayerWeights*);
             static const std::map<std::string, Gen> gens{{"attention_forward", &mil::attention_forward},
@@ -296,10 +306,17 @@ void bind_mil(py::module_& m) {
             mil::KernelSource src = it->second(s, o, baked ? &w : nullptr);
             py::dict blobs;
             for (const auto& [path, bytes] : src.blobs) blobs[py::str(path)] = py::bytes(bytes);
-            return py::make_tuple(src.text, blobs, src.inputs, src.outputs);
+            auto layout = [](const std::vector<mil::Block>& blocks) {
+                py::list l;
+                for (const mil::Block& b : blocks) l.append(py::make_tuple(b.name, b.channel, b.column, b.channels, b.columns));
+                return l;
+            };
+            return py::make_tuple(src.text, blobs, src.inputs, src.outputs, layout(src.input_layout),
+                                  layout(src.output_layout));
         },
         py::arg("name"), py::arg("shape"), py::arg("pipeline") = "static", py::arg("dtype") = "fp16",
-        py::arg("dialect") = "1.3/ios18", py::arg("weights") = py::none(), py::arg("probs_tap") = false);
+        py::arg("dialect") = "1.3/ios18", py::arg("weights") = py::none(), py::arg("probs_tap") = false,
+        py::arg("ane_shaped") = false);
     m.def("model_kernel_names", &mil::layer_kernel_names);
 }
 

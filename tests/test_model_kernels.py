@@ -20,6 +20,8 @@ kernels = pytest.importorskip("anetrain.kernels", reason="needs the ref backend 
 SHAPES = {
     "mha": dict(dim=32, hidden_dim=64, n_heads=4, n_kv_heads=4, seq_len=16),
     "gqa": dict(dim=48, hidden_dim=96, n_heads=6, n_kv_heads=2, seq_len=12),
+    # ANE-shaped programs need seq_len a multiple of 32; GQA with 3 query heads per KV head
+    "gqa_ane": dict(dim=48, hidden_dim=80, n_heads=6, n_kv_heads=2, seq_len=32),
 }
 
 
@@ -72,14 +74,24 @@ def from_kernel(y):  # [1, C, 1, S] -> [S, C]
     return np.asarray(y, dtype=np.float64)[0, :, 0, :].T
 
 
-def run_kernel(name, shape, pipeline, dtype, w, inputs, probs_tap=False):
-    text, blobs, in_names, out_names = _native.model_kernel(name, shape, pipeline, dtype, "1.3/ios18",
-                                                            w if pipeline == "static" else None, probs_tap)
+def run_kernel(name, shape, pipeline, dtype, w, inputs, probs_tap=False, ane_shaped=False):
+    text, blobs, in_names, out_names, in_layout, out_layout = _native.model_kernel(
+        name, shape, pipeline, dtype, "1.3/ios18", w if pipeline == "static" else None, probs_tap, ane_shaped)
     k = kernels.compile(text, weights=blobs, backend="ref")
     feed = dict(inputs)
+    np_dtype = np.float16 if dtype == "fp16" else np.float32
+    if ane_shaped:  # pack every tensor into its block of the one input, unpack the one output
+        assert in_names == ["x"] and len(out_names) == 1
+        (info,) = k.inputs
+        x = np.zeros(info.shape, np_dtype)
+        for t, c0, col, rows, cols in in_layout:
+            block = w[t] if t.startswith("w") else feed[t][0, :, 0, :]
+            assert block.shape == (rows, cols), t
+            x[0, c0:c0 + rows, 0, col:col + cols] = block
+        y = k(x)
+        return {t: from_kernel(y[:, c0:c0 + rows, :, :]) for t, c0, _, rows, _ in out_layout}
     if pipeline == "dynamic":
         feed.update({n: w[n][None, None] for n in in_names if n.startswith("w")})
-    np_dtype = np.float16 if dtype == "fp16" else np.float32
     outs = k(**{n: feed[n].astype(np_dtype) for n in in_names})
     outs = outs if isinstance(outs, tuple) else (outs,)
     return {n: (np.asarray(o, np.float64) if n == "probs" else from_kernel(o)) for n, o in zip(out_names, outs)}
@@ -95,13 +107,23 @@ def check(got, ref, dtype, what):
 
 
 CASES = [(s, p, d) for s in SHAPES for p in ("static", "dynamic") for d in ("fp32", "fp16")]
+# (probs_tap, ane_shaped): the split programs with and without the tap, and the ANE-shaped ones
+FORMS = [(False, False), (True, False), (False, True)]
+
+
+def skip_unsupported(shape_name, probs_tap, ane_shaped):
+    if ane_shaped and SHAPES[shape_name]["seq_len"] % 32:
+        pytest.skip("ANE-shaped programs need seq_len a multiple of 32")
+    if shape_name == "gqa_ane" and not ane_shaped and probs_tap:
+        pytest.skip("the split tap is covered by the other shapes")
 
 
 # probs_tap: attention_forward also returns the probabilities and attention_backward takes them
 # instead of recomputing them (the ref backend's default in the trainer).
-@pytest.mark.parametrize("probs_tap", [False, True])
+@pytest.mark.parametrize("probs_tap,ane_shaped", FORMS)
 @pytest.mark.parametrize("shape_name,pipeline,dtype", CASES)
-def test_attention_forward(shape_name, pipeline, dtype, probs_tap):
+def test_attention_forward(shape_name, pipeline, dtype, probs_tap, ane_shaped):
+    skip_unsupported(shape_name, probs_tap, ane_shaped)
     shape = SHAPES[shape_name]
     w = make_weights(shape, 1)
     H, KVH, S, D = shape["n_heads"], shape["n_kv_heads"], shape["seq_len"], shape["dim"]
@@ -112,7 +134,7 @@ def test_attention_forward(shape_name, pipeline, dtype, probs_tap):
     v = xn @ W["wv"].T
     attn = attention_ref(q, k, v, H, KVH)
     o = attn @ W["wo"].T
-    got = run_kernel("attention_forward", shape, pipeline, dtype, w, {"xn": to_kernel(xn)}, probs_tap)
+    got = run_kernel("attention_forward", shape, pipeline, dtype, w, {"xn": to_kernel(xn)}, probs_tap, ane_shaped)
     refs = dict(o=o, q=q, k=k, v=v, attn=attn)
     if probs_tap:
         refs["probs"] = probs_ref(q, k, H, KVH).reshape(KVH, H // KVH, S, S)
@@ -121,9 +143,10 @@ def test_attention_forward(shape_name, pipeline, dtype, probs_tap):
         check(got[name], ref, dtype, f"attention_forward.{name}")
 
 
-@pytest.mark.parametrize("probs_tap", [False, True])
+@pytest.mark.parametrize("probs_tap,ane_shaped", FORMS)
 @pytest.mark.parametrize("shape_name,pipeline,dtype", CASES)
-def test_attention_backward(shape_name, pipeline, dtype, probs_tap):
+def test_attention_backward(shape_name, pipeline, dtype, probs_tap, ane_shaped):
+    skip_unsupported(shape_name, probs_tap, ane_shaped)
     shape = SHAPES[shape_name]
     w = make_weights(shape, 3)
     H, KVH, S, D = shape["n_heads"], shape["n_kv_heads"], shape["seq_len"], shape["dim"]
@@ -140,7 +163,7 @@ def test_attention_backward(shape_name, pipeline, dtype, probs_tap):
     inputs = {"dout": to_kernel(dout), "q": to_kernel(q), "k": to_kernel(k), "v": to_kernel(v)}
     if probs_tap:
         inputs["probs"] = probs_ref(q, k, H, KVH).detach().numpy().reshape(KVH, H // KVH, S, S)
-    got = run_kernel("attention_backward", shape, pipeline, dtype, w, inputs, probs_tap)
+    got = run_kernel("attention_backward", shape, pipeline, dtype, w, inputs, probs_tap, ane_shaped)
     check(got["dxn"], xn.grad, dtype, "attention_backward.dxn")
     check(got["dq"], q_pre.grad, dtype, "attention_backward.dq")
     check(got["dk"], k_pre.grad, dtype, "attention_backward.dk")
@@ -151,8 +174,8 @@ def test_probs_tap_changes_the_attention_kernels_interfaces_only_as_documented()
     shape = SHAPES["gqa"]
     S, H, KVH = shape["seq_len"], shape["n_heads"], shape["n_kv_heads"]
     for tap in (False, True):
-        ftext, _, fin, fout = _native.model_kernel("attention_forward", shape, "dynamic", "fp16", "1.3/ios18", None, tap)
-        btext, _, bin_, bout = _native.model_kernel("attention_backward", shape, "dynamic", "fp16", "1.3/ios18", None, tap)
+        ftext, _, fin, fout, _, _ = _native.model_kernel("attention_forward", shape, "dynamic", "fp16", "1.3/ios18", None, tap)
+        btext, _, bin_, bout, _, _ = _native.model_kernel("attention_backward", shape, "dynamic", "fp16", "1.3/ios18", None, tap)
         assert fout == ["o", "q", "k", "v", "attn"] + (["probs"] if tap else [])
         assert bin_ == ["dout", "q", "k", "v"] + (["probs"] if tap else []) + ["wq", "wk", "wv", "wo"]
         assert bout == ["dxn", "dq", "dk", "dv"]
@@ -162,8 +185,10 @@ def test_probs_tap_changes_the_attention_kernels_interfaces_only_as_documented()
             assert f"tensor<fp16, [{KVH}, {H // KVH}, {S}, {S}]> probs" in btext
 
 
+@pytest.mark.parametrize("ane_shaped", [False, True])
 @pytest.mark.parametrize("shape_name,pipeline,dtype", CASES)
-def test_ffn_forward_and_backward(shape_name, pipeline, dtype):
+def test_ffn_forward_and_backward(shape_name, pipeline, dtype, ane_shaped):
+    skip_unsupported(shape_name, False, ane_shaped)
     shape = SHAPES[shape_name]
     w = make_weights(shape, 5)
     S, D = shape["seq_len"], shape["dim"]
@@ -175,14 +200,14 @@ def test_ffn_forward_and_backward(shape_name, pipeline, dtype):
     h3.retain_grad()
     gate = torch.nn.functional.silu(h1) * h3
     f = gate @ W["w2"].T
-    got = run_kernel("ffn_forward", shape, pipeline, dtype, w, {"x2n": to_kernel(x)})
+    got = run_kernel("ffn_forward", shape, pipeline, dtype, w, {"x2n": to_kernel(x)}, ane_shaped=ane_shaped)
     for name, ref in dict(f=f, h1=h1, h3=h3, gate=gate).items():
         check(got[name], ref, dtype, f"ffn_forward.{name}")
 
     df = torch.tensor(rng.standard_normal((S, D)))
     f.backward(df)
     got = run_kernel("ffn_backward", shape, pipeline, dtype, w,
-                     {"df": to_kernel(df), "h1": to_kernel(h1), "h3": to_kernel(h3)})
+                     {"df": to_kernel(df), "h1": to_kernel(h1), "h3": to_kernel(h3)}, ane_shaped=ane_shaped)
     check(got["dx2n"], x.grad, dtype, "ffn_backward.dx2n")
     check(got["dh1"], h1.grad, dtype, "ffn_backward.dh1")
     check(got["dh3"], h3.grad, dtype, "ffn_backward.dh3")
@@ -191,8 +216,8 @@ def test_ffn_forward_and_backward(shape_name, pipeline, dtype):
 def test_static_kernels_bake_weights_and_dynamic_take_them_as_inputs():
     shape = SHAPES["gqa"]
     w = make_weights(shape, 7)
-    text_s, blobs_s, in_s, _ = _native.model_kernel("attention_forward", shape, "static", "fp16", "1.3/ios18", w)
-    text_d, blobs_d, in_d, _ = _native.model_kernel("attention_forward", shape, "dynamic")
+    text_s, blobs_s, in_s, *_ = _native.model_kernel("attention_forward", shape, "static", "fp16", "1.3/ios18", w)
+    text_d, blobs_d, in_d, *_ = _native.model_kernel("attention_forward", shape, "dynamic")
     assert in_s == ["xn"] and in_d == ["xn", "wq", "wk", "wv", "wo"]
     assert {"@model_path/weights/wq.bin", "@model_path/weights/causal_mask.bin"} <= set(blobs_s)
     assert not any("wq" in p for p in blobs_d)

@@ -344,7 +344,7 @@ def test_training_kernels_bitwise_with_and_without_fusion(name, dtype, shape_nam
     shape = MODEL_SHAPES[shape_name]
     rng = np.random.default_rng(sorted(MODEL_SHAPES).index(shape_name) * 10 + len(name) + len(dtype))
     w = layer_weights(shape, rng) if pipeline == "static" else None
-    text, blobs, in_names, out_names = _native.model_kernel(name, shape, pipeline, dtype, "1.3/ios18", w)
+    text, blobs, in_names, out_names, *_ = _native.model_kernel(name, shape, pipeline, dtype, "1.3/ios18", w)
     k = K.compile(text, weights=blobs, backend=backend(True, "fp16"))
     np_dtype = np.float16 if dtype == "fp16" else np.float32
     arrays = [(rng.standard_normal(i.shape) * (0.05 if i.name.startswith("w") else 1.0)).astype(np_dtype)

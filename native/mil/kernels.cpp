@@ -1,5 +1,6 @@
 #include "mil/kernels.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -34,32 +35,73 @@ namespace {
 
 using Shape = std::vector<int64_t>;
 
-// Writes one kernel: the builder plus the pieces every kernel shares (typed tensors, linear
-// layers in either pipeline, RoPE, the head layout, constant tables as blobs).
+// Writes one kernel: the builder plus the pieces every kernel shares (typed tensors, inputs and
+// outputs in either program shape, linear layers in either pipeline, RoPE, the head layout,
+// constant tables as blobs).
 class KernelWriter {
 public:
     KernelWriter(std::string name, const KernelShape& s, const KernelOptions& o)
-        : s_(s), o_(o), b_(o.dialect), src_{std::move(name), "", {}, {}, {}} {
+        : s_(s), o_(o), b_(o.dialect), src_{std::move(name), "", {}, {}, {}, {}, {}} {
         s_.validate();
+        if (o_.ane_shaped && o_.probs_tap)
+            throw std::invalid_argument("probs_tap is not available in ANE-shaped programs (the ANE recomputes probs)");
+        if (o_.ane_shaped && s_.seq % 32)
+            throw std::invalid_argument("ANE-shaped programs need seq_len a multiple of 32 (64-byte I/O rows), got " +
+                                        std::to_string(s_.seq));
     }
 
     Type T(const Shape& shape) const { return Type{o_.dtype, true, shape}; }
     Shape act(int64_t c) const { return {1, c, 1, s_.seq}; }
 
+    // An activation input [1, c, 1, S] (split: any shape).
     std::string input(const std::string& name, const Shape& shape) {
-        src_.inputs.push_back(name);
-        return b_.input(name, T(shape));
+        if (!o_.ane_shaped) {
+            src_.inputs.push_back(name);
+            shapes_[name] = shape;
+            return b_.input(name, T(shape));
+        }
+        if (shape.size() != 4 || shape[0] != 1 || shape[2] != 1 || shape[3] != s_.seq)
+            throw std::logic_error("ANE-shaped kernels take [1, C, 1, S] activations");
+        return block(name, shape[1], s_.seq, name);
     }
+    std::string input(const std::string& name, int64_t channels) { return input(name, act(channels)); }
+
+    // The dynamic pipeline's weight W [out, in] as [1, 1, out, in] (llama2.c's row-major layout).
+    std::string weight(const std::string& name, int64_t out, int64_t in) {
+        if (!o_.ane_shaped) {
+            src_.inputs.push_back(name);
+            shapes_[name] = {1, 1, out, in};
+            return b_.input(name, T({1, 1, out, in}));
+        }
+        pending_reshapes_.push_back({name, {1, 1, out, in}});
+        return block(name, out, in, name + "_block");
+    }
+
     void output(const std::string& name) {
+        if (o_.ane_shaped) {
+            results_.push_back(name);
+            return;
+        }
         src_.outputs.push_back(name);
         b_.output(name);
     }
 
     std::string op(const std::string& out, const Shape& shape, const std::string& type, const Args& args) {
+        seal_input();
+        shapes_[out] = shape;
         return b_.op(out, T(shape), type, args);
     }
     std::string reshape(const std::string& out, const std::string& x, const Shape& shape) {
         return op(out, shape, "reshape", {{"x", x}, {"shape", ints(shape)}});
+    }
+    std::string slice(const std::string& out, const std::string& x, const Shape& begin, const Shape& size) {
+        return op(out, size, "slice_by_size", {{"x", x}, {"begin", ints(begin)}, {"size", ints(size)}});
+    }
+    std::string concat(const std::string& out, const Shape& shape, int axis, const std::vector<std::string>& values) {
+        seal_input();
+        shapes_[out] = shape;
+        return b_.op(out, T(shape), "concat", {{"axis", int32(axis)}, {"interleave", boolean(false)}}, "values",
+                     Tuple{values});
     }
     std::string binary(const std::string& out, const Shape& shape, const std::string& type, const std::string& x,
                        const Operand& y) {
@@ -78,14 +120,12 @@ public:
         } else {
             src_.blobs[path] = blob::write({{DType::fp32, values.data(), values.size() * 4}}, &offsets);
         }
+        shapes_[name] = shape;
         return b_.weight(name, T(shape), path, offsets[0]);
     }
 
-    // The dynamic pipeline's weight input: [1, 1, out, in], llama2.c's row-major layout.
-    std::string weight_input(const std::string& name, int64_t out, int64_t in) { return input(name, {1, 1, out, in}); }
-
     // y = W x (transpose=false) or y = W^T x (transpose=true) for W [out, in] and x [1, C, 1, S].
-    // Static: W (or W^T) baked as a conv weight. Dynamic: `w` names the weight input.
+    // Static: W (or W^T) baked as a conv weight. Dynamic: `w` names the weight from weight().
     std::string linear(const std::string& y, const std::string& x, const std::string& w, int64_t out, int64_t in,
                        const float* weights, bool transpose) {
         const int64_t oc = transpose ? in : out, ic = transpose ? out : in;
@@ -111,79 +151,159 @@ public:
     }
 
     // RoPE on adjacent pairs within each head of x [1, heads*hd, 1, S]: out[2i] = x[2i] cos - x[2i+1] sin,
-    // out[2i+1] = x[2i+1] cos + x[2i] sin. inverse=true rotates back (the backward pass).
+    // out[2i+1] = x[2i+1] cos + x[2i] sin. inverse=true rotates back (the backward pass). Pairs are
+    // [1, heads*hd/2, 2, S]; the tables hold each head's angles, so no op broadcasts over heads.
     std::string rope(const std::string& y, const std::string& x, int heads, bool inverse) {
-        const int64_t hd = s_.head_dim(), half = hd / 2, S = s_.seq;
-        if (cos_.empty()) {
-            std::vector<float> c(size_t(half * S)), sn(size_t(half * S));
+        const int64_t hd = s_.head_dim(), half = hd / 2, S = s_.seq, rows = heads * half;
+        auto& tables = rope_tables_[heads];
+        if (tables.first.empty()) {
+            std::vector<float> c(size_t(rows * S)), sn(size_t(rows * S));
             for (int64_t p = 0; p < half; ++p) {
                 const double freq = std::pow(s_.rope_theta, -2.0 * double(p) / double(hd));
                 for (int64_t t = 0; t < S; ++t) {
                     const double angle = double(t) * freq;  // in double, like the CPU ops' RoPE table
-                    c[size_t(p * S + t)] = float(std::cos(angle));
-                    sn[size_t(p * S + t)] = float(std::sin(angle));
+                    for (int64_t h = 0; h < heads; ++h) {
+                        c[size_t((h * half + p) * S + t)] = float(std::cos(angle));
+                        sn[size_t((h * half + p) * S + t)] = float(std::sin(angle));
+                    }
                 }
             }
-            cos_ = table("rope_cos", {1, half, 1, S}, c);
-            sin_ = table("rope_sin", {1, half, 1, S}, sn);
+            const std::string suffix = "_" + std::to_string(heads);
+            tables.first = table("rope_cos" + suffix, {1, rows, 1, S}, c);
+            tables.second = table("rope_sin" + suffix, {1, rows, 1, S}, sn);
         }
-        const Shape pairs{heads, half, 2, S}, one{heads, half, 1, S};
+        const std::string &cos = tables.first, &sin = tables.second;
+        const Shape pairs{1, rows, 2, S}, one{1, rows, 1, S};
         const std::string xp = reshape(y + "_pairs", x, pairs);
-        const std::string e = op(y + "_even", one, "slice_by_size", {{"x", xp}, {"begin", ints({0, 0, 0, 0})}, {"size", ints(one)}});
-        const std::string od = op(y + "_odd", one, "slice_by_size", {{"x", xp}, {"begin", ints({0, 0, 1, 0})}, {"size", ints(one)}});
-        const std::string ec = binary(y + "_ec", one, "mul", e, cos_), es = binary(y + "_es", one, "mul", e, sin_);
-        const std::string oc = binary(y + "_oc", one, "mul", od, cos_), os = binary(y + "_os", one, "mul", od, sin_);
+        const std::string e = slice(y + "_even", xp, {0, 0, 0, 0}, one);
+        const std::string od = slice(y + "_odd", xp, {0, 0, 1, 0}, one);
+        const std::string ec = binary(y + "_ec", one, "mul", e, cos), es = binary(y + "_es", one, "mul", e, sin);
+        const std::string oc = binary(y + "_oc", one, "mul", od, cos), os = binary(y + "_os", one, "mul", od, sin);
         // forward: (e cos - o sin, o cos + e sin); inverse: (e cos + o sin, o cos - e sin)
         const std::string re = binary(y + "_re", one, inverse ? "add" : "sub", ec, os);
         const std::string ro = binary(y + "_ro", one, inverse ? "sub" : "add", oc, es);
-        const std::string cat = b_.op(y + "_rot", T(pairs), "concat", {{"axis", int32(2)}, {"interleave", boolean(false)}},
-                                      "values", Tuple{{re, ro}});
-        return reshape(y, cat, act(int64_t(heads) * hd));
+        const std::string cat = concat(y + "_rot", pairs, 2, {re, ro});
+        return reshape(y, cat, act(rows * 2));
     }
 
-    // [1, C, 1, S] -> [KVH, group, hd, S] where group = heads / KVH (1 for k and v).
-    std::string heads(const std::string& y, const std::string& x, int group) {
-        return reshape(y, x, {s_.n_kv_heads, group, s_.head_dim(), s_.seq});
-    }
+    // Head layouts. Query heads: ANE [1, H, hd, S]; split [KVH, rep, hd, S]. K/V heads: ANE
+    // [1, KVH, hd, S]; split [KVH, 1, hd, S]. Scores: ANE [1, H, S, S]; split [KVH, rep, S, S].
+    Shape q_heads() const { return o_.ane_shaped ? Shape{1, s_.n_heads, hd(), s_.seq} : Shape{kvh(), rep(), hd(), s_.seq}; }
+    Shape kv_heads() const { return o_.ane_shaped ? Shape{1, kvh(), hd(), s_.seq} : Shape{kvh(), 1, hd(), s_.seq}; }
+    Shape scores() const { return o_.ane_shaped ? Shape{1, s_.n_heads, s_.seq, s_.seq} : Shape{kvh(), rep(), s_.seq, s_.seq}; }
+    std::string heads_q(const std::string& y, const std::string& x) { return reshape(y, x, q_heads()); }
+    std::string heads_kv(const std::string& y, const std::string& x) { return reshape(y, x, kv_heads()); }
     std::string flat(const std::string& y, const std::string& x, int64_t c) { return reshape(y, x, act(c)); }
 
-    // probs = softmax(q^T k * scale + causal mask) for q [KVH, rep, hd, S], k [KVH, 1, hd, S].
+    // K/V heads as the query heads see them: query head h reads KV head h / rep. Split: matmul
+    // broadcasts over the rep axis. ANE: each KV head is repeated rep times on axis 1.
+    std::string repeat_kv(const std::string& y, const std::string& x4) {
+        if (!o_.ane_shaped || rep() == 1) return x4;
+        const Shape one{1, 1, hd(), s_.seq};
+        std::vector<std::string> parts;
+        for (int g = 0; g < kvh(); ++g) {
+            const std::string head = slice(y + "_h" + std::to_string(g), x4, {0, g, 0, 0}, one);
+            parts.insert(parts.end(), size_t(rep()), head);
+        }
+        return concat(y, q_heads(), 1, parts);
+    }
+
+    // The inverse of repeat_kv for gradients: the sum over each KV head's rep query heads.
+    std::string sum_groups(const std::string& y, const std::string& x) {
+        if (rep() == 1) return x;
+        if (!o_.ane_shaped)
+            return op(y, kv_heads(), "reduce_sum", {{"x", x}, {"axes", ints({1})}, {"keep_dims", boolean(true)}});
+        const Shape one{1, 1, hd(), s_.seq};
+        std::vector<std::string> sums;
+        for (int g = 0; g < kvh(); ++g) {
+            const std::string base = y + "_g" + std::to_string(g);
+            std::string acc = slice(base + "_r0", x, {0, g * rep(), 0, 0}, one);
+            for (int r = 1; r < rep(); ++r) {
+                const std::string term = slice(base + "_r" + std::to_string(r), x, {0, g * rep() + r, 0, 0}, one);
+                acc = binary(r + 1 == rep() && kvh() == 1 ? y : base + "_s" + std::to_string(r), one, "add", acc, term);
+            }
+            sums.push_back(acc);
+        }
+        return kvh() == 1 ? sums[0] : concat(y, kv_heads(), 1, sums);
+    }
+
+    // probs = softmax(q^T k * scale + causal mask) for q in query heads and k as repeat_kv gives it.
     std::string attention_probs(const std::string& q4, const std::string& k4) {
         const int64_t S = s_.seq;
-        const Shape sc{s_.n_kv_heads, rep(), S, S};
+        const Shape sc = scores();
         std::vector<float> mask(size_t(S * S));
         for (int64_t i = 0; i < S; ++i)
             for (int64_t j = 0; j < S; ++j) mask[size_t(i * S + j)] = j <= i ? 0.f : -65504.f;
         const std::string m = table("causal_mask", {1, 1, S, S}, mask);
         const std::string raw = op("scores", sc, "matmul",
                                    {{"x", q4}, {"y", k4}, {"transpose_x", boolean(true)}, {"transpose_y", boolean(false)}});
-        const std::string scaled = binary("scores_scaled", sc, "mul", raw, scalar(1.0 / std::sqrt(double(s_.head_dim()))));
+        const std::string scaled = binary("scores_scaled", sc, "mul", raw, scalar(1.0 / std::sqrt(double(hd()))));
         const std::string masked = binary("scores_masked", sc, "add", scaled, m);
         return op("probs", sc, "softmax", {{"x", masked}, {"axis", int32(-1)}});
     }
 
-    // Sum over the group axis of [KVH, rep, hd, S] (GQA: gradients of a shared KV head).
-    std::string group_sum(const std::string& y, const std::string& x) {
-        if (rep() == 1) return x;
-        return op(y, {s_.n_kv_heads, 1, s_.head_dim(), s_.seq}, "reduce_sum",
-                  {{"x", x}, {"axes", ints({1})}, {"keep_dims", boolean(true)}});
-    }
-
     int rep() const { return s_.n_heads / s_.n_kv_heads; }
-    const KernelShape& shape() const { return s_; }
+    int kvh() const { return s_.n_kv_heads; }
+    int64_t hd() const { return s_.head_dim(); }
     bool is_static() const { return o_.pipeline == Pipeline::Static; }
 
     KernelSource finish() {
+        if (o_.ane_shaped) {
+            seal_input();
+            int64_t channels = 0;
+            for (const std::string& r : results_) {
+                const Shape& sh = shapes_.at(r);
+                src_.output_layout.push_back({r, channels, 0, sh[1], sh[3]});
+                channels += sh[1];
+            }
+            const std::string out = results_.size() == 1 ? results_[0] : concat("out", act(channels), 1, results_);
+            src_.outputs.push_back(out);
+            b_.output(out);
+        }
         src_.text = b_.text();
         return std::move(src_);
     }
 
 private:
+    // ANE shape: record a block of the one input, to be sliced out under `var` once every block is known.
+    std::string block(const std::string& name, int64_t rows, int64_t cols, const std::string& var) {
+        if (sealed_) throw std::logic_error("kernel inputs must be declared before the first op");
+        const int64_t column = src_.input_layout.empty() ? 0 : src_.input_layout.back().column + src_.input_layout.back().columns;
+        src_.input_layout.push_back({name, 0, column, rows, cols});
+        slice_names_.push_back(var);
+        return name;
+    }
+
+    // ANE shape: declare the one input [1, C, 1, W] (C the tallest block, W the blocks' total width
+    // rounded up to 64-byte rows) and slice each block out of it.
+    void seal_input() {
+        if (!o_.ane_shaped || sealed_) return;
+        sealed_ = true;
+        if (src_.input_layout.empty()) return;
+        int64_t channels = 0;
+        for (const Block& bl : src_.input_layout) channels = std::max(channels, bl.channels);
+        const Block& last = src_.input_layout.back();
+        const int64_t width = (last.column + last.columns + 31) / 32 * 32;
+        const std::string x = "x";
+        src_.inputs.push_back(x);
+        b_.input(x, T({1, channels, 1, width}));
+        for (size_t i = 0; i < src_.input_layout.size(); ++i) {
+            const Block& bl = src_.input_layout[i];
+            slice(slice_names_[i], x, {0, 0, 0, bl.column}, {1, bl.channels, 1, bl.columns});
+        }
+        for (const auto& [name, shape] : pending_reshapes_) reshape(name, name + "_block", shape);
+    }
+
     KernelShape s_;
     KernelOptions o_;
     Builder b_;
     KernelSource src_;
-    std::string cos_, sin_;
+    std::map<std::string, Shape> shapes_;                     // every tensor's shape, by name
+    std::map<int, std::pair<std::string, std::string>> rope_tables_;  // heads -> (cos, sin)
+    // ANE shape
+    bool sealed_ = false;
+    std::vector<std::string> slice_names_, results_;
+    std::vector<std::pair<std::string, Shape>> pending_reshapes_;
 };
 
 const float* weight_of(const LayerWeights* w, const float* LayerWeights::*field) { return w ? w->*field : nullptr; }
@@ -193,22 +313,21 @@ const float* weight_of(const LayerWeights* w, const float* LayerWeights::*field)
 KernelSource attention_forward(const KernelShape& s, const KernelOptions& o, const LayerWeights* w) {
     KernelWriter k("attention_forward", s, o);
     const int64_t D = s.dim, QD = s.q_dim(), KD = s.kv_dim();
-    const std::string xn = k.input("xn", k.act(D));
-    std::string wq = "wq", wk = "wk", wv = "wv", wo = "wo";
-    if (!k.is_static()) {
-        k.weight_input(wq, QD, D), k.weight_input(wk, KD, D), k.weight_input(wv, KD, D), k.weight_input(wo, D, QD);
-    }
-    const std::string q0 = k.linear("q_lin", xn, wq, QD, D, weight_of(w, &LayerWeights::wq), false);
-    const std::string k0 = k.linear("k_lin", xn, wk, KD, D, weight_of(w, &LayerWeights::wk), false);
-    const std::string v = k.linear("v", xn, wv, KD, D, weight_of(w, &LayerWeights::wv), false);
+    const std::string xn = k.input("xn", D);
+    if (!k.is_static()) k.weight("wq", QD, D), k.weight("wk", KD, D), k.weight("wv", KD, D), k.weight("wo", D, QD);
+    const std::string q0 = k.linear("q_lin", xn, "wq", QD, D, weight_of(w, &LayerWeights::wq), false);
+    const std::string k0 = k.linear("k_lin", xn, "wk", KD, D, weight_of(w, &LayerWeights::wk), false);
+    const std::string v = k.linear("v", xn, "wv", KD, D, weight_of(w, &LayerWeights::wv), false);
     const std::string q = k.rope("q", q0, s.n_heads, false);
     const std::string kr = k.rope("k", k0, s.n_kv_heads, false);
-    const std::string q4 = k.heads("q4", q, k.rep()), k4 = k.heads("k4", kr, 1), v4 = k.heads("v4", v, 1);
+    const std::string q4 = k.heads_q("q4", q);
+    const std::string k4 = k.repeat_kv("k_rep", k.heads_kv("k4", kr));
+    const std::string v4 = k.repeat_kv("v_rep", k.heads_kv("v4", v));
     const std::string probs = k.attention_probs(q4, k4);
-    const std::string a4 = k.op("attn4", {s.n_kv_heads, k.rep(), s.head_dim(), s.seq}, "matmul",
+    const std::string a4 = k.op("attn4", k.q_heads(), "matmul",
                                 {{"x", v4}, {"y", probs}, {"transpose_x", boolean(false)}, {"transpose_y", boolean(true)}});
     const std::string attn = k.flat("attn", a4, QD);
-    const std::string out = k.linear("o", attn, wo, D, QD, weight_of(w, &LayerWeights::wo), false);
+    const std::string out = k.linear("o", attn, "wo", D, QD, weight_of(w, &LayerWeights::wo), false);
     for (const auto& n : {out, q, kr, v, attn}) k.output(n);
     if (o.probs_tap) k.output(probs);
     return k.finish();
@@ -217,8 +336,8 @@ KernelSource attention_forward(const KernelShape& s, const KernelOptions& o, con
 KernelSource ffn_forward(const KernelShape& s, const KernelOptions& o, const LayerWeights* w) {
     KernelWriter k("ffn_forward", s, o);
     const int64_t D = s.dim, H = s.hidden;
-    const std::string x = k.input("x2n", k.act(D));
-    if (!k.is_static()) k.weight_input("w1", H, D), k.weight_input("w3", H, D), k.weight_input("w2", D, H);
+    const std::string x = k.input("x2n", D);
+    if (!k.is_static()) k.weight("w1", H, D), k.weight("w3", H, D), k.weight("w2", D, H);
     const std::string h1 = k.linear("h1", x, "w1", H, D, weight_of(w, &LayerWeights::w1), false);
     const std::string h3 = k.linear("h3", x, "w3", H, D, weight_of(w, &LayerWeights::w3), false);
     const std::string sig = k.op("sig", k.act(H), "sigmoid", {{"x", h1}});
@@ -232,10 +351,10 @@ KernelSource ffn_forward(const KernelShape& s, const KernelOptions& o, const Lay
 KernelSource ffn_backward(const KernelShape& s, const KernelOptions& o, const LayerWeights* w) {
     KernelWriter k("ffn_backward", s, o);
     const int64_t D = s.dim, H = s.hidden;
-    const std::string df = k.input("df", k.act(D));
-    const std::string h1 = k.input("h1", k.act(H));
-    const std::string h3 = k.input("h3", k.act(H));
-    if (!k.is_static()) k.weight_input("w1", H, D), k.weight_input("w3", H, D), k.weight_input("w2", D, H);
+    const std::string df = k.input("df", D);
+    const std::string h1 = k.input("h1", H);
+    const std::string h3 = k.input("h3", H);
+    if (!k.is_static()) k.weight("w1", H, D), k.weight("w3", H, D), k.weight("w2", D, H);
     const Shape a = k.act(H);
     const std::string dgate = k.linear("dgate", df, "w2", D, H, weight_of(w, &LayerWeights::w2), true);
     const std::string sig = k.op("sig", a, "sigmoid", {{"x", h1}});
@@ -257,20 +376,18 @@ KernelSource ffn_backward(const KernelShape& s, const KernelOptions& o, const La
 
 KernelSource attention_backward(const KernelShape& s, const KernelOptions& o, const LayerWeights* w) {
     KernelWriter k("attention_backward", s, o);
-    const int64_t D = s.dim, QD = s.q_dim(), KD = s.kv_dim(), S = s.seq, hd = s.head_dim(), KVH = s.n_kv_heads;
-    const int rep = k.rep();
-    const std::string dout = k.input("dout", k.act(D));
-    const std::string q = k.input("q", k.act(QD));
-    const std::string kr = k.input("k", k.act(KD));
-    const std::string v = k.input("v", k.act(KD));
-    const Shape grp{KVH, rep, hd, S}, sc{KVH, rep, S, S};
+    const int64_t D = s.dim, QD = s.q_dim(), KD = s.kv_dim(), hd = s.head_dim();
+    const std::string dout = k.input("dout", D);
+    const std::string q = k.input("q", QD);
+    const std::string kr = k.input("k", KD);
+    const std::string v = k.input("v", KD);
+    const Shape grp = k.q_heads(), sc = k.scores();
     const std::string probs_in = o.probs_tap ? k.input("probs", sc) : "";
-    if (!k.is_static()) {
-        k.weight_input("wq", QD, D), k.weight_input("wk", KD, D), k.weight_input("wv", KD, D), k.weight_input("wo", D, QD);
-    }
+    if (!k.is_static()) k.weight("wq", QD, D), k.weight("wk", KD, D), k.weight("wv", KD, D), k.weight("wo", D, QD);
     const std::string da = k.linear("da", dout, "wo", D, QD, weight_of(w, &LayerWeights::wo), true);
-    const std::string q4 = k.heads("q4", q, rep), k4 = k.heads("k4", kr, 1), v4 = k.heads("v4", v, 1);
-    const std::string da4 = k.heads("da4", da, rep);
+    const std::string q4 = k.heads_q("q4", q), da4 = k.heads_q("da4", da);
+    const std::string k4 = k.repeat_kv("k_rep", k.heads_kv("k4", kr));
+    const std::string v4 = k.repeat_kv("v_rep", k.heads_kv("v4", v));
     const std::string probs = o.probs_tap ? probs_in : k.attention_probs(q4, k4);
     // attn = v probs^T  =>  dv = da probs, dprobs = da^T v
     const std::string dv4 = k.op("dv_group", grp, "matmul",
@@ -278,8 +395,10 @@ KernelSource attention_backward(const KernelShape& s, const KernelOptions& o, co
     const std::string dp = k.op("dprobs", sc, "matmul",
                                 {{"x", da4}, {"y", v4}, {"transpose_x", boolean(true)}, {"transpose_y", boolean(false)}});
     // softmax backward: ds = p (dp - sum_j p dp), then the score scale
+    Shape rows_shape = sc;
+    rows_shape[3] = 1;
     const std::string pdp = k.binary("p_dp", sc, "mul", probs, dp);
-    const std::string rows = k.op("p_dp_rows", {KVH, rep, S, 1}, "reduce_sum",
+    const std::string rows = k.op("p_dp_rows", rows_shape, "reduce_sum",
                                   {{"x", pdp}, {"axes", ints({-1})}, {"keep_dims", boolean(true)}});
     const std::string centred = k.binary("dp_centred", sc, "sub", dp, rows);
     const std::string ds0 = k.binary("dscores_raw", sc, "mul", probs, centred);
@@ -290,8 +409,8 @@ KernelSource attention_backward(const KernelShape& s, const KernelOptions& o, co
     const std::string dk4 = k.op("dk_group", grp, "matmul",
                                  {{"x", q4}, {"y", ds}, {"transpose_x", boolean(false)}, {"transpose_y", boolean(false)}});
     const std::string dq_rot = k.flat("dq_roped", dq4, QD);
-    const std::string dk_rot = k.flat("dk_roped", k.group_sum("dk4", dk4), KD);
-    const std::string dv = k.flat("dv", k.group_sum("dv4", dv4), KD);
+    const std::string dk_rot = k.flat("dk_roped", k.sum_groups("dk4", dk4), KD);
+    const std::string dv = k.flat("dv", k.sum_groups("dv4", dv4), KD);
     const std::string dq = k.rope("dq", dq_rot, s.n_heads, true);
     const std::string dk = k.rope("dk", dk_rot, s.n_kv_heads, true);
     const std::string dxq = k.linear("dx_q", dq, "wq", QD, D, weight_of(w, &LayerWeights::wq), true);

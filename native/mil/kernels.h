@@ -11,15 +11,27 @@
 //   ffn_backward(df, h1, h3)       -> dx2n, dh1, dh3
 //   attention_backward(dout, q, k, v) -> dxn, dq, dk, dv  (dout = dL/do; dq, dk before RoPE)
 //
-// With KernelOptions::probs_tap, attention_forward also returns probs (the softmax, [KVH, rep,
-// S, S]) and attention_backward takes it after v instead of recomputing scores and softmax.
-//
 // Two pipelines, one set of kernels; only the linear layer differs:
 //   static:  y = conv(x, W) with W a BLOBFILE constant ([out, in, 1, 1]; W^T for backward)
-//   dynamic: y = matmul(W, x) with W a kernel input [1, 1, out, in] in llama2.c's layout, so one
-//            copy of each weight serves forward (W x) and backward (transpose_x: W^T dy).
-// Activations are [1, C, 1, S] (channel-major). GQA uses matmul batch broadcasting: q as
-// [KVH, rep, hd, S] against k as [KVH, 1, hd, S], so Q head h reads KV head h / rep.
+//   dynamic: y = matmul(W, x) with W [1, 1, out, in] read from the kernel's input in llama2.c's
+//            layout, so one copy of each weight serves forward (W x) and backward
+//            (transpose_x: W^T dy).
+// Activations are [1, C, 1, S] (channel-major).
+//
+// Two shapes of the same programs (KernelOptions::ane_shaped):
+//   ANE-shaped: what the Apple Neural Engine runs (docs/ane-rules.md). One fp16 input
+//     [1, C, 1, W] holding every tensor the kernel reads as blocks side by side along the width
+//     (activations [C_i, S], then, dynamic, each raw weight [out, in]), each block at channel 0;
+//     one output [1, C, 1, S] with every result concatenated on the channel axis. Every tensor
+//     is rank 4 with batch 1: heads on axis 1 ([1, H, hd, S]), GQA by repeating each K/V head
+//     inside the program (slices and a concat on axis 1), gradients of a shared head summed by
+//     slices and adds. KernelSource::input_layout / output_layout say which block holds which
+//     tensor.
+//   split: one program input per tensor and one output per result, heads on the batch axis
+//     ([KVH, rep, hd, S]) with matmul broadcasting for GQA. The ref backend runs these faster
+//     (inputs read in place, no packing), and KernelOptions::probs_tap is available only here:
+//     attention_forward also returns probs (the softmax, [KVH, rep, S, S]) and
+//     attention_backward takes it after v instead of recomputing scores and softmax.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -53,7 +65,9 @@ struct KernelOptions {
     // backend only) bake fp32 weights and tables so logic can be checked without fp16 effects.
     DType dtype = DType::fp16;
     Dialect dialect;
-    // The attention probabilities go from the forward to the backward kernel (an S x S tensor
+    // The ANE's program shape (see the top of this file); false: the split shape.
+    bool ane_shaped = false;
+    // Split shape only. The attention probabilities go from the forward to the backward kernel (an S x S tensor
     // per head written, stored and read) instead of being recomputed there (two matmul-sized
     // passes over S x S). The ref backend gains (about 1.5% of a Stories15M step). On the ANE
     // the trainer keeps recomputing, as the reference pipeline does: the tap would add an S x S
@@ -73,11 +87,21 @@ struct LayerWeights {
     const float* w3 = nullptr;  // [hidden, dim]
 };
 
+// Where one tensor lives in an ANE-shaped program's single input or output [1, C, 1, W]: the
+// rectangle of channels [channel, channel + channels) and columns [column, column + columns),
+// holding the tensor row-major ([C_i, S] activations, [out, in] weights).
+struct Block {
+    std::string name;
+    int64_t channel = 0, column = 0, channels = 0, columns = 0;
+};
+
 struct KernelSource {
     std::string name;                           // e.g. "attention_forward"
     std::string text;                           // the MIL program
     std::map<std::string, std::string> blobs;   // "@model_path/weights/x.bin" -> file bytes
-    std::vector<std::string> inputs, outputs;   // in program order
+    std::vector<std::string> inputs, outputs;   // program inputs and outputs, in program order
+    // ANE-shaped only: the tensors inside the one input and the one output (empty when split).
+    std::vector<Block> input_layout, output_layout;
 };
 
 KernelSource attention_forward(const KernelShape& s, const KernelOptions& o, const LayerWeights* w);
