@@ -5,24 +5,23 @@ name resolves to, and the compile-with-fallback rule. The native side (anetrain.
 the logic; this module gives it names. Settings come from the environment:
 
     ANETRAIN_BACKEND=ane|ref|auto       used when a caller asks for "auto"
-    ANETRAIN_STRICT=1                    a kernel the ANE cannot compile is an error, not a fallback
+    ANETRAIN_STRICT=1                    with "auto", a kernel the ANE cannot run is an error, not a fallback
+    ANETRAIN_ANE_SHAPED=0|1              the trainer's programs: ANE-shaped (1) or split (0); default:
+                                         ANE-shaped on the ANE, split on ref
     ANETRAIN_MIL_DIALECT=1.3/ios18       MIL dialect override ("<version>/<opset>[-verbose]")
     ANETRAIN_ANE_COMPILE_BUDGET=119      compiles per process (-1 = unlimited)
     ANETRAIN_ANE_QOS=21                  QoS of compile/load/evaluate (0..63)
     ANETRAIN_ANE_MULTI_INPUT=0|1         one IOSurface per MIL input (1) or one packed input (0)
 """
-import warnings
+import numpy as np
 
 from . import _native
+from . import config as _config
 
 __all__ = [
-    "FallbackWarning", "available", "unavailable_reason", "chip", "dialect", "dialect_string", "options",
-    "strict_mode", "new_backend", "resolve_backend_name", "compile_with_fallback",
+    "available", "unavailable_reason", "chip", "dialect", "dialect_string", "options", "strict_mode",
+    "new_backend", "resolve_backend_name", "programs",
 ]
-
-
-class FallbackWarning(UserWarning):
-    """A kernel failed to compile on the ANE and runs on the ref backend instead."""
 
 
 def available():
@@ -78,20 +77,43 @@ def resolve_backend_name(name="auto"):
     return _native.ane_resolve_backend("auto" if name is None else name)
 
 
-_warned_labels = set()
+def programs(config, pipeline="dynamic", chip=None, layer_weights=None):
+    """Exactly what the ANE backend is handed for every kernel the trainer uses, on any OS.
+
+    config: a preset name ("stories110M"), an anetrain.config.ModelConfig, or a dict of its fields.
+    Returns [(name, mil_text, blobs, input_layout, output_layout)]: each program takes one fp16
+    [1, C, 1, W] input and returns one [1, C, 1, S] output, and a layout is a list of
+    (tensor, channel, column, channels, columns) blocks saying where each tensor lives in them
+    (activations [C_i, S]; dynamic weights [out, in] as llama2.c stores them). The static pipeline
+    bakes ``layer_weights`` ({"wq": [q_dim, dim], ...} float32; default: seeded random ones, which
+    change only the blob bytes). chip: a family ("M1".."M5") or None; every family starts with
+    the program(1.3)/ios18 dialect (docs/ane-rules.md).
+    """
+    c = _model_config(config)
+    shape = dict(dim=c.dim, hidden_dim=c.hidden_dim, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads,
+                 seq_len=c.seq_len, rope_theta=c.rope_theta)
+    if pipeline not in _config.PIPELINES:
+        raise ValueError(f"unknown pipeline {pipeline!r}; choose static or dynamic")
+    if pipeline == "static" and layer_weights is None:
+        layer_weights = _random_layer_weights(c)
+    out = []
+    for name in _native.model_kernel_names():
+        text, blobs, _, _, ins, outs = _native.model_kernel(
+            name, shape, pipeline, "fp16", "1.3/ios18", layer_weights if pipeline == "static" else None, False, True)
+        out.append((name, text, dict(blobs), list(ins), list(outs)))
+    return out
 
 
-def compile_with_fallback(compile_on_ane, compile_on_ref, label, strict=None):
-    """Return compile_on_ane(); if the ANE compiler fails (BackendError), warn once per kernel
-    label (FallbackWarning naming the kernel and the compiler's message) and return
-    compile_on_ref() instead, unless strict mode is on. A spent compile budget and MIL errors
-    always propagate: they are not the ANE's inability to run one kernel."""
-    try:
-        return compile_on_ane()
-    except _native.BackendError as e:
-        if isinstance(e, _native.CompileBudgetExceeded) or strict_mode(strict):
-            raise
-        if label not in _warned_labels:
-            _warned_labels.add(label)
-            warnings.warn(_native.ane_fallback_warning(label, str(e)), FallbackWarning, stacklevel=2)
-    return compile_on_ref()
+def _model_config(config):
+    if isinstance(config, str):
+        return _config.model_preset(config)
+    if isinstance(config, dict):
+        return _config.ModelConfig(**config)
+    return config
+
+
+def _random_layer_weights(c, seed=0):
+    rng = np.random.default_rng(seed)
+    sizes = dict(wq=(c.q_dim, c.dim), wk=(c.kv_dim, c.dim), wv=(c.kv_dim, c.dim), wo=(c.dim, c.q_dim),
+                 w1=(c.hidden_dim, c.dim), w2=(c.dim, c.hidden_dim), w3=(c.hidden_dim, c.dim))
+    return {k: (0.02 * rng.standard_normal(s)).astype(np.float32) for k, s in sizes.items()}

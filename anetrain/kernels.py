@@ -75,33 +75,35 @@ def _make_native(name, compile_budget, precision):
     budget = -1 if compile_budget is None else int(compile_budget)
     if name == "ref":
         return _native.make_ref_backend(compile_budget=budget, fp16_rounding=_PRECISIONS[precision])
-    if name == "ane":  # unset budget: ANETRAIN_ANE_COMPILE_BUDGET or 119 per process; BackendError off macOS
+    if name == "ane":  # unset budget: ANETRAIN_ANE_COMPILE_BUDGET or the default per process; BackendError off macOS
         return _native.make_ane_backend(compile_budget=compile_budget)
     raise ValueError(f"unknown backend {name!r}; use 'ref', 'ane' or 'auto'")
 
 
-def new_backend(name="ref", compile_budget=None, precision="fp16"):
-    """A fresh backend with its own compile counter. precision='fp32' (ref only) skips fp16 rounding."""
+def new_backend(name="ref", compile_budget=None, precision="fp16", strict=None):
+    """A fresh backend with its own compile counter. precision='fp32' (ref only) skips fp16 rounding.
+
+    "auto" is the ANE where it is available, with the ref backend taking any program the ANE
+    cannot run (each such kernel's placement_note says why; strict=True or ANETRAIN_STRICT=1
+    makes that an error), and the ref backend elsewhere (ANETRAIN_BACKEND overrides)."""
+    from . import ane
+
+    fallback = name == "auto"
     if name == "auto":
-        name = _auto_name()
+        name = ane.resolve_backend_name("auto")
     if precision != "fp16" and name != "ref":
         raise ValueError(f"precision={precision!r} is only available on the ref backend")
-    return Backend(_make_native(name, compile_budget, precision))
+    native = _make_native(name, compile_budget, precision)
+    if fallback and name == "ane":
+        native = _native.make_fallback_backend(native, _native.make_ref_backend(), ane.strict_mode(strict))
+    return Backend(native)
 
 
 def get_backend(name="ref"):
-    """The process-wide backend of that name (created on first use)."""
-    if name == "auto":
-        name = _auto_name()
+    """The process-wide backend of that name (created on first use; "auto" as new_backend says)."""
     if name not in _singletons:
         _singletons[name] = new_backend(name)
     return _singletons[name]
-
-
-def _auto_name():
-    from . import ane
-
-    return ane.resolve_backend_name("auto")  # ane when available, else ref; ANETRAIN_BACKEND overrides
 
 
 class Kernel:
@@ -113,6 +115,8 @@ class Kernel:
         self.inputs = [TensorInfo(n, d, tuple(s)) for n, d, s in native.inputs]
         self.outputs = [TensorInfo(n, d, tuple(s)) for n, d, s in native.outputs]
         self.name = native.label
+        self.runs_on = native.backend_name      # where it runs: "ane" or "ref"
+        self.placement_note = native.placement_note  # why not where asked ('' when it is)
 
     def __call__(self, *arrays, **named):
         ins = self._gather(arrays, named)
@@ -179,18 +183,13 @@ def compile(mil_text, weights=None, backend=None, name="", strict=None):
 
     weights: {"@model_path/weights/x.bin": bytes} for BLOBFILE constants.
     backend: None or "auto" (ANE when available, else ref), "ref", "ane", or a Backend object.
-    With "auto" on the ANE, a program the ANE compiler rejects runs on ref after one warning
-    (anetrain.ane.FallbackWarning), unless strict (strict=True or ANETRAIN_STRICT=1).
+    With "auto" on the ANE, a program the ANE cannot run runs on ref: the kernel's
+    ``placement_note`` says why (strict=True or ANETRAIN_STRICT=1 makes that an error).
     """
-    if backend is None or backend == "auto":
-        chosen = get_backend("auto")
-        if chosen.name == "ane":
-            from . import ane
-
-            return ane.compile_with_fallback(lambda: _compile_on(chosen, mil_text, weights, name),
-                                             lambda: _compile_on(get_backend("ref"), mil_text, weights, name),
-                                             name or "<unnamed>", strict)
-        backend = chosen
+    if backend is None:
+        backend = "auto"
+    if backend == "auto" and strict is not None:
+        backend = new_backend("auto", strict=strict)
     if isinstance(backend, str):
         backend = get_backend(backend)
     if not isinstance(backend, Backend):

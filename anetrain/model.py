@@ -9,6 +9,8 @@
 Every layer runs through the generated MIL kernels on a backend (the ANE on a Mac, the ref
 backend elsewhere); embedding, norms, classifier, loss and AdamW run natively on the CPU.
 """
+import os
+
 import numpy as np
 
 from . import _native
@@ -30,6 +32,16 @@ def model_config(config):
     return _native.ModelConfig(**{k: v for k, v in config.items() if v is not None})
 
 
+def ane_shaped_from_env():
+    """ANETRAIN_ANE_SHAPED as True/False, or None when unset (the trainer decides by backend)."""
+    v = os.environ.get("ANETRAIN_ANE_SHAPED", "")
+    if v == "":
+        return None
+    if v not in ("0", "1"):
+        raise ValueError(f"ANETRAIN_ANE_SHAPED must be 0 or 1, got {v!r}")
+    return v == "1"
+
+
 def _name(name):
     """llama2.c's model.py names end in .weight; the native state uses the bare name."""
     return name[:-len(".weight")] if name.endswith(".weight") else name
@@ -39,7 +51,10 @@ class Model:
     """llama2.c's Transformer with its weights, gradients and AdamW state, trained natively."""
 
     def __init__(self, config, backend="auto", pipeline="dynamic", precision="fp16", seed=None, loss_scale=256.0,
-                 compile_budget=None, dialect=None):
+                 compile_budget=None, dialect=None, ane_shaped=None):
+        """ane_shaped: run the ANE-shaped programs (one packed input, one output; what the ANE
+        runs) rather than the split ones. None: ANETRAIN_ANE_SHAPED=0/1, else on exactly when the
+        backend is the ANE."""
         from . import ane, kernels
 
         self.config = model_config(config)
@@ -47,8 +62,11 @@ class Model:
         if isinstance(backend, str):
             backend = kernels.new_backend(backend, compile_budget=compile_budget, precision=precision)
         self.backend = backend
+        if ane_shaped is None:
+            ane_shaped = ane_shaped_from_env()
         self._t = _native.Trainer(self.config, getattr(backend, "native", backend), pipeline=pipeline,
-                                  precision=precision, dialect=dialect, loss_scale=loss_scale)
+                                  precision=precision, dialect=dialect, loss_scale=loss_scale,
+                                  ane_shaped=-1 if ane_shaped is None else int(bool(ane_shaped)))
         if seed is not None:
             self._t.state.init_random(int(seed))
 
@@ -81,6 +99,26 @@ class Model:
 
     def reset_timings(self):
         self._t.reset_timings()
+
+    def prepare(self):
+        """Compile the kernels the next step needs now, so a kernel that cannot run where asked
+        fails here (BackendError) rather than mid-run."""
+        self._t.prepare()
+
+    def placements(self):
+        """[(kernel, backend, reason)] for the compiled kernels: where each runs, and why not where
+        asked ('' when it runs there)."""
+        return [tuple(p) for p in self._t.placements()]
+
+    @property
+    def ane_shaped(self):
+        """Whether the kernels are the ANE-shaped programs."""
+        return self._t.ane_shaped
+
+    def close(self):
+        """Free the compiled kernels (on the ANE: unload them and remove their model directories).
+        The model stays usable; the next step compiles again."""
+        self._t.release_kernels()
 
     def compiles_needed(self):
         """Compiles the next accumulate() needs (static pipeline: every layer after an update)."""

@@ -17,6 +17,7 @@
 #include "backend/ane/runtime.h"
 #include "backend/ane/surfaces.h"
 #include "backend/backend.h"
+#include "backend/fallback.h"
 #include "backend/ref/ref_backend.h"
 #include "bindings/modules.h"
 #include "core/blas.h"
@@ -404,6 +405,8 @@ void bind_backend(py::module_& m) {
         .def_property_readonly("outputs", [](const Kernel& k) { return spec_list(k.outputs()); })
         .def_property_readonly("label", &Kernel::label)
         .def_property_readonly("backend_name", &Kernel::backend_name)
+        .def_property_readonly("placement_note", &Kernel::placement_note,
+                               "Why the kernel runs on backend_name rather than where it was asked ('' if it does).")
         .def(
             "eval",
             [](Kernel& k, const std::vector<py::array>& inputs, const std::vector<py::array>& outputs) {
@@ -445,6 +448,23 @@ void bind_backend(py::module_& m) {
         py::arg("compile_budget") = -1, py::arg("fp16_rounding") = true, py::arg("fuse") = true,
         "A new CPU reference backend (fp16_rounding=False: the fp32 precision mode; fuse=False: no "
         "tile-by-tile execution of element-wise chains, same results).");
+    m.def(
+        "make_fallback_backend",
+        [](std::shared_ptr<Backend> primary, std::shared_ptr<Backend> secondary, bool strict) {
+            return std::shared_ptr<Backend>(std::make_shared<backend::FallbackBackend>(primary, secondary, strict));
+        },
+        py::arg("primary"), py::arg("secondary"), py::arg("strict") = false,
+        "A backend that compiles on primary and, for a program primary cannot run (its BackendError), on secondary; "
+        "the kernel's placement_note says why. strict: no fallback.");
+    m.def(
+        "fallback_list",
+        [](const std::shared_ptr<Backend>& b) {
+            py::list out;
+            if (auto* fb = dynamic_cast<backend::FallbackBackend*>(b.get()))
+                for (const auto& f : fb->fallbacks()) out.append(py::make_tuple(f.label, f.reason));
+            return out;
+        },
+        py::arg("backend"), "[(label, reason)] of every compile a fallback backend sent to its secondary ([] otherwise).");
     m.def("mil_parse_summary", &parse_summary, py::arg("text"), "Parse MIL text; version, opset, inputs, outputs and op types of main.");
     m.def(
         "mil_canonical", [](const std::string& text) { return mil::print(mil::parse(text)); }, py::arg("text"),
@@ -653,7 +673,6 @@ void bind_ane(py::module_& m) {
         py::arg("requested") = "auto", "'ane' or 'ref' for a requested name ('auto', 'ane', 'ref'), honouring ANETRAIN_BACKEND.");
     m.def("ane_supports_op", &ane::ane_supports_op, py::arg("op"), py::arg("chip_family"),
           "Whether the ANE compiler of a chip family is recorded to accept an op.");
-    m.def("ane_fallback_warning", &ane::fallback_warning, py::arg("label"), py::arg("message"));
     m.def(
         "ane_surface_plan",
         [](const SpecTuples& inputs, const SpecTuples& outputs, bool packed, size_t slots) {
@@ -1159,18 +1178,41 @@ void bind_trainer(py::module_& m) {
     py::class_<Trainer>(m, "Trainer", "llama2.c's Transformer trained through MIL kernels on a backend.")
         .def(py::init([](const train::ModelConfig& cfg, std::shared_ptr<backend::Backend> backend,
                          const std::string& pipeline, const std::string& precision, const std::string& dialect,
-                         float loss_scale, int overlap_dw, int probs_tap) {
-                 train::TrainerOptions o{pipeline, precision, dialect, loss_scale, overlap_dw, probs_tap};
+                         float loss_scale, int overlap_dw, int probs_tap, int ane_shaped) {
+                 train::TrainerOptions o{pipeline, precision, dialect, loss_scale, overlap_dw, probs_tap, ane_shaped};
                  return std::make_unique<Trainer>(cfg, std::move(backend), o);
              }),
              py::arg("config"), py::arg("backend"), py::arg("pipeline") = "dynamic", py::arg("precision") = "fp16",
              py::arg("dialect") = "1.3/ios18", py::arg("loss_scale") = 256.f, py::arg("overlap_dw") = -1,
-             py::arg("probs_tap") = -1)
+             py::arg("probs_tap") = -1, py::arg("ane_shaped") = -1)
         .def_property_readonly("state", py::overload_cast<>(&Trainer::state), py::return_value_policy::reference_internal)
         .def_property_readonly("pipeline", [](const Trainer& t) { return t.options().pipeline; })
         .def_property_readonly("precision", [](const Trainer& t) { return t.options().precision; })
         .def_property_readonly("loss_scale", [](const Trainer& t) { return t.options().loss_scale; })
         .def_property_readonly("pending_sequences", &Trainer::pending_sequences)
+        .def_property_readonly("ane_shaped", &Trainer::ane_shaped, "Whether the kernels are the ANE-shaped programs.")
+        .def(
+            "prepare",
+            [](Trainer& t) {
+                py::gil_scoped_release nogil;
+                t.prepare();
+            },
+            "Compile the kernels the next step needs now (errors surface here, before training).")
+        .def(
+            "placements",
+            [](const Trainer& t) {
+                py::list out;
+                for (const auto& p : t.placements()) out.append(py::make_tuple(p.kernel, p.backend, p.reason));
+                return out;
+            },
+            "[(kernel, backend, reason)] for the compiled kernels; reason is '' where a kernel runs where asked.")
+        .def(
+            "release_kernels",
+            [](Trainer& t) {
+                py::gil_scoped_release nogil;
+                t.release_kernels();
+            },
+            "Free every compiled kernel (before an exec() restart); the next step compiles them again.")
         .def(
             "accumulate",
             [tokens_arg](Trainer& t, const py::array& tokens) {

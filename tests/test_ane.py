@@ -283,8 +283,8 @@ def test_portable_cpp_checks(tmp_path):
     cxx = shutil.which("g++") or shutil.which("clang++")
     if cxx is None:
         pytest.skip("needs a C++ compiler")
-    srcs = ["tests/native/ane_portable_test.cpp", "native/backend/ane/policy.cpp", "native/backend/ane/packing.cpp",
-            "native/mil/ir.cpp", "native/mil/parse.cpp"]
+    srcs = ["tests/native/ane_portable_test.cpp", "native/backend/fallback.cpp", "native/backend/backend.cpp",
+            "native/backend/ane/packing.cpp", "native/mil/ir.cpp", "native/mil/parse.cpp"]
     exe = tmp_path / "ane_portable_test"
     cmd = ([shutil.which("ccache")] if shutil.which("ccache") else []) + [cxx, "-std=c++17", "-O0", "-Inative"]
     build = subprocess.run(cmd + srcs + ["-o", str(exe)], cwd=ROOT, capture_output=True, text=True)

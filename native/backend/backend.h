@@ -59,6 +59,10 @@ public:
     const std::vector<TensorSpec>& outputs() const { return outputs_; }
     const std::string& label() const { return label_; }
     const std::string& backend_name() const { return backend_name_; }
+    // Why the kernel runs on backend_name() rather than the backend it was asked of ("" when it
+    // runs where asked); a FallbackBackend sets it.
+    const std::string& placement_note() const { return placement_note_; }
+    void set_placement_note(std::string note) { placement_note_ = std::move(note); }
 
     // Evaluate synchronously. Throws BackendError (never returns partial results): when it
     // throws, every floating-point output buffer has been filled with NaN so that stale data
@@ -79,7 +83,7 @@ protected:
     };
 
     std::vector<TensorSpec> inputs_, outputs_;
-    std::string label_, backend_name_;
+    std::string label_, backend_name_, placement_note_;
     double io_ms_ = 0;
 };
 

@@ -10,9 +10,9 @@
 #include <stdexcept>
 #include <thread>
 
-#include "backend/ane/policy.h"
-#include "backend/ref/ref_backend.h"
 #include "core/blas.h"
+#include "core/fp16.h"
+#include "core/threads.h"
 
 namespace anetrain::train {
 namespace {
@@ -41,23 +41,49 @@ std::string layer_weight_name(int layer, const std::string& n) {
 }  // namespace
 
 // Activations of one layer for the sequence in flight, and the gradients the dW jobs read.
+// Each kernel writes its results into one buffer, results consecutive on the channel axis (the
+// order of the kernel's outputs, which is also the ANE-shaped output's concat order); the named
+// pointers are views into those buffers.
 struct Trainer::LayerActs {
-    std::vector<float> x, rrms1, xn, q, k, v, attn, probs, x2, rrms2, x2n, h1, h3, gate;
-    std::vector<float> df, dx2, dh1, dh3, dq, dk, dv;
+    std::vector<float> x, rrms1, xn, x2, rrms2, x2n, df, dx2, probs;
+    std::vector<float> attn_fwd, ffn_fwd, ffn_bwd, attn_bwd;  // the kernels' results
+    float *o, *q, *k, *v, *attn;  // attention_forward
+    float *f, *h1, *h3, *gate;    // ffn_forward
+    float *dx2n, *dh1, *dh3;      // ffn_backward
+    float *dxn, *dq, *dk, *dv;    // attention_backward
     LayerActs(const ModelConfig& c, bool probs_tap) {
-        const size_t S = size_t(c.seq_len), D = size_t(c.dim), KV = size_t(c.kv_dim()), H = size_t(c.ffn_dim());
+        const size_t S = size_t(c.seq_len), D = size_t(c.dim), QD = size_t(c.dim), KV = size_t(c.kv_dim()),
+                     H = size_t(c.ffn_dim());
         if (probs_tap) probs.resize(size_t(c.n_heads) * S * S);
-        for (auto* b : {&x, &xn, &q, &attn, &x2, &x2n, &df, &dx2, &dq}) b->resize(D * S);
-        for (auto* b : {&k, &v, &dk, &dv}) b->resize(KV * S);
-        for (auto* b : {&h1, &h3, &gate, &dh1, &dh3}) b->resize(H * S);
+        for (auto* b : {&x, &xn, &x2, &x2n, &df, &dx2}) b->resize(D * S);
         rrms1.resize(S);
         rrms2.resize(S);
+        views(attn_fwd, S, {{&o, D}, {&q, QD}, {&k, KV}, {&v, KV}, {&attn, QD}});
+        views(ffn_fwd, S, {{&f, D}, {&h1, H}, {&h3, H}, {&gate, H}});
+        views(ffn_bwd, S, {{&dx2n, D}, {&dh1, H}, {&dh3, H}});
+        views(attn_bwd, S, {{&dxn, D}, {&dq, QD}, {&dk, KV}, {&dv, KV}});
+    }
+
+private:
+    static void views(std::vector<float>& buf, size_t S, std::initializer_list<std::pair<float**, size_t>> parts) {
+        size_t n = 0;
+        for (const auto& p : parts) n += p.second * S;
+        buf.resize(n);
+        float* at = buf.data();
+        for (const auto& p : parts) *p.first = at, at += p.second * S;
     }
 };
 
 struct Trainer::LayerKernels {
-    std::unique_ptr<backend::Kernel> attn_fwd, ffn_fwd, ffn_bwd, attn_bwd;
-    std::map<std::string, std::vector<std::string>> inputs;  // kernel name -> input names in order
+    std::map<std::string, std::unique_ptr<backend::Kernel>> kernels;  // by kernel name
+    std::map<std::string, mil::KernelSource> sources;                 // their programs, without text and blobs
+};
+
+// An ANE-shaped kernel's one input, [channels][width] fp16, and the blocks that make it up.
+struct Trainer::PackedInput {
+    std::vector<mil::Block> blocks;
+    int64_t width = 0;
+    std::vector<uint16_t> data;
 };
 
 // Runs dW jobs on one worker thread (overlap) or inline.
@@ -154,9 +180,17 @@ Trainer::Trainer(const ModelConfig& cfg, std::shared_ptr<backend::Backend> backe
         throw std::invalid_argument("unknown precision '" + opt_.precision + "' (use fp16 or fp32)");
     }
     kopt_.dialect = mil::Dialect::from_string(opt_.dialect);
-    kopt_.probs_tap = opt_.probs_tap < 0 ? backend_->name() == "ref" : opt_.probs_tap > 0;
+    kopt_.ane_shaped = opt_.ane_shaped < 0 ? backend_->name() == "ane" : opt_.ane_shaped > 0;
+    // The tap is a split-program feature; the ANE-shaped programs recompute probs as the ANE does.
+    kopt_.probs_tap = !kopt_.ane_shaped && (opt_.probs_tap < 0 ? backend_->name() == "ref" : opt_.probs_tap > 0);
+    if (kopt_.ane_shaped && kopt_.dtype != mil::DType::fp16)
+        throw std::invalid_argument("ANE-shaped programs are fp16 (precision fp32 needs the split programs)");
+    if (kopt_.ane_shaped && c.seq_len % 32)
+        throw std::invalid_argument("the ANE runs seq_len in multiples of 32 (64-byte rows); got seq_len " +
+                                    std::to_string(c.seq_len));
     if (!(opt_.loss_scale > 0.f)) throw std::invalid_argument("loss_scale must be positive");
     for (int l = 0; l < c.n_layers; ++l) acts_.push_back(std::make_unique<LayerActs>(c, kopt_.probs_tap));
+    if (kopt_.ane_shaped) packed_.resize(size_t(c.n_layers)), staged_version_.assign(size_t(c.n_layers), ~uint64_t(0));
     const size_t D = size_t(c.dim), S = size_t(c.seq_len);
     x_.resize(D * S);
     xf_.resize(D * S);
@@ -196,40 +230,58 @@ void Trainer::ensure_kernels() {
             w = {p("wq"), p("wk"), p("wv"), p("wo"), p("w1"), p("w2"), p("w3")};
         }
         auto ks = std::make_unique<LayerKernels>();
-        auto compile = [&](mil::KernelSource src) {
-            ks->inputs[src.name] = src.inputs;
+        const mil::LayerWeights* wp = dynamic ? nullptr : &w;
+        for (mil::KernelSource& src : mil::layer_kernels(shape_, kopt_, wp)) {
             const std::string label = src.name + (dynamic ? "" : "[layer " + std::to_string(l) + "]");
             ++t_.compiles;
-            auto primary = [&] { return backend_->compile(src.text, src.blobs, label); };
-            if (backend_->name() != "ane") return primary();
-            // A kernel the ANE compiler rejects (older chips lack some ops) runs on the ref
-            // backend instead, with one warning per kernel, unless ANETRAIN_STRICT=1.
-            auto fallback = [&] {
-                if (!fallback_) fallback_ = backend::make_ref_backend({});
-                return fallback_->compile(src.text, src.blobs, label);
-            };
-            auto warn = [](const std::string& m) { std::fprintf(stderr, "warning: %s\n", m.c_str()); };
-            return backend::ane::compile_with_fallback(src.name, primary, fallback, backend::ane::strict_from_env(),
-                                                       warn);
-        };
-        const mil::LayerWeights* wp = dynamic ? nullptr : &w;
-        ks->attn_fwd = compile(mil::attention_forward(shape_, kopt_, wp));
-        ks->ffn_fwd = compile(mil::ffn_forward(shape_, kopt_, wp));
-        ks->ffn_bwd = compile(mil::ffn_backward(shape_, kopt_, wp));
-        ks->attn_bwd = compile(mil::attention_backward(shape_, kopt_, wp));
+            ks->kernels[src.name] = backend_->compile(src.text, src.blobs, label);
+            src.text.clear();
+            src.blobs.clear();
+            ks->sources[src.name] = std::move(src);
+        }
         built.push_back(std::move(ks));
     }
     kernels_ = std::move(built);
     kernels_version_ = state_.weights_version();
+    if (!kopt_.ane_shaped) return;
+    // One packed input per layer and kernel; the layout never changes, so a recompile keeps them.
+    for (int l = 0; l < config().n_layers; ++l)
+        for (const auto& [name, src] : kernels_[dynamic ? 0 : size_t(l)]->sources) {
+            PackedInput& in = packed_[size_t(l)][name];
+            if (!in.data.empty()) continue;
+            const backend::TensorSpec& spec = kernels_[dynamic ? 0 : size_t(l)]->kernels.at(name)->inputs().at(0);
+            in.blocks = src.input_layout;
+            in.width = spec.shape.at(3);
+            in.data.assign(size_t(spec.numel()), 0);
+        }
+}
+
+std::vector<Placement> Trainer::placements() const {
+    std::vector<Placement> out;
+    for (const std::string& name : mil::layer_kernel_names()) {
+        Placement p{name, "", ""};
+        for (const auto& ks : kernels_) {
+            const backend::Kernel& k = *ks->kernels.at(name);
+            if (p.backend.empty() || (p.reason.empty() && !k.placement_note().empty()))
+                p.backend = k.backend_name(), p.reason = k.placement_note();
+        }
+        if (!p.backend.empty()) out.push_back(p);
+    }
+    return out;
+}
+
+void Trainer::release_kernels() {
+    dw_->drain();
+    kernels_.clear();
 }
 
 void Trainer::eval(backend::Kernel& k, const std::vector<In>& in, const std::vector<float*>& out) {
-    const auto t0 = Clock::now();
-    const double io0 = k.io_ms();
     std::vector<backend::HostTensor> hin, hout;
     for (size_t i = 0; i < in.size(); ++i)
         hin.push_back({const_cast<float*>(in[i].data), mil::DType::fp32, k.inputs()[i].numel(), in[i].fp16_exact});
     for (size_t i = 0; i < out.size(); ++i) hout.push_back({out[i], mil::DType::fp32, k.outputs()[i].numel()});
+    const auto t0 = Clock::now();
+    const double io0 = k.io_ms();
     k.eval(hin, hout);
     const double io = k.io_ms() - io0;
     t_.io += io;
@@ -242,16 +294,80 @@ float* Trainer::grad(const std::string& name) { return state_.grads.data() + sta
 
 std::vector<Trainer::In> Trainer::inputs(const LayerKernels& ks, const std::string& kernel, int layer,
                                          std::vector<In> acts) {
-    const auto& names = ks.inputs.at(kernel);
+    const auto& names = ks.sources.at(kernel).inputs;
     for (size_t i = acts.size(); i < names.size(); ++i) acts.push_back({weight(layer_weight_name(layer, names[i])), false});
     return acts;
+}
+
+void Trainer::run(int layer, const std::string& kernel, std::vector<In> acts, float* out) {
+    const bool dynamic = kopt_.pipeline == mil::Pipeline::Dynamic;
+    LayerKernels& ks = *kernels_[dynamic ? 0 : size_t(layer)];
+    backend::Kernel& k = *ks.kernels.at(kernel);
+    if (!kopt_.ane_shaped) {
+        std::vector<float*> outs;
+        float* at = out;
+        for (const backend::TensorSpec& o : k.outputs()) {
+            if (o.name == "probs") {
+                outs.push_back(acts_[size_t(layer)]->probs.data());
+                continue;
+            }
+            outs.push_back(at);
+            at += o.numel();
+        }
+        eval(k, inputs(ks, kernel, layer, std::move(acts)), outs);
+        return;
+    }
+    // ANE-shaped: the activations go into their blocks of the packed input (the weights are there already)
+    PackedInput& in = packed_[size_t(layer)].at(kernel);
+    {
+        Timer t{t_.io};
+        const int64_t S = config().seq_len;
+        size_t next = 0;
+        for (const mil::Block& b : in.blocks) {
+            if (state_.find(layer_weight_name(layer, b.name))) continue;
+            if (next >= acts.size()) throw std::logic_error(kernel + ": fewer activations than its input blocks");
+            const float* src = acts[next++].data;
+            threads::parallel_for(size_t(b.channels), 16, [&](size_t r0, size_t r1) {
+                for (size_t r = r0; r < r1; ++r)
+                    fp16::f32_to_f16(src + r * size_t(S), in.data.data() + r * size_t(in.width) + size_t(b.column),
+                                     size_t(S));
+            });
+        }
+        if (next != acts.size()) throw std::logic_error(kernel + ": more activations than its input blocks");
+    }
+    const backend::TensorSpec& ospec = k.outputs().at(0);
+    const auto t0 = Clock::now();
+    const double io0 = k.io_ms();
+    k.eval({{in.data.data(), mil::DType::fp16, int64_t(in.data.size())}}, {{out, mil::DType::fp32, ospec.numel()}});
+    const double io = k.io_ms() - io0;
+    t_.io += io;
+    t_.kernels += ms_since(t0) - io;
+    ++t_.kernel_evals;
+}
+
+void Trainer::stage_weights(int layer) {
+    if (!kopt_.ane_shaped || kopt_.pipeline != mil::Pipeline::Dynamic) return;
+    uint64_t& staged = staged_version_[size_t(layer)];
+    if (staged == state_.weights_version() && !state_.weights_exposed()) return;
+    Timer t{t_.io};
+    for (auto& [kernel, in] : packed_[size_t(layer)])
+        for (const mil::Block& b : in.blocks) {
+            const std::string name = layer_weight_name(layer, b.name);
+            if (!state_.find(name)) continue;
+            const float* w = weight(name);  // [channels][columns] row-major
+            threads::parallel_for(size_t(b.channels), 16, [&](size_t r0, size_t r1) {
+                for (size_t r = r0; r < r1; ++r)
+                    fp16::f32_to_f16(w + r * size_t(b.columns), in.data.data() + r * size_t(in.width) + size_t(b.column),
+                                     size_t(b.columns));
+            });
+        }
+    staged = state_.weights_version();
 }
 
 void Trainer::forward_sequence(const int32_t* tok) {
     const ModelConfig& c = config();
     const int D = c.dim, S = c.seq_len;
     const size_t DS = size_t(D) * S;
-    const bool dynamic = kopt_.pipeline == mil::Pipeline::Dynamic;
     {
         Timer t{t_.cpu_ops};
         float* x0 = c.n_layers > 0 ? acts_[0]->x.data() : x_.data();
@@ -259,28 +375,25 @@ void Trainer::forward_sequence(const int32_t* tok) {
     }
     for (int l = 0; l < c.n_layers; ++l) {
         LayerActs& a = *acts_[l];
-        LayerKernels& ks = *kernels_[dynamic ? 0 : l];
         const std::string p = "layers." + std::to_string(l) + ".";
+        stage_weights(l);
         {
             Timer t{t_.cpu_ops};
             cpu::rmsnorm_fwd(a.x.data(), weight(p + "attention_norm"), D, S, c.norm_eps, a.xn.data(),
                              a.rrms1.data());
         }
-        std::vector<float*> attn_out{tmp_.data(), a.q.data(), a.k.data(), a.v.data(), a.attn.data()};
-        if (kopt_.probs_tap) attn_out.push_back(a.probs.data());
-        eval(*ks.attn_fwd, inputs(ks, "attention_forward", l, {{a.xn.data(), false}}), attn_out);
+        run(l, "attention_forward", {{a.xn.data(), false}}, a.attn_fwd.data());
         {
             Timer t{t_.cpu_ops};
-            cpu::add(a.x.data(), tmp_.data(), a.x2.data(), DS);
+            cpu::add(a.x.data(), a.o, a.x2.data(), DS);
             cpu::rmsnorm_fwd(a.x2.data(), weight(p + "ffn_norm"), D, S, c.norm_eps, a.x2n.data(),
                              a.rrms2.data());
         }
-        eval(*ks.ffn_fwd, inputs(ks, "ffn_forward", l, {{a.x2n.data(), false}}),
-             {tmp_.data(), a.h1.data(), a.h3.data(), a.gate.data()});
+        run(l, "ffn_forward", {{a.x2n.data(), false}}, a.ffn_fwd.data());
         {
             Timer t{t_.cpu_ops};  // the residual stream goes straight into the next layer's input
             float* next = l + 1 < c.n_layers ? acts_[l + 1]->x.data() : x_.data();
-            cpu::add(a.x2.data(), tmp_.data(), next, DS);
+            cpu::add(a.x2.data(), a.f, next, DS);
         }
     }
     Timer t{t_.cpu_ops};
@@ -292,7 +405,6 @@ double Trainer::backward_sequence(const int32_t* tok, bool overwrite) {
     const ModelConfig& c = config();
     const int D = c.dim, S = c.seq_len, KV = c.kv_dim(), H = c.ffn_dim(), V = c.vocab_size;
     const size_t DS = size_t(D) * S;
-    const bool dynamic = kopt_.pipeline == mil::Pipeline::Dynamic;
     const bool out16 = kopt_.dtype == mil::DType::fp16;  // the forward kernels' outputs are fp16 values
     double loss;
     {
@@ -305,42 +417,39 @@ double Trainer::backward_sequence(const int32_t* tok, bool overwrite) {
     }
     for (int l = c.n_layers - 1; l >= 0; --l) {
         LayerActs& a = *acts_[l];
-        LayerKernels& ks = *kernels_[dynamic ? 0 : l];
         const std::string p = "layers." + std::to_string(l) + ".";
         auto W = [&](const std::string& n) { return weight(p + n); };
         auto G = [&](const std::string& n) { return grad(p + n); };
         const float beta = overwrite ? 0.f : 1.f;
         // FFN branch: x_next = x2 + f, so df = dx
         std::memcpy(a.df.data(), dx_.data(), DS * sizeof(float));
-        eval(*ks.ffn_bwd, inputs(ks, "ffn_backward", l, {{a.df.data(), false}, {a.h1.data(), out16}, {a.h3.data(), out16}}),
-             {tmp_.data(), a.dh1.data(), a.dh3.data()});
+        run(l, "ffn_backward", {{a.df.data(), false}, {a.h1, out16}, {a.h3, out16}}, a.ffn_bwd.data());
         float *gw1 = G("feed_forward.w1"), *gw2 = G("feed_forward.w2"), *gw3 = G("feed_forward.w3");
         dw_->submit([=, &a] {
-            accumulate_dw(gw2, a.df.data(), a.gate.data(), D, H, S, beta);
-            accumulate_dw(gw1, a.dh1.data(), a.x2n.data(), H, D, S, beta);
-            accumulate_dw(gw3, a.dh3.data(), a.x2n.data(), H, D, S, beta);
+            accumulate_dw(gw2, a.df.data(), a.gate, D, H, S, beta);
+            accumulate_dw(gw1, a.dh1, a.x2n.data(), H, D, S, beta);
+            accumulate_dw(gw3, a.dh3, a.x2n.data(), H, D, S, beta);
         });
         {
             Timer t{t_.cpu_ops};
             std::memcpy(a.dx2.data(), dx_.data(), DS * sizeof(float));
-            cpu::rmsnorm_bwd(tmp_.data(), a.x2.data(), W("ffn_norm"), a.rrms2.data(), D, S, a.dx2.data(),
+            cpu::rmsnorm_bwd(a.dx2n, a.x2.data(), W("ffn_norm"), a.rrms2.data(), D, S, a.dx2.data(),
                              G("ffn_norm"));
         }
         // attention branch: x2 = x + o, so do = dx2
-        std::vector<In> attn_in{{a.dx2.data(), false}, {a.q.data(), out16}, {a.k.data(), out16}, {a.v.data(), out16}};
+        std::vector<In> attn_in{{a.dx2.data(), false}, {a.q, out16}, {a.k, out16}, {a.v, out16}};
         if (kopt_.probs_tap) attn_in.push_back({a.probs.data(), out16});
-        eval(*ks.attn_bwd, inputs(ks, "attention_backward", l, std::move(attn_in)),
-             {tmp_.data(), a.dq.data(), a.dk.data(), a.dv.data()});
+        run(l, "attention_backward", std::move(attn_in), a.attn_bwd.data());
         float *gq = G("attention.wq"), *gk = G("attention.wk"), *gv = G("attention.wv"), *go = G("attention.wo");
         dw_->submit([=, &a] {
-            accumulate_dw(go, a.dx2.data(), a.attn.data(), D, D, S, beta);
-            accumulate_dw(gq, a.dq.data(), a.xn.data(), D, D, S, beta);
-            accumulate_dw(gk, a.dk.data(), a.xn.data(), KV, D, S, beta);
-            accumulate_dw(gv, a.dv.data(), a.xn.data(), KV, D, S, beta);
+            accumulate_dw(go, a.dx2.data(), a.attn, D, D, S, beta);
+            accumulate_dw(gq, a.dq, a.xn.data(), D, D, S, beta);
+            accumulate_dw(gk, a.dk, a.xn.data(), KV, D, S, beta);
+            accumulate_dw(gv, a.dv, a.xn.data(), KV, D, S, beta);
         });
         Timer t{t_.cpu_ops};
         std::memcpy(dx_.data(), a.dx2.data(), DS * sizeof(float));
-        cpu::rmsnorm_bwd(tmp_.data(), a.x.data(), W("attention_norm"), a.rrms1.data(), D, S, dx_.data(),
+        cpu::rmsnorm_bwd(a.dxn, a.x.data(), W("attention_norm"), a.rrms1.data(), D, S, dx_.data(),
                          G("attention_norm"));
     }
     {

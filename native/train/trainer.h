@@ -11,6 +11,11 @@
 //             dx2 = dx + rmsnorm_bwd(dx2n)
 //             dxn, dq, dk, dv = attention_backward(dx2, q, k, v);  dWo, dWq, dWk, dWv (sgemm)
 //             dx = dx2 + rmsnorm_bwd(dxn)
+// The kernels run as split programs (one buffer per tensor) or ANE-shaped ones (one packed fp16
+// input, one output; mil/kernels.h). Either way each kernel's results land in one per-layer
+// buffer, results consecutive on the channel axis, and the trainer reads them through views.
+// ANE-shaped dynamic kernels read their weights from per-layer fp16 input buffers that are
+// staged once per weight change; each evaluation writes only the activation blocks.
 // The dW sgemms go to a worker thread that overlaps the next kernel evaluation when the
 // kernels run on another device (the ANE); on the ref backend they run inline, since both
 // would compete for the same cores. Gradients accumulate over the sequences of a batch and
@@ -18,6 +23,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,7 +40,14 @@ struct TrainerOptions {
     std::string dialect = "1.3/ios18";
     float loss_scale = 256.f;          // multiplies dlogits; divided out before clipping
     int overlap_dw = -1;               // -1: when the backend is not "ref"; 0 off; 1 on
-    int probs_tap = -1;                // mil::KernelOptions::probs_tap; -1: when the backend is "ref"
+    int probs_tap = -1;                // mil::KernelOptions::probs_tap; -1: when the backend is "ref" (split only)
+    int ane_shaped = -1;               // mil::KernelOptions::ane_shaped; -1: when the backend is "ane"
+};
+
+// Where one kernel runs: the backend that compiled it and, when that is not the backend the
+// trainer was given, why (the primary backend's message).
+struct Placement {
+    std::string kernel, backend, reason;
 };
 
 // Milliseconds spent per part, summed since the last reset.
@@ -73,9 +86,21 @@ public:
     const Timings& timings() const { return t_; }
     void reset_timings() { t_ = Timings{}; }
 
+    // Compiles the kernels the next step needs now (the driver calls it at start, so a kernel
+    // that cannot run where asked fails before training begins).
+    void prepare() { ensure_kernels(); }
+    // Where each kernel of the current set runs, one entry per kernel name (the static
+    // pipeline's per-layer copies are one entry; the first copy that fell back speaks for them).
+    std::vector<Placement> placements() const;
+    bool ane_shaped() const { return kopt_.ane_shaped; }
+    // Frees every compiled kernel (before an exec() restart: on the ANE this unloads the
+    // programs and removes their model directories). The next step compiles them again.
+    void release_kernels();
+
 private:
     struct LayerActs;
     struct LayerKernels;
+    struct PackedInput;
     class DwQueue;
 
     void ensure_kernels();
@@ -92,17 +117,23 @@ private:
     };
     // A kernel's inputs: the given activations, then the layer's weights it takes by name.
     std::vector<In> inputs(const LayerKernels& ks, const std::string& kernel, int layer, std::vector<In> acts);
+    // Evaluates layer `layer`'s kernel `kernel` on activations `acts` (the kernel's activation
+    // inputs in order; the weights are added by name) into `out` (the results consecutive).
+    void run(int layer, const std::string& kernel, std::vector<In> acts, float* out);
     void eval(backend::Kernel& k, const std::vector<In>& in, const std::vector<float*>& out);
+    void stage_weights(int layer);  // ANE-shaped dynamic: the layer's weights into its input buffers
 
     ModelState state_;
     std::shared_ptr<backend::Backend> backend_;
-    std::shared_ptr<backend::Backend> fallback_;  // ref backend for kernels the ANE rejects
     TrainerOptions opt_;
     mil::KernelShape shape_;
     mil::KernelOptions kopt_;
     std::vector<std::unique_ptr<LayerKernels>> kernels_;  // dynamic: one shared set; static: per layer
     uint64_t kernels_version_ = 0;  // the state's weights_version the static kernels were built from
     std::vector<std::unique_ptr<LayerActs>> acts_;
+    // ANE-shaped: per layer, each kernel's packed fp16 input (weights staged in it, dynamic)
+    std::vector<std::map<std::string, PackedInput>> packed_;
+    std::vector<uint64_t> staged_version_;  // per layer: the weights_version its packed weights hold
     std::vector<float> x_, xf_, rrms_f_, logits_, dx_, tmp_;
     cpu::SoftmaxStats softmax_;  // of logits_, from the forward pass
     std::unique_ptr<DwQueue> dw_;

@@ -1,5 +1,5 @@
-// Checks of the ANE backend's portable C++ that need C++ to drive them: the compile-with-
-// fallback rule against fake backends that throw, and the MIL input-packing rewrite on
+// Checks of the ANE backend's portable C++ that need C++ to drive them: the fallback backend
+// against fake backends that throw, and the MIL input-packing rewrite on
 // hand-built IR. Built and run by tests/test_ane.py; prints one line per failed check and
 // exits non-zero when any check fails.
 #include <cstdio>
@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "backend/ane/packing.h"
-#include "backend/ane/policy.h"
+#include "backend/fallback.h"
 
 using namespace anetrain;
 using namespace anetrain::backend;
@@ -30,20 +30,26 @@ public:
     void eval(const std::vector<HostTensor>&, const std::vector<HostTensor>&) override {}
 };
 
-static CompileFn kernel_from(const std::string& backend, int* calls) {
-    return [backend, calls] {
-        ++*calls;
-        return std::unique_ptr<Kernel>(new FakeKernel(backend));
-    };
-}
-
+// A backend whose compiles either succeed with a FakeKernel or throw E(message).
 template <class E>
-static CompileFn failing_with(const std::string& message, int* calls) {
-    return [message, calls]() -> std::unique_ptr<Kernel> {
-        ++*calls;
-        throw E(message);
-    };
-}
+class FakeBackend : public Backend {
+public:
+    FakeBackend(std::string name, std::string failure) : Backend(-1), name_(std::move(name)), failure_(std::move(failure)) {}
+    std::string name() const override { return name_; }
+    bool supports(const std::string&) const override { return failure_.empty(); }
+    int calls = 0;
+
+protected:
+    std::unique_ptr<Kernel> compile_program(const mil::Program&, const std::string&, const Blobs&,
+                                            const std::string&) override {
+        ++calls;
+        if (!failure_.empty()) throw E(failure_);
+        return std::unique_ptr<Kernel>(new FakeKernel(name_));
+    }
+
+private:
+    std::string name_, failure_;
+};
 
 template <class E>
 static bool throws(const std::function<void()>& f) {
@@ -56,43 +62,43 @@ static bool throws(const std::function<void()>& f) {
     return false;
 }
 
+static const char* kProgram =
+    "program(1.3)\n{\n    func main<ios18>(tensor<fp16, [1, 64, 1, 32]> x) {\n"
+    "        tensor<fp16, [1, 64, 1, 32]> y = add(x = x, y = x)[name = string(\"y\")];\n    } -> (y);\n}\n";
+
 static void test_fallback() {
-    std::vector<std::string> warnings;
-    WarnFn warn = [&](const std::string& w) { warnings.push_back(w); };
-    int ane = 0, ref = 0;
-
-    auto k = compile_with_fallback("ok", kernel_from("ane", &ane), kernel_from("ref", &ref), false, warn);
-    CHECK(k->backend_name() == "ane" && ane == 1 && ref == 0 && warnings.empty());
-
-    k = compile_with_fallback("attn_fwd", failing_with<BackendError>("ANE compile failed: bad op", &ane),
-                              kernel_from("ref", &ref), false, warn);
-    CHECK(k->backend_name() == "ref" && ref == 1);
-    CHECK(warnings.size() == 1);
-    CHECK(warnings.size() == 1 && warnings[0].find("'attn_fwd'") != std::string::npos &&
-          warnings[0].find("ANE compile failed: bad op") != std::string::npos);
-
-    // The same kernel failing again (static pipeline recompiles) does not warn again.
-    k = compile_with_fallback("attn_fwd", failing_with<BackendError>("ANE compile failed: bad op", &ane),
-                              kernel_from("ref", &ref), false, warn);
-    CHECK(k->backend_name() == "ref" && ref == 2 && warnings.size() == 1);
-
-    // Strict: the compiler's error propagates and ref is never tried.
-    CHECK(throws<BackendError>([&] {
-        compile_with_fallback("ffn", failing_with<BackendError>("nope", &ane), kernel_from("ref", &ref), true, warn);
-    }));
-    CHECK(ref == 2 && warnings.size() == 1);
-
-    // A spent budget is not a per-kernel failure: it propagates even when not strict.
-    CHECK(throws<CompileBudgetExceeded>([&] {
-        compile_with_fallback("ffn", failing_with<CompileBudgetExceeded>("budget", &ane), kernel_from("ref", &ref),
-                              false, warn);
-    }));
-    // Program errors (MilError is not a BackendError) propagate too.
-    CHECK(throws<std::invalid_argument>([&] {
-        compile_with_fallback("ffn", failing_with<std::invalid_argument>("MIL line 3: bad", &ane),
-                              kernel_from("ref", &ref), false, warn);
-    }));
-    CHECK(ref == 2 && warnings.size() == 1);
+    auto ref = std::make_shared<FakeBackend<BackendError>>("ref", "");
+    {  // the primary compiles: no note, no fallback
+        auto ane = std::make_shared<FakeBackend<BackendError>>("ane", "");
+        FallbackBackend fb(ane, ref, false);
+        auto k = fb.compile(kProgram, {}, "ok");
+        CHECK(k->backend_name() == "ane" && k->placement_note().empty() && fb.fallbacks().empty());
+        CHECK(fb.name() == "ane" && ref->calls == 0);
+    }
+    {  // the primary's compiler fails: the secondary compiles, and the kernel and the list say why
+        auto ane = std::make_shared<FakeBackend<BackendError>>("ane", "ANE compile failed: bad op");
+        FallbackBackend fb(ane, ref, false);
+        auto k = fb.compile(kProgram, {}, "attn_fwd");
+        CHECK(k->backend_name() == "ref" && ref->calls == 1);
+        CHECK(k->placement_note() == "ane: ANE compile failed: bad op");
+        CHECK(fb.fallbacks().size() == 1 && fb.fallbacks()[0].label == "attn_fwd");
+        // strict: the primary's error propagates and the secondary is never tried
+        FallbackBackend strict(ane, ref, true);
+        CHECK(throws<BackendError>([&] { strict.compile(kProgram, {}, "ffn"); }));
+        CHECK(ref->calls == 1);
+    }
+    {  // a spent budget is not a per-kernel failure: it propagates even when not strict
+        auto ane = std::make_shared<FakeBackend<CompileBudgetExceeded>>("ane", "budget");
+        FallbackBackend fb(ane, ref, false);
+        CHECK(throws<CompileBudgetExceeded>([&] { fb.compile(kProgram, {}, "ffn"); }));
+        CHECK(ref->calls == 1);
+    }
+    {  // a program that does not parse never reaches either backend
+        auto ane = std::make_shared<FakeBackend<BackendError>>("ane", "");
+        FallbackBackend fb(ane, ref, false);
+        CHECK(throws<mil::MilError>([&] { fb.compile("program(1.3)\n{ nonsense", {}, "bad"); }));
+        CHECK(ane->calls == 0 && ref->calls == 1);
+    }
 }
 
 static mil::Type tensor(mil::DType d, std::vector<int64_t> shape) { return mil::Type{d, true, std::move(shape)}; }

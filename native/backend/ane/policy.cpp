@@ -2,7 +2,6 @@
 
 #include <cerrno>
 #include <cstdlib>
-#include <mutex>
 #include <set>
 #include <stdexcept>
 
@@ -91,38 +90,6 @@ bool ane_supports_op(const std::string& op, const std::string& chip_family) {
     if (!recorded.count(op)) return false;
     if ((chip_family == "M1" || chip_family == "M2") && missing_before_m3.count(op)) return false;
     return true;
-}
-
-std::string fallback_warning(const std::string& label, const std::string& message) {
-    return "kernel '" + label + "' failed to compile on the ANE and runs on the ref backend instead: " + message +
-           " (set ANETRAIN_STRICT=1 to make this an error)";
-}
-
-namespace {
-
-// A kernel recompiled every batch (static pipeline) warns on its first fallback only.
-bool first_fallback_of(const std::string& label) {
-    static std::mutex mu;
-    static std::set<std::string> warned;
-    std::lock_guard<std::mutex> lock(mu);
-    return warned.insert(label).second;
-}
-
-}  // namespace
-
-std::unique_ptr<Kernel> compile_with_fallback(const std::string& label, const CompileFn& primary,
-                                              const CompileFn& fallback, bool strict, const WarnFn& warn) {
-    std::string message;
-    try {
-        return primary();
-    } catch (const CompileBudgetExceeded&) {
-        throw;
-    } catch (const BackendError& e) {
-        if (strict) throw;
-        message = e.what();
-    }
-    if (first_fallback_of(label)) warn(fallback_warning(label, message));
-    return fallback();
 }
 
 }  // namespace anetrain::backend::ane

@@ -1,9 +1,8 @@
 // The ANE backend's settings and the backend-choice policy (portable C++, tested on Linux):
 // compile budget, QoS, multi-input requests, strict mode, which backend "auto" means, which ops
-// the ANE compiles, and the compile-with-fallback rule.
+// the ANE compiles. The fallback itself is backend/fallback.h.
 #pragma once
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
 
@@ -31,7 +30,8 @@ struct AneOptions {
 // Reads ANETRAIN_ANE_COMPILE_BUDGET, ANETRAIN_ANE_QOS, ANETRAIN_ANE_MULTI_INPUT.
 AneOptions options_from_env();
 
-// ANETRAIN_STRICT=1: a kernel that fails on the ANE is an error instead of falling back to ref.
+// ANETRAIN_STRICT=1: with backend "auto", a kernel the ANE cannot run is an error instead of
+// running on ref (FallbackBackend strict).
 bool strict_from_env();
 
 // Backend name resolution. `requested` is "ane", "ref", "auto" or "" (= auto); an explicit name
@@ -44,18 +44,5 @@ std::string resolve_backend_name(const std::string& requested, const char* env, 
 // Ops the ANE compiler is recorded to accept (shared reference 2.3), per chip family:
 // M1/M2 compilers lack cast, matmul and scaled_dot_product_attention.
 bool ane_supports_op(const std::string& op, const std::string& chip_family);
-
-// The one warning printed when a kernel falls back: names the kernel and the compiler's message.
-std::string fallback_warning(const std::string& label, const std::string& message);
-
-using CompileFn = std::function<std::unique_ptr<Kernel>()>;
-using WarnFn = std::function<void(const std::string&)>;
-
-// Compile with `primary`; when it throws BackendError (a compiler failure), warn through `warn`
-// (once per label per process) and compile with `fallback` instead — unless `strict`, in which case the error
-// propagates. CompileBudgetExceeded and MIL errors always propagate: they are not the ANE's
-// inability to run one kernel.
-std::unique_ptr<Kernel> compile_with_fallback(const std::string& label, const CompileFn& primary,
-                                              const CompileFn& fallback, bool strict, const WarnFn& warn);
 
 }  // namespace anetrain::backend::ane
