@@ -10,7 +10,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import _native
+from . import _native, ane
 from ._native import BackendError, CompileBudgetExceeded, MilError  # noqa: F401
 
 TensorInfo = namedtuple("TensorInfo", "name dtype shape")
@@ -86,8 +86,6 @@ def new_backend(name="ref", compile_budget=None, precision="fp16", strict=None):
     "auto" is the ANE where it is available, with the ref backend taking any program the ANE
     cannot run (each such kernel's placement_note says why; strict=True or ANETRAIN_STRICT=1
     makes that an error), and the ref backend elsewhere (ANETRAIN_BACKEND overrides)."""
-    from . import ane
-
     fallback = name == "auto"
     if name == "auto":
         name = ane.resolve_backend_name("auto")
@@ -101,9 +99,10 @@ def new_backend(name="ref", compile_budget=None, precision="fp16", strict=None):
 
 def get_backend(name="ref"):
     """The process-wide backend of that name (created on first use; "auto" as new_backend says)."""
-    if name not in _singletons:
-        _singletons[name] = new_backend(name)
-    return _singletons[name]
+    key = f"auto:{ane.resolve_backend_name('auto')}" if name == "auto" else name  # ANETRAIN_BACKEND may change
+    if key not in _singletons:
+        _singletons[key] = new_backend(name)
+    return _singletons[key]
 
 
 class Kernel:

@@ -174,63 +174,6 @@ def test_supported_ops_per_chip():
     assert not _native.ane_supports_op("einsum", "M4")
 
 
-# ------------------------------------------------------------------ fallback policy (Python)
-
-def failing(message, error=anetrain.BackendError):
-    def compile_():
-        raise error(message)
-    return compile_
-
-
-def test_fallback_warns_once_naming_kernel_and_message():
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        got = ane.compile_with_fallback(failing("ANE compile failed: Code=3 bad op"), lambda: "ref-kernel",
-                                        "sdpa_fwd_L0", strict=False)
-        again = ane.compile_with_fallback(failing("ANE compile failed: Code=3 bad op"), lambda: "ref-kernel",
-                                          "sdpa_fwd_L0", strict=False)
-    assert got == again == "ref-kernel"
-    fallbacks = [w for w in caught if issubclass(w.category, ane.FallbackWarning)]
-    assert len(fallbacks) == 1
-    text = str(fallbacks[0].message)
-    assert "'sdpa_fwd_L0'" in text and "ANE compile failed: Code=3 bad op" in text and "ANETRAIN_STRICT" in text
-
-
-def test_no_fallback_when_the_ane_compiles():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert ane.compile_with_fallback(lambda: "ane-kernel", failing("unused"), "ok_kernel") == "ane-kernel"
-
-
-def test_strict_mode_raises_instead(monkeypatch):
-    with pytest.raises(anetrain.BackendError, match="bad op"):
-        ane.compile_with_fallback(failing("bad op"), lambda: "ref-kernel", "k_strict", strict=True)
-    monkeypatch.setenv("ANETRAIN_STRICT", "1")
-    with pytest.raises(anetrain.BackendError, match="bad op"):
-        ane.compile_with_fallback(failing("bad op"), lambda: "ref-kernel", "k_strict_env")
-
-
-def test_program_errors_are_not_fallen_back():
-    with pytest.raises(ValueError):
-        ane.compile_with_fallback(failing("MIL line 3: unknown op", ValueError), lambda: "ref", "k_mil")
-
-
-def test_spent_budget_propagates():
-    with pytest.raises(anetrain.CompileBudgetExceeded):
-        ane.compile_with_fallback(failing("budget", anetrain.CompileBudgetExceeded), lambda: "ref", "k_budget")
-
-
-class FakeAneNative:
-    """A native backend named "ane" whose compiler rejects everything."""
-    name = "ane"
-    compiles = 0
-    budget = 119
-    remaining = 119
-
-    def compile(self, text, blobs, label):
-        raise anetrain.BackendError("ANE compile failed: Error Domain=com.apple.appleneuralengine Code=3")
-
-
 ADD_PROGRAM = """program(1.3)
 {
     func main<ios18>(tensor<fp16, [1, 4, 1, 8]> x) {
@@ -238,26 +181,6 @@ ADD_PROGRAM = """program(1.3)
     } -> (y);
 }
 """
-
-
-def test_kernels_compile_auto_falls_back_to_ref_with_one_warning(monkeypatch, rng):
-    from anetrain import kernels
-
-    fake_ane = kernels.Backend(FakeAneNative())
-    real_get = kernels.get_backend
-    monkeypatch.setattr(kernels, "get_backend", lambda name="ref": fake_ane if name == "auto" else real_get(name))
-    x = rng.standard_normal((1, 4, 1, 8)).astype(np.float16)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        k = kernels.compile(ADD_PROGRAM, name="double_it")
-    assert k.backend.name == "ref"
-    np.testing.assert_array_equal(k(x), (x.astype(np.float32) * 2).astype(np.float16))
-    msgs = [str(w.message) for w in caught if issubclass(w.category, ane.FallbackWarning)]
-    assert len(msgs) == 1 and "'double_it'" in msgs[0] and "Code=3" in msgs[0]
-    with pytest.raises(anetrain.BackendError, match="Code=3"):
-        kernels.compile(ADD_PROGRAM, name="double_it_strict", strict=True)
-    with pytest.raises(anetrain.BackendError, match="Code=3"):
-        kernels.compile(ADD_PROGRAM, backend=fake_ane, name="explicit_ane_never_falls_back")
 
 
 @off_mac
@@ -269,12 +192,6 @@ def test_kernels_honour_anetrain_backend(monkeypatch):
     monkeypatch.setenv("ANETRAIN_BACKEND", "ane")
     with pytest.raises(ValueError, match="ANETRAIN_BACKEND 'ane' is not usable here"):
         kernels.compile(ADD_PROGRAM, name="k")
-
-
-def test_native_fallback_warning_text():
-    w = _native.ane_fallback_warning("ffn_bwd", "ANE compile failed: x")
-    assert w.startswith("kernel 'ffn_bwd' failed to compile on the ANE and runs on the ref backend instead: ")
-    assert "ANE compile failed: x" in w
 
 
 # ------------------------------------------------------------------ C++ checks (fallback with fake backends, packing rewrite)

@@ -3,6 +3,7 @@
 // hand-built IR. Built and run by tests/test_ane.py; prints one line per failed check and
 // exits non-zero when any check fails.
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
