@@ -76,6 +76,14 @@ Dialect Dialect::from_string(const std::string& s) {
 
 std::string Dialect::str() const { return version + "/" + opset + (verbose_scalars ? "-verbose" : ""); }
 
+Dialect dialect_of(const std::string& version, const Function& f) {
+    Dialect d;
+    d.version = version;
+    d.opset = f.opset;
+    d.verbose_scalars = uses_verbose_scalars(f);
+    return d;
+}
+
 Operand ints(const std::vector<int64_t>& v) {
     Literal l;
     l.type = Type{DType::int32, true, {int64_t(v.size())}};
