@@ -140,21 +140,16 @@ def test_op_outside_the_trained_set():
         assert "'relu'" in problems[0]
 
 
-def test_rank3_intermediate():
-    text = insert_after(GOOD, 'string("fl")', 'tensor<int32, [3]> h3 = const()[name = string("h3"), '
-                                               'val = tensor<int32, [3]>([64, 1, 32])];')
-    text = insert_after(text, 'string("q")];', 'tensor<fp16, [64, 1, 32]> q3 = reshape(shape = h3, x = q)'
-                                               '[name = string("q3")];')
-    # the int32 shape const is rank 1 and exempt; the fp16 value is not
-    assert rule_lines(ane.check_program(text, multi_io=False)) == [(line_of(text, "q3 = reshape"), "rank")]
-
-
-def test_batch_of_two():
-    text = insert_after(GOOD, 'string("fl")', 'tensor<int32, [4]> b2 = const()[name = string("b2"), '
-                                              'val = tensor<int32, [4]>([2, 32, 1, 32])];')
-    text = insert_after(text, 'string("q")];', 'tensor<fp16, [2, 32, 1, 32]> qb2 = reshape(shape = b2, x = q)'
-                                               '[name = string("qb2")];')
-    assert rule_lines(ane.check_program(text, multi_io=False)) == [(line_of(text, "qb2 = reshape"), "rank")]
+# A reshape of q to a rank-3 value and to a batch of 2: the int32 shape consts are exempt, the
+# fp16 values are not.
+@pytest.mark.parametrize("shape", [[64, 1, 32], [2, 32, 1, 32]])
+def test_fp16_value_not_rank4_batch1(shape):
+    dims = ", ".join(map(str, shape))
+    text = insert_after(GOOD, 'string("fl")', f'tensor<int32, [{len(shape)}]> odd = const()[name = string("odd"), '
+                                              f'val = tensor<int32, [{len(shape)}]>([{dims}])];')
+    text = insert_after(text, 'string("q")];', f'tensor<fp16, [{dims}]> qo = reshape(shape = odd, x = q)'
+                                               '[name = string("qo")];')
+    assert rule_lines(ane.check_program(text, multi_io=False)) == [(line_of(text, "qo = reshape"), "rank")]
 
 
 def test_blobfile_constant_of_rank3():
