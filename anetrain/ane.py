@@ -1,7 +1,7 @@
 """The Apple Neural Engine backend seen from Python.
 
 Availability, the chip and the MIL dialect chosen for it, the ANE settings, which backend a
-name resolves to, and the compile-with-fallback rule. The native side (anetrain._native) holds
+name resolves to, the programs the ANE is handed and the rules they obey. The native side (anetrain._native) holds
 the logic; this module gives it names. Settings come from the environment:
 
     ANETRAIN_BACKEND=ane|ref|auto       used when a caller asks for "auto"
@@ -12,7 +12,16 @@ the logic; this module gives it names. Settings come from the environment:
     ANETRAIN_ANE_COMPILE_BUDGET=119      compiles per process (-1 = unlimited)
     ANETRAIN_ANE_QOS=21                  QoS of compile/load/evaluate (0..63)
     ANETRAIN_ANE_MULTI_INPUT=0|1         one IOSurface per MIL input (1) or one packed input (0)
+    ANETRAIN_PROBE_RECORD=path           the probe record (default ~/.cache/anetrain/ane_probe.json)
+
+The rule checker (check_program, rules; docs/ane-rules.md) says whether a MIL program has the
+shape of the programs known to train on the ANE; the probe record is what scripts/probe.py
+found on a Mac (per chip family: multi_io, macos, date), which may relax a rule.
 """
+import datetime
+import json
+import os
+
 import numpy as np
 
 from . import _native
@@ -21,6 +30,7 @@ from . import config as _config
 __all__ = [
     "available", "unavailable_reason", "chip", "dialect", "dialect_string", "options", "strict_mode",
     "new_backend", "resolve_backend_name", "programs",
+    "rules", "check_program", "probe_record_path", "probe_record", "record_probe",
 ]
 
 
@@ -117,3 +127,68 @@ def _random_layer_weights(c, seed=0):
     sizes = dict(wq=(c.q_dim, c.dim), wk=(c.kv_dim, c.dim), wv=(c.kv_dim, c.dim), wo=(c.dim, c.q_dim),
                  w1=(c.hidden_dim, c.dim), w2=(c.dim, c.hidden_dim), w3=(c.hidden_dim, c.dim))
     return {k: (0.02 * rng.standard_normal(s)).astype(np.float32) for k, s in sizes.items()}
+
+
+# ------------------------------------------------------------------ the ANE rules and the probe record
+
+def probe_record_path():
+    """Where the probe record lives: $ANETRAIN_PROBE_RECORD, else ~/.cache/anetrain/ane_probe.json."""
+    return os.environ.get("ANETRAIN_PROBE_RECORD") or os.path.join(
+        os.path.expanduser("~"), ".cache", "anetrain", "ane_probe.json")
+
+
+def probe_record():
+    """What probes found, per chip family: {family: {"multi_io": bool, "macos": str, "date": str}}.
+    {} when nothing was recorded; ValueError naming the file when it is not such a JSON object."""
+    path = probe_record_path()
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"probe record {path}: {e}") from e
+    if not isinstance(record, dict) or not all(isinstance(v, dict) for v in record.values()):
+        raise ValueError(f"probe record {path}: expected {{family: {{fact: value}}}}")
+    return record
+
+
+def record_probe(family, **facts):
+    """Merge facts (multi_io=..., macos=...) into the record of one chip family; date defaults to
+    today. Written atomically; returns the record's path."""
+    if not family:
+        raise ValueError("record_probe: the chip family is unknown; nothing is recorded")
+    record = probe_record()
+    entry = {**record.get(family, {}), **facts}
+    entry.setdefault("date", datetime.date.today().isoformat())
+    record[family] = entry
+    path = probe_record_path()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _recorded_multi_io(chip):
+    """True when the probe record says multi-input requests work on `chip` (None: on every family)."""
+    record = probe_record()
+    families = [chip] if chip else list(_native.ane_rule_families())
+    return all(record.get(f, {}).get("multi_io") is True for f in families)
+
+
+def rules(chip=None):
+    """The ANE rules of a chip family ("M1".."M5"; None = any chip, the strictest):
+    dict(family, ops, dialects) with dialects in the order to try them."""
+    return dict(_native.ane_rules(chip or ""))
+
+
+def check_program(mil_text, chip=None, multi_io=None):
+    """The ANE rules `mil_text` breaks, one line each ("line N: <rule>: <what>"); [] when it has the
+    shape of programs known to train on `chip` (None = any chip). multi_io None: allowed where the
+    probe record says multi-input requests work. ValueError for an unknown chip family."""
+    if multi_io is None:
+        multi_io = _recorded_multi_io(chip)
+    return list(_native.ane_check_program(mil_text, chip or "", bool(multi_io)))

@@ -35,6 +35,10 @@ class Mil:
             value = f'"{value}"'
         elif dtype == "bool":
             value = "true" if value else "false"
+        elif dtype in ("fp16", "fp32"):
+            # plain decimal, never exponent notation (docs/ane-rules.md, rule literal)
+            value = np.format_float_positional(np.float16(value) if dtype == "fp16" else np.float32(value),
+                                               unique=True, trim="0")
         return f"{self.scalar_type(dtype)}({value})"
 
     def name(self, n):
@@ -86,8 +90,11 @@ def linear(m, rng, cin=64, cout=128, seq=32):
     return text, {"@model_path/weights/w.bin": blob_file(w)}, [[1, cin, 1, seq]]
 
 
-def attention(m, rng, heads=4, hd=16, seq=32):
-    """Causal attention on q, k, v [1, heads*hd, 1, seq]: scores, scale, additive mask, softmax, probs @ v."""
+def attention(m, rng, heads=4, hd=16, seq=32, one_input=False):
+    """Causal attention on q, k, v [1, heads*hd, 1, seq]: scores, scale, additive mask, softmax, probs @ v.
+
+    Three inputs q, k, v; with one_input, one input x = [q; k; v] on the channel axis, sliced apart
+    in the program (the single-input shape of programs known to train)."""
     d = heads * hd
     mask = np.where(np.tril(np.ones((seq, seq), dtype=bool)), 0.0, -65504.0).reshape(1, 1, seq, seq)
     hs, ht = [1, heads, hd, seq], [1, heads, seq, hd]
@@ -96,6 +103,11 @@ def attention(m, rng, heads=4, hd=16, seq=32):
         m.const("bool", "no", False), m.const("bool", "yes", True), m.const("fp16", "sc", 1.0 / np.sqrt(hd)),
         m.const("int32", "ax", -1), m.blob_const("mask", [1, 1, seq, seq], "mask.bin"),
     ]
+    if one_input:
+        body.append(m.ints("qkv_size", [1, d, 1, seq]))
+        for i, n in enumerate(("q", "k", "v")):
+            body += [m.ints(f"{n}_begin", [0, i * d, 0, 0]),
+                     f"{tensor('fp16', [1, d, 1, seq])} {n} = slice_by_size(begin = {n}_begin, size = qkv_size, x = x){m.name(n)};"]
     for n in ("q", "k", "v"):
         body += [f"{tensor('fp16', hs)} {n}4 = reshape(shape = hsh, x = {n}){m.name(n + '4')};",
                  f"{tensor('fp16', ht)} {n}h = transpose(perm = pm, x = {n}4){m.name(n + 'h')};"]
@@ -109,8 +121,16 @@ def attention(m, rng, heads=4, hd=16, seq=32):
         f"{tensor('fp16', hs)} ot = transpose(perm = pm, x = o){m.name('ot')};",
         f"{tensor('fp16', [1, d, 1, seq])} y = reshape(shape = flat, x = ot){m.name('y')};",
     ]
+    weights = {"@model_path/weights/mask.bin": blob_file(mask)}
+    if one_input:
+        return m.program([("x", [1, 3 * d, 1, seq])], body, ["y"]), weights, [[1, 3 * d, 1, seq]]
     text = m.program([("q", [1, d, 1, seq]), ("k", [1, d, 1, seq]), ("v", [1, d, 1, seq])], body, ["y"])
-    return text, {"@model_path/weights/mask.bin": blob_file(mask)}, [[1, d, 1, seq]] * 3
+    return text, weights, [[1, d, 1, seq]] * 3
+
+
+def attention_one_input(m, rng):
+    """attention() with q, k, v stacked on the channel axis of one input."""
+    return attention(m, rng, one_input=True)
 
 
 def packed_matmul(m, rng, cin=64, cout=96, seq=32):
@@ -165,10 +185,11 @@ def two_input_add(m, rng, channels=64, seq=32):
         [[1, channels, 1, seq]] * 2
 
 
-# The self-test's programs by name.
+# The self-test's programs by name; each has the shape of programs known to train (one input,
+# one output; tests/test_ane_rules.py checks them against the ANE rules).
 BUILTIN = {
     "linear_conv_blobfile": linear,
-    "attention_causal_mask": attention,
+    "attention_causal_mask": attention_one_input,
     "matmul_packed_weights": packed_matmul,
     "rmsnorm": rmsnorm,
     "softmax_channels": channel_softmax,

@@ -8,7 +8,8 @@ Experiments (each recorded with its outcome or its error):
                    perfStatsMask set returns
   qos_sweep        compile / load / evaluate latency for QoS 0..63
   multi_input      a two-input program with one IOSurface per input vs the packed layout:
-                   settles ANETRAIN_ANE_MULTI_INPUT for this machine
+                   settles ANETRAIN_ANE_MULTI_INPUT for this machine, and records the outcome
+                   for this chip family in the probe record (anetrain.ane.probe_record_path())
   weights_buffer   an IOSurface holding other weights passed as the request's weightsBuffer
   procedure_index  procedureIndex 0..15 on a single-procedure program
   shared_events    construction of the shared signal/wait event objects
@@ -162,7 +163,19 @@ def probe_multi_input(ctx):
             result[layout] = {"error": f"{type(e).__name__}: {e}", "ok": False}
     result["conclusion"] = ("multi-input requests work: ANETRAIN_ANE_MULTI_INPUT=1 is safe here"
                             if result["multi_input"]["ok"] else "keep ANETRAIN_ANE_MULTI_INPUT=0 (packed input)")
+    result["recorded"] = record_multi_input(result["multi_input"]["ok"])
     return result
+
+
+def record_multi_input(ok):
+    """Write the outcome to the probe record for this chip family, where the ANE rule checker reads
+    it (anetrain.ane.check_program); the record's path, or None when the family is unknown."""
+    from anetrain import ane
+
+    family = ane.chip()["family"]
+    if not family:
+        return None
+    return ane.record_probe(family, multi_io=bool(ok), macos=platform.mac_ver()[0])
 
 
 def probe_weights_buffer(ctx):

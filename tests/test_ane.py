@@ -361,11 +361,11 @@ def numpy_reference(name, weights, inputs):
         return (w @ x[0][0, :, 0, :])[None, :, None, :]
     if name == "attention_causal_mask":
         s = x[0].shape[3]
-        q, k, v = (t.reshape(1, 4, 16, s).transpose(0, 1, 3, 2) for t in x)
+        q, k, v = (t.reshape(1, 4, 16, s).transpose(0, 1, 3, 2) for t in np.split(x[0], 3, axis=1))
         scores = q @ k.transpose(0, 1, 3, 2) * 0.25 + blob["mask.bin"].reshape(1, 1, s, s)
         p = np.exp(scores - scores.max(-1, keepdims=True))
         p /= p.sum(-1, keepdims=True)
-        return (p @ v).transpose(0, 1, 3, 2).reshape(x[0].shape)
+        return (p @ v).transpose(0, 1, 3, 2).reshape(1, 64, 1, s)
     if name == "matmul_packed_weights":
         seq = 32  # activation columns; the rest of the row is the packed [cin, cout] weight
         a, m = x[0][0, :, 0, :seq], x[0][0, :, 0, seq:]

@@ -3,7 +3,10 @@ import re
 
 import pytest
 
-from anetrain.mil import Builder, boolean, fp16, int32, ints, string
+import numpy as np
+
+from anetrain import _native
+from anetrain.mil import Builder, boolean, fp16, fp32, int32, ints, string
 
 
 def _conv_program(dialect="1.3/ios18"):
@@ -70,3 +73,21 @@ def test_builder_errors():
         b.text()
     with pytest.raises(ValueError, match="values"):
         b.constant("c", "fp16", [2, 2], [1, 2, 3])
+
+
+# fp16 literals hold the half value itself (1e-5 rounds to 1.001358e-05), in the shortest float text.
+@pytest.mark.parametrize("dtype, value, spelled", [("fp16", 1e-5, "0.00001001358"), ("fp16", 65504.0, "65504"),
+                                                   ("fp32", 1e-5, "0.00001"), ("fp32", 1e-7, "0.0000001"), ("fp32", 65504.0, "65504"),
+                                                   ("fp32", -3.25e-6, "-0.00000325")])
+def test_floats_are_written_in_plain_decimal_and_read_back_exactly(dtype, value, spelled):
+    make, cast = {"fp16": (fp16, np.float16), "fp32": (fp32, np.float32)}[dtype]
+    b = Builder()
+    x = b.input("x", dtype, [1, 64, 1, 32])
+    b.output(b.op("y", dtype, [1, 64, 1, 32], "mul", x=x, y=make(value)))
+    text = b.text()
+    literal = re.search(rf"val = {dtype}\(([^)]*)\)", text).group(1)
+    assert literal == spelled
+    assert cast(float(literal)) == cast(value)
+    # the ref parser reads the same value back (its canonical text holds the parsed number)
+    again = re.search(rf"val = {dtype}\(([^)]*)\)", _native.mil_canonical(text)).group(1)
+    assert "e" not in again.lower() and cast(float(again)) == cast(value)

@@ -19,15 +19,18 @@ const char* kBuildInfo =
 const char* kBuildInfoVerbose =
     "[buildInfo = dict<tensor<string, []>, tensor<string, []>>({{\"coremlc-version\", \"3505.4.1\"}})]";
 
+// Floats are written in plain decimal (fixed notation, the shortest digits that read back to the same
+// value): every program known to train spells its scalars that way (shared reference 2.9), and
+// exponent notation is outside that shape.
 std::string number_text(DType d, double v) {
     if (std::isnan(v)) return "nan";
     if (std::isinf(v)) return v < 0 ? "-inf" : "inf";
-    char buf[64];
+    char buf[96];  // fixed fp32 needs at most 39 integer digits or 45 decimal places plus sign and point
     std::to_chars_result r;
-    if (d == DType::fp16) {  // the value the program will hold, in the shortest text that reads back exactly
-        r = std::to_chars(buf, buf + sizeof buf, fp16::to_float(fp16::from_float(float(v))));
+    if (d == DType::fp16) {  // the value the program will hold
+        r = std::to_chars(buf, buf + sizeof buf, fp16::to_float(fp16::from_float(float(v))), std::chars_format::fixed);
     } else if (d == DType::fp32) {
-        r = std::to_chars(buf, buf + sizeof buf, float(v));
+        r = std::to_chars(buf, buf + sizeof buf, float(v), std::chars_format::fixed);
     } else if (d == DType::bool_) {
         return v != 0 ? "true" : "false";
     } else {
@@ -72,6 +75,14 @@ Dialect Dialect::from_string(const std::string& s) {
 }
 
 std::string Dialect::str() const { return version + "/" + opset + (verbose_scalars ? "-verbose" : ""); }
+
+Dialect dialect_of(const std::string& version, const Function& f) {
+    Dialect d;
+    d.version = version;
+    d.opset = f.opset;
+    d.verbose_scalars = uses_verbose_scalars(f);
+    return d;
+}
 
 Operand ints(const std::vector<int64_t>& v) {
     Literal l;

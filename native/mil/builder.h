@@ -34,6 +34,10 @@ struct Dialect {
     std::string str() const;
 };
 
+// The dialect function `f` of a program of this version is written in: the version, f's opset
+// and f's scalar spelling.
+Dialect dialect_of(const std::string& version, const Function& f);
+
 // An operand: a variable (by name) or a constant value to be declared as a const statement.
 struct Operand {
     std::string var;  // non-empty: a variable reference

@@ -78,6 +78,13 @@ const Arg* Op::operand(std::string_view key) const {
     return a ? a : attr(key);
 }
 
+bool uses_verbose_scalars(const Function& f) {
+    for (const Op& op : f.ops)
+        for (const auto& [key, arg] : op.attrs)
+            if (key == "name" && arg.kind == Arg::Kind::Literal) return arg.literal.type.tensor;
+    return false;
+}
+
 const Function& Program::main() const {
     for (const auto& f : functions)
         if (f.name == "main") return f;

@@ -109,6 +109,10 @@ struct Function {
     int outputs_line = 0;
 };
 
+// The scalar spelling `f` uses for its `name` attributes (verbose: rank-0 tensor, the spelling of
+// older chips); false when no statement has a name.
+bool uses_verbose_scalars(const Function& f);
+
 struct Program {
     std::string version;               // "1.3"
     std::vector<std::pair<std::string, std::string>> build_info;

@@ -2,6 +2,7 @@
 // Robust on arbitrary bytes: every failure is a MilError naming the line, recursion is bounded,
 // numbers go through checked conversions, and declared shapes are never allocated here.
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -540,7 +541,12 @@ std::string number_text(double v, DType d) {
         else if (is_float(d)) s += ".0";
         return s;
     }
-    std::snprintf(buf, sizeof buf, "%.17g", v);
+    // Plain decimal, the spelling of every program known to train (a packed program goes from here
+    // to the ANE compiler); shortest digits that read back to the same double.
+    char fixed[400];  // the longest fixed double, 1e-308's 300-odd decimal places, fits
+    auto r = std::to_chars(fixed, fixed + sizeof fixed, v, std::chars_format::fixed);
+    if (r.ec == std::errc() && r.ptr - fixed <= 64) return std::string(fixed, r.ptr);
+    std::snprintf(buf, sizeof buf, "%.17g", v);  // beyond what the tokenizer takes in plain decimal
     return buf;
 }
 

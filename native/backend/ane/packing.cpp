@@ -13,18 +13,6 @@ std::string shape_text(const std::vector<int64_t>& shape) {
     return s + "]";
 }
 
-bool is_channel_major(const mil::Type& t) {
-    return t.tensor && t.shape.size() == 4 && t.shape[0] == 1 && t.shape[2] == 1 && t.shape[1] > 0 && t.shape[3] > 0;
-}
-
-// The scalar spelling the program already uses for `name` attributes (verbose: rank-0 tensor).
-bool uses_verbose_scalars(const mil::Function& f) {
-    for (const mil::Op& op : f.ops)
-        for (const auto& [key, arg] : op.attrs)
-            if (key == "name" && arg.kind == mil::Arg::Kind::Literal) return arg.literal.type.tensor;
-    return false;
-}
-
 std::string unique_name(const std::set<std::string>& taken, const std::string& base) {
     std::string name = base;
     while (taken.count(name)) name += "_";
@@ -69,6 +57,10 @@ mil::Op int4_const(const std::string& name, const std::vector<int64_t>& v, bool 
 
 }  // namespace
 
+bool is_channel_major(const mil::Type& t) {
+    return t.tensor && t.shape.size() == 4 && t.shape[0] == 1 && t.shape[2] == 1 && t.shape[1] > 0 && t.shape[3] > 0;
+}
+
 std::string packing_problem(const std::vector<mil::Param>& params) {
     if (params.empty()) return "the program has no inputs to pack";
     const mil::Type& first = params.front().type;
@@ -91,7 +83,7 @@ std::string pack_inputs(mil::Function& f) {
     for (const mil::Param& p : f.inputs) taken.insert(p.name);
     for (const mil::Op& op : f.ops) taken.insert(op.outputs.begin(), op.outputs.end());
 
-    const bool verbose = uses_verbose_scalars(f);
+    const bool verbose = mil::uses_verbose_scalars(f);
     const int64_t width = f.inputs.front().type.shape[3];
     int64_t channels = 0;
     for (const mil::Param& p : f.inputs) channels += p.type.shape[1];

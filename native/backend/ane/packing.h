@@ -14,6 +14,9 @@
 
 namespace anetrain::backend::ane {
 
+// [1, C, 1, W] with C, W > 0: the activation layout of the ANE (shared reference 2.4).
+bool is_channel_major(const mil::Type& t);
+
 // "" when `params` can share one packed input, else one line saying why not.
 std::string packing_problem(const std::vector<mil::Param>& params);
 
