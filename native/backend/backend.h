@@ -100,10 +100,12 @@ public:
     // problems throw mil::MilError; compiler failures throw BackendError.
     std::unique_ptr<Kernel> compile(const std::string& mil_text, const Blobs& blobs, const std::string& label = "");
 
-    int64_t compiles() const;
-    int64_t budget() const;             // -1: unlimited
-    void set_budget(int64_t budget);    // -1: unlimited
-    int64_t remaining() const;          // -1 when unlimited
+    // A backend that hands programs to another (FallbackBackend, the rule check) reports that
+    // one's budget, so whoever plans restarts sees the budget that binds.
+    virtual int64_t compiles() const;
+    virtual int64_t budget() const;             // -1: unlimited
+    virtual void set_budget(int64_t budget);    // -1: unlimited
+    virtual int64_t remaining() const;          // -1 when unlimited
 
 protected:
     virtual std::unique_ptr<Kernel> compile_program(const mil::Program& program, const std::string& mil_text,

@@ -3,7 +3,7 @@
 namespace anetrain::backend {
 
 FallbackBackend::FallbackBackend(std::shared_ptr<Backend> primary, std::shared_ptr<Backend> secondary, bool strict)
-    : Backend(primary ? primary->budget() : -1), primary_(std::move(primary)), secondary_(std::move(secondary)),
+    : Backend(-1), primary_(std::move(primary)), secondary_(std::move(secondary)),
       strict_(strict) {
     if (!primary_ || !secondary_) throw std::invalid_argument("FallbackBackend needs a primary and a secondary backend");
 }

@@ -24,6 +24,11 @@ public:
         std::string label, reason;
     };
     std::vector<Fallback> fallbacks() const;  // every compile that went to the secondary, in order
+    // The primary's budget binds (the secondary, ref, has none).
+    int64_t compiles() const override { return primary_->compiles(); }
+    int64_t budget() const override { return primary_->budget(); }
+    void set_budget(int64_t b) override { primary_->set_budget(b); }
+    int64_t remaining() const override { return primary_->remaining(); }
     const Backend& primary() const { return *primary_; }
     const Backend& secondary() const { return *secondary_; }
 

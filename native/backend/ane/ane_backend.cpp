@@ -3,6 +3,9 @@
 #if defined(__APPLE__) || defined(ANETRAIN_ANE_SYNTAX_CHECK)
 #include "backend/ane/ane_backend.h"
 
+#include <algorithm>
+
+#include "backend/ane/checked_backend.h"
 #include "backend/ane/packing.h"
 
 namespace anetrain::backend::ane {
@@ -53,7 +56,13 @@ private:
 std::shared_ptr<Backend> make_ane_backend(const AneOptions& options) {
     const PlatformStatus& status = platform_status();
     if (!status.available) throw BackendError("the ANE backend is unavailable: " + status.reason);
-    return std::make_shared<AneBackend>(options);
+    auto backend = std::make_shared<AneBackend>(options);
+    // Only programs of the shape known to train reach the compiler; an unknown chip gets the
+    // rules every family shares.
+    const std::string family = detect_chip().family();
+    const std::vector<std::string> known = rule_families();
+    const bool listed = std::find(known.begin(), known.end(), family) != known.end();
+    return rule_checked(backend, rules_for(listed ? family : "", options.multi_input));
 }
 
 AneKernel::AneKernel(std::vector<TensorSpec> inputs, std::vector<TensorSpec> outputs, std::string label,

@@ -1,5 +1,8 @@
 #include "backend/ane/dialect.h"
 
+#include "backend/ane/rules.h"
+
+#include <algorithm>
 #include <cctype>
 #include <stdexcept>
 
@@ -15,24 +18,13 @@ std::string ChipInfo::chip_family(const std::string& brand) {
     return "M" + brand.substr(i, j - i);
 }
 
-// Evidence (shared reference ane-facts.md 2.1, 9.2): the shorthand scalar spelling only parses on
-// M4-class compilers and an M1 port used program(1.0)/ios16 with verbose scalars; M2 has no data of
-// its own and is treated like M1. M3, M4 and M5 run program(1.3)/ios18 as the training code emits it.
+// The first dialect the ANE rules list for the family (rules.h; docs/ane-rules.md): program(1.3)
+// with ios18 everywhere, the spelling of every program known to train, including on M1 Pro/Max.
 bool dialect_for_family(const std::string& family, mil::Dialect* out) {
-    struct Row {
-        const char* family;
-        const char* dialect;
-    };
-    static const Row table[] = {
-        {"M1", "1.0/ios16-verbose"}, {"M2", "1.0/ios16-verbose"}, {"M3", "1.3/ios18"},
-        {"M4", "1.3/ios18"},         {"M5", "1.3/ios18"},
-    };
-    for (const Row& r : table)
-        if (family == r.family) {
-            *out = mil::Dialect::from_string(r.dialect);
-            return true;
-        }
-    return false;
+    const std::vector<std::string> known = rule_families();
+    if (std::find(known.begin(), known.end(), family) == known.end()) return false;
+    *out = mil::Dialect::from_string(rules_for(family).dialects.at(0));
+    return true;
 }
 
 DialectChoice choose_dialect(const ChipInfo& chip, const char* env_override) {

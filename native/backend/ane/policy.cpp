@@ -1,5 +1,9 @@
 #include "backend/ane/policy.h"
 
+#include <algorithm>
+
+#include "backend/ane/rules.h"
+
 #include <cerrno>
 #include <cstdlib>
 #include <set>
@@ -80,16 +84,9 @@ std::string resolve_backend_name(const std::string& requested, const char* env, 
 }
 
 bool ane_supports_op(const std::string& op, const std::string& chip_family) {
-    static const std::set<std::string> recorded = {
-        "const", "conv", "matmul", "softmax", "reduce_sum", "pow", "mul", "add", "sub", "sigmoid",
-        "slice_by_size", "slice_by_index", "reshape", "transpose", "concat", "cast",
-        "scaled_dot_product_attention", "constexpr_affine_dequantize", "quantize", "dequantize",
-        "relu", "gelu", "layer_norm", "linear", "real_div",
-    };
-    static const std::set<std::string> missing_before_m3 = {"cast", "matmul", "scaled_dot_product_attention"};
-    if (!recorded.count(op)) return false;
-    if ((chip_family == "M1" || chip_family == "M2") && missing_before_m3.count(op)) return false;
-    return true;
+    const std::vector<std::string> known = rule_families();
+    const bool listed = std::find(known.begin(), known.end(), chip_family) != known.end();
+    return rules_for(listed ? chip_family : "").ops.count(op) != 0;
 }
 
 }  // namespace anetrain::backend::ane

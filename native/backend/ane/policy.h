@@ -41,8 +41,8 @@ bool strict_from_env();
 std::string resolve_backend_name(const std::string& requested, const char* env, bool ane_available,
                                  const std::string& unavailable_reason);
 
-// Ops the ANE compiler is recorded to accept (shared reference 2.3), per chip family:
-// M1/M2 compilers lack cast, matmul and scaled_dot_product_attention.
+// Whether the ANE rules (rules.h) allow `op` on a chip family (an unlisted family: the rules
+// every family shares).
 bool ane_supports_op(const std::string& op, const std::string& chip_family);
 
 }  // namespace anetrain::backend::ane
