@@ -17,7 +17,7 @@ from . import _native
 
 __all__ = [
     "FallbackWarning", "available", "unavailable_reason", "chip", "dialect", "dialect_string", "options",
-    "strict_mode", "new_backend", "resolve_backend_name", "compile_with_fallback",
+    "strict_mode", "new_backend", "resolve_backend_name", "compile_with_fallback", "release_models",
 ]
 
 
@@ -95,3 +95,10 @@ def compile_with_fallback(compile_on_ane, compile_on_ref, label, strict=None):
             _warned_labels.add(label)
             warnings.warn(_native.ane_fallback_warning(label, str(e)), FallbackWarning, stacklevel=2)
     return compile_on_ref()
+
+
+def release_models():
+    """Remove every ANE model directory this process created and its registry file, and return
+    the removed paths. For the exec() restart: the new process image cannot unload the old one's
+    programs, and a directory left behind would wait for the next process's sweep."""
+    return list(_native.ane_release_models())

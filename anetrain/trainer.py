@@ -21,7 +21,7 @@ import sys
 import time
 
 
-from . import checkpoint, config, data, telemetry
+from . import ane, checkpoint, config, data, telemetry
 from ._native import BackendError, CompileBudgetExceeded
 from .errors import AnetrainError, UsageError, exit_on_error
 from .generate import sample_tokens, validation_loss
@@ -159,6 +159,7 @@ class Run:
         args = strip_resume_flags(self.argv) + ["--resume", "--ckpt", path]
         print(f"[restart after step {self.step}: {reason}; checkpoint {path}]", file=sys.stderr, flush=True)
         sys.stdout.flush()
+        ane.release_models()  # the new process image never unloads this one's programs
         os.execve(sys.executable, [sys.executable] + interpreter_and_script(self.argv) + args, env)
 
     def ensure_budget(self):
