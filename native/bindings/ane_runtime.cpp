@@ -3,8 +3,6 @@
 // leftovers. Portable: the tests drive them on Linux with a temporary root of their own.
 #include <pybind11/stl.h>
 
-#include <stdexcept>
-
 #include "backend/ane/model_dirs.h"
 #include "bindings/modules.h"
 
@@ -20,11 +18,8 @@ void init_ane_runtime(py::module_& m) {
     m.def(
         "ane_model_dirs_register",
         [](const std::string& tmp_root, const std::string& dir) {
-            try {
-                ane::register_model_dir(tmp_root, dir);
-            } catch (const std::invalid_argument& e) {
-                throw py::value_error(e.what());
-            }
+            std::string problem = ane::register_model_dir(tmp_root, dir);
+            if (!problem.empty()) throw py::value_error(problem);
         },
         py::arg("tmp_root"), py::arg("dir"),
         "One more user of a model directory (a hex-id child of tmp_root); the first one lists it in the registry.");

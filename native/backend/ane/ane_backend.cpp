@@ -53,6 +53,7 @@ private:
 std::shared_ptr<Backend> make_ane_backend(const AneOptions& options) {
     const PlatformStatus& status = platform_status();
     if (!status.available) throw BackendError("the ANE backend is unavailable: " + status.reason);
+    sweep_stale_model_dirs();  // before this process adds directories of its own
     return std::make_shared<AneBackend>(options);
 }
 

@@ -12,7 +12,6 @@
 #include <map>
 #include <mutex>
 #include <set>
-#include <stdexcept>
 
 namespace anetrain::backend::ane {
 
@@ -131,24 +130,21 @@ std::string model_registry_file(const std::string& tmp_root) {
     return registry_file_of(normalised_root(tmp_root), long(getpid()));
 }
 
-void register_model_dir(const std::string& tmp_root, const std::string& dir) {
+std::string register_model_dir(const std::string& tmp_root, const std::string& dir) {
     const std::string root = normalised_root(tmp_root);
-    if (!is_model_dir_of(root, dir))
-        throw std::invalid_argument("model directory '" + dir + "' is not a hex-id directory directly under '" + root + "'");
+    if (!is_model_dir_of(root, dir)) return "model directory '" + dir + "' is not a hex-id directory directly under '" + root + "'";
     std::lock_guard<std::mutex> lock(g_mutex);
     auto it = g_dirs.find(dir);
     if (it != g_dirs.end()) {
-        if (it->second.root != root)
-            throw std::invalid_argument("model directory '" + dir + "' is registered under '" + it->second.root + "'");
+        if (it->second.root != root) return "model directory '" + dir + "' is registered under '" + it->second.root + "'";
         ++it->second.users;
-        return;
+        return "";
     }
     g_dirs[dir] = Registered{root, 1};
-    if (!write_registry(root)) {
-        g_dirs.erase(dir);
-        throw std::runtime_error("cannot write the model directory registry " + registry_file_of(root, long(getpid())) +
-                                 "; check free space and permissions of the temporary directory");
-    }
+    if (write_registry(root)) return "";
+    g_dirs.erase(dir);
+    return "cannot write the model directory registry " + registry_file_of(root, long(getpid())) +
+           "; check free space and permissions of the temporary directory";
 }
 
 bool unregister_model_dir(const std::string& dir) {

@@ -21,9 +21,11 @@ constexpr const char* kModelRegistryPrefix = "anetrain-models-";
 std::string model_registry_file(const std::string& tmp_root);
 
 // One more program uses `dir` (identical programs share one). The first user adds it to this
-// process's registry file before anything is written into it. Throws std::invalid_argument when
-// `dir` is not a hex-id child of `tmp_root`, or is already registered under another root.
-void register_model_dir(const std::string& tmp_root, const std::string& dir);
+// process's registry file before anything is written into it. Returns "" on success, else why
+// not (nothing registered): `dir` is not a hex-id child of `tmp_root`, is registered under
+// another root, or the registry file cannot be written. A message rather than an exception, so
+// the Objective-C++ runtime can raise it outside its autorelease pools without catching.
+std::string register_model_dir(const std::string& tmp_root, const std::string& dir);
 
 // One user fewer; the last one removes the directory and its registry line. True when removed.
 bool unregister_model_dir(const std::string& dir);
