@@ -7,7 +7,7 @@ the logic; this module gives it names. Settings come from the environment:
     ANETRAIN_BACKEND=ane|ref|auto       used when a caller asks for "auto"
     ANETRAIN_STRICT=1                    a kernel the ANE cannot compile is an error, not a fallback
     ANETRAIN_MIL_DIALECT=1.3/ios18       MIL dialect override ("<version>/<opset>[-verbose]")
-    ANETRAIN_ANE_COMPILE_BUDGET=119      compiles per process (-1 = unlimited)
+    ANETRAIN_ANE_COMPILE_BUDGET=100      compiles per process (-1 = unlimited)
     ANETRAIN_ANE_QOS=21                  QoS of compile/load/evaluate (0..63)
     ANETRAIN_ANE_MULTI_INPUT=0|1         one IOSurface per MIL input (1) or one packed input (0)
 """

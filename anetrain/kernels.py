@@ -75,7 +75,7 @@ def _make_native(name, compile_budget, precision):
     budget = -1 if compile_budget is None else int(compile_budget)
     if name == "ref":
         return _native.make_ref_backend(compile_budget=budget, fp16_rounding=_PRECISIONS[precision])
-    if name == "ane":  # unset budget: ANETRAIN_ANE_COMPILE_BUDGET or 119 per process; BackendError off macOS
+    if name == "ane":  # unset budget: ANETRAIN_ANE_COMPILE_BUDGET or 100 per process; BackendError off macOS
         return _native.make_ane_backend(compile_budget=compile_budget)
     raise ValueError(f"unknown backend {name!r}; use 'ref', 'ane' or 'auto'")
 

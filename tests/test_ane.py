@@ -105,7 +105,7 @@ def test_dialect_string_is_what_the_builder_takes(monkeypatch):
 # ------------------------------------------------------------------ settings
 
 def test_default_options():
-    assert ane.options() == {"compile_budget": 119, "qos": 21, "multi_input": False, "strict": False}
+    assert ane.options() == {"compile_budget": 100, "qos": 21, "multi_input": False, "strict": False}
 
 
 def test_options_from_env(monkeypatch):
@@ -224,8 +224,8 @@ class FakeAneNative:
     """A native backend named "ane" whose compiler rejects everything."""
     name = "ane"
     compiles = 0
-    budget = 119
-    remaining = 119
+    budget = 100
+    remaining = 100
 
     def compile(self, text, blobs, label):
         raise anetrain.BackendError("ANE compile failed: Error Domain=com.apple.appleneuralengine Code=3")
