@@ -13,6 +13,7 @@ import pytest
 
 import anetrain
 from anetrain import _native, ane
+from anetrain.ane_programs import Mil, doubled
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_ane = pytest.mark.skipif(not _native.ane_available(),
@@ -231,13 +232,12 @@ class FakeAneNative:
         raise anetrain.BackendError("ANE compile failed: Error Domain=com.apple.appleneuralengine Code=3")
 
 
-ADD_PROGRAM = """program(1.3)
-{
-    func main<ios18>(tensor<fp16, [1, 4, 1, 8]> x) {
-        tensor<fp16, [1, 4, 1, 8]> y = add(x = x, y = x)[name = string("y")];
-    } -> (y);
-}
-"""
+ADD_PROGRAM = doubled(Mil({"version": "1.3", "opset": "ios18", "verbose_scalars": False}), None)[0]
+
+
+def add_program_for_this_mac():
+    """ADD_PROGRAM in this machine's MIL dialect."""
+    return doubled(Mil(ane.dialect()), None)[0]
 
 
 def test_kernels_compile_auto_falls_back_to_ref_with_one_warning(monkeypatch, rng):
@@ -246,7 +246,7 @@ def test_kernels_compile_auto_falls_back_to_ref_with_one_warning(monkeypatch, rn
     fake_ane = kernels.Backend(FakeAneNative())
     real_get = kernels.get_backend
     monkeypatch.setattr(kernels, "get_backend", lambda name="ref": fake_ane if name == "auto" else real_get(name))
-    x = rng.standard_normal((1, 4, 1, 8)).astype(np.float16)
+    x = rng.standard_normal((1, 64, 1, 32)).astype(np.float16)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         k = kernels.compile(ADD_PROGRAM, name="double_it")
@@ -323,8 +323,8 @@ def test_packed_program_computes_the_same_on_ref(rng, verbose):
 
 
 def test_unpackable_programs_say_why():
-    text = ADD_PROGRAM.replace("tensor<fp16, [1, 4, 1, 8]> x)", "tensor<fp16, [1, 4, 1, 8]> x, tensor<fp16, [1, 4, 1, 16]> z)")
-    with pytest.raises(ValueError, match="input 'z' has width 16, the first input 8"):
+    text = ADD_PROGRAM.replace("tensor<fp16, [1, 64, 1, 32]> x)", "tensor<fp16, [1, 64, 1, 32]> x, tensor<fp16, [1, 64, 1, 16]> z)")
+    with pytest.raises(ValueError, match="input 'z' has width 16, the first input 32"):
         _native.ane_packed_program(text)
 
 
@@ -540,7 +540,7 @@ def test_selftest_passes_on_this_mac():
 def test_compile_errors_carry_the_compilers_message():
     with pytest.raises(anetrain.BackendError, match="ANE compile failed|rejected the MIL program"):
         ane.new_backend().native.compile(
-            ADD_PROGRAM.replace("add(", "no_such_op("), {}, "bad_kernel")
+            add_program_for_this_mac().replace("add(", "no_such_op("), {}, "bad_kernel")
 
 
 @needs_ane
@@ -561,6 +561,6 @@ def test_compile_budget_counts_every_ane_compile_of_the_process():
 
     spent = _native.ane_process_compiles()
     b = ane.new_backend(compile_budget=spent + 1)
-    kernels.compile(ADD_PROGRAM, backend=b, name="one")
+    kernels.compile(add_program_for_this_mac(), backend=b, name="one")
     with pytest.raises(anetrain.CompileBudgetExceeded):
-        kernels.compile(ADD_PROGRAM, backend=ane.new_backend(compile_budget=spent + 1), name="two")
+        kernels.compile(add_program_for_this_mac(), backend=ane.new_backend(compile_budget=spent + 1), name="two")
