@@ -1,9 +1,11 @@
-// The ANE runtime's model directories (backend/ane/model_dirs.h): the registry of the framework's
-// per-program directories, the cleanup before an exec() restart and the sweep of dead processes'
-// leftovers. Portable: the tests drive them on Linux with a temporary root of their own.
+// The ANE runtime seen from Python: the model directories (backend/ane/model_dirs.h), i.e. the
+// registry of the framework's per-program directories, the cleanup before an exec() restart and
+// the sweep of dead processes' leftovers (portable: the tests drive them on Linux with a
+// temporary root of their own); and which messages the framework's classes answer.
 #include <pybind11/stl.h>
 
 #include "backend/ane/model_dirs.h"
+#include "backend/ane/runtime.h"
 #include "bindings/modules.h"
 
 namespace anetrain::bindings {
@@ -30,6 +32,8 @@ void init_ane_runtime(py::module_& m) {
     m.def("ane_model_dirs_users", &ane::model_dir_users, py::arg("dir"), "Programs of this process using the directory.");
     m.def("ane_model_dirs_sweep", &ane::sweep_stale, py::arg("tmp_root"),
           "Remove the model directories (and registry files) of dead processes under tmp_root; returns the paths.");
+    m.def("ane_class_answers", &ane::class_answers, py::arg("class_name"), py::arg("selector"), py::arg("class_method"),
+          "Whether the framework class (class_method) or its instances answer the selector, inherited ones included.");
     m.def("ane_release_models", &ane::release_all,
           "Remove every model directory this process registered and its registry files; returns the paths.");
 }

@@ -31,6 +31,9 @@ struct ClassInfo {
 };
 std::vector<std::string> framework_classes(const std::string& prefix);  // loaded classes named prefix*
 ClassInfo describe_class(const std::string& name);
+// Whether class `name` answers `selector` as a class method (class_method) or its instances do,
+// inherited methods included: what respondsToSelector: will say when the runtime sends it.
+bool class_answers(const std::string& name, const std::string& selector, bool class_method);
 // Tries to build the shared-event objects (signal/wait) the framework declares; one line per attempt.
 std::vector<std::string> shared_event_probe();
 

@@ -302,6 +302,17 @@ ClassInfo describe_class(const std::string& name) {
     return info;
 }
 
+bool class_answers(const std::string& name, const std::string& selector, bool class_method) {
+    if (!platform_status().available) return false;
+    bool answers = false;
+    @autoreleasepool {
+        Class cls = NSClassFromString(ns(name));
+        SEL sel = sel_registerName(selector.c_str());
+        if (cls) answers = (class_method ? class_getClassMethod(cls, sel) : class_getInstanceMethod(cls, sel)) != nullptr;
+    }
+    return answers;
+}
+
 std::vector<std::string> shared_event_probe() {
     std::vector<std::string> lines;
     if (!platform_status().available) return lines;

@@ -24,6 +24,8 @@ std::vector<std::string> framework_classes(const std::string&) { return {}; }
 
 ClassInfo describe_class(const std::string&) { return {}; }
 
+bool class_answers(const std::string&, const std::string&, bool) { return false; }
+
 std::vector<std::string> shared_event_probe() { return {}; }
 
 std::shared_ptr<Backend> make_ane_backend(const AneOptions&) {
