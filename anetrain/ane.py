@@ -9,7 +9,7 @@ the logic; this module gives it names. Settings come from the environment:
     ANETRAIN_ANE_SHAPED=0|1              the trainer's programs: ANE-shaped (1) or split (0); default:
                                          ANE-shaped on the ANE, split on ref
     ANETRAIN_MIL_DIALECT=1.3/ios18       MIL dialect override ("<version>/<opset>[-verbose]")
-    ANETRAIN_ANE_COMPILE_BUDGET=119      compiles per process (-1 = unlimited)
+    ANETRAIN_ANE_COMPILE_BUDGET=100      compiles per process (-1 = unlimited)
     ANETRAIN_ANE_QOS=21                  QoS of compile/load/evaluate (0..63)
     ANETRAIN_ANE_MULTI_INPUT=0|1         one IOSurface per MIL input (1) or one packed input (0)
     ANETRAIN_PROBE_RECORD=path           the probe record (default ~/.cache/anetrain/ane_probe.json)
@@ -29,7 +29,7 @@ from . import config as _config
 
 __all__ = [
     "available", "unavailable_reason", "chip", "dialect", "dialect_string", "options", "strict_mode",
-    "new_backend", "resolve_backend_name", "programs",
+    "new_backend", "resolve_backend_name", "programs", "release_models",
     "rules", "check_program", "probe_record_path", "probe_record", "record_probe",
 ]
 
@@ -192,3 +192,10 @@ def check_program(mil_text, chip=None, multi_io=None):
     if multi_io is None:
         multi_io = _recorded_multi_io(chip)
     return list(_native.ane_check_program(mil_text, chip or "", bool(multi_io)))
+
+
+def release_models():
+    """Remove every ANE model directory this process created and its registry file, and return
+    the removed paths. For the exec() restart: the new process image cannot unload the old one's
+    programs, and a directory left behind would wait for the next process's sweep."""
+    return list(_native.ane_release_models())

@@ -1,12 +1,17 @@
-"""Hand-written MIL programs for the ANE self-test and probes (scripts/selftest_ane.py, probe.py), spelled in a given dialect.
+"""Hand-written MIL programs for the ANE self-test, probes and tests (scripts/selftest_ane.py,
+probe.py, tests/test_ane.py), spelled in a given dialect.
 
 Each function returns (mil_text, weights, input_shapes); weights maps
 "@model_path/weights/<name>.bin" to blob-file bytes (coremltools MILBlob v2 layout, one fp16 blob
-per file, its metadata record at offset 64).
+per file, its metadata record at offset 64). Every program has the shape of those known to run
+on the ANE: the builder's buildInfo, fp16 [1, C, 1, W] tensors of at least [1, 64, 1, 32], and
+one input, except where a program exists to exercise several inputs (attention, two_input_add).
 """
 import struct
 
 import numpy as np
+
+from . import _native
 
 BLOB_OFFSET = 64  # the BLOBFILE offset names the metadata record, not the data
 
@@ -26,6 +31,7 @@ class Mil:
         self.version = dialect["version"]
         self.opset = dialect["opset"]
         self.verbose = bool(dialect["verbose_scalars"])
+        self.build_info = build_info(f"{self.version}/{self.opset}{'-verbose' if self.verbose else ''}")
 
     def scalar_type(self, dtype):
         return f"tensor<{dtype}, []>" if self.verbose else dtype
@@ -59,17 +65,18 @@ class Mil:
         return f"{t} {n} = const()[name = {self.scalar('string', n)}, val = {t}(BLOBFILE(path = {path}, offset = {off}))];"
 
     def program(self, params, body, outputs):
-        if self.verbose:
-            info = '[buildInfo = dict<tensor<string, []>, tensor<string, []>>({{"coremlc-version", "3505.4.1"}})]'
-        else:
-            info = ('[buildInfo = dict<string, string>({{"coremlc-component-MIL", "3510.2.1"}, '
-                    '{"coremlc-version", "3505.4.1"}, {"coremltools-component-milinternal", ""}, '
-                    '{"coremltools-version", "9.0"}})]')
         sig = ", ".join(f"{tensor('fp16', shape)} {n}" for n, shape in params)
-        lines = [f"program({self.version})", info, "{", f"    func main<{self.opset}>({sig}) {{"]
+        lines = [f"program({self.version})", self.build_info, "{", f"    func main<{self.opset}>({sig}) {{"]
         lines += [f"        {s}" for s in body]
         lines += [f"    }} -> ({', '.join(outputs)});", "}"]
         return "\n".join(lines) + "\n"
+
+
+def build_info(dialect_string):
+    """The buildInfo line the MIL builder (native/mil/builder.cpp) writes for this dialect."""
+    b = _native.MilBuilder(dialect_string)
+    b.output(b.input("x", "fp16", [1, 1, 1, 1]))
+    return b.text().splitlines()[1]
 
 
 def tensor(dtype, shape):
@@ -183,6 +190,12 @@ def two_input_add(m, rng, channels=64, seq=32):
     body = [f"{tensor('fp16', [1, channels, 1, seq])} y = add(x = a, y = b){m.name('y')};"]
     return m.program([("a", [1, channels, 1, seq]), ("b", [1, channels, 1, seq])], body, ["y"]), {}, \
         [[1, channels, 1, seq]] * 2
+
+
+def doubled(m, rng, channels=64, seq=32):
+    """y = x + x: the smallest program, for tests that need any kernel at all."""
+    body = [f"{tensor('fp16', [1, channels, 1, seq])} y = add(x = x, y = x){m.name('y')};"]
+    return m.program([("x", [1, channels, 1, seq])], body, ["y"]), {}, [[1, channels, 1, seq]]
 
 
 # The self-test's programs by name; each has the shape of programs known to train (one input,

@@ -6,9 +6,9 @@ trainer, then clipping and AdamW at the scheduled learning rate. Around it:
 - checkpoints every ``ckpt_interval`` steps, at the end, on Ctrl-C (at the next step boundary)
   and before a restart; ``--resume`` restores weights, AdamW moments, the step, the data
   sampler's RNG and the loss history, so a resumed run's losses equal an uninterrupted run's;
-- the exec() restart: when the backend's compile budget (the ANE's ~119 compiles per process,
-  or ``--compile-budget`` on the ref backend) cannot fit the next step's compiles, checkpoint and
-  ``os.execv`` the same command with ``--resume --ckpt``. A failing compile or evaluation gets one
+- the exec() restart: when the backend's compile budget (on the ANE 100 compiles per process by
+  default, below the compiler's limit of about 119; ``--compile-budget`` on any backend) cannot
+  fit the next step's compiles, checkpoint and ``os.execv`` the same command with ``--resume --ckpt``. A failing compile or evaluation gets one
   retry through a restart, then a clear error; a budget too small for a single step is an error;
 - telemetry: a tqdm bar, JSON lines per step in ``<out>/metrics.jsonl``, validation loss and a
   generated sample at intervals, and an efficiency report at the end;
@@ -21,7 +21,7 @@ import sys
 import time
 
 
-from . import checkpoint, config, data, telemetry
+from . import ane, checkpoint, config, data, telemetry
 from ._native import BackendError, CompileBudgetExceeded
 from .errors import AnetrainError, UsageError, exit_on_error
 from .generate import sample_tokens, validation_loss
@@ -159,6 +159,7 @@ class Run:
         args = strip_resume_flags(self.argv) + ["--resume", "--ckpt", path]
         print(f"[restart after step {self.step}: {reason}; checkpoint {path}]", file=sys.stderr, flush=True)
         sys.stdout.flush()
+        ane.release_models()  # the new process image never unloads this one's programs
         os.execve(sys.executable, [sys.executable] + interpreter_and_script(self.argv) + args, env)
 
     def ensure_budget(self):

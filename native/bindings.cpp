@@ -639,7 +639,7 @@ void bind_ane(py::module_& m) {
             return ane::make_ane_backend(o);
         },
         py::arg("compile_budget") = py::none(), py::arg("qos") = py::none(), py::arg("multi_input") = py::none(),
-        "A new ANE backend; unset options come from the environment (budget 119 per process, QoS 21, packed inputs). "
+        "A new ANE backend; unset options come from the environment (budget 100 per process, QoS 21, packed inputs). "
         "Raises BackendError where the ANE is unavailable.");
     m.def("ane_process_compiles", &ane::process_compiles, "ANE compiles attempted by this process.");
     m.def("ane_chip", [] { return chip_dict(ane::detect_chip()); }, "Brand, model, ANE sub-type and chip family.");

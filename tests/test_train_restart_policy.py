@@ -47,6 +47,17 @@ def test_a_backend_failure_is_retried_once_through_a_restart(tmp_path, monkeypat
     assert args[-3:] == ["--resume", "--ckpt", ckpt] and args.count("--resume") == 1
 
 
+def test_a_restart_releases_the_model_directories_first(tmp_path, monkeypatch):
+    model_dir = tmp_path / "0123abcd"
+    model_dir.mkdir()
+    _native.ane_model_dirs_register(str(tmp_path), str(model_dir))
+    run, calls = failing_run(tmp_path, monkeypatch)
+    with pytest.raises(Exec):
+        run.run()
+    assert len(calls) == 1 and not model_dir.exists()
+    assert not os.path.exists(_native.ane_model_registry_file(str(tmp_path)))
+
+
 def test_the_same_failure_after_the_retry_is_a_clear_error(tmp_path, monkeypatch, capsys):
     run, calls = failing_run(tmp_path, monkeypatch, retry_env="0")
     with pytest.raises(trainer.RunFailed, match="step 0 failed again after a restart: ANE evaluation failed"):

@@ -56,6 +56,7 @@ private:
 std::shared_ptr<Backend> make_ane_backend(const AneOptions& options) {
     const PlatformStatus& status = platform_status();
     if (!status.available) throw BackendError("the ANE backend is unavailable: " + status.reason);
+    sweep_stale_model_dirs();  // before this process adds directories of its own
     auto backend = std::make_shared<AneBackend>(options);
     // Only programs of the shape known to train reach the compiler; an unknown chip gets the
     // rules every family shares.

@@ -10,7 +10,9 @@
 
 namespace anetrain::backend::ane {
 
-constexpr int64_t kDefaultCompileBudget = 119;  // compiles per process before the ANE compiler fails
+// The ANE compiler fails after about 119 compiles per process, a number that is not exact:
+// restart well before it.
+constexpr int64_t kDefaultCompileBudget = 100;
 constexpr unsigned kDefaultQos = 21;            // the QoS every training program uses
 constexpr unsigned kMaxQos = 63;                // the probed range 0..63 all work
 

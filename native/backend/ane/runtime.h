@@ -31,12 +31,20 @@ struct ClassInfo {
 };
 std::vector<std::string> framework_classes(const std::string& prefix);  // loaded classes named prefix*
 ClassInfo describe_class(const std::string& name);
+// Whether class `name` answers `selector` as a class method (class_method) or its instances do,
+// inherited methods included: what respondsToSelector: will say when the runtime sends it.
+bool class_answers(const std::string& name, const std::string& selector, bool class_method);
 // Tries to build the shared-event objects (signal/wait) the framework declares; one line per attempt.
 std::vector<std::string> shared_event_probe();
 
-// ANE compile attempts made by this process so far (the compiler's ~119 limit is per process,
-// whichever backend object asked).
+// ANE compile attempts made by this process so far (the compiler's limit of about 119 is per
+// process, whichever backend object asked).
 int64_t process_compiles();
+
+// Removes the model directories dead processes left in the temporary directory
+// (model_dirs.h sweep_stale); does the work on the first call of the process only, which
+// make_ane_backend makes. Returns what that call removed.
+std::vector<std::string> sweep_stale_model_dirs();
 
 struct ProgramTimings {
     double compile_ms = 0;
@@ -46,11 +54,12 @@ struct ProgramTimings {
 // One compiled, loaded program with its IOSurfaces and one reusable request per slot.
 class Program {
 public:
-    // Writes the model directory (model.mil + weights/...), compiles, loads (one retry after
-    // 100 ms), creates slot 0's surfaces and request. Throws BackendError on any failure after
-    // removing what it created.
+    // Writes the model directory (model.mil + weights/...; listed in this process's registry of
+    // model directories first), compiles, loads (one retry after 100 ms), creates slot 0's
+    // surfaces and request. Throws BackendError on any failure after removing what it created,
+    // the model directory included unless another live program shares it.
     Program(const std::string& mil_text, const Blobs& blobs, SurfaceTable table, unsigned qos);
-    ~Program();  // unload, release requests and surfaces, remove the model directory
+    ~Program();  // unload, release requests and surfaces, remove the model directory (its last user)
     Program(const Program&) = delete;
     Program& operator=(const Program&) = delete;
 

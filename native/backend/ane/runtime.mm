@@ -5,8 +5,9 @@
 // _ANEIOSurfaceObject -> one _ANERequest per slot, built once -> evaluate -> unload.
 // Every private class is resolved by name and every message goes through objc_msgSend cast
 // to the exact function type of the selector. This file exposes plain C++ (runtime.h), may
-// throw BackendError, and never catches C++ exceptions. It is ARC/MRC-neutral so the Linux
-// check (.ci/objc_check.sh) can type-check it without ARC.
+// throw BackendError, and never catches C++ exceptions; no exception is thrown inside an
+// @autoreleasepool (see Failure). Model directories are kept by model_dirs.h. It is
+// ARC/MRC-neutral so the Linux check (.ci/objc_check.sh) can type-check it without ARC.
 #import <Foundation/Foundation.h>
 
 #include <CoreFoundation/CoreFoundation.h>
@@ -21,9 +22,9 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <mutex>
 
+#include "backend/ane/model_dirs.h"
 #include "backend/ane/runtime.h"
 
 #if __has_feature(objc_arc)
@@ -73,18 +74,34 @@ std::string describe(NSError* error) {
     return utf8([error description]);
 }
 
-Class require_class(const char* name) {
+// A C++ exception must never cross an @autoreleasepool: code inside a pool records what went
+// wrong here, and the throw happens after the pool has ended. The first failure is the one told.
+class Failure {
+public:
+    bool failed() const { return !message_.empty(); }
+    void fail(const std::string& message) {
+        if (message_.empty()) message_ = message;
+    }
+    void raise() const {
+        if (failed()) throw BackendError(message_);
+    }
+
+private:
+    std::string message_;
+};
+
+Class find_class(const char* name, Failure& failure) {
     Class cls = NSClassFromString(ns(name));
-    if (!cls) throw BackendError(std::string("AppleNeuralEngine.framework has no class ") + name + " on this macOS");
+    if (!cls) failure.fail(std::string("AppleNeuralEngine.framework has no class ") + name + " on this macOS");
     return cls;
 }
 
-// Throws unless `target` (a class or an instance) answers `selector`.
-SEL require_selector(id target, const char* selector) {
+// `selector` when `target` (a class or an instance) answers it; otherwise records why not.
+SEL find_selector(id target, const char* selector, Failure& failure) {
     SEL sel = sel_registerName(selector);
     if (![target respondsToSelector:sel])
-        throw BackendError(std::string("AppleNeuralEngine.framework does not answer ") + selector +
-                           " on this macOS; report the macOS version (see docs/macos.md)");
+        failure.fail(std::string("AppleNeuralEngine.framework does not answer ") + selector +
+                     " on this macOS; report the macOS version (see docs/macos.md)");
     return sel;
 }
 
@@ -111,12 +128,14 @@ PlatformStatus load_framework() {
         status.reason = std::string("cannot load AppleNeuralEngine.framework: ") + (why ? why : "unknown dlopen error");
         return status;
     }
-    for (const char* name : {kDescriptorClass, kModelClass, kRequestClass, kSurfaceObjectClass})
-        if (!NSClassFromString(ns(name))) {
-            status.reason = std::string("AppleNeuralEngine.framework loaded but has no class ") + name;
-            return status;
-        }
-    status.available = true;
+    @autoreleasepool {
+        for (const char* name : {kDescriptorClass, kModelClass, kRequestClass, kSurfaceObjectClass})
+            if (!NSClassFromString(ns(name))) {
+                status.reason = std::string("AppleNeuralEngine.framework loaded but has no class ") + name;
+                break;
+            }
+    }
+    status.available = status.reason.empty();
     return status;
 }
 
@@ -131,40 +150,34 @@ std::string sysctl_string(const char* name) {
 
 std::atomic<int64_t> g_compiles{0};
 
-// Identical programs get the same model directory from the framework (hexStringIdentifier);
-// count the programs using each so that unloading one never deletes the files of another.
-std::mutex g_dirs_mutex;
-std::map<std::string, int> g_dir_users;
-
-void acquire_dir(const std::string& dir) {
-    std::lock_guard<std::mutex> lock(g_dirs_mutex);
-    ++g_dir_users[dir];
+// The framework puts every model directory here (NSTemporaryDirectory()/<hexStringIdentifier>).
+std::string temp_root() {
+    std::string root;
+    @autoreleasepool {
+        root = utf8(NSTemporaryDirectory());
+    }
+    return root;
 }
 
-bool release_dir(const std::string& dir) {
-    std::lock_guard<std::mutex> lock(g_dirs_mutex);
-    auto it = g_dir_users.find(dir);
-    if (it == g_dir_users.end()) return false;
-    if (--it->second > 0) return false;
-    g_dir_users.erase(it);
-    return true;
-}
-
-void write_file(const std::string& path, const void* data, size_t n) {
+void write_file(const std::string& path, const void* data, size_t n, Failure& failure) {
     NSData* bytes = [NSData dataWithBytes:data length:n];
     if (![bytes writeToFile:ns(path) atomically:NO])
-        throw BackendError("cannot write " + path + "; check free space and permissions of the temporary directory");
+        failure.fail("cannot write " + path + "; check free space and permissions of the temporary directory");
 }
 
-// "<dir>/<key without @model_path/>", refusing keys that would leave the model directory.
-std::string model_file_path(const std::string& dir, const std::string& key) {
+// "<dir>/<key without @model_path/>"; "" (and a recorded failure) for keys that would leave the
+// model directory.
+std::string model_file_path(const std::string& dir, const std::string& key, Failure& failure) {
     const std::string prefix = kModelPathPrefix;
-    if (key.compare(0, prefix.size(), prefix) != 0 || key.find("..") != std::string::npos)
-        throw BackendError("weight blob key '" + key + "' must look like @model_path/weights/<name>.bin");
+    if (key.compare(0, prefix.size(), prefix) != 0 || key.find("..") != std::string::npos) {
+        failure.fail("weight blob key '" + key + "' must look like @model_path/weights/<name>.bin");
+        return "";
+    }
     return dir + "/" + key.substr(prefix.size());
 }
 
-IOSurfaceRef create_surface(size_t alloc_bytes) {
+// A zeroed IOSurface of `alloc_bytes`, or nullptr with the failure recorded.
+IOSurfaceRef create_surface(size_t alloc_bytes, Failure& failure) {
     NSDictionary* props = @{
         (ANE_BRIDGE NSString*)kIOSurfaceWidth : @(alloc_bytes),
         (ANE_BRIDGE NSString*)kIOSurfaceHeight : @1,
@@ -174,18 +187,23 @@ IOSurfaceRef create_surface(size_t alloc_bytes) {
         (ANE_BRIDGE NSString*)kIOSurfacePixelFormat : @0,
     };
     IOSurfaceRef surface = IOSurfaceCreate((ANE_BRIDGE CFDictionaryRef)props);
-    if (!surface) throw BackendError("IOSurfaceCreate failed for " + std::to_string(alloc_bytes) + " bytes");
+    if (!surface) {
+        failure.fail("IOSurfaceCreate failed for " + std::to_string(alloc_bytes) + " bytes");
+        return nullptr;
+    }
     IOSurfaceLock(surface, 0, nullptr);
     std::memset(IOSurfaceGetBaseAddress(surface), 0, alloc_bytes);
     IOSurfaceUnlock(surface, 0, nullptr);
     return surface;
 }
 
-id wrap_surface(IOSurfaceRef surface) {
-    Class cls = require_class(kSurfaceObjectClass);
-    SEL sel = require_selector(cls, "objectWithIOSurface:");
+id wrap_surface(IOSurfaceRef surface, Failure& failure) {
+    Class cls = find_class(kSurfaceObjectClass, failure);
+    if (failure.failed()) return nil;
+    SEL sel = find_selector(cls, "objectWithIOSurface:", failure);
+    if (failure.failed()) return nil;
     id wrapper = ((SurfaceObjectFn)objc_msgSend)(cls, sel, surface);
-    if (!wrapper) throw BackendError("_ANEIOSurfaceObject objectWithIOSurface: returned nil");
+    if (!wrapper) failure.fail("_ANEIOSurfaceObject objectWithIOSurface: returned nil");
     return wrapper;
 }
 
@@ -195,14 +213,25 @@ NSArray* index_array(size_t n) {
     return a;
 }
 
-id make_request(NSArray* inputs, NSArray* outputs, id weights_buffer, id procedure_index) {
-    Class cls = require_class(kRequestClass);
-    SEL sel = require_selector(
-        cls, "requestWithInputs:inputIndices:outputs:outputIndices:weightsBuffer:perfStats:procedureIndex:");
+id make_request(NSArray* inputs, NSArray* outputs, id weights_buffer, id procedure_index, Failure& failure) {
+    Class cls = find_class(kRequestClass, failure);
+    if (failure.failed()) return nil;
+    SEL sel = find_selector(
+        cls, "requestWithInputs:inputIndices:outputs:outputIndices:weightsBuffer:perfStats:procedureIndex:", failure);
+    if (failure.failed()) return nil;
     id request = ((RequestFactoryFn)objc_msgSend)(cls, sel, inputs, index_array([inputs count]), outputs,
                                                   index_array([outputs count]), weights_buffer, nil, procedure_index);
-    if (!request) throw BackendError("_ANERequest creation returned nil");
+    if (!request) failure.fail("_ANERequest creation returned nil");
     return request;
+}
+
+// One evaluation of `request` on `model`; records the framework's message on failure.
+void evaluate_on(id model, unsigned qos, id request, Failure& failure) {
+    SEL sel = find_selector(model, "evaluateWithQoS:options:request:error:", failure);
+    if (failure.failed()) return;
+    NSError* error = nil;
+    if (!((EvaluateFn)objc_msgSend)(model, sel, qos, @{}, request, &error))
+        failure.fail("ANE evaluation failed: " + describe(error));
 }
 
 std::vector<std::string> method_names(Class cls) {
@@ -273,6 +302,17 @@ ClassInfo describe_class(const std::string& name) {
     return info;
 }
 
+bool class_answers(const std::string& name, const std::string& selector, bool class_method) {
+    if (!platform_status().available) return false;
+    bool answers = false;
+    @autoreleasepool {
+        Class cls = NSClassFromString(ns(name));
+        SEL sel = sel_registerName(selector.c_str());
+        if (cls) answers = (class_method ? class_getClassMethod(cls, sel) : class_getInstanceMethod(cls, sel)) != nullptr;
+    }
+    return answers;
+}
+
 std::vector<std::string> shared_event_probe() {
     std::vector<std::string> lines;
     if (!platform_status().available) return lines;
@@ -301,26 +341,37 @@ std::vector<std::string> shared_event_probe() {
     return lines;
 }
 
+// ------------------------------------------------------------------ model directories
+
+std::vector<std::string> sweep_stale_model_dirs() {
+    static std::once_flag once;
+    static std::vector<std::string> removed;
+    std::call_once(once, [] { removed = sweep_stale(temp_root()); });
+    return removed;
+}
+
 // ------------------------------------------------------------------ Program
 
+// Each step below runs inside an @autoreleasepool opened by its caller and records its failure
+// in `failure` instead of throwing; a step does nothing once an earlier one has failed.
 struct Program::Impl {
     Impl(SurfaceTable t, unsigned q) : table(std::move(t)), qos(q) {}
     ~Impl();
 
-    void create_model(const std::string& mil_text, const Blobs& blobs);
-    void write_model_dir(const std::string& mil_text, const Blobs& blobs);
-    void compile();
-    void load();
+    void create_model(const std::string& mil_text, const Blobs& blobs, Failure& failure);
+    void write_model_dir(const std::string& mil_text, const Blobs& blobs, Failure& failure);
+    void compile(Failure& failure);
+    void load(Failure& failure);
     void unload();
-    void add_surfaces_up_to(size_t count);
-    void add_request(size_t slot);
-    void evaluate_request(id request);
+    void add_surfaces_up_to(size_t count, Failure& failure);
+    void add_request(size_t slot, Failure& failure);
 
     SurfaceTable table;
     unsigned qos;
     id model = nil;
     bool loaded = false;
     std::string dir;
+    bool dir_registered = false;         // this program counts as one user of `dir`
     std::vector<IOSurfaceRef> surfaces;  // by surface id
     std::vector<id> wrappers;            // _ANEIOSurfaceObject per surface id
     std::vector<id> requests;            // per slot
@@ -340,11 +391,13 @@ Program::Impl::~Impl() {
         for (IOSurfaceRef s : surfaces) CFRelease(s);
         surfaces.clear();
         model = nil;
-        if (!dir.empty() && release_dir(dir)) [[NSFileManager defaultManager] removeItemAtPath:ns(dir) error:nullptr];
     }
+    // Identical programs share the directory: only its last user removes it.
+    if (dir_registered) unregister_model_dir(dir);
 }
 
-void Program::Impl::create_model(const std::string& mil_text, const Blobs& blobs) {
+// The descriptor, the in-memory model and the directory name the framework gives it.
+void Program::Impl::create_model(const std::string& mil_text, const Blobs& blobs, Failure& failure) {
     NSData* mil = [NSData dataWithBytes:mil_text.data() length:mil_text.size()];
     // Always a dictionary, empty for weight-free programs: nil silently breaks compilation.
     NSMutableDictionary* weights = [NSMutableDictionary dictionary];
@@ -352,45 +405,58 @@ void Program::Impl::create_model(const std::string& mil_text, const Blobs& blobs
         NSData* data = [NSData dataWithBytes:bytes.data() length:bytes.size()];
         [weights setObject:@{@"offset" : @0, @"data" : data} forKey:ns(key)];
     }
-    Class descriptorClass = require_class(kDescriptorClass);
-    SEL descSel = require_selector(descriptorClass, "modelWithMILText:weights:optionsPlist:");
+    Class descriptorClass = find_class(kDescriptorClass, failure);
+    if (failure.failed()) return;
+    SEL descSel = find_selector(descriptorClass, "modelWithMILText:weights:optionsPlist:", failure);
+    if (failure.failed()) return;
     id descriptor = ((DescriptorFactoryFn)objc_msgSend)(descriptorClass, descSel, mil, weights, nil);
     if (!descriptor)
-        throw BackendError("the ANE framework rejected the MIL program (no descriptor); check the MIL dialect "
-                           "(ANETRAIN_MIL_DIALECT) and the weight blob keys");
-    Class modelClass = require_class(kModelClass);
-    SEL modelSel = require_selector(modelClass, "inMemoryModelWithDescriptor:");
+        return failure.fail("the ANE framework rejected the MIL program (no descriptor); check the MIL dialect "
+                            "(ANETRAIN_MIL_DIALECT) and the weight blob keys");
+    Class modelClass = find_class(kModelClass, failure);
+    if (failure.failed()) return;
+    SEL modelSel = find_selector(modelClass, "inMemoryModelWithDescriptor:", failure);
+    if (failure.failed()) return;
     model = ANE_RETAIN(((ModelFactoryFn)objc_msgSend)(modelClass, modelSel, descriptor));
-    if (!model) throw BackendError("_ANEInMemoryModel creation returned nil");
-    NSString* hex = ((StringGetterFn)objc_msgSend)(model, require_selector(model, "hexStringIdentifier"));
-    if ([hex length] == 0) throw BackendError("_ANEInMemoryModel has no hexStringIdentifier");
+    if (!model) return failure.fail("_ANEInMemoryModel creation returned nil");
+    SEL hexSel = find_selector(model, "hexStringIdentifier", failure);
+    if (failure.failed()) return;
+    NSString* hex = ((StringGetterFn)objc_msgSend)(model, hexSel);
+    if ([hex length] == 0) return failure.fail("_ANEInMemoryModel has no hexStringIdentifier");
     dir = utf8([NSTemporaryDirectory() stringByAppendingPathComponent:hex]);
-    acquire_dir(dir);
-    write_model_dir(mil_text, blobs);
 }
 
 // The compiler reads model.mil and weights/* from the model directory: write them first.
-void Program::Impl::write_model_dir(const std::string& mil_text, const Blobs& blobs) {
+void Program::Impl::write_model_dir(const std::string& mil_text, const Blobs& blobs, Failure& failure) {
+    if (failure.failed()) return;
     NSFileManager* fm = [NSFileManager defaultManager];
     NSString* weightsDir = [ns(dir) stringByAppendingPathComponent:@"weights"];
     if (![fm createDirectoryAtPath:weightsDir withIntermediateDirectories:YES attributes:nil error:nullptr])
-        throw BackendError("cannot create the model directory " + dir);
-    write_file(dir + "/model.mil", mil_text.data(), mil_text.size());
-    for (const auto& [key, bytes] : blobs) write_file(model_file_path(dir, key), bytes.data(), bytes.size());
+        return failure.fail("cannot create the model directory " + dir);
+    write_file(dir + "/model.mil", mil_text.data(), mil_text.size(), failure);
+    for (const auto& [key, bytes] : blobs) {
+        std::string path = model_file_path(dir, key, failure);
+        if (failure.failed()) return;
+        write_file(path, bytes.data(), bytes.size(), failure);
+    }
 }
 
-void Program::Impl::compile() {
+void Program::Impl::compile(Failure& failure) {
+    if (failure.failed()) return;
+    SEL sel = find_selector(model, "compileWithQoS:options:error:", failure);
+    if (failure.failed()) return;
     NSError* error = nil;
-    SEL sel = require_selector(model, "compileWithQoS:options:error:");
     ++g_compiles;  // a failed compile still consumes compiler resources
     auto t0 = std::chrono::steady_clock::now();
     BOOL ok = ((QosOptionsErrorFn)objc_msgSend)(model, sel, qos, @{}, &error);
     timings.compile_ms = ms_since(t0);
-    if (!ok) throw BackendError("ANE compile failed: " + describe(error));
+    if (!ok) failure.fail("ANE compile failed: " + describe(error));
 }
 
-void Program::Impl::load() {
-    SEL sel = require_selector(model, "loadWithQoS:options:error:");
+void Program::Impl::load(Failure& failure) {
+    if (failure.failed()) return;
+    SEL sel = find_selector(model, "loadWithQoS:options:error:", failure);
+    if (failure.failed()) return;
     auto t0 = std::chrono::steady_clock::now();
     NSError* error = nil;
     BOOL ok = ((QosOptionsErrorFn)objc_msgSend)(model, sel, qos, @{}, &error);
@@ -400,7 +466,7 @@ void Program::Impl::load() {
         ok = ((QosOptionsErrorFn)objc_msgSend)(model, sel, qos, @{}, &error);
     }
     timings.load_ms = ms_since(t0);
-    if (!ok) throw BackendError("ANE load failed (after one retry): " + describe(error));
+    if (!ok) return failure.fail("ANE load failed (after one retry): " + describe(error));
     loaded = true;
 }
 
@@ -413,42 +479,52 @@ void Program::Impl::unload() {
     ((UnloadFn)objc_msgSend)(model, sel, qos, &error);  // nothing useful to do with a failure here
 }
 
-void Program::Impl::add_surfaces_up_to(size_t count) {
-    while (surfaces.size() < count) {
-        surfaces.push_back(create_surface(table.surface_alloc(surfaces.size())));
-        wrappers.push_back(ANE_RETAIN(wrap_surface(surfaces.back())));
+void Program::Impl::add_surfaces_up_to(size_t count, Failure& failure) {
+    while (!failure.failed() && surfaces.size() < count) {
+        IOSurfaceRef surface = create_surface(table.surface_alloc(surfaces.size()), failure);
+        if (!surface) return;
+        id wrapper = wrap_surface(surface, failure);
+        if (!wrapper) {
+            CFRelease(surface);
+            return;
+        }
+        surfaces.push_back(surface);
+        wrappers.push_back(ANE_RETAIN(wrapper));
     }
 }
 
-void Program::Impl::add_request(size_t slot) {
-    add_surfaces_up_to(table.surface_count());
+void Program::Impl::add_request(size_t slot, Failure& failure) {
+    add_surfaces_up_to(table.surface_count(), failure);
+    if (failure.failed()) return;
     NSMutableArray* inputs = [NSMutableArray array];
     for (size_t id_ : table.request_inputs(slot)) [inputs addObject:wrappers[id_]];
     NSMutableArray* outputs = [NSMutableArray array];
     for (size_t id_ : table.request_outputs()) [outputs addObject:wrappers[id_]];
-    requests.push_back(ANE_RETAIN(make_request(inputs, outputs, nil, @0)));
-}
-
-void Program::Impl::evaluate_request(id request) {
-    std::string failure;
-    @autoreleasepool {
-        SEL sel = require_selector(model, "evaluateWithQoS:options:request:error:");
-        NSError* error = nil;
-        if (!((EvaluateFn)objc_msgSend)(model, sel, qos, @{}, request, &error)) failure = describe(error);
-    }
-    if (!failure.empty()) throw BackendError("ANE evaluation failed: " + failure);
+    id request = make_request(inputs, outputs, nil, @0, failure);
+    if (request) requests.push_back(ANE_RETAIN(request));
 }
 
 Program::Program(const std::string& mil_text, const Blobs& blobs, SurfaceTable table, unsigned qos)
     : impl_(std::make_unique<Impl>(std::move(table), qos)) {
     const PlatformStatus& status = platform_status();
     if (!status.available) throw BackendError("the ANE backend is unavailable: " + status.reason);
+    Failure failure;
     @autoreleasepool {
-        impl_->create_model(mil_text, blobs);
-        impl_->compile();
-        impl_->load();
-        impl_->add_request(0);
+        impl_->create_model(mil_text, blobs, failure);
     }
+    failure.raise();
+    // Listed in the registry before anything is written, so a crash from here on leaves nothing
+    // the next process's sweep does not find. On any later failure impl_'s destructor removes it.
+    std::string problem = register_model_dir(temp_root(), impl_->dir);
+    if (!problem.empty()) throw BackendError(problem);
+    impl_->dir_registered = true;
+    @autoreleasepool {
+        impl_->write_model_dir(mil_text, blobs, failure);
+        impl_->compile(failure);
+        impl_->load(failure);
+        if (!failure.failed()) impl_->add_request(0, failure);
+    }
+    failure.raise();
 }
 
 Program::~Program() = default;
@@ -461,15 +537,21 @@ const std::string& Program::model_dir() const { return impl_->dir; }
 
 size_t Program::add_slot() {
     size_t slot = impl_->table.add_slot();
+    Failure failure;
     @autoreleasepool {
-        impl_->add_request(slot);
+        impl_->add_request(slot, failure);
     }
+    failure.raise();
     return slot;
 }
 
 void Program::evaluate(size_t slot) {
     if (slot >= impl_->requests.size()) throw BackendError("slot " + std::to_string(slot) + " does not exist");
-    impl_->evaluate_request(impl_->requests[slot]);
+    Failure failure;
+    @autoreleasepool {
+        evaluate_on(impl_->model, impl_->qos, impl_->requests[slot], failure);
+    }
+    failure.raise();
 }
 
 Program::Mapping::Mapping(void* surface, bool read_only) : surface_(surface), base_(nullptr), read_only_(read_only) {
@@ -490,38 +572,45 @@ Program::Mapping Program::map(size_t surface_id, bool read_only) {
 }
 
 void Program::reload() {
+    Failure failure;
     @autoreleasepool {
         impl_->unload();
-        impl_->load();
+        impl_->load(failure);
     }
+    failure.raise();
 }
 
 void Program::overwrite_model_file(const std::string& relative_path, const std::string& bytes) {
-    write_file(model_file_path(impl_->dir, kModelPathPrefix + relative_path), bytes.data(), bytes.size());
+    Failure failure;
+    @autoreleasepool {
+        std::string path = model_file_path(impl_->dir, kModelPathPrefix + relative_path, failure);
+        if (!failure.failed()) write_file(path, bytes.data(), bytes.size(), failure);
+    }
+    failure.raise();
 }
 
 void Program::evaluate_variant(long procedure_index, const std::string& weights) {
+    Failure failure;
     IOSurfaceRef weights_surface = nullptr;
-    if (!weights.empty()) {
-        weights_surface = create_surface(surface_alloc_bytes(weights.size()));
-        IOSurfaceLock(weights_surface, 0, nullptr);
-        std::memcpy(IOSurfaceGetBaseAddress(weights_surface), weights.data(), weights.size());
-        IOSurfaceUnlock(weights_surface, 0, nullptr);
-    }
-    std::string failure;
     @autoreleasepool {
+        if (!weights.empty()) {
+            weights_surface = create_surface(surface_alloc_bytes(weights.size()), failure);
+            if (weights_surface) {
+                IOSurfaceLock(weights_surface, 0, nullptr);
+                std::memcpy(IOSurfaceGetBaseAddress(weights_surface), weights.data(), weights.size());
+                IOSurfaceUnlock(weights_surface, 0, nullptr);
+            }
+        }
         NSMutableArray* inputs = [NSMutableArray array];
         for (size_t id_ : impl_->table.request_inputs(0)) [inputs addObject:impl_->wrappers[id_]];
         NSMutableArray* outputs = [NSMutableArray array];
         for (size_t id_ : impl_->table.request_outputs()) [outputs addObject:impl_->wrappers[id_]];
-        id weights_buffer = weights_surface ? wrap_surface(weights_surface) : nil;
-        id request = make_request(inputs, outputs, weights_buffer, @(procedure_index));
-        SEL sel = require_selector(impl_->model, "evaluateWithQoS:options:request:error:");
-        NSError* error = nil;
-        if (!((EvaluateFn)objc_msgSend)(impl_->model, sel, impl_->qos, @{}, request, &error)) failure = describe(error);
+        id weights_buffer = weights_surface ? wrap_surface(weights_surface, failure) : nil;
+        id request = failure.failed() ? nil : make_request(inputs, outputs, weights_buffer, @(procedure_index), failure);
+        if (request) evaluate_on(impl_->model, impl_->qos, request, failure);
     }
     if (weights_surface) CFRelease(weights_surface);
-    if (!failure.empty()) throw BackendError("ANE evaluation failed: " + failure);
+    failure.raise();
 }
 
 std::string Program::evaluate_with_perf_stats(unsigned mask) {

@@ -18,9 +18,13 @@ ChipInfo detect_chip() { return {}; }
 
 int64_t process_compiles() { return 0; }
 
+std::vector<std::string> sweep_stale_model_dirs() { return {}; }
+
 std::vector<std::string> framework_classes(const std::string&) { return {}; }
 
 ClassInfo describe_class(const std::string&) { return {}; }
+
+bool class_answers(const std::string&, const std::string&, bool) { return false; }
 
 std::vector<std::string> shared_event_probe() { return {}; }
 
