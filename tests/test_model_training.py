@@ -19,10 +19,12 @@ CONFIGS = {
 }
 
 
-def make_trainer(name, pipeline, precision, seed=3, budget=-1):
-    cfg = _native.ModelConfig(**CONFIGS[name])
+def make_trainer(name, pipeline, precision, seed=3, budget=-1, ane_shaped=False):
+    # the ANE-shaped programs (what the ANE runs) need seq_len a multiple of 32
+    cfg = _native.ModelConfig(**dict(CONFIGS[name], **({"seq_len": 32} if ane_shaped else {})))
     backend = _native.make_ref_backend(compile_budget=budget, fp16_rounding=precision == "fp16")
-    t = _native.Trainer(cfg, backend, pipeline=pipeline, precision=precision)
+    t = _native.Trainer(cfg, backend, pipeline=pipeline, precision=precision, ane_shaped=int(ane_shaped))
+    assert t.ane_shaped == ane_shaped
     t.state.init_random(seed)
     return t, cfg
 
@@ -59,10 +61,11 @@ def test_fp32_loss_and_gradients_match_autograd(name, pipeline, batch):
         assert err <= 1e-4, f"{n}: relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("ane_shaped", [False, True])
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("pipeline", ["static", "dynamic"])
-def test_fp16_loss_and_gradients_within_half_precision(name, pipeline):
-    t, cfg = make_trainer(name, pipeline, "fp16")
+def test_fp16_loss_and_gradients_within_half_precision(name, pipeline, ane_shaped):
+    t, cfg = make_trainer(name, pipeline, "fp16", ane_shaped=ane_shaped)
     model = reference(cfg, t.state)
     tokens = tokens_for(cfg, 2, seed=9)
     loss = t.accumulate(tokens)
@@ -91,10 +94,10 @@ def test_pipelines_agree(name):
         np.testing.assert_allclose(g1[n], g2[n], rtol=1e-4, atol=1e-6 * np.abs(g1[n]).max(), err_msg=n)
 
 
-@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+@pytest.mark.parametrize("precision,ane_shaped", [("fp16", False), ("fp32", False), ("fp16", True)])
 @pytest.mark.parametrize("pipeline", ["static", "dynamic"])
-def test_fifty_adamw_steps_track_pytorch(precision, pipeline):
-    t, cfg = make_trainer("gqa", pipeline, precision, seed=5)
+def test_fifty_adamw_steps_track_pytorch(precision, pipeline, ane_shaped):
+    t, cfg = make_trainer("gqa", pipeline, precision, seed=5, ane_shaped=ane_shaped)
     model = reference(cfg, t.state)
     opt = torch_ref.adamw(model, lr=3e-3)
     params = list(model.weights().values())

@@ -6,6 +6,8 @@
 #include "backend/ane/rules.h"
 #include "bindings/modules.h"
 
+#include "backend/ane/checked_backend.h"
+
 namespace py = pybind11;
 
 namespace anetrain::bindings {
@@ -46,6 +48,15 @@ void init_ane_rules(py::module_& m) {
         },
         py::arg("mil_text"), py::arg("chip_family") = "", py::arg("multi_io") = false,
         "One line per ANE rule the MIL text breaks ('line N: <rule>: <what>'); [] when it conforms.");
+    m.def(
+        "make_rule_checked_backend",
+        [](std::shared_ptr<backend::Backend> inner, const std::string& chip_family, bool multi_io) {
+            return backend::ane::rule_checked(std::move(inner), rules_or_value_error(chip_family, multi_io));
+        },
+        py::arg("inner"), py::arg("chip_family") = "", py::arg("multi_io") = false,
+        "`inner` behind the ANE rule check: a program that breaks the rules is refused (BackendError naming the "
+        "rule) before `inner` sees it. The ANE backend always has it; in front of ref it makes Linux refuse what "
+        "the ANE would.");
 }
 
 }  // namespace anetrain::bindings

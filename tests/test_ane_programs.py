@@ -1,0 +1,133 @@
+"""The programs the ANE is handed (anetrain.ane.programs), checked against the ANE rules for every
+preset, pipeline and chip family; the trainer running them end to end on the ref backend; and
+where kernels run when a backend cannot take them (the fallback, said aloud)."""
+import numpy as np
+import pytest
+
+import anetrain
+from anetrain import _native, ane, config
+from anetrain.model import Model
+
+CHIPS = [None] + list(_native.ane_rule_families())
+
+
+def parsed_io(text):
+    s = _native.mil_parse_summary(text)
+    return s["inputs"], s["outputs"]
+
+
+@pytest.mark.parametrize("pipeline", ["static", "dynamic"])
+@pytest.mark.parametrize("preset", list(config.PRESETS))
+def test_every_program_of_every_preset_obeys_the_ane_rules(preset, pipeline):
+    c = config.model_preset(preset)
+    progs = ane.programs(preset, pipeline)
+    assert [p[0] for p in progs] == ["attention_forward", "ffn_forward", "ffn_backward", "attention_backward"]
+    for name, text, blobs, in_layout, out_layout in progs:
+        for chip in CHIPS:
+            assert ane.check_program(text, chip, multi_io=False) == [], (preset, pipeline, name, chip)
+        (inp,), (out,) = parsed_io(text)
+        _, dtype, (one, C, h, W) = inp
+        assert (one, h, dtype) == (1, 1, "fp16") and W % 32 == 0
+        # input blocks: inside the input, side by side along the width, never overlapping
+        assert all(ch == 0 and rows <= C for _, ch, _, rows, _ in in_layout)
+        cols = [(col, col + n) for _, _, col, _, n in in_layout]
+        assert all(a[1] <= b[0] for a, b in zip(cols, cols[1:])) and cols[-1][1] <= W < cols[-1][1] + 32
+        # weights are blocks only in the dynamic pipeline, in llama2.c's [out, in] shape
+        weights = {t: (rows, n) for t, _, _, rows, n in in_layout if t.startswith("w")}
+        if pipeline == "static":
+            assert weights == {} and blobs
+        else:
+            shapes = dict(wq=(c.q_dim, c.dim), wk=(c.kv_dim, c.dim), wv=(c.kv_dim, c.dim), wo=(c.dim, c.q_dim),
+                          w1=(c.hidden_dim, c.dim), w2=(c.dim, c.hidden_dim), w3=(c.hidden_dim, c.dim))
+            assert weights and all(weights[t] == shapes[t] for t in weights)
+        # output: the results one after another on the channel axis, S wide
+        assert out[2][3] == c.seq_len and sum(rows for _, _, _, rows, _ in out_layout) == out[2][1]
+        starts = np.cumsum([0] + [rows for _, _, _, rows, _ in out_layout])[:-1]
+        assert [ch for _, ch, _, _, _ in out_layout] == list(starts)
+
+
+def test_the_split_programs_break_the_rules_the_ane_shaped_ones_keep():
+    small = dict(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=64, seq_len=32)
+    from anetrain import kernels
+
+    for name, text, *_ in kernels.model_kernels(small, "dynamic"):
+        rules = {line.split(": ")[1] for line in ane.check_program(text, multi_io=False)}
+        # several inputs, weights shaped [1, 1, out, in]; attention puts heads on the batch axis
+        assert {"io-count", "io-shape"} <= rules, name
+        assert ("rank" in rules) == name.startswith("attention"), name
+
+
+def tokens(cfg, n, seed):
+    return np.random.default_rng(seed).integers(0, cfg["vocab_size"], (n, cfg["seq_len"] + 1)).astype(np.int32)
+
+
+GQA = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, seq_len=32)
+
+
+@pytest.mark.parametrize("pipeline", ["static", "dynamic"])
+def test_ane_shaped_training_equals_split_training(pipeline):
+    # Same ops on the same fp16 values in another layout: the losses agree to the last bit.
+    tok = tokens(GQA, 2, 1)
+    losses = {}
+    for shaped in (False, True):
+        m = Model(GQA, backend="ref", pipeline=pipeline, seed=3, ane_shaped=shaped)
+        assert m.ane_shaped is shaped
+        losses[shaped] = [m.step(tok, lr=2e-3)[0] for _ in range(6)]
+    assert losses[True] == losses[False]
+    assert losses[True][-1] < losses[True][0]
+
+
+def test_staged_weights_follow_every_weight_change():
+    # dynamic ANE-shaped kernels read weights staged in their input buffers: a weight set by name
+    # between steps must reach them, exactly as the split kernels read it directly
+    tok = tokens(GQA, 1, 2)
+    out = []
+    for shaped in (False, True):
+        m = Model(GQA, backend="ref", pipeline="dynamic", seed=4, ane_shaped=shaped)
+        m.step(tok, lr=1e-3)
+        w = m.get("layers.1.feed_forward.w2")
+        m.set("layers.1.feed_forward.w2", w * 1.5)
+        out.append(m.forward(tok[:, :-1]))
+    np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_ane_shaped_needs_whole_64_byte_rows():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        Model(dict(GQA, seq_len=48), backend="ref", ane_shaped=True)
+
+
+def rule_checked_fallback(strict=False):
+    """What backend "auto" is on a Mac, with the ref backend behind the ANE's rule check standing
+    in for the ANE: programs the rules refuse run on the plain ref backend."""
+    primary = _native.make_rule_checked_backend(_native.make_ref_backend())
+    return _native.make_fallback_backend(primary, _native.make_ref_backend(), strict)
+
+
+def test_placement_is_reported_and_fallback_is_said_aloud():
+    split = Model(GQA, backend=rule_checked_fallback(), pipeline="dynamic", seed=1, ane_shaped=False)
+    split.prepare()
+    places = split.placements()
+    assert [p[0] for p in places] == ["attention_forward", "ffn_forward", "ffn_backward", "attention_backward"]
+    assert all(reason.startswith("ref: kernel '") and "breaks the ANE rules" in reason for _, _, reason in places)
+    shaped = Model(GQA, backend=rule_checked_fallback(), pipeline="dynamic", seed=1, ane_shaped=True)
+    shaped.prepare()
+    assert all(reason == "" for _, _, reason in shaped.placements())
+
+
+def test_strict_placement_fails_at_start_naming_the_kernel_and_rule():
+    m = Model(GQA, backend=rule_checked_fallback(strict=True), pipeline="dynamic", seed=1, ane_shaped=False)
+    with pytest.raises(anetrain.BackendError, match=r"kernel 'attention_forward' breaks the ANE rules.*io-count"):
+        m.prepare()
+
+
+def test_a_refused_program_spends_no_compile_budget():
+    checked = _native.make_rule_checked_backend(_native.make_ref_backend(compile_budget=5))
+    from anetrain import kernels
+
+    bad = kernels.model_kernels(GQA, "dynamic")[0][1]
+    with pytest.raises(anetrain.BackendError, match="breaks the ANE rules"):
+        checked.compile(bad, {}, "bad")
+    assert checked.compiles == 0 and checked.remaining == 5
+    name, good, blobs, *_ = ane.programs(GQA, "dynamic")[1]
+    checked.compile(good, blobs, name)
+    assert checked.compiles == 1 and checked.remaining == 4
