@@ -92,7 +92,7 @@ def test_staged_weights_follow_every_weight_change():
 
 
 def test_ane_shaped_needs_whole_64_byte_rows():
-    with pytest.raises(ValueError, match="multiple of 32"):
+    with pytest.raises(ValueError, match="seq_len in multiples of 32"):
         Model(dict(GQA, seq_len=48), backend="ref", ane_shaped=True)
 
 
