@@ -153,6 +153,9 @@ class TrainConfig:
                 "as inputs, kernels compiled once"})
     backend: str = field(default="auto", metadata={
         "help": "where kernels run: auto (ane if available, else ref), ref (CPU), ane (Apple Neural Engine)"})
+    ane_shaped: bool = field(default=False, metadata={
+        "help": "run the ANE-shaped programs (one packed fp16 input, one output: exactly what the ANE "
+                "runs) on any backend; on the ANE they always are (ANETRAIN_ANE_SHAPED=1 does the same)"})
     compile_budget: int = field(default=0, metadata={
         "help": "kernel compiles allowed per process before checkpoint + restart (0: the backend's own limit)"})
     seed: int = field(default=1337, metadata={"help": "seed of weight init and data sampling"})

@@ -108,3 +108,23 @@ def format_report(e):
         f"sustained {e['tflops_train']:9.4f} TFLOPS over training time, "
         f"{e['tflops_wall']:.4f} over wall time",
     ])
+
+
+def placement(placements, backend, ane_shaped):
+    """Where the kernels run: dict(backend asked, programs shape, kernels {name: {"backend", "reason"}})
+    from Model.placements(); reason is '' for a kernel that runs where asked."""
+    return {"backend": backend, "programs": "ane-shaped" if ane_shaped else "split",
+            "kernels": {k: {"backend": b, "reason": r} for k, b, r in placements}}
+
+
+def placement_lines(p):
+    """The placement as lines for people: one summary line, then one line per kernel that does not
+    run where asked, saying why."""
+    by = {}
+    for name, k in p["kernels"].items():
+        by.setdefault(k["backend"] + (" (fallback)" if k["reason"] else ""), []).append(name)
+    where = "; ".join(f"{', '.join(names)} on {b}" for b, names in by.items())
+    lines = [f"kernels ({p['programs']} programs): {where}"]
+    lines += [f"  {name} runs on {k['backend']}, not {p['backend']}: {k['reason']}"
+              for name, k in p["kernels"].items() if k["reason"]]
+    return lines

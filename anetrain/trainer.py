@@ -83,7 +83,7 @@ class Run:
         self.val = data.eval_windows(splits.val, seq, t.eval_windows)
         self.backend = make_backend(t)
         self.model = Model(self.model_cfg.native_kwargs(), backend=self.backend, pipeline=t.pipeline,
-                           loss_scale=t.loss_scale, seed=t.seed)
+                           loss_scale=t.loss_scale, seed=t.seed, ane_shaped=True if t.ane_shaped else None)
         self.step = 0
         self.losses, self.val_losses = [], []
         self.cum = {"wall_s": 0.0, "compile_s": 0.0, "train_s": 0.0, "steps": 0}
@@ -159,6 +159,7 @@ class Run:
         args = strip_resume_flags(self.argv) + ["--resume", "--ckpt", path]
         print(f"[restart after step {self.step}: {reason}; checkpoint {path}]", file=sys.stderr, flush=True)
         sys.stdout.flush()
+        self.model.close()    # unload every program (on the ANE: and remove its model directory)
         ane.release_models()  # the new process image never unloads this one's programs
         os.execve(sys.executable, [sys.executable] + interpreter_and_script(self.argv) + args, env)
 
@@ -210,12 +211,16 @@ class Run:
         print(f"anetrain: {self.model_cfg.name} ({self.model_cfg.n_params() / 1e6:.2f}M params), "
               f"{t.pipeline} pipeline on {self.backend.name}, {self.tokens_per_step} tokens/step, "
               f"out {self.out}", file=sys.stderr)
+        placement = self.prepare_kernels()
+        for line in telemetry.placement_lines(placement):
+            print(line, file=sys.stderr)
         from tqdm import tqdm
 
         bar = tqdm(total=t.steps, initial=self.step, unit="step", dynamic_ncols=True, file=sys.stderr,
                    disable=None)
         previous = signal.signal(signal.SIGINT, self.on_interrupt)
         log = telemetry.StepLog(os.path.join(self.out, "metrics.jsonl"), mirror=t.log_stderr)
+        log.write({"type": "placement", "step": self.step, **placement})
         try:
             if self.step == 0:
                 self.evaluate(log, bar)  # the untrained model's validation loss: the baseline
@@ -254,7 +259,23 @@ class Run:
                                  tokens_per_step=self.tokens_per_step, train_flops_per_token=self.flops)
         print(f"done: step {self.step}, final loss {self.losses[-1]:.4f}, checkpoint {path}", file=sys.stderr)
         print(telemetry.format_report(e), file=sys.stderr)
+        print(telemetry.placement_lines(placement)[0], file=sys.stderr)
         return 0
+
+    def prepare_kernels(self):
+        """Compile the first step's kernels now, so a kernel that cannot run where asked stops the
+        run before it starts; returns where each kernel runs (telemetry.placement)."""
+        self.ensure_budget()
+        self.model.reset_timings()
+        try:
+            self.model.prepare()
+        except CompileBudgetExceeded:
+            raise
+        except BackendError as e:
+            raise RunFailed(f"the {self.train.pipeline} pipeline's kernels cannot run on {self.backend.name}: "
+                            f"{str(e).splitlines()[0]}")
+        self.cum["compile_s"] += self.model.timings["compile_ms"] / 1e3
+        return telemetry.placement(self.model.placements(), self.backend.name, self.model.ane_shaped)
 
     def evaluate(self, log, bar):
         if not (self.train.eval_interval and len(self.val)):

@@ -60,3 +60,13 @@ def test_efficiency_report():
     assert e["tflops_wall"] == pytest.approx(500 * 2048 * 1e9 / 100 / 1e12)
     text = telemetry.format_report(e)
     assert "(20.0%)" in text and "150.0 ms/step" in text and len(text.splitlines()) == 6
+
+
+def test_placement_lines_name_every_fallback_and_its_reason():
+    p = telemetry.placement([("attention_forward", "ane", ""), ("ffn_forward", "ref", "ane: ANE compile failed: Code=3"),
+                             ("ffn_backward", "ane", ""), ("attention_backward", "ane", "")], "ane", True)
+    assert p["kernels"]["ffn_forward"] == {"backend": "ref", "reason": "ane: ANE compile failed: Code=3"}
+    lines = telemetry.placement_lines(p)
+    assert lines[0] == ("kernels (ane-shaped programs): attention_forward, ffn_backward, attention_backward on ane; "
+                        "ffn_forward on ref (fallback)")
+    assert lines[1:] == ["  ffn_forward runs on ref, not ane: ane: ANE compile failed: Code=3"]

@@ -83,6 +83,23 @@ def test_exec_restarts_reproduce_the_uninterrupted_run(tmp_path, pipeline):
     assert losses(restarted) == losses(plain)
 
 
+def test_the_ane_shaped_programs_train_end_to_end_and_placement_is_recorded(tmp_path):
+    split, shaped = str(tmp_path / "split"), str(tmp_path / "shaped")
+    train(*SMALL, "--steps", "4", "--pipeline", "static", "--out", split)
+    # the static pipeline through a restart: the ANE-shaped kernels are rebuilt in the new process
+    p = train(*SMALL, "--steps", "4", "--pipeline", "static", "--out", shaped, "--ane-shaped",
+              "--compile-budget", "16")
+    assert "kernels (ane-shaped programs): attention_forward, ffn_forward, ffn_backward, " \
+           "attention_backward on ref" in p.stderr
+    assert losses(shaped) == losses(split)  # the same ops on the same fp16 values
+    first = records(shaped)[0]
+    assert first["type"] == "placement" and first["programs"] == "ane-shaped" and first["backend"] == "ref"
+    assert set(first["kernels"]) == {"attention_forward", "ffn_forward", "ffn_backward", "attention_backward"}
+    assert all(k == {"backend": "ref", "reason": ""} for k in first["kernels"].values())
+    assert len(records(shaped, "placement")) == 2  # one per process (a restart after step 2)
+    assert records(split, "placement")[0]["programs"] == "split"
+
+
 def test_budget_too_small_for_one_step_is_a_clear_error(tmp_path):
     p = train(*SMALL, "--steps", "2", "--pipeline", "static", "--compile-budget", "5", "--out", str(tmp_path),
               check=False)

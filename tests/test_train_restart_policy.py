@@ -52,8 +52,12 @@ def test_a_restart_releases_the_model_directories_first(tmp_path, monkeypatch):
     model_dir.mkdir()
     _native.ane_model_dirs_register(str(tmp_path), str(model_dir))
     run, calls = failing_run(tmp_path, monkeypatch)
+    closed = []
+    real_close = Model.close
+    monkeypatch.setattr(Model, "close", lambda self: closed.append(len(calls)) or real_close(self))
     with pytest.raises(Exec):
         run.run()
+    assert closed == [0]  # every kernel freed (unloaded on the ANE) before the exec
     assert len(calls) == 1 and not model_dir.exists()
     assert not os.path.exists(_native.ane_model_registry_file(str(tmp_path)))
 
