@@ -698,6 +698,18 @@ void bind_ane(py::module_& m) {
         py::arg("dtype"), py::arg("shape"), py::arg("src"), py::arg("surface"), py::arg("offset") = 0,
         "Write a host array into surface bytes as the ANE backend does (fp32 -> fp16 with RNE for fp16 tensors).");
     m.def(
+        "ane_write_columns",
+        [](const std::string& dtype, const std::vector<int64_t>& shape, const py::array& src, py::array_t<uint8_t> surface,
+           const std::vector<std::pair<int64_t, int64_t>>& columns) {
+            backend::TensorSpec s = io_spec("x", dtype, shape);
+            backend::HostTensor h = host_tensor(src, false, "source", 0);
+            h.columns = columns;
+            ane::write_columns(s, h, surface_at(surface, 0, s));
+        },
+        py::arg("dtype"), py::arg("shape"), py::arg("src"), py::arg("surface"), py::arg("columns"),
+        "Write only the column ranges [begin, end) of a [1, C, 1, W] host array into surface bytes, as the ANE "
+        "backend refreshes a reused input ([] = everything).");
+    m.def(
         "ane_read_tensor",
         [](const std::string& dtype, const std::vector<int64_t>& shape, py::array_t<uint8_t> surface, const py::array& dst,
            size_t offset) {

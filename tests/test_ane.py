@@ -332,6 +332,29 @@ def test_fp16_and_fp32_host_data_copy_bit_exact(rng):
     np.testing.assert_array_equal(out, f)
 
 
+def test_a_reused_input_refreshes_only_the_columns_written(rng):
+    # the trainer's packed inputs: activations in the first columns change every step, the staged
+    # weights to their right do not, and only the changed columns are copied
+    shape = [1, 4, 1, 96]
+    surface = np.full(4 * 96 * 2, 0xAB, dtype=np.uint8)
+    h = rng.standard_normal(shape).astype(np.float16)
+    _native.ane_write_columns("fp16", shape, h, surface, [(0, 32), (64, 70)])
+    got = surface.view(np.uint16).reshape(4, 96)
+    expect = np.full((4, 96), 0xABAB, dtype=np.uint16)
+    expect[:, 0:32] = h[0, :, 0, 0:32].view(np.uint16)
+    expect[:, 64:70] = h[0, :, 0, 64:70].view(np.uint16)
+    np.testing.assert_array_equal(got, expect)
+    f = rng.standard_normal(shape).astype(np.float32)  # fp32 host data is rounded as it goes in
+    _native.ane_write_columns("fp16", shape, f, surface, [(90, 96)])
+    np.testing.assert_array_equal(got[:, 90:96], f[0, :, 0, 90:96].astype(np.float16).view(np.uint16))
+    np.testing.assert_array_equal(got[:, 0:32], expect[:, 0:32])
+    _native.ane_write_columns("fp16", shape, h, surface, [])  # no ranges: everything
+    np.testing.assert_array_equal(got, h[0, :, 0, :].view(np.uint16))
+    for bad in ([(0, 97)], [(-1, 3)], [(5, 5)]):
+        with pytest.raises(anetrain.BackendError, match="not inside its width 96"):
+            _native.ane_write_columns("fp16", shape, h, surface, bad)
+
+
 def test_host_buffers_must_match_the_tensor():
     surface = np.zeros(256, dtype=np.uint8)
     with pytest.raises(RuntimeError, match="has 8 elements; the buffer has 6"):

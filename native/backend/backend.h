@@ -50,6 +50,13 @@ struct HostTensor {
     // fp32 data the caller knows to hold fp16 values already (e.g. an fp16 kernel's outputs): a
     // backend may skip rounding it. Ignored for fp16 data.
     bool fp16_exact = false;
+    // An input buffer the caller passes again and again (the trainer's packed ANE-shaped inputs,
+    // weights staged in them): a non-zero id names it, and `columns` lists the column ranges
+    // [begin, end) of its [1, C, 1, W] layout written since the buffer was last evaluated (empty:
+    // all of it). A backend that keeps its own copy of each such buffer (the ANE: input surfaces
+    // per id) copies only those columns; the others read the buffer as it is.
+    uint64_t reuse_id = 0;
+    std::vector<std::pair<int64_t, int64_t>> columns;
 };
 
 class Kernel {

@@ -1,5 +1,6 @@
 #include "train/trainer.h"
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <condition_variable>
@@ -80,11 +81,23 @@ struct Trainer::LayerKernels {
 };
 
 // An ANE-shaped kernel's one input, [channels][width] fp16, and the blocks that make it up.
+// Passed to the kernel as a reused buffer (HostTensor::reuse_id): after the first evaluation and
+// after each weight staging everything is new, otherwise only the activation columns.
 struct Trainer::PackedInput {
     std::vector<mil::Block> blocks;
     int64_t width = 0;
     std::vector<uint16_t> data;
+    uint64_t id = 0;
+    bool all_new = true;
+    std::vector<std::pair<int64_t, int64_t>> activation_columns;  // merged ranges
 };
+
+namespace {
+uint64_t next_packed_id() {
+    static std::atomic<uint64_t> n{0};
+    return ++n;
+}
+}  // namespace
 
 // Runs dW jobs on one worker thread (overlap) or inline.
 class Trainer::DwQueue {
@@ -253,6 +266,15 @@ void Trainer::ensure_kernels() {
             in.blocks = src.input_layout;
             in.width = spec.shape.at(3);
             in.data.assign(size_t(spec.numel()), 0);
+            in.id = next_packed_id();
+            for (const mil::Block& b : in.blocks) {
+                if (state_.find(layer_weight_name(l, b.name))) continue;
+                auto& cols = in.activation_columns;
+                if (!cols.empty() && cols.back().second == b.column)
+                    cols.back().second = b.column + b.columns;
+                else
+                    cols.emplace_back(b.column, b.column + b.columns);
+            }
         }
 }
 
@@ -336,9 +358,13 @@ void Trainer::run(int layer, const std::string& kernel, std::vector<In> acts, fl
         if (next != acts.size()) throw std::logic_error(kernel + ": more activations than its input blocks");
     }
     const backend::TensorSpec& ospec = k.outputs().at(0);
+    backend::HostTensor packed{in.data.data(), mil::DType::fp16, int64_t(in.data.size())};
+    packed.reuse_id = in.id;
+    if (!in.all_new) packed.columns = in.activation_columns;
     const auto t0 = Clock::now();
     const double io0 = k.io_ms();
-    k.eval({{in.data.data(), mil::DType::fp16, int64_t(in.data.size())}}, {{out, mil::DType::fp32, ospec.numel()}});
+    k.eval({packed}, {{out, mil::DType::fp32, ospec.numel()}});
+    in.all_new = false;
     const double io = k.io_ms() - io0;
     t_.io += io;
     t_.kernels += ms_since(t0) - io;
@@ -352,6 +378,7 @@ void Trainer::stage_weights(int layer) {
     Timer t{t_.io};
     for (auto& [kernel, in] : packed_[size_t(layer)])
         for (const mil::Block& b : in.blocks) {
+            in.all_new = true;
             const std::string name = layer_weight_name(layer, b.name);
             if (!state_.find(name)) continue;
             const float* w = weight(name);  // [channels][columns] row-major

@@ -117,13 +117,39 @@ void AneKernel::eval_slot(size_t slot, const std::vector<HostTensor>& out) {
 
 void AneKernel::eval(const std::vector<HostTensor>& in, const std::vector<HostTensor>& out) {
     check_host_tensors(outputs_, out, "output");
+    size_t slot = 0;
     try {
-        write_inputs(0, in);
+        check_host_tensors(inputs_, in, "input");
+        // A buffer passed again (one packed input, weights staged in it): it keeps a slot of its
+        // own, so only the columns written since its last evaluation are copied.
+        if (in.size() == 1 && in[0].reuse_id != 0 && !program_->table().packed_inputs()) {
+            auto it = reuse_slots_.find(in[0].reuse_id);
+            const bool known = it != reuse_slots_.end();
+            if (known) {
+                slot = it->second;
+            } else {  // slot 0 first (plain evaluations use it too), then a slot of its own
+                const bool slot0_taken = std::any_of(reuse_slots_.begin(), reuse_slots_.end(),
+                                                     [](const auto& kv) { return kv.second == 0; });
+                slot = slot0_taken ? add_slot() : 0;
+                reuse_slots_[in[0].reuse_id] = slot;
+            }
+            HostTensor part = in[0];
+            if (!known) part.columns.clear();  // a new slot's surface holds nothing yet
+            IoTimer io{io_ms_};
+            SurfaceRange r = program_->table().input(slot, 0);
+            Program::Mapping m = program_->map(r.surface, false);
+            write_columns(inputs_[0], part, static_cast<char*>(m.data()) + r.offset);
+        } else {
+            // slot 0's surface no longer holds the buffer that had it: that one copies in full next time
+            for (auto it = reuse_slots_.begin(); it != reuse_slots_.end();)
+                it = it->second == 0 ? reuse_slots_.erase(it) : std::next(it);
+            write_inputs(0, in);
+        }
     } catch (...) {
         poison_outputs(out);
         throw;
     }
-    eval_slot(0, out);
+    eval_slot(slot, out);
 }
 
 }  // namespace anetrain::backend::ane

@@ -1,6 +1,7 @@
 // The ANE backend: a Backend whose kernels run on the Apple Neural Engine (macOS only; off
 // macOS make_ane_backend throws BackendError saying why).
 #pragma once
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,6 +39,7 @@ public:
 
 private:
     std::unique_ptr<Program> program_;
+    std::map<uint64_t, size_t> reuse_slots_;  // HostTensor::reuse_id -> the slot holding that buffer
 };
 
 }  // namespace anetrain::backend::ane

@@ -114,6 +114,30 @@ void write_tensor(const TensorSpec& spec, const HostTensor& src, void* surface_a
         std::memcpy(surface_at, src.data, n * surface_element_bytes(spec.dtype));
 }
 
+void write_columns(const TensorSpec& spec, const HostTensor& src, void* surface_at) {
+    if (src.columns.empty()) return write_tensor(spec, src, surface_at);
+    check_host(spec, src);
+    const auto& sh = spec.shape;
+    if (sh.size() != 4 || sh[0] != 1 || sh[2] != 1)
+        throw BackendError("input '" + spec.name + "': column writes need a [1, C, 1, W] tensor");
+    const int64_t C = sh[1], W = sh[3];
+    const size_t elem = surface_element_bytes(spec.dtype);
+    const bool convert = spec.dtype == DType::fp16 && src.dtype == DType::fp32;
+    for (const auto& [begin, end] : src.columns) {
+        if (begin < 0 || end > W || begin >= end)
+            throw BackendError("input '" + spec.name + "': column range [" + std::to_string(begin) + ", " +
+                               std::to_string(end) + ") is not inside its width " + std::to_string(W));
+        for (int64_t c = 0; c < C; ++c) {
+            const size_t at = size_t(c * W + begin), n = size_t(end - begin);
+            char* dst = static_cast<char*>(surface_at) + at * elem;
+            if (convert)
+                fp16::f32_to_f16(static_cast<const float*>(src.data) + at, reinterpret_cast<uint16_t*>(dst), n);
+            else
+                std::memcpy(dst, static_cast<const char*>(src.data) + at * elem, n * elem);
+        }
+    }
+}
+
 void read_tensor(const TensorSpec& spec, const void* surface_at, const HostTensor& dst) {
     check_host(spec, dst);
     size_t n = size_t(dst.numel);

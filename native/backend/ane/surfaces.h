@@ -66,6 +66,10 @@ private:
 // tensor is converted with round-to-nearest-even), and back out (fp16 -> fp32 is exact).
 // Throws BackendError when the host buffer's dtype or size does not fit the spec.
 void write_tensor(const TensorSpec& spec, const HostTensor& src, void* surface_at);
+// Only the column ranges [begin, end) of every row of a rank-4 [1, C, 1, W] tensor (src.columns
+// says which; empty: the whole tensor, as write_tensor). Throws BackendError for a range outside
+// [0, W) or a tensor of another shape.
+void write_columns(const TensorSpec& spec, const HostTensor& src, void* surface_at);
 void read_tensor(const TensorSpec& spec, const void* surface_at, const HostTensor& dst);
 
 }  // namespace anetrain::backend::ane
