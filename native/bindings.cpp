@@ -469,6 +469,15 @@ void bind_backend(py::module_& m) {
     m.def(
         "mil_canonical", [](const std::string& text) { return mil::print(mil::parse(text)); }, py::arg("text"),
         "The canonical text of a MIL program (print(parse(text))).");
+    m.def(
+        "mil_respell",
+        [](const std::string& text, const std::string& dialect) {
+            mil::Program p = mil::parse(text);
+            mil::respell(p, mil::Dialect::from_string(dialect));
+            return mil::print(p);
+        },
+        py::arg("text"), py::arg("dialect"),
+        "The program in another dialect (e.g. '1.0/ios16-verbose'): version, opset, buildInfo and scalar spelling.");
 }
 
 // ---------------------------------------------------------------- ane (macOS backend, portable parts)

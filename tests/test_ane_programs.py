@@ -131,3 +131,27 @@ def test_a_refused_program_spends_no_compile_budget():
     name, good, blobs, *_ = ane.programs(GQA, "dynamic")[1]
     checked.compile(good, blobs, name)
     assert checked.compiles == 1 and checked.remaining == 4
+
+
+@pytest.mark.parametrize("pipeline", ["static", "dynamic"])
+def test_respelling_in_the_verbose_dialect_is_what_the_builder_writes_there(pipeline, rng):
+    # M1/M2 try program(1.3)/ios18 first and the verbose dialect when that does not parse: the
+    # backend respells the program it was given, which must equal generating it in that dialect
+    shape = dict(dim=GQA["dim"], hidden_dim=96, n_heads=4, n_kv_heads=2, seq_len=32)
+    weights = ane._random_layer_weights(config.ModelConfig(**dict(GQA, hidden_dim=96)))
+    w = weights if pipeline == "static" else None
+    for name in _native.model_kernel_names():
+        plain, blobs, *_ = _native.model_kernel(name, shape, pipeline, "fp16", "1.3/ios18", w, False, True)
+        verbose, *_ = _native.model_kernel(name, shape, pipeline, "fp16", "1.0/ios16-verbose", w, False, True)
+        respelled = _native.mil_respell(plain, "1.0/ios16-verbose")
+        assert respelled == _native.mil_canonical(verbose), name
+        assert respelled.startswith("program(1.0)") and 'tensor<string, []>("' in respelled
+        assert ane.check_program(respelled, "M1", multi_io=False) == []
+        assert any("dialect" in v for v in ane.check_program(respelled, "M4", multi_io=False))
+        assert _native.mil_respell(respelled, "1.3/ios18") == _native.mil_canonical(plain)
+        # and the ref backend computes the same from either spelling
+        from anetrain import kernels
+        k1 = kernels.compile(plain, blobs, backend="ref")
+        k2 = kernels.compile(respelled, blobs, backend="ref")
+        x = (rng.standard_normal(k1.inputs[0].shape) * 0.1).astype(np.float16)
+        np.testing.assert_array_equal(k1(x), k2(x))

@@ -4,6 +4,7 @@
 #include <cctype>
 #include <charconv>
 #include <cmath>
+#include <functional>
 #include <stdexcept>
 
 #include "core/fp16.h"
@@ -12,16 +13,6 @@ namespace anetrain::mil {
 namespace {
 
 // The buildInfo the ANE compiler has been seen to accept with program(1.3) and later.
-const char* kBuildInfo =
-    "[buildInfo = dict<string, string>({{\"coremlc-component-MIL\", \"3510.2.1\"}, "
-    "{\"coremlc-version\", \"3505.4.1\"}, {\"coremltools-component-milinternal\", \"\"}, "
-    "{\"coremltools-version\", \"9.0\"}})]";
-const char* kBuildInfoVerbose =
-    "[buildInfo = dict<tensor<string, []>, tensor<string, []>>({{\"coremlc-version\", \"3505.4.1\"}})]";
-
-// Floats are written in plain decimal (fixed notation, the shortest digits that read back to the same
-// value): every program known to train spells its scalars that way (shared reference 2.9), and
-// exponent notation is outside that shape.
 std::string number_text(DType d, double v) {
     if (std::isnan(v)) return "nan";
     if (std::isinf(v)) return v < 0 ? "-inf" : "inf";
@@ -82,6 +73,28 @@ Dialect dialect_of(const std::string& version, const Function& f) {
     d.opset = f.opset;
     d.verbose_scalars = uses_verbose_scalars(f);
     return d;
+}
+
+void respell(Program& p, const Dialect& d) {
+    const bool v = d.verbose_scalars;
+    p.version = d.version;
+    p.build_info = standard_build_info(v);
+    auto scalar = [v](Type& t) {
+        if (t.shape.empty()) t.tensor = v;
+    };
+    std::function<void(Arg&)> arg = [&](Arg& a) {
+        if (a.kind == Arg::Kind::Literal) scalar(a.literal.type);
+        for (Arg& item : a.items) arg(item);
+    };
+    for (Function& f : p.functions) {
+        f.opset = d.opset;
+        for (Param& in : f.inputs) scalar(in.type);
+        for (Op& op : f.ops) {
+            for (Type& t : op.output_types) scalar(t);
+            for (auto& [k, a] : op.args) arg(a);
+            for (auto& [k, a] : op.attrs) arg(a);
+        }
+    }
 }
 
 Operand ints(const std::vector<int64_t>& v) {
@@ -235,7 +248,8 @@ void Builder::output(const std::string& name) {
 
 std::string Builder::text() const {
     if (outputs_.empty()) throw std::invalid_argument("MIL builder: the program has no outputs");
-    std::string s = "program(" + dialect_.version + ")\n" + (dialect_.verbose_scalars ? kBuildInfoVerbose : kBuildInfo) +
+    std::string s = "program(" + dialect_.version + ")\n" +
+                    build_info_text(standard_build_info(dialect_.verbose_scalars), dialect_.verbose_scalars) +
                     "\n{\n    func " + function_ + "<" + dialect_.opset + ">(";
     for (size_t i = 0; i < inputs_.size(); ++i)
         s += (i ? ", " : "") + type_text(inputs_[i].type, dialect_.verbose_scalars) + " " + inputs_[i].name;

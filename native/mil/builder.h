@@ -37,6 +37,9 @@ struct Dialect {
 // The dialect function `f` of a program of this version is written in: the version, f's opset
 // and f's scalar spelling.
 Dialect dialect_of(const std::string& version, const Function& f);
+// `p` in another dialect: program version, opsets, buildInfo and the spelling of every scalar
+// (mil::print then writes it as the Builder would have).
+void respell(Program& p, const Dialect& d);
 
 // An operand: a variable (by name) or a constant value to be declared as a const statement.
 struct Operand {

@@ -91,4 +91,26 @@ const Function& Program::main() const {
     throw MilError(0, "the program has no function named 'main'; name the entry function main");
 }
 
+std::string build_info_text(const std::vector<std::pair<std::string, std::string>>& info, bool verbose) {
+    auto q = [](const std::string& v) {
+        std::string out = "\"";
+        for (char c : v) {
+            if (c == '"' || c == '\\') out += '\\';
+            out += c;
+        }
+        return out + "\"";
+    };
+    std::string s = verbose ? "[buildInfo = dict<tensor<string, []>, tensor<string, []>>({" : "[buildInfo = dict<string, string>({";
+    for (size_t i = 0; i < info.size(); ++i) s += (i ? ", " : "") + std::string("{") + q(info[i].first) + ", " + q(info[i].second) + "}";
+    return s + "})]";
+}
+
+std::vector<std::pair<std::string, std::string>> standard_build_info(bool verbose) {
+    if (verbose) return {{"coremlc-version", "3505.4.1"}};
+    return {{"coremlc-component-MIL", "3510.2.1"},
+            {"coremlc-version", "3505.4.1"},
+            {"coremltools-component-milinternal", ""},
+            {"coremltools-version", "9.0"}};
+}
+
 }  // namespace anetrain::mil

@@ -109,6 +109,13 @@ struct Function {
     int outputs_line = 0;
 };
 
+// The buildInfo attribute line of a program, e.g. [buildInfo = dict<string, string>({{"k", "v"}})];
+// verbose: keys and values typed as rank-0 string tensors (the spelling of older chips).
+std::string build_info_text(const std::vector<std::pair<std::string, std::string>>& info, bool verbose);
+// The buildInfo every generated program carries: coremltools' component versions, or for the
+// verbose spelling only the compiler version.
+std::vector<std::pair<std::string, std::string>> standard_build_info(bool verbose);
+
 // The scalar spelling `f` uses for its `name` attributes (verbose: rank-0 tensor, the spelling of
 // older chips); false when no statement has a name.
 bool uses_verbose_scalars(const Function& f);

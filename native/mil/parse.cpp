@@ -550,10 +550,12 @@ std::string number_text(double v, DType d) {
     return buf;
 }
 
-std::string literal_text(const Literal& l) {
+// verbose: the rank-0 tensor spelling of older chips, for the scalars inside BLOBFILE too.
+std::string literal_text(const Literal& l, bool verbose) {
     std::string s = l.type.str() + "(";
     if (l.is_blob) {
-        s += "BLOBFILE(path = string(" + quoted(l.blob_path) + "), offset = uint64(" + std::to_string(l.blob_offset) + "))";
+        s += std::string("BLOBFILE(path = ") + (verbose ? "tensor<string, []>(" : "string(") + quoted(l.blob_path) +
+             "), offset = " + (verbose ? "tensor<uint64, []>(" : "uint64(") + std::to_string(l.blob_offset) + "))";
         return s + ")";
     }
     bool bracket = l.type.tensor && !l.type.shape.empty();
@@ -567,22 +569,23 @@ std::string literal_text(const Literal& l) {
     return s + ")";
 }
 
-std::string arg_text(const Arg& a) {
+std::string arg_text(const Arg& a, bool verbose) {
     switch (a.kind) {
         case Arg::Kind::Ref: return a.ref;
-        case Arg::Kind::Literal: return literal_text(a.literal);
+        case Arg::Kind::Literal: return literal_text(a.literal, verbose);
         case Arg::Kind::Tuple: {
             std::string s = "(";
-            for (size_t i = 0; i < a.items.size(); ++i) s += (i ? ", " : "") + arg_text(a.items[i]);
+            for (size_t i = 0; i < a.items.size(); ++i) s += (i ? ", " : "") + arg_text(a.items[i], verbose);
             return s + ")";
         }
     }
     return "";
 }
 
-std::string named_text(const NamedArgs& args) {
+std::string named_text(const NamedArgs& args, bool verbose) {
     std::string s;
-    for (size_t i = 0; i < args.size(); ++i) s += (i ? ", " : "") + args[i].first + " = " + arg_text(args[i].second);
+    for (size_t i = 0; i < args.size(); ++i)
+        s += (i ? ", " : "") + args[i].first + " = " + arg_text(args[i].second, verbose);
     return s;
 }
 
@@ -591,13 +594,11 @@ std::string named_text(const NamedArgs& args) {
 Program parse(std::string_view text) { return Parser(text).program(); }
 
 std::string print(const Program& p) {
+    // A program spells its scalars one way throughout (the ANE's parsers take one or the other).
+    bool verbose = false;
+    for (const auto& f : p.functions) verbose = verbose || uses_verbose_scalars(f);
     std::string s = "program(" + p.version + ")\n";
-    if (!p.build_info.empty()) {
-        s += "[buildInfo = dict<string, string>({";
-        for (size_t i = 0; i < p.build_info.size(); ++i)
-            s += (i ? ", " : "") + std::string("{") + quoted(p.build_info[i].first) + ", " + quoted(p.build_info[i].second) + "}";
-        s += "})]\n";
-    }
+    if (!p.build_info.empty()) s += build_info_text(p.build_info, verbose) + "\n";
     s += "{\n";
     for (const auto& f : p.functions) {
         s += "    func " + f.name + "<" + f.opset + ">(";
@@ -606,8 +607,8 @@ std::string print(const Program& p) {
         for (const auto& op : f.ops) {
             s += "        ";
             for (size_t i = 0; i < op.outputs.size(); ++i) s += (i ? ", " : "") + op.output_types[i].str() + " " + op.outputs[i];
-            s += " = " + op.type + "(" + named_text(op.args) + ")";
-            if (!op.attrs.empty()) s += "[" + named_text(op.attrs) + "]";
+            s += " = " + op.type + "(" + named_text(op.args, verbose) + ")";
+            if (!op.attrs.empty()) s += "[" + named_text(op.attrs, verbose) + "]";
             s += ";\n";
         }
         s += "    } -> (";

@@ -4,9 +4,12 @@
 #include "backend/ane/ane_backend.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdio>
 
 #include "backend/ane/checked_backend.h"
 #include "backend/ane/packing.h"
+#include "mil/builder.h"
 
 namespace anetrain::backend::ane {
 
@@ -23,21 +26,64 @@ public:
 protected:
     std::unique_ptr<Kernel> compile_program(const mil::Program& program, const std::string& mil_text,
                                             const Blobs& blobs, const std::string& label) override {
-        if (budget() >= 0 && process_compiles() >= budget())
-            throw CompileBudgetExceeded("ANE compile budget of " + std::to_string(budget()) + " per process is spent (" +
-                                        std::to_string(process_compiles()) +
-                                        " compiles so far): checkpoint and restart the process");
         const mil::Function& f = program.main();
         std::vector<TensorSpec> inputs = input_specs(f), outputs = output_specs(f);
         const bool pack = inputs.size() > 1 && !options_.multi_input;
         std::string text = mil_text;
         if (pack) text = with_packed_inputs(program, label);
-        SurfaceTable table(inputs, outputs, pack);
-        auto compiled = std::make_unique<Program>(text, blobs, std::move(table), options_.qos);
-        return std::make_unique<AneKernel>(std::move(inputs), std::move(outputs), label, std::move(compiled));
+        // The family's dialects in the order to try them (rules.h): a program in the first one
+        // that this compiler does not take is tried in the next (M1/M2: the verbose spelling),
+        // and a dialect that worked is tried first from then on.
+        const std::vector<std::string> dialects = dialects_for(family_);
+        const std::string own = mil::dialect_of(program.version, f).str();
+        const bool alternatives = dialects.size() > 1 && own == dialects[0];
+        std::vector<size_t> order{0};
+        if (alternatives) {
+            order.clear();
+            const size_t preferred = g_preferred_dialect.load();
+            order.push_back(preferred < dialects.size() ? preferred : 0);
+            for (size_t i = 0; i < dialects.size(); ++i)
+                if (i != order[0]) order.push_back(i);
+        }
+        std::string first_error;
+        for (size_t i : order) {
+            if (budget() >= 0 && process_compiles() >= budget())
+                throw CompileBudgetExceeded("ANE compile budget of " + std::to_string(budget()) +
+                                            " per process is spent (" + std::to_string(process_compiles()) +
+                                            " compiles so far): checkpoint and restart the process");
+            std::string attempt = text;
+            if (alternatives && i != 0) {
+                mil::Program p = mil::parse(text);
+                mil::respell(p, mil::Dialect::from_string(dialects[i]));
+                attempt = mil::print(p);
+            }
+            try {
+                SurfaceTable table(inputs, outputs, pack);
+                auto compiled = std::make_unique<Program>(attempt, blobs, std::move(table), options_.qos);
+                if (alternatives && g_preferred_dialect.exchange(i) != i)
+                    std::fprintf(stderr, "anetrain: the ANE compiler of this %s takes MIL %s%s%s\n",
+                                 family_.empty() ? "Mac" : family_.c_str(), dialects[i].c_str(),
+                                 first_error.empty() ? "" : "; it refused the other spelling: ",
+                                 first_error.substr(0, first_error.find('\n')).c_str());
+                return std::make_unique<AneKernel>(std::move(inputs), std::move(outputs), label, std::move(compiled));
+            } catch (const CompileBudgetExceeded&) {
+                throw;
+            } catch (const BackendError& e) {
+                if (!alternatives) throw;
+                first_error += (first_error.empty() ? "" : "; ") + dialects[i] + ": " + e.what();
+            }
+        }
+        throw BackendError("kernel '" + label + "': no MIL dialect of this chip compiled (" + first_error + ")");
     }
 
 private:
+    static std::vector<std::string> dialects_for(const std::string& family) {
+        const std::vector<std::string> known = rule_families();
+        return rules_for(std::find(known.begin(), known.end(), family) != known.end() ? family : "").dialects;
+    }
+    // Index into the family's dialects of the one this process's compiler took (there is one ANE).
+    static inline std::atomic<size_t> g_preferred_dialect{0};
+
     static std::string with_packed_inputs(const mil::Program& program, const std::string& label) {
         std::string problem = packing_problem(program.main().inputs);
         if (!problem.empty())
