@@ -106,24 +106,19 @@ def check(got, ref, dtype, what):
         assert err < 1e-2, f"{what}: relative error {err:.3g}"
 
 
+# (probs_tap, ane_shaped) per shape: the split programs with and without the tap, and the
+# ANE-shaped ones where seq_len allows (a multiple of 32)
+FORMS = {name: [(False, True)] if SHAPES[name]["seq_len"] % 32 == 0 else [(False, False), (True, False)]
+         for name in SHAPES}
 CASES = [(s, p, d) for s in SHAPES for p in ("static", "dynamic") for d in ("fp32", "fp16")]
-# (probs_tap, ane_shaped): the split programs with and without the tap, and the ANE-shaped ones
-FORMS = [(False, False), (True, False), (False, True)]
-
-
-def skip_unsupported(shape_name, probs_tap, ane_shaped):
-    if ane_shaped and SHAPES[shape_name]["seq_len"] % 32:
-        pytest.skip("ANE-shaped programs need seq_len a multiple of 32")
-    if shape_name == "gqa_ane" and not ane_shaped and probs_tap:
-        pytest.skip("the split tap is covered by the other shapes")
+ATTENTION_CASES = [c + f for c in CASES for f in FORMS[c[0]]]
+FFN_CASES = [c + (ane,) for c in CASES for ane in sorted({f[1] for f in FORMS[c[0]]})]
 
 
 # probs_tap: attention_forward also returns the probabilities and attention_backward takes them
 # instead of recomputing them (the ref backend's default in the trainer).
-@pytest.mark.parametrize("probs_tap,ane_shaped", FORMS)
-@pytest.mark.parametrize("shape_name,pipeline,dtype", CASES)
+@pytest.mark.parametrize("shape_name,pipeline,dtype,probs_tap,ane_shaped", ATTENTION_CASES)
 def test_attention_forward(shape_name, pipeline, dtype, probs_tap, ane_shaped):
-    skip_unsupported(shape_name, probs_tap, ane_shaped)
     shape = SHAPES[shape_name]
     w = make_weights(shape, 1)
     H, KVH, S, D = shape["n_heads"], shape["n_kv_heads"], shape["seq_len"], shape["dim"]
@@ -143,10 +138,8 @@ def test_attention_forward(shape_name, pipeline, dtype, probs_tap, ane_shaped):
         check(got[name], ref, dtype, f"attention_forward.{name}")
 
 
-@pytest.mark.parametrize("probs_tap,ane_shaped", FORMS)
-@pytest.mark.parametrize("shape_name,pipeline,dtype", CASES)
+@pytest.mark.parametrize("shape_name,pipeline,dtype,probs_tap,ane_shaped", ATTENTION_CASES)
 def test_attention_backward(shape_name, pipeline, dtype, probs_tap, ane_shaped):
-    skip_unsupported(shape_name, probs_tap, ane_shaped)
     shape = SHAPES[shape_name]
     w = make_weights(shape, 3)
     H, KVH, S, D = shape["n_heads"], shape["n_kv_heads"], shape["seq_len"], shape["dim"]
@@ -185,10 +178,8 @@ def test_probs_tap_changes_the_attention_kernels_interfaces_only_as_documented()
             assert f"tensor<fp16, [{KVH}, {H // KVH}, {S}, {S}]> probs" in btext
 
 
-@pytest.mark.parametrize("ane_shaped", [False, True])
-@pytest.mark.parametrize("shape_name,pipeline,dtype", CASES)
+@pytest.mark.parametrize("shape_name,pipeline,dtype,ane_shaped", FFN_CASES)
 def test_ffn_forward_and_backward(shape_name, pipeline, dtype, ane_shaped):
-    skip_unsupported(shape_name, False, ane_shaped)
     shape = SHAPES[shape_name]
     w = make_weights(shape, 5)
     S, D = shape["seq_len"], shape["dim"]
