@@ -489,10 +489,21 @@ def test_selftest_passes_on_this_mac(tmp_path):
 
 
 @needs_ane
-def test_compile_errors_carry_the_compilers_message():
-    with pytest.raises(anetrain.BackendError, match="ANE compile failed|rejected the MIL program"):
+def test_a_rule_breaking_program_is_refused_before_the_compiler():
+    spent = _native.ane_process_compiles()
+    with pytest.raises(anetrain.BackendError, match="kernel 'bad_kernel' breaks the ANE rules.*op"):
         ane.new_backend().native.compile(
             add_program_for_this_mac().replace("add(", "no_such_op("), {}, "bad_kernel")
+    assert _native.ane_process_compiles() == spent
+
+
+@needs_ane
+def test_compile_errors_carry_the_compilers_message(rng):
+    from anetrain.ane_programs import Mil, linear
+
+    text, _, _ = linear(Mil(ane.dialect()), rng)  # obeys the rules, but its weight file is missing
+    with pytest.raises(anetrain.BackendError, match="ANE compile failed|rejected the MIL program"):
+        ane.new_backend().native.compile(text, {}, "no_weights")
 
 
 @needs_ane

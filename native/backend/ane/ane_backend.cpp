@@ -109,7 +109,13 @@ std::shared_ptr<Backend> make_ane_backend(const AneOptions& options) {
     const std::string family = detect_chip().family();
     const std::vector<std::string> known = rule_families();
     const bool listed = std::find(known.begin(), known.end(), family) != known.end();
-    return rule_checked(backend, rules_for(listed ? family : "", options.multi_input));
+    // The rules judge what the compiler gets: several inputs packed into one surface unless
+    // multi-input requests are on (a program whose inputs cannot be packed is judged as given).
+    AsCompiled as_compiled = [multi = options.multi_input](const mil::Program& p, const std::string& text) {
+        const bool packable = p.main().inputs.size() > 1 && packing_problem(p.main().inputs).empty();
+        return !multi && packable ? packed_program_text(p) : text;
+    };
+    return rule_checked(backend, rules_for(listed ? family : "", options.multi_input), as_compiled);
 }
 
 AneKernel::AneKernel(std::vector<TensorSpec> inputs, std::vector<TensorSpec> outputs, std::string label,
