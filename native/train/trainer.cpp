@@ -254,6 +254,7 @@ void Trainer::ensure_kernels() {
         }
         built.push_back(std::move(ks));
     }
+    if (!built.empty() && !acts_.empty()) check_result_sizes(*built[0], *acts_[0]);
     kernels_ = std::move(built);
     kernels_version_ = state_.weights_version();
     if (!kopt_.ane_shaped) return;
@@ -276,6 +277,21 @@ void Trainer::ensure_kernels() {
                     cols.emplace_back(b.column, b.column + b.columns);
             }
         }
+}
+
+// Each kernel's results must fill its per-layer buffer exactly: LayerActs' views rely on it.
+void Trainer::check_result_sizes(const LayerKernels& ks, const LayerActs& a) {
+    const std::map<std::string, size_t> sizes{{"attention_forward", a.attn_fwd.size()},
+                                              {"ffn_forward", a.ffn_fwd.size()},
+                                              {"ffn_backward", a.ffn_bwd.size()},
+                                              {"attention_backward", a.attn_bwd.size()}};
+    for (const auto& [name, k] : ks.kernels) {
+        size_t n = 0;
+        for (const backend::TensorSpec& o : k->outputs()) n += o.name == "probs" ? 0 : size_t(o.numel());
+        if (n != sizes.at(name))
+            throw std::logic_error(name + ": its results (" + std::to_string(n) + " values) do not fill the " +
+                                   std::to_string(sizes.at(name)) + " the trainer keeps for them");
+    }
 }
 
 std::vector<Placement> Trainer::placements() const {

@@ -121,7 +121,8 @@ private:
     // inputs in order; the weights are added by name) into `out` (the results consecutive).
     void run(int layer, const std::string& kernel, std::vector<In> acts, float* out);
     void eval(backend::Kernel& k, const std::vector<In>& in, const std::vector<float*>& out);
-    void stage_weights(int layer);  // ANE-shaped dynamic: the layer's weights into its input buffers
+    void stage_weights(int layer);
+    static void check_result_sizes(const LayerKernels& ks, const LayerActs& a);  // ANE-shaped dynamic: the layer's weights into its input buffers
 
     ModelState state_;
     std::shared_ptr<backend::Backend> backend_;
