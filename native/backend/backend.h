@@ -2,7 +2,6 @@
 // A backend is a handful of functions — compile, evaluate, counters/budget, supports() — and
 // nothing else leaks. Implementations: ref (CPU, executes the MIL text), ane (macOS).
 #pragma once
-#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -11,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/timer.h"
 #include "mil/ir.h"
 
 namespace anetrain::backend {
@@ -82,12 +82,7 @@ public:
     double io_ms() const { return io_ms_; }
 
 protected:
-    // Adds the lifetime of the scope to io_ms_.
-    struct IoTimer {
-        double& acc;
-        std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
-        ~IoTimer() { acc += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(); }
-    };
+    using IoTimer = ScopedTimer;  // adds the lifetime of the scope to io_ms_
 
     std::vector<TensorSpec> inputs_, outputs_;
     std::string label_, backend_name_, placement_note_;

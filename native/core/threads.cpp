@@ -1,5 +1,7 @@
 #include "core/threads.h"
 
+#include "core/timer.h"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -192,6 +194,66 @@ void for_each_item(size_t n, const std::function<void(size_t, size_t)>& fn) {
         for (size_t s = s0; s < s1; ++s)
             for (size_t i; (i = next.fetch_add(1)) < n;) fn(s, i);
     });
+}
+
+SerialQueue::SerialQueue(bool threaded, double& busy_ms) : busy_(busy_ms) {
+    if (threaded) worker_ = std::thread([this] { loop(); });
+}
+
+SerialQueue::~SerialQueue() {
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        quit_ = true;
+    }
+    cv_.notify_all();
+    if (worker_.joinable()) worker_.join();
+}
+
+void SerialQueue::submit(std::function<void()> job) {
+    if (!worker_.joinable()) {
+        ScopedTimer t{busy_};
+        job();
+        return;
+    }
+    std::lock_guard<std::mutex> lk(mu_);
+    jobs_.push_back(std::move(job));
+    cv_.notify_all();
+}
+
+void SerialQueue::drain() {
+    std::unique_lock<std::mutex> lk(mu_);
+    idle_cv_.wait(lk, [&] { return jobs_.empty() && !running_; });
+    if (error_) {
+        auto e = error_;
+        error_ = nullptr;
+        std::rethrow_exception(e);
+    }
+}
+
+void SerialQueue::loop() {
+    for (;;) {
+        std::function<void()> job;
+        {
+            std::unique_lock<std::mutex> lk(mu_);
+            cv_.wait(lk, [&] { return quit_ || !jobs_.empty(); });
+            if (jobs_.empty()) return;
+            job = std::move(jobs_.front());
+            jobs_.pop_front();
+            running_ = true;
+        }
+        const auto t0 = Clock::now();
+        std::exception_ptr err;
+        try {
+            job();
+        } catch (...) {
+            err = std::current_exception();
+        }
+        std::lock_guard<std::mutex> lk(mu_);
+        busy_ += ms_since(t0);
+        if (err && !error_) error_ = err;
+        running_ = false;
+        if (jobs_.empty()) idle_cv_.notify_all();
+    }
 }
 
 }  // namespace anetrain::threads

@@ -1,32 +1,18 @@
 #include "train/trainer.h"
 
 #include <atomic>
-#include <chrono>
 #include <cstdio>
-#include <condition_variable>
 #include <cstring>
-#include <deque>
 #include <map>
-#include <mutex>
 #include <stdexcept>
-#include <thread>
 
 #include "core/blas.h"
 #include "core/fp16.h"
 #include "core/threads.h"
+#include "core/timer.h"
 
 namespace anetrain::train {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
-
-// Adds ms to `acc` when it goes out of scope.
-struct Timer {
-    double& acc;
-    Clock::time_point t0 = Clock::now();
-    ~Timer() { acc += ms_since(t0); }
-};
 
 // dW = beta dW + dY X^T for dY [out][S], X [in][S] (dW [out][in], row-major).
 void accumulate_dw(float* dw, const float* dy, const float* x, int out, int in, int S, float beta) {
@@ -99,80 +85,11 @@ uint64_t next_packed_id() {
 }
 }  // namespace
 
-// Runs dW jobs on one worker thread (overlap) or inline.
-class Trainer::DwQueue {
-public:
-    DwQueue(bool threaded, double& busy_ms) : busy_(busy_ms) {
-        if (threaded) worker_ = std::thread([this] { loop(); });
-    }
-    ~DwQueue() {
-        {
-            std::lock_guard<std::mutex> lk(mu_);
-            quit_ = true;
-        }
-        cv_.notify_all();
-        if (worker_.joinable()) worker_.join();
-    }
-    void submit(std::function<void()> job) {
-        if (!worker_.joinable()) {
-            Timer t{busy_};
-            job();
-            return;
-        }
-        std::lock_guard<std::mutex> lk(mu_);
-        jobs_.push_back(std::move(job));
-        cv_.notify_all();
-    }
-    // Waits for every submitted job; rethrows the first failure.
-    void drain() {
-        std::unique_lock<std::mutex> lk(mu_);
-        idle_cv_.wait(lk, [&] { return jobs_.empty() && !running_; });
-        if (error_) {
-            auto e = error_;
-            error_ = nullptr;
-            std::rethrow_exception(e);
-        }
-    }
-
-private:
-    void loop() {
-        for (;;) {
-            std::function<void()> job;
-            {
-                std::unique_lock<std::mutex> lk(mu_);
-                cv_.wait(lk, [&] { return quit_ || !jobs_.empty(); });
-                if (jobs_.empty()) return;
-                job = std::move(jobs_.front());
-                jobs_.pop_front();
-                running_ = true;
-            }
-            const auto t0 = Clock::now();
-            std::exception_ptr err;
-            try {
-                job();
-            } catch (...) {
-                err = std::current_exception();
-            }
-            std::lock_guard<std::mutex> lk(mu_);
-            busy_ += ms_since(t0);
-            if (err && !error_) error_ = err;
-            running_ = false;
-            if (jobs_.empty()) idle_cv_.notify_all();
-        }
-    }
-
-    double& busy_;
-    std::thread worker_;
-    std::mutex mu_;
-    std::condition_variable cv_, idle_cv_;
-    std::deque<std::function<void()>> jobs_;
-    bool running_ = false, quit_ = false;
-    std::exception_ptr error_;
-};
-
 Trainer::Trainer(const ModelConfig& cfg, std::shared_ptr<backend::Backend> backend, const TrainerOptions& opt)
     : state_(cfg), backend_(std::move(backend)), opt_(opt) {
     if (!backend_) throw std::invalid_argument("Trainer needs a backend");
+    w_ = resolve(state_.weights);
+    g_ = resolve(state_.grads);
     const ModelConfig& c = state_.config();
     shape_.dim = c.dim;
     shape_.hidden = c.ffn_dim();
@@ -212,7 +129,7 @@ Trainer::Trainer(const ModelConfig& cfg, std::shared_ptr<backend::Backend> backe
     tmp_.resize(D * S);
     logits_.resize(size_t(c.vocab_size) * S);
     const bool overlap = opt_.overlap_dw < 0 ? backend_->name() != "ref" : opt_.overlap_dw > 0;
-    dw_ = std::make_unique<DwQueue>(overlap, t_.dw);
+    dw_ = std::make_unique<threads::SerialQueue>(overlap, t_.dw);
 }
 
 Trainer::~Trainer() = default;
@@ -231,7 +148,7 @@ bool Trainer::static_kernels_current() const {
 void Trainer::ensure_kernels() {
     const bool dynamic = kopt_.pipeline == mil::Pipeline::Dynamic;
     if (dynamic ? !kernels_.empty() : static_kernels_current()) return;
-    Timer t{t_.compile};
+    ScopedTimer t{t_.compile};
     kernels_.clear();
     // Built aside and kept only when complete: a failed compile (say, the budget) leaves none.
     std::vector<std::unique_ptr<LayerKernels>> built;
@@ -239,8 +156,8 @@ void Trainer::ensure_kernels() {
     for (int l = 0; l < sets; ++l) {
         mil::LayerWeights w;
         if (!dynamic) {
-            auto p = [&](const char* n) { return weight(layer_weight_name(l, n)); };
-            w = {p("wq"), p("wk"), p("wv"), p("wo"), p("w1"), p("w2"), p("w3")};
+            const Params::Layer& p = w_.layers[size_t(l)];
+            w = {p.wq, p.wk, p.wv, p.wo, p.w1, p.w2, p.w3};
         }
         auto ks = std::make_unique<LayerKernels>();
         const mil::LayerWeights* wp = dynamic ? nullptr : &w;
@@ -269,7 +186,7 @@ void Trainer::ensure_kernels() {
             in.data.assign(size_t(spec.numel()), 0);
             in.id = next_packed_id();
             for (const mil::Block& b : in.blocks) {
-                if (state_.find(layer_weight_name(l, b.name))) continue;
+                if (w_.layers[size_t(l)].by_kernel_name(b.name)) continue;
                 auto& cols = in.activation_columns;
                 if (!cols.empty() && cols.back().second == b.column)
                     cols.back().second = b.column + b.columns;
@@ -327,13 +244,37 @@ void Trainer::eval(backend::Kernel& k, const std::vector<In>& in, const std::vec
     ++t_.kernel_evals;
 }
 
-float* Trainer::weight(const std::string& name) { return state_.weights.data() + state_.slot(name).offset; }
-float* Trainer::grad(const std::string& name) { return state_.grads.data() + state_.slot(name).offset; }
+float* Trainer::Params::Layer::by_kernel_name(const std::string& name) const {
+    static const std::map<std::string, float* Layer::*> fields{{"wq", &Layer::wq}, {"wk", &Layer::wk},
+                                                                {"wv", &Layer::wv}, {"wo", &Layer::wo},
+                                                                {"w1", &Layer::w1}, {"w2", &Layer::w2},
+                                                                {"w3", &Layer::w3}};
+    auto it = fields.find(name);
+    return it == fields.end() ? nullptr : this->*(it->second);
+}
+
+Trainer::Params Trainer::resolve(std::vector<float>& flat) const {
+    auto at = [&](const std::string& name) { return flat.data() + state_.slot(name).offset; };
+    Params p;
+    p.tok_embeddings = at("tok_embeddings");
+    p.norm = at("norm");
+    for (int l = 0; l < config().n_layers; ++l) {
+        auto t = [&](const char* n) { return at(layer_weight_name(l, n)); };
+        const std::string pre = "layers." + std::to_string(l) + ".";
+        p.layers.push_back({t("wq"), t("wk"), t("wv"), t("wo"), t("w1"), t("w2"), t("w3"), at(pre + "attention_norm"),
+                            at(pre + "ffn_norm")});
+    }
+    return p;
+}
 
 std::vector<Trainer::In> Trainer::inputs(const LayerKernels& ks, const std::string& kernel, int layer,
                                          std::vector<In> acts) {
     const auto& names = ks.sources.at(kernel).inputs;
-    for (size_t i = acts.size(); i < names.size(); ++i) acts.push_back({weight(layer_weight_name(layer, names[i])), false});
+    for (size_t i = acts.size(); i < names.size(); ++i) {
+        const float* w = w_.layers[size_t(layer)].by_kernel_name(names[i]);
+        if (!w) throw std::logic_error(kernel + ": input '" + names[i] + "' is neither an activation nor a weight");
+        acts.push_back({w, false});
+    }
     return acts;
 }
 
@@ -358,11 +299,11 @@ void Trainer::run(int layer, const std::string& kernel, std::vector<In> acts, fl
     // ANE-shaped: the activations go into their blocks of the packed input (the weights are there already)
     PackedInput& in = packed_[size_t(layer)].at(kernel);
     {
-        Timer t{t_.io};
+        ScopedTimer t{t_.io};
         const int64_t S = config().seq_len;
         size_t next = 0;
         for (const mil::Block& b : in.blocks) {
-            if (state_.find(layer_weight_name(layer, b.name))) continue;
+            if (w_.layers[size_t(layer)].by_kernel_name(b.name)) continue;
             if (next >= acts.size()) throw std::logic_error(kernel + ": fewer activations than its input blocks");
             const float* src = acts[next++].data;
             threads::parallel_for(size_t(b.channels), 16, [&](size_t r0, size_t r1) {
@@ -391,13 +332,12 @@ void Trainer::stage_weights(int layer) {
     if (!kopt_.ane_shaped || kopt_.pipeline != mil::Pipeline::Dynamic) return;
     uint64_t& staged = staged_version_[size_t(layer)];
     if (staged == state_.weights_version() && !state_.weights_exposed()) return;
-    Timer t{t_.io};
+    ScopedTimer t{t_.io};
     for (auto& [kernel, in] : packed_[size_t(layer)])
         for (const mil::Block& b : in.blocks) {
             in.all_new = true;
-            const std::string name = layer_weight_name(layer, b.name);
-            if (!state_.find(name)) continue;
-            const float* w = weight(name);  // [channels][columns] row-major
+            const float* w = w_.layers[size_t(layer)].by_kernel_name(b.name);  // [channels][columns] row-major
+            if (!w) continue;
             threads::parallel_for(size_t(b.channels), 16, [&](size_t r0, size_t r1) {
                 for (size_t r = r0; r < r1; ++r)
                     fp16::f32_to_f16(w + r * size_t(b.columns), in.data.data() + r * size_t(in.width) + size_t(b.column),
@@ -412,36 +352,36 @@ void Trainer::forward_sequence(const int32_t* tok) {
     const int D = c.dim, S = c.seq_len;
     const size_t DS = size_t(D) * S;
     {
-        Timer t{t_.cpu_ops};
+        ScopedTimer t{t_.cpu_ops};
         float* x0 = c.n_layers > 0 ? acts_[0]->x.data() : x_.data();
-        cpu::embedding_fwd(weight("tok_embeddings"), c.vocab_size, D, tok, S, x0);
+        cpu::embedding_fwd(w_.tok_embeddings, c.vocab_size, D, tok, S, x0);
     }
     for (int l = 0; l < c.n_layers; ++l) {
         LayerActs& a = *acts_[l];
-        const std::string p = "layers." + std::to_string(l) + ".";
+        const Params::Layer& W = w_.layers[size_t(l)];
         stage_weights(l);
         {
-            Timer t{t_.cpu_ops};
-            cpu::rmsnorm_fwd(a.x.data(), weight(p + "attention_norm"), D, S, c.norm_eps, a.xn.data(),
+            ScopedTimer t{t_.cpu_ops};
+            cpu::rmsnorm_fwd(a.x.data(), W.attention_norm, D, S, c.norm_eps, a.xn.data(),
                              a.rrms1.data());
         }
         run(l, "attention_forward", {{a.xn.data(), false}}, a.attn_fwd.data());
         {
-            Timer t{t_.cpu_ops};
+            ScopedTimer t{t_.cpu_ops};
             cpu::add(a.x.data(), a.o, a.x2.data(), DS);
-            cpu::rmsnorm_fwd(a.x2.data(), weight(p + "ffn_norm"), D, S, c.norm_eps, a.x2n.data(),
+            cpu::rmsnorm_fwd(a.x2.data(), W.ffn_norm, D, S, c.norm_eps, a.x2n.data(),
                              a.rrms2.data());
         }
         run(l, "ffn_forward", {{a.x2n.data(), false}}, a.ffn_fwd.data());
         {
-            Timer t{t_.cpu_ops};  // the residual stream goes straight into the next layer's input
+            ScopedTimer t{t_.cpu_ops};  // the residual stream goes straight into the next layer's input
             float* next = l + 1 < c.n_layers ? acts_[l + 1]->x.data() : x_.data();
             cpu::add(a.x2.data(), a.f, next, DS);
         }
     }
-    Timer t{t_.cpu_ops};
-    cpu::rmsnorm_fwd(x_.data(), weight("norm"), D, S, c.norm_eps, xf_.data(), rrms_f_.data());
-    cpu::classifier_fwd(weight("tok_embeddings"), xf_.data(), c.vocab_size, D, S, logits_.data(), &softmax_);
+    ScopedTimer t{t_.cpu_ops};
+    cpu::rmsnorm_fwd(x_.data(), w_.norm, D, S, c.norm_eps, xf_.data(), rrms_f_.data());
+    cpu::classifier_fwd(w_.tok_embeddings, xf_.data(), c.vocab_size, D, S, logits_.data(), &softmax_);
 }
 
 double Trainer::backward_sequence(const int32_t* tok, bool overwrite) {
@@ -451,55 +391,50 @@ double Trainer::backward_sequence(const int32_t* tok, bool overwrite) {
     const bool out16 = kopt_.dtype == mil::DType::fp16;  // the forward kernels' outputs are fp16 values
     double loss;
     {
-        Timer t{t_.cpu_ops};
-        loss = cpu::classifier_loss_bwd(weight("tok_embeddings"), xf_.data(), logits_.data(), softmax_, tok + 1,
-                                        opt_.loss_scale, V, D, S, tmp_.data(), grad("tok_embeddings"), overwrite);
+        ScopedTimer t{t_.cpu_ops};
+        loss = cpu::classifier_loss_bwd(w_.tok_embeddings, xf_.data(), logits_.data(), softmax_, tok + 1,
+                                        opt_.loss_scale, V, D, S, tmp_.data(), g_.tok_embeddings, overwrite);
         std::fill(dx_.begin(), dx_.end(), 0.f);
-        cpu::rmsnorm_bwd(tmp_.data(), x_.data(), weight("norm"), rrms_f_.data(), D, S, dx_.data(),
-                         grad("norm"));
+        cpu::rmsnorm_bwd(tmp_.data(), x_.data(), w_.norm, rrms_f_.data(), D, S, dx_.data(), g_.norm);
     }
     for (int l = c.n_layers - 1; l >= 0; --l) {
         LayerActs& a = *acts_[l];
-        const std::string p = "layers." + std::to_string(l) + ".";
-        auto W = [&](const std::string& n) { return weight(p + n); };
-        auto G = [&](const std::string& n) { return grad(p + n); };
+        const Params::Layer &W = w_.layers[size_t(l)], &G = g_.layers[size_t(l)];
         const float beta = overwrite ? 0.f : 1.f;
         // FFN branch: x_next = x2 + f, so df = dx
         std::memcpy(a.df.data(), dx_.data(), DS * sizeof(float));
         run(l, "ffn_backward", {{a.df.data(), false}, {a.h1, out16}, {a.h3, out16}}, a.ffn_bwd.data());
-        float *gw1 = G("feed_forward.w1"), *gw2 = G("feed_forward.w2"), *gw3 = G("feed_forward.w3");
+        float *gw1 = G.w1, *gw2 = G.w2, *gw3 = G.w3;
         dw_->submit([=, &a] {
             accumulate_dw(gw2, a.df.data(), a.gate, D, H, S, beta);
             accumulate_dw(gw1, a.dh1, a.x2n.data(), H, D, S, beta);
             accumulate_dw(gw3, a.dh3, a.x2n.data(), H, D, S, beta);
         });
         {
-            Timer t{t_.cpu_ops};
+            ScopedTimer t{t_.cpu_ops};
             std::memcpy(a.dx2.data(), dx_.data(), DS * sizeof(float));
-            cpu::rmsnorm_bwd(a.dx2n, a.x2.data(), W("ffn_norm"), a.rrms2.data(), D, S, a.dx2.data(),
-                             G("ffn_norm"));
+            cpu::rmsnorm_bwd(a.dx2n, a.x2.data(), W.ffn_norm, a.rrms2.data(), D, S, a.dx2.data(), G.ffn_norm);
         }
         // attention branch: x2 = x + o, so do = dx2
         std::vector<In> attn_in{{a.dx2.data(), false}, {a.q, out16}, {a.k, out16}, {a.v, out16}};
         if (kopt_.probs_tap) attn_in.push_back({a.probs.data(), out16});
         run(l, "attention_backward", std::move(attn_in), a.attn_bwd.data());
-        float *gq = G("attention.wq"), *gk = G("attention.wk"), *gv = G("attention.wv"), *go = G("attention.wo");
+        float *gq = G.wq, *gk = G.wk, *gv = G.wv, *go = G.wo;
         dw_->submit([=, &a] {
             accumulate_dw(go, a.dx2.data(), a.attn, D, D, S, beta);
             accumulate_dw(gq, a.dq, a.xn.data(), D, D, S, beta);
             accumulate_dw(gk, a.dk, a.xn.data(), KV, D, S, beta);
             accumulate_dw(gv, a.dv, a.xn.data(), KV, D, S, beta);
         });
-        Timer t{t_.cpu_ops};
+        ScopedTimer t{t_.cpu_ops};
         std::memcpy(dx_.data(), a.dx2.data(), DS * sizeof(float));
-        cpu::rmsnorm_bwd(a.dxn, a.x.data(), W("attention_norm"), a.rrms1.data(), D, S, dx_.data(),
-                         G("attention_norm"));
+        cpu::rmsnorm_bwd(a.dxn, a.x.data(), W.attention_norm, a.rrms1.data(), D, S, dx_.data(), G.attention_norm);
     }
     {
-        Timer t{t_.cpu_ops};
-        cpu::embedding_bwd(dx_.data(), tok, S, V, D, grad("tok_embeddings"));
+        ScopedTimer t{t_.cpu_ops};
+        cpu::embedding_bwd(dx_.data(), tok, S, V, D, g_.tok_embeddings);
     }
-    Timer t{t_.dw_wait};
+    ScopedTimer t{t_.dw_wait};
     dw_->drain();  // the next sequence overwrites the activations the jobs read
     return loss;
 }
@@ -535,7 +470,7 @@ double Trainer::accumulate(const int32_t* tokens, int batch) {
 double Trainer::update(const cpu::AdamW& opt, float clip) {
     if (pending_ == 0) throw std::logic_error("update() without accumulated gradients");
     const auto t0 = Clock::now();
-    Timer t{t_.optimizer};
+    ScopedTimer t{t_.optimizer};
     const float unscale = 1.f / (opt_.loss_scale * float(pending_));
     const double norm = state_.grad_norm() * unscale;
     const float clip_factor = clip > 0.f ? cpu::clip_scale(norm, clip) : 1.f;

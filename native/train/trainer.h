@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "core/threads.h"
 #include "mil/kernels.h"
 #include "train/model.h"
 
@@ -101,15 +102,25 @@ private:
     struct LayerActs;
     struct LayerKernels;
     struct PackedInput;
-    class DwQueue;
+
+    // The model's tensors in one flat buffer (weights or gradients), resolved once, as llama2.c's
+    // run.c keeps them, so nothing is looked up by name inside the layer loop.
+    struct Params {
+        struct Layer {
+            float *wq, *wk, *wv, *wo, *w1, *w2, *w3;  // [out, in] row-major, as llama2.c stores them
+            float *attention_norm, *ffn_norm;         // [dim]
+            float* by_kernel_name(const std::string& name) const;  // "wq".."w3"; nullptr otherwise
+        };
+        float *tok_embeddings = nullptr, *norm = nullptr;
+        std::vector<Layer> layers;
+    };
+    Params resolve(std::vector<float>& flat) const;
 
     void ensure_kernels();
     bool static_kernels_current() const;  // static pipeline: kernels built from the current weights
     void forward_sequence(const int32_t* tok);
     // overwrite: the gradients are stale (see ModelState), write them instead of adding.
     double backward_sequence(const int32_t* tok, bool overwrite);
-    float* weight(const std::string& name);
-    float* grad(const std::string& name);
     // A kernel input: fp32 data, and whether it holds fp16 values already (see HostTensor).
     struct In {
         const float* data;
@@ -125,6 +136,7 @@ private:
     static void check_result_sizes(const LayerKernels& ks, const LayerActs& a);  // ANE-shaped dynamic: the layer's weights into its input buffers
 
     ModelState state_;
+    Params w_, g_;  // views of state_.weights and state_.grads (their storage never moves)
     std::shared_ptr<backend::Backend> backend_;
     TrainerOptions opt_;
     mil::KernelShape shape_;
@@ -137,7 +149,7 @@ private:
     std::vector<uint64_t> staged_version_;  // per layer: the weights_version its packed weights hold
     std::vector<float> x_, xf_, rrms_f_, logits_, dx_, tmp_;
     cpu::SoftmaxStats softmax_;  // of logits_, from the forward pass
-    std::unique_ptr<DwQueue> dw_;
+    std::unique_ptr<threads::SerialQueue> dw_;  // the dW products, overlapped with kernels on another device
     int pending_ = 0;
     Timings t_;
 };

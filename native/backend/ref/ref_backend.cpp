@@ -120,10 +120,9 @@ public:
             if (profiling_) {
                 ++profiled_evals_;
                 for (size_t s = 0; s < steps_.size(); ++s) {
-                    const auto t0 = std::chrono::steady_clock::now();
+                    const auto t0 = Clock::now();
                     steps_[s]();
-                    op_ms_[step_op_[s]] +=
-                        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+                    op_ms_[step_op_[s]] += ms_since(t0);
                 }
             } else {
                 for (const auto& step : steps_) step();
