@@ -1,9 +1,8 @@
 // The BLAS shim. One thread pool does all of anetrain's parallel CPU work: OpenBLAS itself runs
 // single-threaded, and large products are split into one block per pool thread. OpenBLAS's own
 // threads synchronise by spinning and keep spinning after a product, so next to our pool they
-// fight over the cores. Measured on 2 cores: the same speed when the machine is idle (190
-// GFLOP/s either way), and a Stories15M training step 421-443 ms instead of 585-652 ms while
-// another process competes for the cores.
+// fight over the cores: on an idle machine both run at the same speed, and when another process
+// competes for the cores the single pool is clearly faster (figures in docs/benchmarks.md).
 #include "core/blas.h"
 
 #include <algorithm>

@@ -67,11 +67,10 @@ struct KernelOptions {
     Dialect dialect;
     // The ANE's program shape (see the top of this file); false: the split shape.
     bool ane_shaped = false;
-    // Split shape only. The attention probabilities go from the forward to the backward kernel (an S x S tensor
-    // per head written, stored and read) instead of being recomputed there (two matmul-sized
-    // passes over S x S). The ref backend gains (about 1.5% of a Stories15M step). On the ANE
-    // the trainer keeps recomputing, as the reference pipeline does: the tap would add an S x S
-    // surface per head each way, a cost not measured there.
+    // Split shape only. The attention probabilities go from the forward to the backward kernel
+    // (an S x S tensor per head written, stored and read) instead of being recomputed there (two
+    // matmul-sized passes over S x S), which the ref backend gains from. The ANE-shaped programs
+    // recompute, as the reference pipeline does.
     bool probs_tap = false;
 };
 

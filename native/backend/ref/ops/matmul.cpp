@@ -148,8 +148,7 @@ struct Operand {
 // Causal attention multiplies by matrices that are zero above (or below) the diagonal: the
 // softmax of scores masked with -65504 underflows to exact zeros there. A product with such an
 // operand runs as 4 blocks along the operand's diagonal, each over only the depth its block can
-// reach: 10/16 of the multiply-adds remain (measured: the attention matmuls that read the
-// probabilities or the score gradients run about 20% faster). Whether an operand is triangular
+// reach: 10/16 of the multiply-adds remain. Whether an operand is triangular
 // is read off its values at each evaluation (a dense matrix is told apart by its first and
 // last rows), so the result is the full product's: the skipped terms are 0 * y, exactly 0 when the
 // other operand is finite, which is checked too (0 * inf is NaN). Adding exact zeros changes no

@@ -35,7 +35,7 @@ inline float fast_exp(float x) {
 
 // Eight float lanes (a GCC/Clang vector extension). sum_f32 and max_f32 keep eight partial
 // results, lane k taking elements k, k + 8, ...; written as scalar arrays, GCC left the eight
-// in scalar registers (about 4x slower), so they are spelled as one vector. Same arithmetic.
+// in scalar registers (much slower), so they are spelled as one vector. Same arithmetic.
 typedef float f32x8 __attribute__((vector_size(32)));
 
 inline float sum_f32(const float* p, int64_t n) {
