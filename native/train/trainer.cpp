@@ -98,45 +98,45 @@ Trainer::Trainer(const ModelConfig& cfg, std::shared_ptr<backend::Backend> backe
     shape_.seq = c.seq_len;
     shape_.rope_theta = c.rope_theta;
     shape_.validate();
-    kopt_.pipeline = mil::pipeline_from_string(opt_.pipeline);
+    kernel_options_.pipeline = mil::pipeline_from_string(opt_.pipeline);
     if (opt_.precision == "fp16") {
-        kopt_.dtype = mil::DType::fp16;
+        kernel_options_.dtype = mil::DType::fp16;
     } else if (opt_.precision == "fp32") {
         if (backend_->name() != "ref")
             throw std::invalid_argument("precision fp32 runs only on the ref backend (the " + backend_->name() +
                                         " backend computes in fp16)");
-        kopt_.dtype = mil::DType::fp32;
+        kernel_options_.dtype = mil::DType::fp32;
     } else {
         throw std::invalid_argument("unknown precision '" + opt_.precision + "' (use fp16 or fp32)");
     }
-    kopt_.dialect = mil::Dialect::from_string(opt_.dialect);
-    kopt_.ane_shaped = opt_.ane_shaped < 0 ? backend_->name() == "ane" : opt_.ane_shaped > 0;
+    kernel_options_.dialect = mil::Dialect::from_string(opt_.dialect);
+    kernel_options_.ane_shaped = opt_.ane_shaped < 0 ? backend_->name() == "ane" : opt_.ane_shaped > 0;
     // The tap is a split-program feature; the ANE-shaped programs recompute probs as the ANE does.
-    kopt_.probs_tap = !kopt_.ane_shaped && (opt_.probs_tap < 0 ? backend_->name() == "ref" : opt_.probs_tap > 0);
-    if (kopt_.ane_shaped && kopt_.dtype != mil::DType::fp16)
+    kernel_options_.probs_tap = !kernel_options_.ane_shaped && (opt_.probs_tap < 0 ? backend_->name() == "ref" : opt_.probs_tap > 0);
+    if (kernel_options_.ane_shaped && kernel_options_.dtype != mil::DType::fp16)
         throw std::invalid_argument("ANE-shaped programs are fp16 (precision fp32 needs the split programs)");
-    if (kopt_.ane_shaped && c.seq_len % 32)
+    if (kernel_options_.ane_shaped && c.seq_len % 32)
         throw std::invalid_argument("the ANE runs seq_len in multiples of 32 (64-byte rows); got seq_len " +
                                     std::to_string(c.seq_len));
     if (!(opt_.loss_scale > 0.f)) throw std::invalid_argument("loss_scale must be positive");
-    for (int l = 0; l < c.n_layers; ++l) acts_.push_back(std::make_unique<LayerActs>(c, kopt_.probs_tap));
-    if (kopt_.ane_shaped) packed_.resize(size_t(c.n_layers)), staged_version_.assign(size_t(c.n_layers), ~uint64_t(0));
+    for (int l = 0; l < c.n_layers; ++l) acts_.push_back(std::make_unique<LayerActs>(c, kernel_options_.probs_tap));
+    if (kernel_options_.ane_shaped) packed_.resize(size_t(c.n_layers)), staged_version_.assign(size_t(c.n_layers), ~uint64_t(0));
     const size_t D = size_t(c.dim), S = size_t(c.seq_len);
     x_.resize(D * S);
-    xf_.resize(D * S);
-    rrms_f_.resize(S);
+    x_final_.resize(D * S);
+    rrms_final_.resize(S);
     dx_.resize(D * S);
     tmp_.resize(D * S);
     logits_.resize(size_t(c.vocab_size) * S);
     const bool overlap = opt_.overlap_dw < 0 ? backend_->name() != "ref" : opt_.overlap_dw > 0;
-    dw_ = std::make_unique<threads::SerialQueue>(overlap, t_.dw);
+    dw_ = std::make_unique<threads::SerialQueue>(overlap, timings_.dw);
 }
 
 Trainer::~Trainer() = default;
 
 int Trainer::compiles_needed() const {
     const int per_set = int(mil::layer_kernel_names().size());
-    if (kopt_.pipeline == mil::Pipeline::Dynamic) return kernels_.empty() ? per_set : 0;
+    if (kernel_options_.pipeline == mil::Pipeline::Dynamic) return kernels_.empty() ? per_set : 0;
     return static_kernels_current() ? 0 : per_set * config().n_layers;
 }
 
@@ -146,9 +146,9 @@ bool Trainer::static_kernels_current() const {
 }
 
 void Trainer::ensure_kernels() {
-    const bool dynamic = kopt_.pipeline == mil::Pipeline::Dynamic;
+    const bool dynamic = kernel_options_.pipeline == mil::Pipeline::Dynamic;
     if (dynamic ? !kernels_.empty() : static_kernels_current()) return;
-    ScopedTimer t{t_.compile};
+    ScopedTimer t{timings_.compile};
     kernels_.clear();
     // Built aside and kept only when complete: a failed compile (say, the budget) leaves none.
     std::vector<std::unique_ptr<LayerKernels>> built;
@@ -161,9 +161,9 @@ void Trainer::ensure_kernels() {
         }
         auto ks = std::make_unique<LayerKernels>();
         const mil::LayerWeights* wp = dynamic ? nullptr : &w;
-        for (mil::KernelSource& src : mil::layer_kernels(shape_, kopt_, wp)) {
+        for (mil::KernelSource& src : mil::layer_kernels(shape_, kernel_options_, wp)) {
             const std::string label = src.name + (dynamic ? "" : "[layer " + std::to_string(l) + "]");
-            ++t_.compiles;
+            ++timings_.compiles;
             ks->kernels[src.name] = backend_->compile(src.text, src.blobs, label);
             src.text.clear();
             src.blobs.clear();
@@ -174,7 +174,7 @@ void Trainer::ensure_kernels() {
     if (!built.empty() && !acts_.empty()) check_result_sizes(*built[0], *acts_[0]);
     kernels_ = std::move(built);
     kernels_version_ = state_.weights_version();
-    if (!kopt_.ane_shaped) return;
+    if (!kernel_options_.ane_shaped) return;
     // One packed input per layer and kernel; the layout never changes, so a recompile keeps them.
     for (int l = 0; l < config().n_layers; ++l)
         for (const auto& [name, src] : kernels_[dynamic ? 0 : size_t(l)]->sources) {
@@ -239,9 +239,9 @@ void Trainer::eval(backend::Kernel& k, const std::vector<In>& in, const std::vec
     const double io0 = k.io_ms();
     k.eval(hin, hout);
     const double io = k.io_ms() - io0;
-    t_.io += io;
-    t_.kernels += ms_since(t0) - io;
-    ++t_.kernel_evals;
+    timings_.io += io;
+    timings_.kernels += ms_since(t0) - io;
+    ++timings_.kernel_evals;
 }
 
 float* Trainer::Params::Layer::by_kernel_name(const std::string& name) const {
@@ -279,10 +279,10 @@ std::vector<Trainer::In> Trainer::inputs(const LayerKernels& ks, const std::stri
 }
 
 void Trainer::run(int layer, const std::string& kernel, std::vector<In> acts, float* out) {
-    const bool dynamic = kopt_.pipeline == mil::Pipeline::Dynamic;
+    const bool dynamic = kernel_options_.pipeline == mil::Pipeline::Dynamic;
     LayerKernels& ks = *kernels_[dynamic ? 0 : size_t(layer)];
     backend::Kernel& k = *ks.kernels.at(kernel);
-    if (!kopt_.ane_shaped) {
+    if (!kernel_options_.ane_shaped) {
         std::vector<float*> outs;
         float* at = out;
         for (const backend::TensorSpec& o : k.outputs()) {
@@ -299,7 +299,7 @@ void Trainer::run(int layer, const std::string& kernel, std::vector<In> acts, fl
     // ANE-shaped: the activations go into their blocks of the packed input (the weights are there already)
     PackedInput& in = packed_[size_t(layer)].at(kernel);
     {
-        ScopedTimer t{t_.io};
+        ScopedTimer t{timings_.io};
         const int64_t S = config().seq_len;
         size_t next = 0;
         for (const mil::Block& b : in.blocks) {
@@ -323,16 +323,16 @@ void Trainer::run(int layer, const std::string& kernel, std::vector<In> acts, fl
     k.eval({packed}, {{out, mil::DType::fp32, ospec.numel()}});
     in.all_new = false;
     const double io = k.io_ms() - io0;
-    t_.io += io;
-    t_.kernels += ms_since(t0) - io;
-    ++t_.kernel_evals;
+    timings_.io += io;
+    timings_.kernels += ms_since(t0) - io;
+    ++timings_.kernel_evals;
 }
 
 void Trainer::stage_weights(int layer) {
-    if (!kopt_.ane_shaped || kopt_.pipeline != mil::Pipeline::Dynamic) return;
+    if (!kernel_options_.ane_shaped || kernel_options_.pipeline != mil::Pipeline::Dynamic) return;
     uint64_t& staged = staged_version_[size_t(layer)];
     if (staged == state_.weights_version() && !state_.weights_exposed()) return;
-    ScopedTimer t{t_.io};
+    ScopedTimer t{timings_.io};
     for (auto& [kernel, in] : packed_[size_t(layer)])
         for (const mil::Block& b : in.blocks) {
             in.all_new = true;
@@ -352,7 +352,7 @@ void Trainer::forward_sequence(const int32_t* tok) {
     const int D = c.dim, S = c.seq_len;
     const size_t DS = size_t(D) * S;
     {
-        ScopedTimer t{t_.cpu_ops};
+        ScopedTimer t{timings_.cpu_ops};
         float* x0 = c.n_layers > 0 ? acts_[0]->x.data() : x_.data();
         cpu::embedding_fwd(w_.tok_embeddings, c.vocab_size, D, tok, S, x0);
     }
@@ -361,41 +361,41 @@ void Trainer::forward_sequence(const int32_t* tok) {
         const Params::Layer& W = w_.layers[size_t(l)];
         stage_weights(l);
         {
-            ScopedTimer t{t_.cpu_ops};
+            ScopedTimer t{timings_.cpu_ops};
             cpu::rmsnorm_fwd(a.x.data(), W.attention_norm, D, S, c.norm_eps, a.xn.data(),
                              a.rrms1.data());
         }
         run(l, "attention_forward", {{a.xn.data(), false}}, a.attn_fwd.data());
         {
-            ScopedTimer t{t_.cpu_ops};
+            ScopedTimer t{timings_.cpu_ops};
             cpu::add(a.x.data(), a.o, a.x2.data(), DS);
             cpu::rmsnorm_fwd(a.x2.data(), W.ffn_norm, D, S, c.norm_eps, a.x2n.data(),
                              a.rrms2.data());
         }
         run(l, "ffn_forward", {{a.x2n.data(), false}}, a.ffn_fwd.data());
         {
-            ScopedTimer t{t_.cpu_ops};  // the residual stream goes straight into the next layer's input
+            ScopedTimer t{timings_.cpu_ops};  // the residual stream goes straight into the next layer's input
             float* next = l + 1 < c.n_layers ? acts_[l + 1]->x.data() : x_.data();
             cpu::add(a.x2.data(), a.f, next, DS);
         }
     }
-    ScopedTimer t{t_.cpu_ops};
-    cpu::rmsnorm_fwd(x_.data(), w_.norm, D, S, c.norm_eps, xf_.data(), rrms_f_.data());
-    cpu::classifier_fwd(w_.tok_embeddings, xf_.data(), c.vocab_size, D, S, logits_.data(), &softmax_);
+    ScopedTimer t{timings_.cpu_ops};
+    cpu::rmsnorm_fwd(x_.data(), w_.norm, D, S, c.norm_eps, x_final_.data(), rrms_final_.data());
+    cpu::classifier_fwd(w_.tok_embeddings, x_final_.data(), c.vocab_size, D, S, logits_.data(), &softmax_);
 }
 
 double Trainer::backward_sequence(const int32_t* tok, bool overwrite) {
     const ModelConfig& c = config();
     const int D = c.dim, S = c.seq_len, KV = c.kv_dim(), H = c.ffn_dim(), V = c.vocab_size;
     const size_t DS = size_t(D) * S;
-    const bool out16 = kopt_.dtype == mil::DType::fp16;  // the forward kernels' outputs are fp16 values
+    const bool out16 = kernel_options_.dtype == mil::DType::fp16;  // the forward kernels' outputs are fp16 values
     double loss;
     {
-        ScopedTimer t{t_.cpu_ops};
-        loss = cpu::classifier_loss_bwd(w_.tok_embeddings, xf_.data(), logits_.data(), softmax_, tok + 1,
+        ScopedTimer t{timings_.cpu_ops};
+        loss = cpu::classifier_loss_bwd(w_.tok_embeddings, x_final_.data(), logits_.data(), softmax_, tok + 1,
                                         opt_.loss_scale, V, D, S, tmp_.data(), g_.tok_embeddings, overwrite);
         std::fill(dx_.begin(), dx_.end(), 0.f);
-        cpu::rmsnorm_bwd(tmp_.data(), x_.data(), w_.norm, rrms_f_.data(), D, S, dx_.data(), g_.norm);
+        cpu::rmsnorm_bwd(tmp_.data(), x_.data(), w_.norm, rrms_final_.data(), D, S, dx_.data(), g_.norm);
     }
     for (int l = c.n_layers - 1; l >= 0; --l) {
         LayerActs& a = *acts_[l];
@@ -411,13 +411,13 @@ double Trainer::backward_sequence(const int32_t* tok, bool overwrite) {
             accumulate_dw(gw3, a.dh3, a.x2n.data(), H, D, S, beta);
         });
         {
-            ScopedTimer t{t_.cpu_ops};
+            ScopedTimer t{timings_.cpu_ops};
             std::memcpy(a.dx2.data(), dx_.data(), DS * sizeof(float));
             cpu::rmsnorm_bwd(a.dx2n, a.x2.data(), W.ffn_norm, a.rrms2.data(), D, S, a.dx2.data(), G.ffn_norm);
         }
         // attention branch: x2 = x + o, so do = dx2
         std::vector<In> attn_in{{a.dx2.data(), false}, {a.q, out16}, {a.k, out16}, {a.v, out16}};
-        if (kopt_.probs_tap) attn_in.push_back({a.probs.data(), out16});
+        if (kernel_options_.probs_tap) attn_in.push_back({a.probs.data(), out16});
         run(l, "attention_backward", std::move(attn_in), a.attn_bwd.data());
         float *gq = G.wq, *gk = G.wk, *gv = G.wv, *go = G.wo;
         dw_->submit([=, &a] {
@@ -426,15 +426,15 @@ double Trainer::backward_sequence(const int32_t* tok, bool overwrite) {
             accumulate_dw(gk, a.dk, a.xn.data(), KV, D, S, beta);
             accumulate_dw(gv, a.dv, a.xn.data(), KV, D, S, beta);
         });
-        ScopedTimer t{t_.cpu_ops};
+        ScopedTimer t{timings_.cpu_ops};
         std::memcpy(dx_.data(), a.dx2.data(), DS * sizeof(float));
         cpu::rmsnorm_bwd(a.dxn, a.x.data(), W.attention_norm, a.rrms1.data(), D, S, dx_.data(), G.attention_norm);
     }
     {
-        ScopedTimer t{t_.cpu_ops};
+        ScopedTimer t{timings_.cpu_ops};
         cpu::embedding_bwd(dx_.data(), tok, S, V, D, g_.tok_embeddings);
     }
-    ScopedTimer t{t_.dw_wait};
+    ScopedTimer t{timings_.dw_wait};
     dw_->drain();  // the next sequence overwrites the activations the jobs read
     return loss;
 }
@@ -463,20 +463,20 @@ double Trainer::accumulate(const int32_t* tokens, int batch) {
         if (overwrite) state_.zero_grads();
         throw;
     }
-    t_.total += ms_since(t0);
+    timings_.total += ms_since(t0);
     return loss / batch;
 }
 
 double Trainer::update(const cpu::AdamW& opt, float clip) {
     if (pending_ == 0) throw std::logic_error("update() without accumulated gradients");
     const auto t0 = Clock::now();
-    ScopedTimer t{t_.optimizer};
+    ScopedTimer t{timings_.optimizer};
     const float unscale = 1.f / (opt_.loss_scale * float(pending_));
     const double norm = state_.grad_norm() * unscale;
     const float clip_factor = clip > 0.f ? cpu::clip_scale(norm, clip) : 1.f;
     state_.adamw_update(opt, unscale * clip_factor, /*clear_grads=*/true);
     pending_ = 0;  // (the update changed the weights: the static pipeline recompiles)
-    t_.total += ms_since(t0);
+    timings_.total += ms_since(t0);
     return norm;
 }
 

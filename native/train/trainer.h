@@ -84,8 +84,8 @@ public:
     // 4 once. The driver uses this to restart before the compile budget runs out.
     int compiles_needed() const;
 
-    const Timings& timings() const { return t_; }
-    void reset_timings() { t_ = Timings{}; }
+    const Timings& timings() const { return timings_; }
+    void reset_timings() { timings_ = Timings{}; }
 
     // Compiles the kernels the next step needs now (the driver calls it at start, so a kernel
     // that cannot run where asked fails before training begins).
@@ -93,7 +93,7 @@ public:
     // Where each kernel of the current set runs, one entry per kernel name (the static
     // pipeline's per-layer copies are one entry; the first copy that fell back speaks for them).
     std::vector<Placement> placements() const;
-    bool ane_shaped() const { return kopt_.ane_shaped; }
+    bool ane_shaped() const { return kernel_options_.ane_shaped; }
     // Frees every compiled kernel (before an exec() restart: on the ANE this unloads the
     // programs and removes their model directories). The next step compiles them again.
     void release_kernels();
@@ -140,18 +140,18 @@ private:
     std::shared_ptr<backend::Backend> backend_;
     TrainerOptions opt_;
     mil::KernelShape shape_;
-    mil::KernelOptions kopt_;
+    mil::KernelOptions kernel_options_;
     std::vector<std::unique_ptr<LayerKernels>> kernels_;  // dynamic: one shared set; static: per layer
     uint64_t kernels_version_ = 0;  // the state's weights_version the static kernels were built from
     std::vector<std::unique_ptr<LayerActs>> acts_;
     // ANE-shaped: per layer, each kernel's packed fp16 input (weights staged in it, dynamic)
     std::vector<std::map<std::string, PackedInput>> packed_;
     std::vector<uint64_t> staged_version_;  // per layer: the weights_version its packed weights hold
-    std::vector<float> x_, xf_, rrms_f_, logits_, dx_, tmp_;
+    std::vector<float> x_, x_final_, rrms_final_, logits_, dx_, tmp_;
     cpu::SoftmaxStats softmax_;  // of logits_, from the forward pass
     std::unique_ptr<threads::SerialQueue> dw_;  // the dW products, overlapped with kernels on another device
     int pending_ = 0;
-    Timings t_;
+    Timings timings_;
 };
 
 }  // namespace anetrain::train
