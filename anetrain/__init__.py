@@ -17,6 +17,16 @@ from . import kernels  # noqa: E402,F401
 __version__ = "0.1.0"
 
 
+def set_num_threads(n):
+    """Threads for anetrain's CPU work: its pool, across which the BLAS products are split too
+    (ANETRAIN_NUM_THREADS sets the same at start)."""
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"set_num_threads needs at least 1 thread, got {n}")
+    _native.set_num_threads(n)
+    _native.blas_set_threads(n)
+
+
 def backends():
     """Names of the backends this machine can run, best first."""
     return list(_backends())

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training step speed: anetrain's native step against the PyTorch reference step, same run.
 
-Both train llama2.c's Transformer (tests/torch_ref.py is the PyTorch model used by the test
+Both train llama2.c's Transformer (anetrain/torch_reference.py is the PyTorch model used by the test
 suite) on the same config, batch, tokens and thread count: forward, backward, gradient clipping
 and AdamW. Prints ms/step for each, the ratio (ours / PyTorch; lower is better), tokens/s, peak
 memory of each measured in a fresh subprocess, and the BLAS core type. Each preset runs --rounds
@@ -37,24 +37,21 @@ def peak_rss_mb():
 def run_anetrain(shape, seq, batch, steps, threads, pipeline):
     import numpy as np
 
-    import anetrain  # noqa: F401
-    from anetrain import _native
+    from anetrain import set_num_threads
+    from anetrain.model import Model
 
-    _native.set_num_threads(threads)
-    _native.blas_set_threads(threads)
-    cfg = _native.ModelConfig(seq_len=seq, **shape)
-    trainer = _native.Trainer(cfg, _native.make_ref_backend(), pipeline=pipeline)
-    trainer.state.init_random(1)
-    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq + 1)).astype(np.int32)
+    set_num_threads(threads)
+    model = Model(dict(seq_len=seq, **shape), backend="ref", pipeline=pipeline, seed=1)
+    tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, (batch, seq + 1)).astype(np.int32)
     times = []
     for i in range(steps + 1):  # the first step compiles and warms up
         t0 = time.perf_counter()
-        trainer.accumulate(tokens)
-        trainer.update(lr=1e-4, clip=1.0)
+        model.accumulate(tokens)
+        model.update(lr=1e-4, clip=1.0)
         times.append(time.perf_counter() - t0)
         if i == 0:
-            trainer.reset_timings()
-    parts = {k: v / steps for k, v in trainer.timings().items() if k.endswith("_ms")}
+            model.reset_timings()
+    parts = {k: v / steps for k, v in model.timings.items() if k.endswith("_ms")}
     return dict(ms=1000 * sorted(times[1:])[len(times[1:]) // 2], parts=parts, peak_mb=peak_rss_mb())
 
 
@@ -62,17 +59,15 @@ def run_torch(shape, seq, batch, steps, threads):
     import numpy as np
     import torch
 
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    import torch_ref
-    from anetrain import _native
+    from anetrain import torch_reference
+    from anetrain.model import Model
 
     torch.set_num_threads(threads)
-    cfg = _native.ModelConfig(seq_len=seq, **shape)
-    state = _native.ModelState(cfg)
-    state.init_random(1)
-    model = torch_ref.build(cfg, {n: state.get(n) for n in state.names()})
-    del state
-    opt = torch_ref.adamw(model, lr=1e-4)
+    init = Model(dict(seq_len=seq, **shape), backend="ref", seed=1)  # the same initial weights
+    model = torch_reference.build(init.config, init.weights())
+    cfg = init.config
+    del init
+    opt = torch_reference.adamw(model, lr=1e-4)
     params = list(model.weights().values())
     tokens = torch.tensor(np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq + 1)))
     times = []

@@ -1,7 +1,7 @@
 """llama2.c's model for one sequence composed from anetrain's CPU ops, as the native trainer will
 compose them: CPU ops for embedding, RMSNorm, RoPE, GQA, SwiGLU, classifier and loss; NumPy for
 the linears and for causal attention (which the trainer runs as kernels). A test helper, checked
-against tests/torch_ref.py by the tests that use it.
+against anetrain/torch_reference.py by the tests that use it.
 """
 import numpy as np
 

@@ -2,14 +2,14 @@
 
 Activations are channel-major [C, S] for one sequence (the ANE's [1, C, 1, S]); the references
 transpose to PyTorch's [S, C] and back. The last tests chain the ops into llama2.c's whole model
-and compare loss and every gradient with tests/torch_ref.py.
+and compare loss and every gradient with anetrain/torch_reference.py.
 """
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch is the reference for the CPU ops")
 
-import torch_ref  # noqa: E402  (tests/ is on sys.path under pytest's rootdir conftest)
+from anetrain import torch_reference as torch_ref  # noqa: E402
 from cpu_model import cpu_model_step  # noqa: E402
 from anetrain import _native as nat  # noqa: E402
 

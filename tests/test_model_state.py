@@ -69,7 +69,7 @@ def test_init_random_is_seeded_with_fan_in_scales():
 @pytest.mark.parametrize("max_norm", [1.0, 1e4])
 def test_clipped_adamw_update_matches_torch(rng, max_norm):
     torch = pytest.importorskip("torch", reason="PyTorch is the reference optimizer")
-    import torch_ref
+    from anetrain import torch_reference as torch_ref
 
     cfg = ModelConfig(**CFG)
     s = ModelState(cfg)
@@ -100,7 +100,7 @@ def test_clipped_adamw_update_matches_torch(rng, max_norm):
 def test_cpu_training_steps_follow_torch(rng):
     """Three full steps (forward, backward, clip, AdamW) composed from the CPU ops track torch_ref."""
     torch = pytest.importorskip("torch", reason="PyTorch trains the reference model")
-    import torch_ref
+    from anetrain import torch_reference as torch_ref
     from cpu_model import cpu_model_step
 
     cfg = ModelConfig(**CFG)

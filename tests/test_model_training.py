@@ -1,4 +1,4 @@
-"""Layer 4: the native training step against PyTorch autograd (tests/torch_ref.py).
+"""Layer 4: the native training step against PyTorch autograd (anetrain/torch_reference.py).
 
 The trainer runs every layer through the generated MIL kernels on the ref backend. In fp32
 precision the programs carry fp32 tensors and nothing is rounded, so loss and gradients must
@@ -11,7 +11,7 @@ import pytest
 from anetrain import _native
 
 torch = pytest.importorskip("torch", reason="PyTorch is the reference model (pip install torch)")
-import torch_ref  # noqa: E402
+from anetrain import torch_reference as torch_ref  # noqa: E402
 
 CONFIGS = {
     "mha": dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=4, vocab_size=67, hidden_dim=64, seq_len=16),
