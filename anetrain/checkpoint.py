@@ -10,25 +10,32 @@ readable by any safetensors reader). Its ``__metadata__`` holds four strings:
 - ``sha256``: hex digest over the meta JSON and, for every tensor in name order, its name, dtype,
   shape and bytes; any flipped bit in the tensors or the metadata fails the check on load.
 
-``save`` writes to a temporary file in the destination directory, fsyncs it, renames it over the
-destination and fsyncs the directory, so a crash at any moment leaves either the previous file or
-the complete new one. Files are named ``ckpt_<step:08d>.safetensors`` by ``step_path`` and
-``keep_last`` prunes the oldest of them.
+``save`` writes the file itself, tensor by tensor, through ``rundir.write_atomically`` (a temporary
+file named for this process, so the next start removes what a kill mid-write leaves; fsync; rename
+over the destination; fsync of the directory), so a crash at any moment leaves either the previous
+file or the complete new one. It does not use safetensors' own writer: that one makes its temporary file itself, under a
+random name nothing could attribute to a dead process, and with mode 0600 whatever the umask.
+Files are named ``ckpt_<step:08d>.safetensors`` by ``step_path`` and ``keep_last`` prunes the
+oldest of them.
 """
 import glob
 import hashlib
 import json
 import os
-import tempfile
+import struct
 
 import numpy as np
 
+from . import rundir
 from .errors import CheckpointError
 
 MAGIC = "anetrain-checkpoint"
 FORMAT_VERSION = 1
 PREFIX, SUFFIX = "ckpt_", ".safetensors"
-TMP_PREFIX = ".ckpt-writing-"
+# numpy dtype -> safetensors dtype name
+DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32",
+          "int16": "I16", "int8": "I8", "uint64": "U64", "uint32": "U32", "uint16": "U16",
+          "uint8": "U8", "bool": "BOOL"}
 
 
 def step_path(run_dir, step):
@@ -67,39 +74,39 @@ def content_digest(arrays, meta_json):
     return h.hexdigest()
 
 
-def _fsync_dir(d):
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def write_safetensors(f, arrays, metadata):
+    """Write ``arrays`` (name -> ndarray) and the string dict ``metadata`` to the binary file ``f``
+    in the safetensors layout: header length (u64 LE), JSON header padded with spaces to 8 bytes,
+    then each tensor's little-endian bytes in name order."""
+    names = sorted(arrays)
+    data = [np.ascontiguousarray(arrays[k]).astype(arrays[k].dtype.newbyteorder("<"), copy=False) for k in names]
+    header, offset = {"__metadata__": metadata}, 0
+    for name, a in zip(names, data):
+        if a.dtype.name not in DTYPES:
+            raise TypeError(f"checkpoint tensor {name} has dtype {a.dtype}, which safetensors cannot hold")
+        header[name] = {"dtype": DTYPES[a.dtype.name], "shape": list(a.shape),
+                        "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % 8)
+    f.write(struct.pack("<Q", len(text)) + text)
+    for a in data:
+        f.write(memoryview(a.reshape(-1).view(np.uint8)))
 
 
 def save(path, arrays, meta, keep_last=None):
-    """Write ``arrays`` (name -> ndarray) and JSON-able ``meta`` to ``path`` atomically.
+    """Write ``arrays`` (name -> ndarray) and JSON-able ``meta`` to ``path`` atomically, with the
+    mode the process umask gives a new file.
 
     With ``keep_last`` N, afterwards only the newest N ``ckpt_*`` files of that directory remain.
     """
-    from safetensors.numpy import save_file
-
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     meta_json = json.dumps(meta, sort_keys=True, default=_json_default)
     header = {"magic": MAGIC, "format_version": str(FORMAT_VERSION), "meta": meta_json,
               "sha256": content_digest(arrays, meta_json)}
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=TMP_PREFIX, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(arrays, tmp, metadata=header)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(d)
+    rundir.write_atomically(path, lambda f: write_safetensors(f, arrays, header))
     if keep_last is not None:
         prune(d, keep_last)
 
@@ -110,8 +117,7 @@ def prune(run_dir, keep_last):
         raise ValueError(f"keep_last must be at least 1, got {keep_last}")
     for old in list_checkpoints(run_dir)[:-keep_last]:
         os.unlink(old)
-    for tmp in glob.glob(os.path.join(glob.escape(run_dir), TMP_PREFIX + "*.tmp")):
-        os.unlink(tmp)
+    rundir.remove_stale_temps(run_dir)
 
 
 def _read(path):

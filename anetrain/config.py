@@ -169,6 +169,9 @@ class TrainConfig:
     resume: bool = field(default=False, metadata={
         "help": "carry on from the newest checkpoint in --out (or --ckpt)"})
     ckpt: str = field(default="", metadata={"help": "checkpoint to resume from (implies --resume)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "start a fresh run in an --out that holds another run, moving that run's checkpoints "
+                "and metrics.jsonl into <out>/archive-<timestamp>/ first (ignored with --resume)"})
     init_from: str = field(default="", metadata={
         "help": "llama2.c model .bin to start from instead of random weights"})
     log_stderr: bool = field(default=False, metadata={

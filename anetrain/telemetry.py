@@ -12,8 +12,11 @@ FLOP model (multiply and add counted as 2 FLOPs; per token, per training step):
 Norms, RoPE, softmax, SwiGLU's elementwise work and the embedding lookup are not counted.
 """
 import json
+import os
 import sys
 import time
+
+from . import rundir
 
 
 def flops_per_token(cfg):
@@ -80,6 +83,31 @@ def read_log(path):
             except ValueError:
                 break
     return out
+
+
+def truncate_log(path, last_step):
+    """Keep the records of ``path`` up to and including ``last_step`` (all records carry a step)
+    and drop the rest, with a torn last line: a resume from the checkpoint at ``last_step`` re-runs
+    the later steps and logs them again. The kept lines are copied byte for byte and replace the
+    log atomically, so a crash meanwhile leaves the old log whole. Returns how many records were
+    dropped."""
+    if not os.path.exists(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                dropped += 1
+                break
+            if rec.get("step", 0) <= last_step and line.endswith("\n"):
+                kept.append(line)
+            else:
+                dropped += 1
+    if dropped:
+        rundir.write_atomically(path, lambda f: f.writelines(kept), binary=False)
+    return dropped
 
 
 def efficiency(wall_s, compile_s, train_s, steps, tokens_per_step, train_flops_per_token):

@@ -3,9 +3,13 @@
 One optimizer step = ``accum_steps`` micro-batches of ``batch_size`` windows through the native
 trainer, then clipping and AdamW at the scheduled learning rate. Around it:
 
-- checkpoints every ``ckpt_interval`` steps, at the end, on Ctrl-C (at the next step boundary)
-  and before a restart; ``--resume`` restores weights, AdamW moments, the step, the data
-  sampler's RNG and the loss history, so a resumed run's losses equal an uninterrupted run's;
+- the run directory (``--out``) belongs to one run: a lock held for the run's life (across
+  restarts), a fresh run refused where another run's files are (``--overwrite`` archives them),
+  temporary files of killed writers removed at start (anetrain/rundir.py);
+- checkpoints every ``ckpt_interval`` steps, at the end, on Ctrl-C or SIGTERM (at the next step
+  boundary) and before a restart; a full disk stops the run with the previous checkpoint intact; ``--resume`` restores weights, AdamW moments, the step, the data
+  sampler's RNG and the loss history, so a resumed run's losses equal an uninterrupted run's, and
+  drops the records metrics.jsonl holds past the checkpoint's step (those steps run again);
 - the exec() restart: when the backend's compile budget (on the ANE 100 compiles per process by
   default, below the compiler's limit of about 119; ``--compile-budget`` on any backend) cannot
   fit the next step's compiles, checkpoint and ``os.execv`` the same command with ``--resume --ckpt``. A failing compile or evaluation gets one
@@ -14,6 +18,7 @@ trainer, then clipping and AdamW at the scheduled learning rate. Around it:
   generated sample at intervals, and an efficiency report at the end;
 - a non-finite loss stops the run without writing a checkpoint, so the last good one is intact.
 """
+import errno
 import math
 import os
 import signal
@@ -21,7 +26,7 @@ import sys
 import time
 
 
-from . import ane, checkpoint, config, data, telemetry
+from . import ane, checkpoint, config, data, rundir, telemetry
 from ._native import BackendError, CompileBudgetExceeded
 from .errors import AnetrainError, UsageError, exit_on_error
 from .generate import sample_tokens, validation_loss
@@ -29,6 +34,9 @@ from .model import Model
 
 RESTARTS_ENV = "ANETRAIN_RESTARTS"   # how many exec() restarts led to this process
 RETRY_ENV = "ANETRAIN_RETRY_STEP"    # the step whose failure was already retried once
+# the signals that stop a run at the next step boundary with a checkpoint, and the word the
+# closing line uses for each
+STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
 
 
 class RunFailed(Exception):
@@ -51,7 +59,7 @@ def main(argv=None):
 def prepare_out_dir(path):
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write-test")
+        probe = rundir.temp_path(os.path.join(path, "write-test"))
         with open(probe, "w") as f:
             f.write("ok")
         os.unlink(probe)
@@ -77,6 +85,11 @@ class Run:
         self.model_cfg, self.train = config.parse_args(argv)
         t = self.train
         self.out = prepare_out_dir(t.out)
+        self.lock = rundir.RunLock(self.out)
+        rundir.remove_stale_temps(self.out)
+        self.claim_out_dir()
+        self.lock.record_pid()
+        self.metrics_path = os.path.join(self.out, rundir.METRICS_NAME)
         seq = self.model_cfg.seq_len
         splits = data.open_splits(t.data, self.model_cfg.vocab_size, seq, t.val_data, t.val_fraction)
         self.sampler = data.WindowSampler(splits.train, seq, t.seed)
@@ -90,9 +103,28 @@ class Run:
         self.restarts = int(os.environ.get(RESTARTS_ENV, "0"))
         self.flops = telemetry.flops_per_token(self.model_cfg)["train"]
         self.tokens_per_step = t.batch_size * t.accum_steps * seq
-        self.stop_requested = False
+        self.stop_signal = None  # SIGINT or SIGTERM once one asked the run to stop
         self.started = time.perf_counter()
         self.steps_here = 0
+
+    # ---------------------------------------------------------------- the run directory
+    def claim_out_dir(self):
+        """A fresh run needs a directory without another run's files: their later checkpoints
+        would outrank (and prune) this run's, and their metrics would mix with its own."""
+        t = self.train
+        if t.resume:
+            return
+        ckpts = checkpoint.list_checkpoints(self.out)
+        files = rundir.run_files(self.out, ckpts)
+        if not files:
+            return
+        if not t.overwrite:
+            held = ", ".join(os.path.basename(f) for f in ([ckpts[-1]] if ckpts else []) + files[len(ckpts):])
+            raise UsageError(f"--out {self.out} already holds another run ({held}); continue it with --resume, "
+                             f"choose a new --out, or pass --overwrite to move it into "
+                             f"{os.path.join(self.out, 'archive-<timestamp>')} and start afresh")
+        dest = rundir.archive(self.out, files)
+        print(f"moved the previous run's {len(files)} files into {dest}", file=sys.stderr)
 
     # ---------------------------------------------------------------- checkpoints
     def ckpt_meta(self, sampler_state):
@@ -107,9 +139,17 @@ class Run:
 
     def save(self, sampler_state=None):
         path = checkpoint.step_path(self.out, self.step)
+        previous = checkpoint.latest(self.out)
         arrays = self.model.state_dict(kinds=("weight", "m", "v"))
-        checkpoint.save(path, arrays, self.ckpt_meta(sampler_state or self.sampler.state()),
-                        keep_last=self.train.keep_last)
+        try:
+            checkpoint.save(path, arrays, self.ckpt_meta(sampler_state or self.sampler.state()),
+                            keep_last=self.train.keep_last)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise RunFailed(f"the disk is full (writing {path}: {e.strerror}); the previous checkpoint "
+                            f"{previous or '(none yet)'} is intact and nothing partial was left; free space "
+                            f"and resume with --resume")
         return path
 
     def restore(self):
@@ -117,6 +157,7 @@ class Run:
         path = t.ckpt or checkpoint.latest(self.out)
         if path is None:
             print(f"note: no checkpoint in {self.out}; starting from scratch", file=sys.stderr)
+            telemetry.truncate_log(self.metrics_path, -1)  # every logged step runs again
             return
         arrays, meta = checkpoint.load(path, expect_config=self.model_cfg.to_dict())
         try:
@@ -129,7 +170,11 @@ class Run:
         self.losses = list(meta.get("losses", []))
         self.val_losses = list(meta.get("val_losses", []))
         self.cum = dict(meta.get("cum", self.cum))
+        dropped = telemetry.truncate_log(self.metrics_path, self.step)
         print(f"resumed from {path} at step {self.step}", file=sys.stderr)
+        if dropped:
+            print(f"note: dropped {dropped} records after step {self.step} from {self.metrics_path}; "
+                  f"those steps run again", file=sys.stderr)
 
     def init_from_llama2c(self):
         from . import llama2c
@@ -154,6 +199,7 @@ class Run:
         path = self.save()
         env = dict(os.environ)
         env[RESTARTS_ENV] = str(self.restarts + 1)
+        env.update(self.lock.handover())
         if retry_step is not None:
             env[RETRY_ENV] = str(retry_step)
         args = strip_resume_flags(self.argv) + ["--resume", "--ckpt", path]
@@ -161,7 +207,15 @@ class Run:
         sys.stdout.flush()
         self.model.close()    # unload every program (on the ANE: and remove its model directory)
         ane.release_models()  # the new process image never unloads this one's programs
-        os.execve(sys.executable, [sys.executable] + interpreter_and_script(self.argv) + args, env)
+        # held back until the new image has its handlers (Run.run), instead of killing the process
+        # in between: the signal mask and pending signals survive execve
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        if self.stop_signal is not None:  # one already caught here: pend it again for the new image
+            os.kill(os.getpid(), self.stop_signal)
+        try:
+            os.execve(sys.executable, [sys.executable] + interpreter_and_script(self.argv) + args, env)
+        finally:  # only reached when the exec failed
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def ensure_budget(self):
         """Restart when the next step's compiles do not fit the remaining budget."""
@@ -199,6 +253,18 @@ class Run:
 
     # ---------------------------------------------------------------- the loop
     def run(self):
+        """Train to ``--steps``; a stop signal from here on (also while starting) ends the run at the
+        next step boundary with a checkpoint."""
+        previous = {s: signal.signal(s, self.on_stop_signal) for s in STOP_SIGNALS}
+        # a restart blocks them across the exec (see restart); one that came meanwhile is delivered now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        try:
+            return self.train_loop()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def train_loop(self):
         t = self.train
         if t.resume:
             self.restore()
@@ -218,13 +284,12 @@ class Run:
 
         bar = tqdm(total=t.steps, initial=self.step, unit="step", dynamic_ncols=True, file=sys.stderr,
                    disable=None)
-        previous = signal.signal(signal.SIGINT, self.on_interrupt)
-        log = telemetry.StepLog(os.path.join(self.out, "metrics.jsonl"), mirror=t.log_stderr)
+        log = telemetry.StepLog(self.metrics_path, mirror=t.log_stderr)
         log.write({"type": "placement", "step": self.step, **placement})
         try:
             if self.step == 0:
                 self.evaluate(log, bar)  # the untrained model's validation loss: the baseline
-            while self.step < t.steps and not self.stop_requested:
+            while self.step < t.steps and self.stop_signal is None:
                 self.ensure_budget()
                 sampler_state = self.sampler.state()
                 try:
@@ -248,13 +313,13 @@ class Run:
                                 tok_s=f"{self.tokens_per_step / rec['step_ms'] * 1e3:.0f}")
                 self.periodic(log, bar, tokenizer)
         finally:
-            signal.signal(signal.SIGINT, previous)
             bar.close()
             log.close()
         path = self.save()
-        if self.stop_requested:
-            print(f"interrupted: saved {path} at step {self.step}; resume with --resume", file=sys.stderr)
-            return 130
+        if self.stop_signal is not None:
+            print(f"{STOP_SIGNALS[self.stop_signal]}: saved {path} at step {self.step}; resume with --resume",
+                  file=sys.stderr)
+            return 128 + self.stop_signal  # the shell's status for death by that signal
         e = telemetry.efficiency(**{k: self.cumulative()[k] for k in ("wall_s", "compile_s", "train_s", "steps")},
                                  tokens_per_step=self.tokens_per_step, train_flops_per_token=self.flops)
         print(f"done: step {self.step}, final loss {self.losses[-1]:.4f}, checkpoint {path}", file=sys.stderr)
@@ -298,11 +363,15 @@ class Run:
         if t.ckpt_interval and s % t.ckpt_interval == 0 and not last:
             self.save()
 
-    def on_interrupt(self, signum, frame):
-        if self.stop_requested:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.stop_requested = True
-        print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+    def on_stop_signal(self, signum, frame):
+        if self.stop_signal is not None:  # asked twice: stop now, without saving
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
+        self.stop_signal = signum
+        what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        print(f"\n{what}: finishing this step and saving a checkpoint ({what} again to stop without saving)",
+              file=sys.stderr)
 
 
 def interpreter_and_script(argv):
@@ -339,4 +408,8 @@ def load_tokenizer(path):
 
 
 def run(argv):
-    return Run(argv).run()
+    r = Run(argv)
+    try:
+        return r.run()
+    finally:
+        r.lock.release()

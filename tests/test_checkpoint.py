@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from anetrain import checkpoint
+from anetrain import checkpoint, rundir
 from anetrain.checkpoint import latest, load, save, step_path
 from anetrain.config import model_preset
 from anetrain.errors import CheckpointError
@@ -64,7 +64,21 @@ def test_file_is_plain_safetensors_with_magic(tmp_path):
     assert header["__metadata__"]["format_version"] == "1"
     assert header["tok_embeddings.weight"]["dtype"] == "F32" and header["tok_embeddings.weight"]["shape"] == [16, 8]
     with safe_open(p, framework="numpy") as f:
-        np.testing.assert_array_equal(f.get_tensor("counts"), arrays["counts"])
+        for k in arrays:   # every dtype read back by safetensors' own reader
+            np.testing.assert_array_equal(f.get_tensor(k), arrays[k])
+
+
+def test_file_mode_follows_the_umask(tmp_path):
+    arrays, meta = sample_state()
+    old = os.umask(0o022)
+    try:
+        save(str(tmp_path / "a.safetensors"), arrays, meta)
+        os.umask(0o077)
+        save(str(tmp_path / "b.safetensors"), arrays, meta)
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "a.safetensors").st_mode & 0o777 == 0o644
+    assert os.stat(tmp_path / "b.safetensors").st_mode & 0o777 == 0o600
 
 
 def test_keep_last_and_latest(tmp_path):
@@ -93,16 +107,17 @@ def test_crash_mid_write_keeps_previous_checkpoint(tmp_path):
     assert r.returncode == 9
     assert open(p, "rb").read() == before and load(p)[1]["step"] == 10
     assert latest(str(tmp_path)) == p                  # the leftover temp file is not a checkpoint
-    leftovers = [f for f in os.listdir(tmp_path) if f.startswith(checkpoint.TMP_PREFIX)]
-    assert len(leftovers) == 1
-    save(step_path(str(tmp_path), 20), arrays, meta, keep_last=3)   # pruning clears it
-    assert not [f for f in os.listdir(tmp_path) if f.startswith(checkpoint.TMP_PREFIX)]
+    leftovers = [f for f in os.listdir(tmp_path) if f.startswith(rundir.TMP_PREFIX)]
+    assert len(leftovers) == 1 and leftovers[0].endswith("-ckpt_00000010.safetensors")   # named for the dead writer and its target
+    save(step_path(str(tmp_path), 20), arrays, meta, keep_last=3)   # pruning clears it (its writer is gone)
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(rundir.TMP_PREFIX)]
 
 
 def test_failed_write_leaves_no_temp(tmp_path, monkeypatch):
-    def boom(*a, **k):
+    def boom(f, *a, **k):
+        f.write(b"partial")
         raise OSError("disk full")
-    monkeypatch.setattr("safetensors.numpy.save_file", boom)
+    monkeypatch.setattr(checkpoint, "write_safetensors", boom)
     with pytest.raises(OSError):
         save(str(tmp_path / "c.safetensors"), {"w": np.ones(3, np.float32)}, {})
     assert os.listdir(tmp_path) == []
