@@ -70,8 +70,8 @@ def read_documents(path):
 def _strings(path, docs):
     for i, d in enumerate(docs):
         if not isinstance(d, str):
-            raise DataError(f"{path}: record {i} holds a {type(d).__name__} where the story text should be; "
-                            f"each story must be a string")
+            raise DataError(f"{path}: record {i}'s story is {type(d).__name__} {d!r:.40}, not a string; "
+                            f"each story must be text")
     return docs
 
 
