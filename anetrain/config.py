@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from .errors import UsageError
 
 PIPELINES = ("static", "dynamic")
+INT32_MAX = 2 ** 31 - 1
 BACKENDS = ("auto", "ref", "ane")
 REPO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 
@@ -58,13 +59,37 @@ class ModelConfig:
         self.validate()
 
     def validate(self):
+        """UsageError for any shape the native config check (native/train/config.cpp) or the
+        kernel generators (native/mil/kernels.cpp) would refuse, so the user gets this line
+        rather than a native exception."""
         for f in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len", "hidden_dim"):
-            if getattr(self, f) <= 0:
-                raise UsageError(f"model {f} must be positive, got {getattr(self, f)}")
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise UsageError(f"model {f} must be an integer, got {v!r}")
+            if v <= 0:
+                raise UsageError(f"model {f} must be positive, got {v}")
+            if v > INT32_MAX:  # the native config holds C ints
+                raise UsageError(f"model {f} must be at most {INT32_MAX}, got {v}")
         if self.dim % self.n_heads:
-            raise UsageError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
-        if self.n_heads % self.n_kv_heads:
-            raise UsageError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+            raise UsageError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}; pick --n-heads "
+                             f"dividing --dim")
+        if self.head_dim % 2:
+            raise UsageError(f"head_dim {self.head_dim} (dim {self.dim} / n_heads {self.n_heads}) must be even "
+                             f"for RoPE's pairs; pick --dim and --n-heads whose quotient is even")
+        if self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads:
+            raise UsageError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}; "
+                             f"each key/value head must serve a whole group of query heads")
+        for f in ("norm_eps", "rope_theta"):
+            if not (math.isfinite(getattr(self, f)) and getattr(self, f) > 0):
+                raise UsageError(f"model {f} must be a finite number > 0, got {getattr(self, f)}")
+
+    def training_bytes(self):
+        """A lower bound on the memory the native trainer holds for this model: fp32 weights,
+        gradients and both AdamW moments, each layer's activations and attention probabilities for
+        one sequence, and the logits of one sequence."""
+        s, d, h = self.seq_len, self.dim, self.hidden_dim
+        per_layer = s * (10 * d + 3 * self.q_dim + 4 * self.kv_dim + 5 * h + 2) + self.n_heads * s * s
+        return 4 * (4 * self.n_params() + self.n_layers * per_layer + s * (4 * d + 1 + self.vocab_size))
 
     @property
     def head_dim(self):
@@ -186,16 +211,50 @@ class TrainConfig:
             if getattr(self, f) < 1:
                 raise UsageError(f"--{f.replace('_', '-')} must be at least 1, got {getattr(self, f)}")
         for f in ("warmup_steps", "eval_interval", "sample_interval", "sample_tokens",
-                  "ckpt_interval", "compile_budget", "weight_decay", "grad_clip"):
+                  "ckpt_interval", "compile_budget"):
             if getattr(self, f) < 0:
                 raise UsageError(f"--{f.replace('_', '-')} must not be negative, got {getattr(self, f)}")
-        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise UsageError(f"need --lr > 0 and 0 <= --min-lr-ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
-        if not self.loss_scale > 0:
-            raise UsageError(f"--loss-scale must be positive, got {self.loss_scale}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"--lr must be a finite number > 0, got {self.lr}")
+        bad = adamw_problem(lr=self.lr, beta1=self.beta1, beta2=self.beta2, weight_decay=self.weight_decay,
+                            grad_clip=self.grad_clip)
+        if bad:
+            name, rule, value = bad
+            raise UsageError(f"--{name.replace('_', '-')} must be {rule}, got {value}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise UsageError(f"--min-lr-ratio must be between 0 and 1, got {self.min_lr_ratio}")
+        if not (math.isfinite(self.loss_scale) and self.loss_scale > 0):
+            raise UsageError(f"--loss-scale must be a finite number > 0, got {self.loss_scale}")
+        # Paths given explicitly must exist now: a missing tokenizer would silently turn samples
+        # off, and a missing --init-from would fail only after the run directory was made.
+        for f in ("tokenizer", "init_from"):
+            path = getattr(self, f)
+            if path and not os.path.isfile(path):
+                what = "is a directory" if os.path.isdir(path) else "does not exist"
+                raise UsageError(f"--{f.replace('_', '-')} {path} {what}; give the path of a file")
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+
+def adamw_problem(lr, beta1, beta2, weight_decay, grad_clip, eps=1e-8):
+    """The first AdamW setting that cannot train, as (name, what it must be, value), else None.
+
+    Checked before the first step because a bad value otherwise shows up only as a NaN loss (with
+    advice about --lr) or, for a NaN clip, as clipping silently turned off."""
+    def finite(x):
+        return isinstance(x, (int, float)) and math.isfinite(x)
+
+    rules = (("lr", lr, finite(lr) and lr >= 0, "a finite number >= 0"),  # the schedule's floor may be 0
+             ("beta1", beta1, finite(beta1) and 0 <= beta1 < 1, "in [0, 1)"),
+             ("beta2", beta2, finite(beta2) and 0 <= beta2 < 1, "in [0, 1)"),
+             ("weight_decay", weight_decay, finite(weight_decay) and weight_decay >= 0, "a finite number >= 0"),
+             ("grad_clip", grad_clip, finite(grad_clip) and grad_clip >= 0, "a finite number >= 0 (0 disables)"),
+             ("eps", eps, finite(eps) and eps > 0, "a finite number > 0"))
+    for name, value, ok, rule in rules:
+        if not ok:
+            return name, rule, value
+    return None
 
 
 MODEL_FLAGS = {
@@ -270,6 +329,9 @@ def read_config_file(path):
 
 def _split_file_settings(path, settings):
     """(train settings, model settings) from a config file's dict, rejecting unknown keys."""
+    if not isinstance(settings, dict):
+        raise UsageError(f"config file {path} holds a {type(settings).__name__}, not a table of settings; "
+                         f"write an object such as {{\"steps\": 100, \"model\": {{\"dim\": 128}}}}")
     settings = dict(settings)
     model = settings.pop("model", {})
     if not isinstance(model, dict):
@@ -336,5 +398,27 @@ def parse_args(argv):
         if "n_kv_heads" not in overrides and "n_heads" in overrides:
             base["n_kv_heads"] = 0
     model = ModelConfig(**{**base, **overrides})
+    check_fits_in_memory(model)
+    if train.ane_shaped and model.seq_len % 32:
+        raise UsageError(f"--ane-shaped needs --seq-len a multiple of 32 (the ANE's 64-byte rows), "
+                         f"got {model.seq_len}")
     apply_shipped_data_defaults(train, model)
     return model, train
+
+
+def physical_memory_bytes():
+    """This machine's RAM, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(model):
+    """UsageError naming the memory a model needs when it exceeds this machine's RAM, before the
+    native trainer tries to allocate it (which ends in std::bad_alloc or the OOM killer)."""
+    need, have = model.training_bytes(), physical_memory_bytes()
+    if have and need > have:
+        raise UsageError(f"this model needs at least {need / 2**30:.1f} GiB for weights, gradients, AdamW "
+                         f"state and activations of one {model.seq_len}-token sequence, more than this "
+                         f"machine's {have / 2**30:.1f} GiB; lower --dim, --n-layers, --seq-len or --vocab-size")

@@ -123,9 +123,15 @@ def _read_sidecar(path):
 
 def open_shard(path, vocab_size):
     """Map one shard read-only and validate it; returns a 1-D little-endian integer array."""
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, not a token shard; pass a glob of shard files such as "
+                        f"{os.path.join(path, 'train_*.bin')}")
     if not os.path.isfile(path):
         raise DataError(f"{path}: token shard not found")
     meta = _read_sidecar(path)
+    if not meta and looks_like_text(path):
+        raise DataError(f"{path}: looks like text, not token ids (no {os.path.basename(sidecar_path(path))} "
+                        f"sidecar and its bytes read as text); make shards from it with scripts/prepare_data.py")
     dtype = _DTYPES[meta.get("dtype", "uint16")]
     size = os.path.getsize(path)
     if size == 0:
@@ -143,6 +149,21 @@ def open_shard(path, vocab_size):
     tokens = np.memmap(path, dtype=dtype, mode="r")
     check_ids(path, tokens, vocab_size)
     return tokens
+
+
+def looks_like_text(path, probe=1 << 16):
+    """Whether a file's first ``probe`` bytes decode as UTF-8 text without control characters.
+    Token ids almost never do: every id below 256 puts a NUL byte in the file, and ids in a real
+    vocabulary's low ranges put bytes below 0x20 in the high half of most tokens."""
+    with open(path, "rb") as f:
+        head = f.read(probe)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not just a character cut off by the probe's end
+            return False
+        text = head[:e.start].decode("utf-8")
+    return bool(text) and all(c.isprintable() or c in "\t\n\r\f\v" for c in text)
 
 
 def check_ids(path, tokens, vocab_size):
@@ -198,10 +219,25 @@ def open_splits(data, vocab_size, seq_len, val_data=None, val_fraction=0.05):
             train.append(Part(s.path, s.tokens[:cut]))
             if n_val:
                 val.append(Part(s.path, s.tokens[cut:]))
-    if not any(len(p.tokens) > seq_len for p in train):
+    window = seq_len + 1
+    if not any(len(p.tokens) >= window for p in train):
         longest = max(len(p.tokens) for p in train)
-        raise DataError(f"{data}: the longest training shard holds {longest} tokens, too few for "
-                        f"one window of seq_len+1 = {seq_len + 1}; use more data or a shorter sequence")
+        if val_data or not val_fraction:
+            raise DataError(f"{data}: the longest training shard holds {longest} tokens, too few for "
+                            f"one window of seq_len+1 = {window}; use more data or a shorter sequence")
+        raise DataError(f"{data}: once the last {val_fraction:g} of each shard is held out for validation, the "
+                        f"longest training part holds {longest} tokens, too few for one window of seq_len+1 = "
+                        f"{window}; pass --val-data GLOB, a smaller --val-fraction, more data or a shorter sequence")
+    # Validation that was asked for but holds no window would silently never run.
+    if val_data and not any(len(p.tokens) >= window for p in val):
+        raise DataError(f"{val_data}: the validation shards hold at most {max(len(p.tokens) for p in val)} "
+                        f"tokens, too few for one window of seq_len+1 = {window}; use longer validation "
+                        f"shards or drop --val-data")
+    if val_fraction and not val_data and not any(len(p.tokens) >= window for p in val):
+        longest = max((len(p.tokens) for p in val), default=0)
+        raise DataError(f"{data}: the last {val_fraction:g} of each shard, held out for validation, is at most "
+                        f"{longest} tokens, too few for one window of seq_len+1 = {window}; raise --val-fraction, "
+                        f"pass --val-data GLOB, or --val-fraction 0 to train without validation")
     return Splits(train=train, val=val)
 
 

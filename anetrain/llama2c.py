@@ -25,7 +25,7 @@ import struct
 import numpy as np
 
 from .config import ModelConfig
-from .errors import ModelFileError
+from .errors import AnetrainError, ModelFileError
 
 HEADER = struct.Struct("<7i")
 
@@ -74,9 +74,11 @@ def rope_tables(head_dim, seq_len):
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def _expected_floats(cfg, shared):
-    n = sum(int(np.prod(s)) for s in weight_shapes(cfg, shared).values())
-    return n + cfg.seq_len * cfg.head_dim  # the two RoPE tables, seq_len * hd/2 each
+def expected_bytes(cfg, shared):
+    """The exact size of a legacy file for ``cfg``, by arithmetic (never by listing shapes, which
+    a hostile header with millions of layers would turn into a memory blow-up)."""
+    floats = cfg.n_params() + (0 if shared else cfg.vocab_size * cfg.dim)
+    return HEADER.size + 4 * (floats + cfg.seq_len * cfg.head_dim)  # + two RoPE tables of seq_len * hd/2
 
 
 def read_header(path, data):
@@ -89,23 +91,31 @@ def read_header(path, data):
     try:
         cfg = ModelConfig(name=os.path.basename(path), dim=dim, hidden_dim=hidden, n_layers=layers,
                           n_heads=heads, n_kv_heads=kv_heads, vocab_size=abs(vocab), seq_len=seq)
-    except Exception as e:
+    except AnetrainError as e:
         raise ModelFileError(f"{path}: header describes an impossible model ({e})")
     return cfg, vocab > 0
 
 
 def read_model(path):
     """(ModelConfig, dict of float32 arrays) from a llama2.c legacy ``.bin``; ``output.weight``
-    is present only when the file's classifier is unshared. ModelFileError when the file size does
-    not match its header."""
-    with open(path, "rb") as f:
-        data = f.read()
-    cfg, shared = read_header(path, data)
-    want = HEADER.size + 4 * _expected_floats(cfg, shared)
-    if len(data) != want:
-        raise ModelFileError(f"{path}: {len(data)} bytes, but its header (dim {cfg.dim}, {cfg.n_layers} "
-                             f"layers, vocab {cfg.vocab_size}, {'shared' if shared else 'unshared'} "
-                             f"classifier) needs exactly {want}; the file is truncated or not legacy format")
+    is present only when the file's classifier is unshared. ModelFileError when the path is not a
+    readable file or its size does not match its header, checked before any weight is read."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            cfg, shared = read_header(path, f.read(HEADER.size))
+            want = expected_bytes(cfg, shared)
+            if size != want:
+                raise ModelFileError(
+                    f"{path}: {size} bytes, but its header (dim {cfg.dim}, {cfg.n_layers} layers, vocab "
+                    f"{cfg.vocab_size}, {'shared' if shared else 'unshared'} classifier) needs exactly {want}; "
+                    f"the file is truncated or not a llama2.c legacy model")
+            f.seek(0)
+            data = f.read()
+    except IsADirectoryError:
+        raise ModelFileError(f"{path} is a directory; give the path of a llama2.c model .bin")
+    except OSError as e:
+        raise ModelFileError(f"cannot read {path}: {e.strerror}; give the path of a llama2.c model .bin")
     floats = np.frombuffer(data, dtype="<f4", offset=HEADER.size)
     pos = 0
 
@@ -149,7 +159,7 @@ def write_model(path, cfg, arrays):
     def put(f, a):
         f.write(np.ascontiguousarray(a, dtype="<f4").tobytes())
 
-    with open(path, "wb") as f:
+    def write(f):
         f.write(HEADER.pack(cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads,
                             vocab, cfg.seq_len))
         put(f, arrays["tok_embeddings.weight"])
@@ -161,6 +171,30 @@ def write_model(path, cfg, arrays):
         put(f, sin)
         if not shared:
             put(f, arrays["output.weight"])
+
+    write_whole_file(path, write)
+
+
+def write_whole_file(path, write):
+    """Call ``write(f)`` on a file that appears at ``path`` only once complete: a regular file is
+    written beside it and renamed over it, so a full disk or an interrupt leaves no partial model;
+    a device or pipe (e.g. /dev/stdout) is written in place. ModelFileError on any OS error."""
+    if os.path.isdir(path):
+        raise ModelFileError(f"cannot write {path}: it is a directory; give a file name such as {path}/model.bin")
+    in_place = os.path.exists(path) and not os.path.isfile(path)
+    tmp = path if in_place else f"{path}.tmp-{os.getpid()}"
+    try:
+        try:
+            with open(tmp, "wb") as f:
+                write(f)
+            if not in_place:
+                os.replace(tmp, path)
+        except BaseException:
+            if not in_place and os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    except OSError as e:
+        raise ModelFileError(f"cannot write {path}: {e.strerror}; choose a writable path with free space")
 
 
 def tokenizer_pieces(sp):
@@ -179,11 +213,14 @@ def tokenizer_pieces(sp):
 def write_tokenizer_bin(path, sp):
     """Export a sentencepiece processor as llama2.c's tokenizer.bin."""
     pieces = tokenizer_pieces(sp)
-    with open(path, "wb") as f:
+
+    def write(f):
         f.write(struct.pack("<I", max(len(b) for b, _ in pieces)))
         for b, score in pieces:
             f.write(struct.pack("<fI", score, len(b)))
             f.write(b)
+
+    write_whole_file(path, write)
 
 
 def read_tokenizer_bin(path):

@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from . import _native
+from .config import adamw_problem
 
 KINDS = ("weight", "grad", "m", "v")
 
@@ -71,12 +72,31 @@ class Model:
             self._t.state.init_random(int(seed))
 
     # -- training
+    def token_ids(self, tokens):
+        """``tokens`` as int32 after checking every id lies in [0, vocab_size): a plain cast would
+        wrap int64 ids >= 2**31 (or floats) into valid-looking ones and train on the wrong tokens."""
+        a = np.asarray(tokens)
+        if a.size and not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
+            raise ValueError(f"token ids must be integers, got an array of {a.dtype}")
+        vocab = self.config.vocab_size
+        if a.size and (a.min() < 0 or a.max() >= vocab):
+            raise ValueError(f"token ids must lie in [0, {vocab}) for this model's vocabulary; got ids from "
+                             f"{a.min()} to {a.max()}")
+        return a.astype(np.int32)
+
     def accumulate(self, tokens):
         """Forward and backward over int32 tokens [batch, seq_len+1]; adds gradients; returns the mean loss."""
-        return self._t.accumulate(np.asarray(tokens, dtype=np.int32))
+        return self._t.accumulate(self.token_ids(tokens))
 
     def update(self, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, clip=1.0):
-        """Clip (global norm; clip <= 0 disables) and apply AdamW; returns the gradient norm before clipping."""
+        """Clip (global norm; clip 0 disables) and apply AdamW; returns the gradient norm before clipping.
+        ValueError for a setting that would turn the weights into NaN or silently skip clipping."""
+        bad = adamw_problem(lr=lr, beta1=betas[0], beta2=betas[1], weight_decay=weight_decay, grad_clip=clip,
+                            eps=eps)
+        if bad:
+            name, rule, value = bad
+            name = {"beta1": "betas[0]", "beta2": "betas[1]", "grad_clip": "clip"}.get(name, name)
+            raise ValueError(f"{name} must be {rule}, got {value}")
         return self._t.update(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay, clip=clip)
 
     def step(self, tokens, lr, **update_args):
@@ -90,7 +110,7 @@ class Model:
 
     def forward(self, tokens):
         """Logits [batch, seq_len, vocab] for int32 tokens [batch, seq_len]."""
-        return self._t.forward(np.asarray(tokens, dtype=np.int32))
+        return self._t.forward(self.token_ids(tokens))
 
     @property
     def timings(self):

@@ -15,11 +15,13 @@ llama2.c's pretokenizer does. The last --val-fraction of the documents go to the
   python scripts/prepare_data.py 'TinyStories_all_data/*.json' --tokenizer tok.model --out ts
 """
 import argparse
+import contextlib
 import glob
 import json
 import os
 import shutil
 import sys
+import tempfile
 
 from tqdm import tqdm
 
@@ -31,25 +33,46 @@ DOC_SEPARATOR = "<|endoftext|>"
 
 
 def read_documents(path):
-    """The documents of one input file, by its extension."""
-    with open(path, encoding="utf-8") as f:
-        if path.endswith(".json"):
-            try:
-                return [rec["story"] for rec in json.load(f)]
-            except (ValueError, KeyError, TypeError) as e:
-                raise DataError(f"{path}: expected a JSON list of {{\"story\": ...}} ({e})")
-        if path.endswith(".jsonl"):
-            docs = []
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rec = json.loads(line)
-                        docs.append(rec["story"] if "story" in rec else rec["text"])
-                    except (ValueError, KeyError, TypeError) as e:
-                        raise DataError(f"{path}:{n}: expected {{\"story\": ...}} or {{\"text\": ...}} ({e})")
-            return docs
-        text = f.read()
+    """The documents of one input file, by its extension; DataError for a file that is not
+    UTF-8 text or whose JSON records lack a string "story" (or "text") field."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory; pass text, JSON or JSON-lines files (or a glob of them)")
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start} is 0x{raw[e.start]:02x}); convert it to UTF-8 "
+                        f"first, e.g. with iconv -t UTF-8")
+    if path.endswith(".json"):
+        try:
+            docs = [rec["story"] for rec in json.loads(text)]
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{path}: expected a JSON list of {{\"story\": ...}} ({type(e).__name__}: {e})")
+        return _strings(path, docs)
+    if path.endswith(".jsonl"):
+        docs = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rec = json.loads(line)
+                    docs.append(rec["story"] if "story" in rec else rec["text"])
+                except (ValueError, KeyError, TypeError) as e:
+                    raise DataError(f"{path}:{n}: expected {{\"story\": ...}} or {{\"text\": ...}} "
+                                    f"({type(e).__name__}: {e})")
+        return _strings(path, docs)
     return text.split("\n" + DOC_SEPARATOR + "\n") if DOC_SEPARATOR in text else [text]
+
+
+def _strings(path, docs):
+    for i, d in enumerate(docs):
+        if not isinstance(d, str):
+            raise DataError(f"{path}: record {i}'s story is {type(d).__name__} {d!r:.40}, not a string; "
+                            f"each story must be text")
+    return docs
 
 
 def expand_inputs(patterns):
@@ -70,6 +93,11 @@ def training_sentences(docs):
                 yield line.strip()
 
 
+def sentencepiece_reason(e):
+    """sentencepiece's own sentence from one of its errors, without the source location."""
+    return str(e).rsplit("] ", 1)[-1].strip().rstrip(".")
+
+
 def train_tokenizer(docs, vocab_size, model_path):
     """Train a byte-fallback BPE sentencepiece model like llama2.c's (deterministic: one thread)."""
     import io
@@ -78,12 +106,16 @@ def train_tokenizer(docs, vocab_size, model_path):
 
     spm.set_random_generator_seed(1)
     buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=training_sentences(docs), model_writer=buf, model_type="bpe",
-        vocab_size=vocab_size, self_test_sample_size=0, character_coverage=1.0, num_threads=1,
-        split_digits=True, allow_whitespace_only_pieces=True, byte_fallback=True,
-        unk_surface=" \u2047 ", normalization_rule_name="identity", input_sentence_size=0,
-        shuffle_input_sentence=False, minloglevel=2)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=training_sentences(docs), model_writer=buf, model_type="bpe",
+            vocab_size=vocab_size, self_test_sample_size=0, character_coverage=1.0, num_threads=1,
+            split_digits=True, allow_whitespace_only_pieces=True, byte_fallback=True,
+            unk_surface=" \u2047 ", normalization_rule_name="identity", input_sentence_size=0,
+            shuffle_input_sentence=False, minloglevel=2)
+    except RuntimeError as e:
+        raise UsageError(f"cannot train a {vocab_size}-piece tokenizer on this text: {sentencepiece_reason(e)}; "
+                         f"change --vocab-size (or give more text)")
     with open(model_path, "wb") as f:
         f.write(buf.getvalue())
 
@@ -91,10 +123,42 @@ def train_tokenizer(docs, vocab_size, model_path):
 def load_tokenizer(model_path):
     import sentencepiece as spm
 
-    sp = spm.SentencePieceProcessor(model_file=model_path)
+    try:
+        sp = spm.SentencePieceProcessor(model_file=model_path)
+    except (RuntimeError, OSError) as e:
+        raise UsageError(f"{model_path}: not a sentencepiece tokenizer model ({sentencepiece_reason(e)}); pass a "
+                         f"tokenizer.model or --vocab-size N to train one")
     if sp.bos_id() != 1:
         raise UsageError(f"{model_path}: BOS id is {sp.bos_id()}, llama2.c-style data needs BOS = 1")
     return sp
+
+
+@contextlib.contextmanager
+def staged_out_dir(out):
+    """A fresh directory inside ``out`` to write into; its files move into ``out`` only when the
+    block succeeds, so a failure (bad tokenizer, full disk, Ctrl-C) leaves ``out`` as it was
+    (and removes it if it was made here)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out} is a file, not a directory; choose a directory")
+    existed = os.path.isdir(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+        stage = tempfile.mkdtemp(dir=out, prefix=".prepare_data-")
+    except OSError as e:
+        raise UsageError(f"cannot write to --out {out}: {e.strerror}; choose a writable directory")
+    try:
+        try:
+            yield stage
+            for name in sorted(os.listdir(stage)):
+                os.replace(os.path.join(stage, name), os.path.join(out, name))
+        except OSError as e:
+            raise DataError(f"cannot write to --out {out}: {e.strerror}")
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    os.rmdir(stage)
 
 
 def encode_documents(sp, docs, writer, desc, batch=256):
@@ -127,25 +191,39 @@ def main(argv=None):
     a = p.parse_args(argv)
     if not 0 <= a.val_fraction < 1:
         raise UsageError(f"--val-fraction must be in [0, 1), got {a.val_fraction}")
+    if a.shard_tokens < 1:
+        raise UsageError(f"--shard-tokens must be at least 1, got {a.shard_tokens}")
+    if a.vocab_size is not None and a.vocab_size < 1:
+        raise UsageError(f"--vocab-size must be a positive number of pieces, got {a.vocab_size}")
+    given = None
+    if a.tokenizer:
+        if not os.path.isfile(a.tokenizer):
+            raise UsageError(f"--tokenizer {a.tokenizer} is not a file; pass a sentencepiece tokenizer.model")
+        given = load_tokenizer(a.tokenizer)  # refuse a non-tokenizer before anything is written
 
     docs = [d for path in expand_inputs(a.inputs) for d in read_documents(path)]
-    if not docs:
-        raise DataError("the inputs hold no documents")
-    os.makedirs(a.out, exist_ok=True)
-    model_path = os.path.join(a.out, "tokenizer.model")
-    if a.vocab_size:
+    if not any(d.strip() for d in docs):
+        raise DataError("the inputs hold no text (every document is empty or blank)")
+    with staged_out_dir(a.out) as stage:
+        write_outputs(a, docs, given, stage)
+
+
+def write_outputs(a, docs, given, stage):
+    """The tokenizer, tokenizer.bin and the shards, written into ``stage``."""
+    model_path = os.path.join(stage, "tokenizer.model")
+    if given is None:
         print(f"training a {a.vocab_size}-piece tokenizer on {len(docs)} documents", file=sys.stderr)
         train_tokenizer(docs, a.vocab_size, model_path)
-    elif os.path.abspath(a.tokenizer) != os.path.abspath(model_path):
+    else:
         shutil.copyfile(a.tokenizer, model_path)
-    sp = load_tokenizer(model_path)
-    llama2c.write_tokenizer_bin(os.path.join(a.out, "tokenizer.bin"), sp)
+    sp = given or load_tokenizer(model_path)
+    llama2c.write_tokenizer_bin(os.path.join(stage, "tokenizer.bin"), sp)
 
     n_val = int(round(len(docs) * a.val_fraction))
     vocab = sp.get_piece_size()
     counts, written = [], []
     for prefix, part in (("train", docs[:len(docs) - n_val]), ("val", docs[len(docs) - n_val:])):
-        writer = data.ShardWriter(a.out, prefix, vocab, a.shard_tokens)
+        writer = data.ShardWriter(stage, prefix, vocab, a.shard_tokens)
         counts.append(encode_documents(sp, part, writer, prefix))
         written += writer.close()
     print(f"{counts[0]} train + {counts[1]} val tokens (vocab {vocab}) -> "

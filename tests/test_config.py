@@ -88,7 +88,7 @@ def test_help_explains_every_setting():
     (["--backend", "gpu"], "unknown backend 'gpu'"),
     (["--pipeline", "fast"], "unknown pipeline 'fast'"),
     (["--steps", "0"], "--steps must be at least 1"),
-    (["--lr", "-1"], "need --lr > 0"),
+    (["--lr", "-1"], "--lr must be a finite number > 0"),
     (["--preset", "stories15M", "--n-heads", "5"], "not divisible by n_heads"),
     (["--preset", "stories15M"], "does not fit the shipped data/ corpus"),
     (["--n-kv-heads", "3"], "not a multiple of n_kv_heads"),
