@@ -82,18 +82,21 @@ class Run:
 
     def __init__(self, argv):
         self.argv = argv
+        self.stop_signal = None  # SIGINT or SIGTERM once one asked the run to stop
         self.model_cfg, self.train = config.parse_args(argv)
         t = self.train
+        seq = self.model_cfg.seq_len
+        # the inputs first: a run refused for its data or --init-from leaves no run directory behind
+        splits = data.open_splits(t.data, self.model_cfg.vocab_size, seq, t.val_data, t.val_fraction)
+        self.sampler = data.WindowSampler(splits.train, seq, t.seed)
+        self.val = data.eval_windows(splits.val, seq, t.eval_windows)
+        self.init_weights = self.read_init_weights() if t.init_from and not t.resume else None
         self.out = prepare_out_dir(t.out)
         self.lock = rundir.RunLock(self.out)
         rundir.remove_stale_temps(self.out)
         self.claim_out_dir()
         self.lock.record_pid()
         self.metrics_path = os.path.join(self.out, rundir.METRICS_NAME)
-        seq = self.model_cfg.seq_len
-        splits = data.open_splits(t.data, self.model_cfg.vocab_size, seq, t.val_data, t.val_fraction)
-        self.sampler = data.WindowSampler(splits.train, seq, t.seed)
-        self.val = data.eval_windows(splits.val, seq, t.eval_windows)
         self.backend = make_backend(t)
         self.model = Model(self.model_cfg.native_kwargs(), backend=self.backend, pipeline=t.pipeline,
                            loss_scale=t.loss_scale, seed=t.seed, ane_shaped=True if t.ane_shaped else None)
@@ -103,7 +106,6 @@ class Run:
         self.restarts = int(os.environ.get(RESTARTS_ENV, "0"))
         self.flops = telemetry.flops_per_token(self.model_cfg)["train"]
         self.tokens_per_step = t.batch_size * t.accum_steps * seq
-        self.stop_signal = None  # SIGINT or SIGTERM once one asked the run to stop
         self.started = time.perf_counter()
         self.steps_here = 0
 
@@ -176,7 +178,8 @@ class Run:
             print(f"note: dropped {dropped} records after step {self.step} from {self.metrics_path}; "
                   f"those steps run again", file=sys.stderr)
 
-    def init_from_llama2c(self):
+    def read_init_weights(self):
+        """The --init-from model's weights, checked against the run's model (a fresh run only)."""
         from . import llama2c
 
         path = self.train.init_from
@@ -190,9 +193,13 @@ class Run:
         if "output.weight" in weights:
             raise UsageError(f"{path} has its own classifier; anetrain trains llama2.c's tied classifier "
                              f"(the token embedding), so it cannot start from this file")
-        for name, value in weights.items():
+        return weights
+
+    def init_from_llama2c(self):
+        for name, value in self.init_weights.items():
             self.model.set(name, value)
-        print(f"initialised from {path}", file=sys.stderr)
+        self.init_weights = None
+        print(f"initialised from {self.train.init_from}", file=sys.stderr)
 
     # ---------------------------------------------------------------- restart
     def restart(self, reason, retry_step=None):
