@@ -19,6 +19,7 @@
 #include "backend/backend.h"
 #include "backend/fallback.h"
 #include "backend/ref/ref_backend.h"
+#include "bindings/arrays.h"
 #include "bindings/modules.h"
 #include "core/blas.h"
 #include "core/buffers.h"
@@ -34,33 +35,22 @@
 
 namespace py = pybind11;
 using namespace anetrain;
+using bindings::any;
+using bindings::any_shape;
+using bindings::checked;
+using bindings::Shape;
 
 namespace {
 
 // ---------------------------------------------------------------- core: fp16, BLAS, threads
 
-template <class T>
-T* writable_ptr(py::array& a, const char* what) {
-    if (!(a.flags() & py::array::c_style) || !a.writeable())
-        throw py::value_error(std::string(what) + " must be a writable C-contiguous array");
-    return static_cast<T*>(a.mutable_data());
-}
-template <class T>
-const T* readable_ptr(const py::array& a, const char* what) {
-    if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(what) + " must be C-contiguous");
-    return static_cast<const T*>(a.data());
-}
-
-void check_sizes(const py::array& a, const py::array& b) {
-    if (a.size() != b.size())
-        throw py::value_error("size mismatch: source has " + std::to_string(a.size()) + " elements, destination " +
-                              std::to_string(b.size()));
-}
-
 // A new C-contiguous array whose memory comes from the recycling buffer cache.
 py::array cached_array(const py::dtype& dtype, const std::vector<py::ssize_t>& shape) {
     size_t n = 1;
-    for (auto d : shape) n *= size_t(d);
+    for (auto d : shape) {
+        if (d < 0) throw py::value_error("cached_array: shape must have no negative extent");
+        n *= size_t(d);
+    }
     void* p = buffers::acquire(n * size_t(dtype.itemsize()));
     py::capsule owner(p, [](void* q) { buffers::release(q); });
     return py::array(dtype, shape, {}, p, owner);
@@ -74,35 +64,38 @@ void bind_core(py::module_& m) {
     m.def(
         "fp16_encode",
         [](const py::array& src, py::array& dst) {
-            check_sizes(src, dst);
-            const float* s = readable_ptr<float>(src, "source");
-            uint16_t* d = writable_ptr<uint16_t>(dst, "destination");
+            const float* s = checked<const float>(src, "fp16_encode", "src", any_shape);
+            uint16_t* d = checked<uint16_t>(dst, "fp16_encode", "dst", any_shape);
+            bindings::check_count("fp16_encode", "dst.size", dst.size(), src.size());
             size_t n = size_t(src.size());
             py::gil_scoped_release nogil;
             fp16::f32_to_f16(s, d, n);
         },
+        py::arg("src"), py::arg("dst"),
         "Convert a C-contiguous float32 buffer into a same-sized 16-bit buffer (IEEE half, RNE).");
     m.def(
         "fp16_decode",
         [](const py::array& src, py::array& dst) {
-            check_sizes(src, dst);
-            const uint16_t* s = readable_ptr<uint16_t>(src, "source");
-            float* d = writable_ptr<float>(dst, "destination");
+            const uint16_t* s = checked<const uint16_t>(src, "fp16_decode", "src", any_shape);
+            float* d = checked<float>(dst, "fp16_decode", "dst", any_shape);
+            bindings::check_count("fp16_decode", "dst.size", dst.size(), src.size());
             size_t n = size_t(src.size());
             py::gil_scoped_release nogil;
             fp16::f16_to_f32(s, d, n);
         },
+        py::arg("src"), py::arg("dst"),
         "Convert a C-contiguous 16-bit half buffer into a same-sized float32 buffer.");
     m.def(
         "fp16_round",
         [](const py::array& src, py::array& dst) {
-            check_sizes(src, dst);
-            const float* s = readable_ptr<float>(src, "source");
-            float* d = writable_ptr<float>(dst, "destination");
+            const float* s = checked<const float>(src, "fp16_round", "src", any_shape);
+            float* d = checked<float>(dst, "fp16_round", "dst", any_shape);
+            bindings::check_count("fp16_round", "dst.size", dst.size(), src.size());
             size_t n = size_t(src.size());
             py::gil_scoped_release nogil;
             fp16::round_f32(s, d, n);
         },
+        py::arg("src"), py::arg("dst"),
         "Round float32 values to the nearest half, keeping float32 storage.");
     m.def("fp16_paths", &fp16::available_paths, "fp16 kernel sets this CPU can run.");
     m.def("fp16_path", [] { return std::string(fp16::active().name); }, "The fp16 kernel set in use.");
@@ -111,12 +104,11 @@ void bind_core(py::module_& m) {
     m.def(
         "sgemm",
         [](const py::array& a, const py::array& b, bool trans_a, bool trans_b) {
-            if (a.ndim() != 2 || b.ndim() != 2) throw py::value_error("sgemm takes 2-D arrays");
+            const float* A = checked<const float>(a, "sgemm", "a", Shape{any, any});
+            const float* B = checked<const float>(b, "sgemm", "b", Shape{any, any});
             int M = int(trans_a ? a.shape(1) : a.shape(0)), K = int(trans_a ? a.shape(0) : a.shape(1));
             int Kb = int(trans_b ? b.shape(1) : b.shape(0)), N = int(trans_b ? b.shape(0) : b.shape(1));
-            if (K != Kb) throw py::value_error("sgemm: inner dimensions differ");
-            const float* A = readable_ptr<float>(a, "a");
-            const float* B = readable_ptr<float>(b, "b");
+            bindings::check_count("sgemm", "the inner dimension of b", Kb, K);
             py::array_t<float> c({M, N});
             float* C = c.mutable_data();
             int lda = int(a.shape(1)), ldb = int(b.shape(1));
@@ -131,11 +123,9 @@ void bind_core(py::module_& m) {
     m.def(
         "sgemm_batch",
         [](const py::array& a, const py::array& b) {
-            if (a.ndim() != 3 || b.ndim() != 3 || a.shape(0) != b.shape(0) || a.shape(2) != b.shape(1))
-                throw py::value_error("sgemm_batch takes float32 arrays [batch, M, K] and [batch, K, N]");
+            const float* A = checked<const float>(a, "sgemm_batch", "a", Shape{any, any, any});
+            const float* Bp = checked<const float>(b, "sgemm_batch", "b", Shape{a.shape(0), a.shape(2), any});
             const int B = int(a.shape(0)), M = int(a.shape(1)), K = int(a.shape(2)), N = int(b.shape(2));
-            const float* A = readable_ptr<float>(a, "a");
-            const float* Bp = readable_ptr<float>(b, "b");
             py::array_t<float> c({B, M, N});
             float* C = c.mutable_data();
             py::gil_scoped_release nogil;
@@ -204,13 +194,16 @@ mil::Operand operand_arg(const py::tuple& t) {
 void bind_mil(py::module_& m) {
     m.def(
         "blob_write",
-        [](const std::vector<std::pair<std::string, py::buffer>>& items) {
+        [](const std::vector<std::pair<std::string, py::array>>& items) {
             std::vector<mil::blob::Entry> entries;
-            std::vector<py::buffer_info> keep;
-            for (const auto& [dtype, buf] : items) {
-                keep.push_back(buf.request());
-                const auto& bi = keep.back();
-                entries.push_back({dtype_arg(dtype), bi.ptr, size_t(bi.size * bi.itemsize)});
+            for (size_t i = 0; i < items.size(); ++i) {
+                const auto& [dtype, a] = items[i];
+                // The writer copies size() elements of the dtype's width from the array's memory.
+                const mil::DType d = dtype_arg(dtype);
+                const std::string arg = "items[" + std::to_string(i) + "]";
+                bindings::check_array(a, "blob_write", arg.c_str(), a.dtype().kind() != 'O' && size_t(a.itemsize()) == mil::dtype_size(d),
+                                      std::to_string(mil::dtype_size(d)) + "-byte " + dtype, any_shape, false);
+                entries.push_back({d, a.data(), size_t(a.nbytes())});
             }
             std::vector<uint64_t> offsets;
             std::string file = mil::blob::write(entries, &offsets);  // std::invalid_argument -> ValueError
@@ -277,20 +270,19 @@ void bind_mil(py::module_& m) {
             o.probs_tap = probs_tap;
             o.ane_shaped = ane_shaped;
             s.validate();
-            std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> keep;
+            std::vector<py::array_t<float>> keep;
             mil::LayerWeights w;
             const bool baked = !weights.is_none();
             if (baked) {
+                if (!py::isinstance<py::dict>(weights))
+                    throw py::type_error("model_kernel: weights must be a dict of arrays or None");
                 const py::dict wd = weights.cast<py::dict>();
                 // Each weight must be exactly [out, in]: the generator reads out*in floats from it.
                 auto take = [&](const char* key, int64_t out, int64_t in) -> const float* {
                     if (!wd.contains(key)) throw py::value_error(std::string("model_kernel: weights lack '") + key + "'");
-                    keep.push_back(wd[key].cast<py::array_t<float, py::array::c_style | py::array::forcecast>>());
-                    const auto& a = keep.back();
-                    if (a.ndim() != 2 || a.shape(0) != out || a.shape(1) != in)
-                        throw py::value_error(std::string("model_kernel: weight '") + key + "' must have shape (" +
-                                              std::to_string(out) + ", " + std::to_string(in) + ")");
-                    return a.data();
+                    keep.push_back(bindings::converted<float>(wd[key], "model_kernel", ("weights['" + std::string(key) + "']").c_str(), "f",
+                                                              Shape{out, in}, "floats"));
+                    return keep.back().data();
                 };
                 keep.reserve(7);
                 const int64_t D = s.dim, QD = s.q_dim(), KD = s.kv_dim(), H = s.hidden;
@@ -348,24 +340,34 @@ py::list spec_list(const std::vector<backend::TensorSpec>& specs) {
     return out;
 }
 
-// A numpy array as a HostTensor (C-contiguous; writable for outputs).
-backend::HostTensor host_tensor(const py::array& a, bool writable, const char* what, size_t index) {
-    std::string who = std::string(what) + " " + std::to_string(index);
-    if (!(a.flags() & py::array::c_style)) throw py::value_error(who + " must be a C-contiguous array (use np.ascontiguousarray)");
-    if (writable && !a.writeable()) throw py::value_error(who + " must be writable");
+// A numpy array as a HostTensor: any dtype a MIL tensor can have, C-contiguous, writable for
+// outputs. Its element count is the backend's to check against the kernel's tensor.
+backend::HostTensor host_tensor(const py::array& a, bool writable, const char* fn, const std::string& arg) {
     backend::HostTensor h;
     const char kind = a.dtype().kind();
     const auto size = a.dtype().itemsize();
+    bool known = true;
     if (kind == 'f' && size == 2) h.dtype = mil::DType::fp16;
     else if (kind == 'f' && size == 4) h.dtype = mil::DType::fp32;
     else if (kind == 'i' && size == 4) h.dtype = mil::DType::int32;
     else if (kind == 'i' && size == 1) h.dtype = mil::DType::int8;
     else if (kind == 'u' && size == 1) h.dtype = mil::DType::uint8;
     else if (kind == 'b') h.dtype = mil::DType::bool_;
-    else throw py::value_error(who + " has unsupported dtype " + std::string(py::str(a.dtype())) + "; use float16, float32, int32, int8, uint8 or bool");
+    else known = false;
+    bindings::check_array(a, fn, arg.c_str(), known && a.dtype().byteorder() != '>',
+                          "float16, float32, int32, int8, uint8 or bool", any_shape, writable);
     h.data = writable ? const_cast<py::array&>(a).mutable_data() : const_cast<void*>(a.data());
     h.numel = int64_t(a.size());
     return h;
+}
+
+// Every array of a list, as host tensors named "<what>[i]".
+std::vector<backend::HostTensor> host_tensors(const std::vector<py::array>& arrays, bool writable, const char* fn,
+                                              const char* what) {
+    std::vector<backend::HostTensor> out;
+    for (size_t i = 0; i < arrays.size(); ++i)
+        out.push_back(host_tensor(arrays[i], writable, fn, std::string(what) + "[" + std::to_string(i) + "]"));
+    return out;
 }
 
 py::dict parse_summary(const std::string& text) {
@@ -410,9 +412,8 @@ void bind_backend(py::module_& m) {
         .def(
             "eval",
             [](Kernel& k, const std::vector<py::array>& inputs, const std::vector<py::array>& outputs) {
-                std::vector<backend::HostTensor> in, out;
-                for (size_t i = 0; i < inputs.size(); ++i) in.push_back(host_tensor(inputs[i], false, "input", i));
-                for (size_t i = 0; i < outputs.size(); ++i) out.push_back(host_tensor(outputs[i], true, "output", i));
+                std::vector<backend::HostTensor> in = host_tensors(inputs, false, "Kernel.eval", "inputs");
+                std::vector<backend::HostTensor> out = host_tensors(outputs, true, "Kernel.eval", "outputs");
                 py::gil_scoped_release nogil;
                 k.eval(in, out);
             },
@@ -524,6 +525,8 @@ backend::TensorSpec io_spec(const std::string& name, const std::string& dtype, c
         s.dtype = backend::DType::fp32;
     else
         throw py::value_error("ANE surfaces hold 'fp16' or 'fp32' tensors, got '" + dtype + "'");
+    for (int64_t d : shape)
+        if (d < 0) throw py::value_error("tensor shapes have no negative extent");
     s.shape = shape;
     return s;
 }
@@ -559,10 +562,16 @@ py::dict surface_plan(const ane::SurfaceTable& t) {
     return d;
 }
 
-// Surface bytes seen through a uint8 array, for the write/read checks.
-void* surface_at(py::array_t<uint8_t>& surface, size_t offset, const backend::TensorSpec& s) {
-    if (offset + ane::tensor_bytes(s) > size_t(surface.size())) throw py::value_error("the tensor does not fit the surface buffer");
-    return surface.mutable_data() + offset;
+// Surface bytes seen through a uint8 array, for the write/read checks: the tensor's bytes from
+// `offset` must lie inside it. B: uint8_t to write the surface, const uint8_t to read it.
+template <class B>
+B* surface_at(const char* fn, const py::array& surface, size_t offset, const backend::TensorSpec& s) {
+    B* p = checked<B>(surface, fn, "surface", any_shape);
+    const size_t n = size_t(surface.size()), bytes = ane::tensor_bytes(s);
+    if (offset > n || bytes > n - offset)
+        throw py::value_error(std::string(fn) + ": the tensor (" + std::to_string(bytes) + " bytes at offset " +
+                              std::to_string(offset) + ") does not fit the surface (" + std::to_string(n) + " bytes)");
+    return p + offset;
 }
 
 #if defined(__APPLE__) || defined(ANETRAIN_ANE_SYNTAX_CHECK)
@@ -576,9 +585,8 @@ ane::AneKernel& ane_kernel(backend::Kernel& k) {
 template <class Evaluate>
 void run_on_slot0(ane::AneKernel& k, const std::vector<py::array>& inputs, const std::vector<py::array>& outputs,
                   Evaluate evaluate) {
-    std::vector<backend::HostTensor> in, out;
-    for (size_t i = 0; i < inputs.size(); ++i) in.push_back(host_tensor(inputs[i], false, "input", i));
-    for (size_t i = 0; i < outputs.size(); ++i) out.push_back(host_tensor(outputs[i], true, "output", i));
+    std::vector<backend::HostTensor> in = host_tensors(inputs, false, "ane kernel evaluation", "inputs");
+    std::vector<backend::HostTensor> out = host_tensors(outputs, true, "ane kernel evaluation", "outputs");
     py::gil_scoped_release nogil;
     k.write_inputs(0, in);
     evaluate();
@@ -699,31 +707,31 @@ void bind_ane(py::module_& m) {
         py::arg("dtype"), py::arg("shape"), py::arg("channel"));
     m.def(
         "ane_write_tensor",
-        [](const std::string& dtype, const std::vector<int64_t>& shape, const py::array& src, py::array_t<uint8_t> surface,
+        [](const std::string& dtype, const std::vector<int64_t>& shape, const py::array& src, const py::array& surface,
            size_t offset) {
             backend::TensorSpec s = io_spec("x", dtype, shape);
-            ane::write_tensor(s, host_tensor(src, false, "source", 0), surface_at(surface, offset, s));
+            ane::write_tensor(s, host_tensor(src, false, "ane_write_tensor", "src"), surface_at<uint8_t>("ane_write_tensor", surface, offset, s));
         },
         py::arg("dtype"), py::arg("shape"), py::arg("src"), py::arg("surface"), py::arg("offset") = 0,
         "Write a host array into surface bytes as the ANE backend does (fp32 -> fp16 with RNE for fp16 tensors).");
     m.def(
         "ane_write_columns",
-        [](const std::string& dtype, const std::vector<int64_t>& shape, const py::array& src, py::array_t<uint8_t> surface,
+        [](const std::string& dtype, const std::vector<int64_t>& shape, const py::array& src, const py::array& surface,
            const std::vector<std::pair<int64_t, int64_t>>& columns) {
             backend::TensorSpec s = io_spec("x", dtype, shape);
-            backend::HostTensor h = host_tensor(src, false, "source", 0);
+            backend::HostTensor h = host_tensor(src, false, "ane_write_columns", "src");
             h.columns = columns;
-            ane::write_columns(s, h, surface_at(surface, 0, s));
+            ane::write_columns(s, h, surface_at<uint8_t>("ane_write_columns", surface, 0, s));
         },
         py::arg("dtype"), py::arg("shape"), py::arg("src"), py::arg("surface"), py::arg("columns"),
         "Write only the column ranges [begin, end) of a [1, C, 1, W] host array into surface bytes, as the ANE "
         "backend refreshes a reused input ([] = everything).");
     m.def(
         "ane_read_tensor",
-        [](const std::string& dtype, const std::vector<int64_t>& shape, py::array_t<uint8_t> surface, const py::array& dst,
+        [](const std::string& dtype, const std::vector<int64_t>& shape, const py::array& surface, const py::array& dst,
            size_t offset) {
             backend::TensorSpec s = io_spec("x", dtype, shape);
-            ane::read_tensor(s, surface_at(surface, offset, s), host_tensor(dst, true, "destination", 0));
+            ane::read_tensor(s, surface_at<const uint8_t>("ane_read_tensor", surface, offset, s), host_tensor(dst, true, "ane_read_tensor", "dst"));
         },
         py::arg("dtype"), py::arg("shape"), py::arg("surface"), py::arg("dst"), py::arg("offset") = 0,
         "Read surface bytes laid out as the tensor into a host array (fp16 -> fp32 exactly).");
@@ -750,39 +758,7 @@ void bind_ane(py::module_& m) {
 
 // ---------------------------------------------------------------- train: CPU ops, model, step
 void bind_train(py::module_& m) {
-    // Arguments are NumPy arrays used in place: exact dtype, C-contiguous, exact shape (-1 = any).
-    auto shape_text = [](const py::array& a) {
-        std::string t = "(";
-        for (py::ssize_t i = 0; i < a.ndim(); ++i) t += (i ? ", " : "") + std::to_string(a.shape(i));
-        return t + (a.ndim() == 1 ? ",)" : ")");
-    };
-    auto check = [shape_text](const py::array& a, const py::dtype& dt, const char* fn, const char* name,
-                              std::vector<py::ssize_t> shape, bool writable) {
-        bool ok = a.dtype().is(dt) && (a.flags() & py::array::c_style) && a.ndim() == py::ssize_t(shape.size()) &&
-                  (!writable || a.writeable());
-        for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || a.shape(py::ssize_t(i)) == shape[i];
-        if (ok) return;
-        std::string want;
-        for (size_t i = 0; i < shape.size(); ++i)
-            want += (i ? ", " : "") + (shape[i] < 0 ? std::string("n") : std::to_string(shape[i]));
-        throw py::value_error(std::string(fn) + ": " + name + " must be a " + (writable ? "writable " : "") +
-                              "C-contiguous " + std::string(py::str(dt)) + " array of shape (" + want +
-                              (shape.size() == 1 ? ",)" : ")") + "; got " + std::string(py::str(a.dtype())) + " " +
-                              shape_text(a) + ((a.flags() & py::array::c_style) ? "" : " non-contiguous"));
-    };
-    const py::dtype f32 = py::dtype::of<float>(), i32 = py::dtype::of<int32_t>();
-    auto in = [check, f32](const py::array& a, const char* fn, const char* name, std::vector<py::ssize_t> shape) {
-        check(a, f32, fn, name, std::move(shape), false);
-        return static_cast<const float*>(a.data());
-    };
-    auto out = [check, f32](py::array& a, const char* fn, const char* name, std::vector<py::ssize_t> shape) {
-        check(a, f32, fn, name, std::move(shape), true);
-        return static_cast<float*>(a.mutable_data());
-    };
-    auto tokens = [check, i32](const py::array& a, const char* fn, const char* name, py::ssize_t n) {
-        check(a, i32, fn, name, {n}, false);
-        return static_cast<const int32_t*>(a.data());
-    };
+    // Arguments are NumPy arrays used in place (bindings/arrays.h).
     auto extent = [](const py::array& a, int i) { return int(a.shape(i)); };
     using Floats = py::array_t<float>;
 
@@ -834,10 +810,10 @@ void bind_train(py::module_& m) {
 
     m.def(
         "cpu_embedding_fwd",
-        [in, tokens, extent](const py::array& E, const py::array& tok) {
-            const float* e = in(E, "cpu_embedding_fwd", "E", {-1, -1});
+        [extent](const py::array& E, const py::array& tok) {
+            const float* e = checked<const float>(E, "cpu_embedding_fwd", "E", Shape{any, any});
             const int vocab = extent(E, 0), D = extent(E, 1), S = int(tok.size());
-            const int32_t* t = tokens(tok, "cpu_embedding_fwd", "tokens", -1);
+            const int32_t* t = checked<const int32_t>(tok, "cpu_embedding_fwd", "tokens", Shape{any});
             Floats x({D, S});
             float* px = x.mutable_data();
             py::gil_scoped_release nogil;
@@ -847,11 +823,11 @@ void bind_train(py::module_& m) {
         py::arg("E"), py::arg("tokens"), "x[extent, S] = E[tokens].T (int32 tokens, bounds-checked).");
     m.def(
         "cpu_embedding_bwd",
-        [in, out, tokens, extent](const py::array& dx, const py::array& tok, py::array& dE) {
-            float* pdE = out(dE, "cpu_embedding_bwd", "dE", {-1, -1});
+        [extent](const py::array& dx, const py::array& tok, py::array& dE) {
+            float* pdE = checked<float>(dE, "cpu_embedding_bwd", "dE", Shape{any, any});
             const int vocab = extent(dE, 0), D = extent(dE, 1), S = int(tok.size());
-            const float* pdx = in(dx, "cpu_embedding_bwd", "dx", {D, S});
-            const int32_t* t = tokens(tok, "cpu_embedding_bwd", "tokens", S);
+            const float* pdx = checked<const float>(dx, "cpu_embedding_bwd", "dx", Shape{D, S});
+            const int32_t* t = checked<const int32_t>(tok, "cpu_embedding_bwd", "tokens", Shape{S});
             py::gil_scoped_release nogil;
             train::cpu::embedding_bwd(pdx, t, S, vocab, D, pdE);
         },
@@ -859,10 +835,10 @@ void bind_train(py::module_& m) {
 
     m.def(
         "cpu_rmsnorm_fwd",
-        [in, extent](const py::array& x, const py::array& g, float eps) {
-            const float* px = in(x, "cpu_rmsnorm_fwd", "x", {-1, -1});
+        [extent](const py::array& x, const py::array& g, float eps) {
+            const float* px = checked<const float>(x, "cpu_rmsnorm_fwd", "x", Shape{any, any});
             const int C = extent(x, 0), S = extent(x, 1);
-            const float* pg = in(g, "cpu_rmsnorm_fwd", "gamma", {C});
+            const float* pg = checked<const float>(g, "cpu_rmsnorm_fwd", "gamma", Shape{C});
             Floats y({C, S}), rrms(std::vector<py::ssize_t>{S});
             float *py_ = y.mutable_data(), *pr = rrms.mutable_data();
             {
@@ -874,24 +850,24 @@ void bind_train(py::module_& m) {
         py::arg("x"), py::arg("gamma"), py::arg("eps") = 1e-5f, "(y[C, S], rrms[S]): RMSNorm over channels.");
     m.def(
         "cpu_rmsnorm_bwd",
-        [in, out, extent](const py::array& dy, const py::array& x, const py::array& g, const py::array& rrms,
+        [extent](const py::array& dy, const py::array& x, const py::array& g, const py::array& rrms,
                        py::array& dx, py::array& dg) {
-            const float* px = in(x, "cpu_rmsnorm_bwd", "x", {-1, -1});
+            const float* px = checked<const float>(x, "cpu_rmsnorm_bwd", "x", Shape{any, any});
             const int C = extent(x, 0), S = extent(x, 1);
-            const float* pdy = in(dy, "cpu_rmsnorm_bwd", "dy", {C, S});
-            const float* pg = in(g, "cpu_rmsnorm_bwd", "gamma", {C});
-            const float* pr = in(rrms, "cpu_rmsnorm_bwd", "rrms", {S});
-            float* pdx = out(dx, "cpu_rmsnorm_bwd", "dx", {C, S});
-            float* pdg = out(dg, "cpu_rmsnorm_bwd", "dgamma", {C});
+            const float* pdy = checked<const float>(dy, "cpu_rmsnorm_bwd", "dy", Shape{C, S});
+            const float* pg = checked<const float>(g, "cpu_rmsnorm_bwd", "gamma", Shape{C});
+            const float* pr = checked<const float>(rrms, "cpu_rmsnorm_bwd", "rrms", Shape{S});
+            float* pdx = checked<float>(dx, "cpu_rmsnorm_bwd", "dx", Shape{C, S});
+            float* pdg = checked<float>(dg, "cpu_rmsnorm_bwd", "dgamma", Shape{C});
             py::gil_scoped_release nogil;
             train::cpu::rmsnorm_bwd(pdy, px, pg, pr, C, S, pdx, pdg);
         },
         py::arg("dy"), py::arg("x"), py::arg("gamma"), py::arg("rrms"), py::arg("dx"), py::arg("dgamma"),
         "RMSNorm backward; accumulates into dx[C, S] and dgamma[C].");
 
-    auto rope = [in, extent](const char* fn, bool inverse) {
-        return [in, extent, fn, inverse](const py::array& x, int n_heads, float theta) {
-            const float* px = in(x, fn, "x", {-1, -1});
+    auto rope = [extent](const char* fn, bool inverse) {
+        return [extent, fn, inverse](const py::array& x, int n_heads, float theta) {
+            const float* px = checked<const float>(x, fn, "x", Shape{any, any});
             const int C = extent(x, 0), S = extent(x, 1);
             if (n_heads <= 0 || C % n_heads != 0)
                 throw py::value_error(std::string(fn) + ": " + std::to_string(C) +
@@ -912,10 +888,10 @@ void bind_train(py::module_& m) {
 
     m.def(
         "cpu_classifier_fwd",
-        [in, extent](const py::array& E, const py::array& x) {
-            const float* pE = in(E, "cpu_classifier_fwd", "E", {-1, -1});
+        [extent](const py::array& E, const py::array& x) {
+            const float* pE = checked<const float>(E, "cpu_classifier_fwd", "E", Shape{any, any});
             const int vocab = extent(E, 0), D = extent(E, 1);
-            const float* px = in(x, "cpu_classifier_fwd", "x", {D, -1});
+            const float* px = checked<const float>(x, "cpu_classifier_fwd", "x", Shape{D, any});
             const int S = extent(x, 1);
             Floats logits({vocab, S});
             float* pl = logits.mutable_data();
@@ -926,13 +902,13 @@ void bind_train(py::module_& m) {
         py::arg("E"), py::arg("x"), "logits[vocab, S] = E @ x.");
     m.def(
         "cpu_classifier_bwd",
-        [in, out, extent](const py::array& E, const py::array& x, const py::array& dlogits, py::array& dE) {
-            const float* pE = in(E, "cpu_classifier_bwd", "E", {-1, -1});
+        [extent](const py::array& E, const py::array& x, const py::array& dlogits, py::array& dE) {
+            const float* pE = checked<const float>(E, "cpu_classifier_bwd", "E", Shape{any, any});
             const int vocab = extent(E, 0), D = extent(E, 1);
-            const float* px = in(x, "cpu_classifier_bwd", "x", {D, -1});
+            const float* px = checked<const float>(x, "cpu_classifier_bwd", "x", Shape{D, any});
             const int S = extent(x, 1);
-            const float* pdl = in(dlogits, "cpu_classifier_bwd", "dlogits", {vocab, S});
-            float* pdE = out(dE, "cpu_classifier_bwd", "dE", {vocab, D});
+            const float* pdl = checked<const float>(dlogits, "cpu_classifier_bwd", "dlogits", Shape{vocab, S});
+            float* pdE = checked<float>(dE, "cpu_classifier_bwd", "dE", Shape{vocab, D});
             Floats dx({D, S});
             float* pdx = dx.mutable_data();
             py::gil_scoped_release nogil;
@@ -943,14 +919,14 @@ void bind_train(py::module_& m) {
         "Returns dx = E.T @ dlogits; accumulates dE += dlogits @ x.T.");
     m.def(
         "cpu_classifier_loss",
-        [in, out, tokens, extent](const py::array& E, const py::array& x, const py::array& targets, float scale,
+        [extent](const py::array& E, const py::array& x, const py::array& targets, float scale,
                                   py::array& dE) {
-            const float* pE = in(E, "cpu_classifier_loss", "E", {-1, -1});
+            const float* pE = checked<const float>(E, "cpu_classifier_loss", "E", Shape{any, any});
             const int vocab = extent(E, 0), D = extent(E, 1);
-            const float* px = in(x, "cpu_classifier_loss", "x", {D, -1});
+            const float* px = checked<const float>(x, "cpu_classifier_loss", "x", Shape{D, any});
             const int S = extent(x, 1);
-            const int32_t* t = tokens(targets, "cpu_classifier_loss", "targets", S);
-            float* pdE = out(dE, "cpu_classifier_loss", "dE", {vocab, D});
+            const int32_t* t = checked<const int32_t>(targets, "cpu_classifier_loss", "targets", Shape{S});
+            float* pdE = checked<float>(dE, "cpu_classifier_loss", "dE", Shape{vocab, D});
             Floats logits({vocab, S}), dx({D, S});
             float *pl = logits.mutable_data(), *pdx = dx.mutable_data();
             double loss;
@@ -967,10 +943,10 @@ void bind_train(py::module_& m) {
         "accumulating dE += dlogits @ x.T.");
     m.def(
         "cpu_cross_entropy",
-        [in, tokens, extent](const py::array& logits, const py::array& targets, float scale) {
-            const float* pl = in(logits, "cpu_cross_entropy", "logits", {-1, -1});
+        [extent](const py::array& logits, const py::array& targets, float scale) {
+            const float* pl = checked<const float>(logits, "cpu_cross_entropy", "logits", Shape{any, any});
             const int vocab = extent(logits, 0), S = extent(logits, 1);
-            const int32_t* t = tokens(targets, "cpu_cross_entropy", "targets", S);
+            const int32_t* t = checked<const int32_t>(targets, "cpu_cross_entropy", "targets", Shape{S});
             Floats dl({vocab, S});
             float* pdl = dl.mutable_data();
             double loss;
@@ -985,9 +961,9 @@ void bind_train(py::module_& m) {
 
     m.def(
         "cpu_swiglu_fwd",
-        [in](const py::array& h1, const py::array& h3) {
-            const float* p1 = in(h1, "cpu_swiglu_fwd", "h1", {-1, -1});
-            const float* p3 = in(h3, "cpu_swiglu_fwd", "h3", {h1.shape(0), h1.shape(1)});
+        [](const py::array& h1, const py::array& h3) {
+            const float* p1 = checked<const float>(h1, "cpu_swiglu_fwd", "h1", Shape{any, any});
+            const float* p3 = checked<const float>(h3, "cpu_swiglu_fwd", "h3", Shape{h1.shape(0), h1.shape(1)});
             Floats gate({h1.shape(0), h1.shape(1)});
             float* pg = gate.mutable_data();
             size_t n = size_t(h1.size());
@@ -998,11 +974,11 @@ void bind_train(py::module_& m) {
         py::arg("h1"), py::arg("h3"), "gate = silu(h1) * h3 for [hidden, S] arrays.");
     m.def(
         "cpu_swiglu_bwd",
-        [in](const py::array& dgate, const py::array& h1, const py::array& h3) {
-            const float* p1 = in(h1, "cpu_swiglu_bwd", "h1", {-1, -1});
+        [](const py::array& dgate, const py::array& h1, const py::array& h3) {
+            const float* p1 = checked<const float>(h1, "cpu_swiglu_bwd", "h1", Shape{any, any});
             std::vector<py::ssize_t> shape{h1.shape(0), h1.shape(1)};
-            const float* p3 = in(h3, "cpu_swiglu_bwd", "h3", shape);
-            const float* pd = in(dgate, "cpu_swiglu_bwd", "dgate", shape);
+            const float* p3 = checked<const float>(h3, "cpu_swiglu_bwd", "h3", shape);
+            const float* pd = checked<const float>(dgate, "cpu_swiglu_bwd", "dgate", shape);
             Floats dh1(shape), dh3(shape);
             float *o1 = dh1.mutable_data(), *o3 = dh3.mutable_data();
             size_t n = size_t(h1.size());
@@ -1022,8 +998,8 @@ void bind_train(py::module_& m) {
     };
     m.def(
         "cpu_gqa_tile",
-        [in, extent, check_heads](const py::array& kv, int n_heads, int n_kv_heads) {
-            const float* p = in(kv, "cpu_gqa_tile", "kv", {-1, -1});
+        [extent, check_heads](const py::array& kv, int n_heads, int n_kv_heads) {
+            const float* p = checked<const float>(kv, "cpu_gqa_tile", "kv", Shape{any, any});
             const int C = extent(kv, 0), S = extent(kv, 1);
             check_heads("cpu_gqa_tile", n_heads, n_kv_heads, C);
             const int hd = C / n_kv_heads;
@@ -1037,8 +1013,8 @@ void bind_train(py::module_& m) {
         "Repeat-interleave KV heads [n_kv_heads*hd, S] to Q heads [n_heads*hd, S].");
     m.def(
         "cpu_gqa_reduce",
-        [in, extent, check_heads](const py::array& d, int n_heads, int n_kv_heads) {
-            const float* p = in(d, "cpu_gqa_reduce", "d_tiled", {-1, -1});
+        [extent, check_heads](const py::array& d, int n_heads, int n_kv_heads) {
+            const float* p = checked<const float>(d, "cpu_gqa_reduce", "d_tiled", Shape{any, any});
             const int C = extent(d, 0), S = extent(d, 1);
             check_heads("cpu_gqa_reduce", n_heads, n_kv_heads, C);
             if (C % n_heads != 0)
@@ -1056,10 +1032,10 @@ void bind_train(py::module_& m) {
 
     m.def(
         "cpu_grad_norm",
-        [check, f32](const std::vector<py::array>& grads) {
+        [](const std::vector<py::array>& grads) {
             std::vector<std::pair<const float*, size_t>> tensors;
             for (const auto& g : grads) {
-                check(g, f32, "cpu_grad_norm", "every gradient", std::vector<py::ssize_t>(size_t(g.ndim()), -1), false);
+                checked<const float>(g, "cpu_grad_norm", "every gradient", any_shape);
                 tensors.emplace_back(static_cast<const float*>(g.data()), size_t(g.size()));
             }
             py::gil_scoped_release nogil;
@@ -1070,8 +1046,8 @@ void bind_train(py::module_& m) {
           "min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_.");
     m.def(
         "cpu_scale",
-        [check, f32](py::array& x, float s) {
-            check(x, f32, "cpu_scale", "x", std::vector<py::ssize_t>(size_t(x.ndim()), -1), true);
+        [](py::array& x, float s) {
+            checked<float>(x, "cpu_scale", "x", any_shape);
             float* p = static_cast<float*>(x.mutable_data());
             size_t n = size_t(x.size());
             py::gil_scoped_release nogil;
@@ -1080,13 +1056,13 @@ void bind_train(py::module_& m) {
         py::arg("x"), py::arg("s"), "x *= s in place.");
     m.def(
         "cpu_adamw_step",
-        [check, f32](py::array& w, const py::array& g, py::array& mom, py::array& var, int t, float lr, float beta1,
+        [](py::array& w, const py::array& g, py::array& mom, py::array& var, int t, float lr, float beta1,
                      float beta2, float eps, float weight_decay, bool decay, float grad_scale) {
             std::vector<py::ssize_t> shape(w.shape(), w.shape() + w.ndim());
-            check(w, f32, "cpu_adamw_step", "w", shape, true);
-            check(g, f32, "cpu_adamw_step", "grad", shape, false);
-            check(mom, f32, "cpu_adamw_step", "m", shape, true);
-            check(var, f32, "cpu_adamw_step", "v", shape, true);
+            checked<float>(w, "cpu_adamw_step", "w", shape);
+            checked<const float>(g, "cpu_adamw_step", "grad", shape);
+            checked<float>(mom, "cpu_adamw_step", "m", shape);
+            checked<float>(var, "cpu_adamw_step", "v", shape);
             train::cpu::AdamW opt{lr, beta1, beta2, eps, weight_decay};
             float* pw = static_cast<float*>(w.mutable_data());
             const float* pg = static_cast<const float*>(g.data());
@@ -1142,10 +1118,10 @@ void bind_train(py::module_& m) {
             py::arg("name"), py::arg("kind") = "weight", "A copy of one tensor (kind: weight, grad, m, v).")
         .def(
             "set",
-            [buffer, slot, llama_shape, in](train::ModelState& s, const std::string& name, const py::array& a,
+            [buffer, slot, llama_shape](train::ModelState& s, const std::string& name, const py::array& a,
                                             const std::string& kind) {
                 const train::ParamSlot& p = slot(s, name);
-                const float* src = in(a, "ModelState.set", name.c_str(), llama_shape(p.spec));
+                const float* src = checked<const float>(a, "ModelState.set", name.c_str(), llama_shape(p.spec));
                 if (kind == "grad") s.materialize_grads();
                 if (kind == "weight") s.weights_changed();
                 float* dst = buffer(s, kind).data() + p.offset;
@@ -1189,12 +1165,12 @@ void bind_train(py::module_& m) {
 // ---------------------------------------------------------------- trainer: the native training step
 void bind_trainer(py::module_& m) {
     using train::Trainer;
-    auto tokens_arg = [](const py::array& a, int extra, const Trainer& t) {
-        if (a.ndim() != 2 || a.shape(1) != t.config().seq_len + extra || a.shape(0) < 1)
-            throw py::value_error("tokens must be an int32 array [batch, " + std::to_string(t.config().seq_len + extra) +
-                                  "]; got shape " + std::string(py::str(py::tuple(py::cast(
-                                                        std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()))))));
-        return py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(a);
+    // Token ids of any integer dtype (the ids themselves are bounds-checked by the step), copied
+    // to int32 when they are not already.
+    auto tokens_arg = [](const py::handle& a, int extra, const Trainer& t, const char* fn) {
+        auto tok = bindings::converted<int32_t>(a, fn, "tokens", "iu", Shape{any, t.config().seq_len + extra}, "integers");
+        if (tok.shape(0) < 1) throw py::value_error(std::string(fn) + ": tokens must hold at least one sequence");
+        return tok;
     };
     py::class_<Trainer>(m, "Trainer", "llama2.c's Transformer trained through MIL kernels on a backend.")
         .def(py::init([](const train::ModelConfig& cfg, std::shared_ptr<backend::Backend> backend,
@@ -1237,7 +1213,7 @@ void bind_trainer(py::module_& m) {
         .def(
             "accumulate",
             [tokens_arg](Trainer& t, const py::array& tokens) {
-                auto tok = tokens_arg(tokens, 1, t);
+                auto tok = tokens_arg(tokens, 1, t, "Trainer.accumulate");
                 const int32_t* p = tok.data();
                 const int batch = int(tok.shape(0));
                 py::gil_scoped_release nogil;
@@ -1257,7 +1233,7 @@ void bind_trainer(py::module_& m) {
         .def(
             "forward",
             [tokens_arg](Trainer& t, const py::array& tokens) {
-                auto tok = tokens_arg(tokens, 0, t);
+                auto tok = tokens_arg(tokens, 0, t, "Trainer.forward");
                 const int batch = int(tok.shape(0));
                 std::vector<float> logits;
                 {

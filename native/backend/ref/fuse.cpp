@@ -12,9 +12,14 @@
 // that writes that element has written it in an earlier position of the same tile, and no op of
 // the run writes what an earlier one reads. can_join() checks this on the ops' accesses
 // (plan.h: Ranged); buffers are SSA values, so the second condition never actually cuts a run.
+#include <algorithm>
 #include <cstdlib>
+#include <functional>
+#include <map>
 #include <new>
 #include <numeric>
+#include <queue>
+#include <set>
 
 #include "backend/ref/plan.h"
 
@@ -39,22 +44,73 @@ bool same_elements(const Ranged::Access& a, const Ranged::Access& b, int64_t ali
     return a.per != 0 && a.base == b.base && a.per == b.per && align % a.per == 0;
 }
 
-// Whether op m can follow the ops of `run` in tiles of a multiple of `align` elements.
-bool can_join(const std::vector<std::shared_ptr<const Ranged>>& run, const Ranged& m, int64_t align) {
-    if (m.numel != run.front()->numel || align > kMaxAlign) return false;
-    for (const auto& p : run) {
-        for (const auto& w : p->writes)
-            for (const auto& r : m.reads)
-                if (overlap(r, w) && !same_elements(r, w, align)) return false;  // m reads p's output
-        for (const auto& w : m.writes) {
-            for (const auto& r : p->reads)
-                if (overlap(w, r)) return false;  // m overwrites p's input
-            for (const auto& w2 : p->writes)
-                if (overlap(w, w2)) return false;  // both write it
-        }
+// Byte ranges indexed by their start, so that finding those a range overlaps costs a lookup
+// rather than a pass over all of them: a run or a program can hold tens of thousands, and a
+// pass per op made fusion quadratic in the length of a chain.
+// Disjoint ranges, each with a value (`unite` merges instead: only whether any overlaps counts).
+template <class V>
+class Ranges {
+public:
+    // Calls f(value) for every stored range overlapping [lo, hi) until f returns false;
+    // returns false if it did.
+    template <class F>
+    bool each_overlap(const char* lo, const char* hi, F&& f) const {
+        auto it = map_.upper_bound(lo);
+        if (it != map_.begin()) --it;
+        for (; it != map_.end() && it->first < hi; ++it)
+            if (it->second.first > lo && !f(it->second.second)) return false;
+        return true;
     }
-    return true;
-}
+    bool overlaps(const char* lo, const char* hi) const {
+        return !each_overlap(lo, hi, [](const V&) { return false; });
+    }
+    // [lo, hi) must overlap no stored range.
+    void insert(const char* lo, const char* hi, V v) { map_.emplace(lo, std::make_pair(hi, std::move(v))); }
+    // Adds [lo, hi) merged with every range it overlaps or touches (values are dropped).
+    void unite(const char* lo, const char* hi) {
+        auto it = map_.upper_bound(lo);
+        if (it != map_.begin() && std::prev(it)->second.first >= lo) --it;
+        while (it != map_.end() && it->first <= hi) {
+            lo = std::min(lo, it->first);
+            hi = std::max(hi, it->second.first);
+            it = map_.erase(it);
+        }
+        map_.emplace(lo, std::make_pair(hi, V{}));
+    }
+    void clear() { map_.clear(); }
+
+private:
+    std::map<const char*, std::pair<const char*, V>> map_;  // lo -> (hi, value)
+};
+
+struct Nothing {};
+
+// The accesses of the ops of a run so far: its writes (disjoint, as can_join keeps them) with
+// the index in the run of the op that writes each, and the union of its reads.
+struct RunAccesses {
+    Ranges<std::pair<Ranged::Access, size_t>> writes;
+    Ranges<Nothing> reads;
+
+    // Whether op m can follow the ops of the run in tiles of a multiple of `align` elements.
+    // Pairs accepted earlier stay valid as the run grows: its alignment only grows to multiples.
+    bool can_join(const Ranged& m, int64_t align) const {
+        for (const auto& r : m.reads)  // m reads an earlier op's output: in the same tile only
+            if (!writes.each_overlap(r.lo, r.hi, [&](const auto& w) { return same_elements(r, w.first, align); }))
+                return false;
+        for (size_t a = 0; a < m.writes.size(); ++a) {
+            const auto& w = m.writes[a];
+            if (reads.overlaps(w.lo, w.hi)) return false;   // m overwrites an earlier op's input
+            if (writes.overlaps(w.lo, w.hi)) return false;  // both write it
+            for (size_t b = 0; b < a; ++b)
+                if (overlap(w, m.writes[b])) return false;  // (no op does: keeps `writes` disjoint)
+        }
+        return true;
+    }
+    void add(const Ranged& m, size_t index) {
+        for (const auto& w : m.writes) writes.insert(w.lo, w.hi, {w, index});
+        for (const auto& r : m.reads) reads.unite(r.lo, r.hi);
+    }
+};
 
 // An intermediate of a run kept in scratch: slot `slot` holds the tile's part of `buffer`,
 // whose element i lives at buffer[i / per].
@@ -64,28 +120,47 @@ struct Scratch {
     size_t slot;
 };
 
-// The run's writes that no later step or the caller reads, each given a scratch slot. A slot
-// is reused once the last op of the run reading its previous buffer has run, so a tile's
-// scratch stays small (the FFN backward's chain of 9 ops needs 4 slots).
-std::vector<Scratch> scratch_slots(const std::vector<std::shared_ptr<const Ranged>>& run, size_t last_step,
-                                   const std::vector<Use>& uses, size_t* slots) {
+// The run's writes that no later step or the caller reads (`later`: the union of what steps
+// after the run read), each given a scratch slot. A slot is reused once the last op of the run
+// reading its previous buffer has run, so a tile's scratch stays small (the FFN backward's
+// chain of 9 ops needs 4 slots).
+std::vector<Scratch> scratch_slots(const std::vector<std::shared_ptr<const Ranged>>& run, const RunAccesses& acc,
+                                   const Ranges<Nothing>& later, size_t* slots) {
+    // last_reader[i][k]: the last op of the run reading what write k of op i writes
+    std::vector<std::vector<size_t>> last_reader(run.size());
+    for (size_t i = 0; i < run.size(); ++i) last_reader[i].assign(run[i]->writes.size(), i);
+    for (size_t j = 0; j < run.size(); ++j)
+        for (const auto& r : run[j]->reads)
+            acc.writes.each_overlap(r.lo, r.hi, [&](const auto& w) {
+                const size_t i = w.second;
+                if (i < j)
+                    for (size_t k = 0; k < run[i]->writes.size(); ++k)
+                        if (run[i]->writes[k].lo == w.first.lo) last_reader[i][k] = j;
+                return true;
+            });
     std::vector<Scratch> out;
     std::vector<size_t> free_after;  // per slot: index in the run of the last op reading it
-    for (size_t i = 0; i < run.size(); ++i)
-        for (const auto& w : run[i]->writes) {
-            bool later = w.per == 0;  // not a per-element write (none is): left in its buffer
-            for (const Use& u : uses) later = later || (u.step >= last_step && u.lo < w.hi && w.lo < u.hi);
-            if (later) continue;
-            size_t last_reader = i;
-            for (size_t j = i + 1; j < run.size(); ++j)
-                for (const auto& r : run[j]->reads)
-                    if (overlap(r, w)) last_reader = j;
-            size_t slot = 0;
-            while (slot < free_after.size() && free_after[slot] >= i) ++slot;
-            if (slot == free_after.size()) free_after.push_back(0);
-            free_after[slot] = last_reader;
+    // Slots whose last reader has run, lowest first, and busy ones by when they become free.
+    std::set<size_t> free;
+    std::priority_queue<std::pair<size_t, size_t>, std::vector<std::pair<size_t, size_t>>, std::greater<>> busy;
+    for (size_t i = 0; i < run.size(); ++i) {
+        for (; !busy.empty() && busy.top().first < i; busy.pop()) free.insert(busy.top().second);
+        for (size_t k = 0; k < run[i]->writes.size(); ++k) {
+            const auto& w = run[i]->writes[k];
+            if (w.per == 0 || later.overlaps(w.lo, w.hi)) continue;  // left in its buffer
+            size_t slot;
+            if (free.empty()) {
+                slot = free_after.size();
+                free_after.push_back(0);
+            } else {
+                slot = *free.begin();
+                free.erase(free.begin());
+            }
+            free_after[slot] = last_reader[i][k];
+            busy.push({free_after[slot], slot});
             out.push_back({w.base, w.per, slot});
         }
+    }
     *slots = free_after.size();
     return out;
 }
@@ -142,28 +217,47 @@ Step tiled_step(std::vector<std::shared_ptr<const Ranged>> ops, int64_t align, s
 }  // namespace
 
 std::vector<FusedRun> fuse_plan(const std::vector<PlanStep>& plan, const std::vector<Use>& uses, const Tile* feeds) {
-    std::vector<FusedRun> runs;
+    struct Run {
+        size_t first, last;
+        std::vector<std::shared_ptr<const Ranged>> ops;
+        int64_t align;
+        RunAccesses acc;
+    };
+    std::vector<Run> found;
     for (size_t i = 0; i < plan.size();) {
         const Ranged* first = plan[i].ranged.get();
         if (!first || first->numel == 0 || first->align > kMaxAlign) {
             ++i;
             continue;
         }
-        std::vector<std::shared_ptr<const Ranged>> run{plan[i].ranged};
-        int64_t align = first->align;
-        size_t j = i + 1;
-        for (; j < plan.size() && plan[j].ranged; ++j) {
-            const int64_t a = std::lcm(align, plan[j].ranged->align);
-            if (!can_join(run, *plan[j].ranged, a)) break;
-            run.push_back(plan[j].ranged);
-            align = a;
+        Run run{i, i + 1, {plan[i].ranged}, first->align, {}};
+        run.acc.add(*first, 0);
+        for (; run.last < plan.size() && plan[run.last].ranged; ++run.last) {
+            const Ranged& m = *plan[run.last].ranged;
+            const int64_t a = std::lcm(run.align, m.align);
+            if (m.numel != first->numel || a > kMaxAlign || !run.acc.can_join(m, a)) break;
+            run.acc.add(m, run.ops.size());
+            run.ops.push_back(plan[run.last].ranged);
+            run.align = a;
         }
-        if (run.size() >= 2) {
-            size_t slots = 0;
-            std::vector<Scratch> scratch = scratch_slots(run, j, uses, &slots);
-            runs.push_back({i, j, tiled_step(std::move(run), align, std::move(scratch), slots, feeds)});
-        }
-        i = j;
+        i = run.last;
+        if (run.ops.size() >= 2) found.push_back(std::move(run));
+    }
+    // What steps after each run read, gathered from the last run back so that each use is
+    // added once: a run's `later` holds the uses at or after its end.
+    std::vector<size_t> by_step(uses.size());
+    std::iota(by_step.begin(), by_step.end(), size_t(0));
+    std::sort(by_step.begin(), by_step.end(), [&](size_t a, size_t b) { return uses[a].step > uses[b].step; });
+    Ranges<Nothing> later;
+    size_t next_use = 0;
+    std::vector<FusedRun> runs(found.size());
+    for (size_t r = found.size(); r-- > 0;) {
+        Run& run = found[r];
+        for (; next_use < by_step.size() && uses[by_step[next_use]].step >= run.last; ++next_use)
+            later.unite(uses[by_step[next_use]].lo, uses[by_step[next_use]].hi);
+        size_t slots = 0;
+        std::vector<Scratch> scratch = scratch_slots(run.ops, run.acc, later, &slots);
+        runs[r] = {run.first, run.last, tiled_step(std::move(run.ops), run.align, std::move(scratch), slots, feeds)};
     }
     return runs;
 }
