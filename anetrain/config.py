@@ -399,11 +399,21 @@ def parse_args(argv):
             base["n_kv_heads"] = 0
     model = ModelConfig(**{**base, **overrides})
     check_fits_in_memory(model)
-    if train.ane_shaped and model.seq_len % 32:
-        raise UsageError(f"--ane-shaped needs --seq-len a multiple of 32 (the ANE's 64-byte rows), "
-                         f"got {model.seq_len}")
+    if (train.ane_shaped or ane_shaped_from_env()) and model.seq_len % 32:
+        raise UsageError(f"--ane-shaped (or ANETRAIN_ANE_SHAPED=1) needs --seq-len a multiple of 32 (the ANE's "
+                         f"64-byte rows), got {model.seq_len}")
     apply_shipped_data_defaults(train, model)
     return model, train
+
+
+def ane_shaped_from_env():
+    """ANETRAIN_ANE_SHAPED as True/False, or None when unset (the trainer then decides by backend)."""
+    v = os.environ.get("ANETRAIN_ANE_SHAPED", "")
+    if v == "":
+        return None
+    if v not in ("0", "1"):
+        raise UsageError(f"ANETRAIN_ANE_SHAPED must be 0 or 1, got {v!r}")
+    return v == "1"
 
 
 def physical_memory_bytes():

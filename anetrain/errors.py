@@ -26,7 +26,9 @@ class ModelFileError(AnetrainError):
 
 
 def exit_on_error(main):
-    """Run ``main()``; turn an AnetrainError into ``error: ...`` on stderr and exit status 2."""
+    """Run ``main()``; turn an AnetrainError into ``error: ...`` on stderr and exit status 2, and a
+    Ctrl-C that reaches here (the command's own handling, if any, has cleaned up) into one
+    ``interrupted`` line and exit status 130, instead of a traceback."""
     import sys
 
     try:
@@ -34,3 +36,6 @@ def exit_on_error(main):
     except AnetrainError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)

@@ -9,12 +9,10 @@
 Every layer runs through the generated MIL kernels on a backend (the ANE on a Mac, the ref
 backend elsewhere); embedding, norms, classifier, loss and AdamW run natively on the CPU.
 """
-import os
-
 import numpy as np
 
 from . import _native
-from .config import adamw_problem
+from .config import adamw_problem, ane_shaped_from_env
 
 KINDS = ("weight", "grad", "m", "v")
 
@@ -31,16 +29,6 @@ def model_config(config):
     if unknown:
         raise ValueError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
     return _native.ModelConfig(**{k: v for k, v in config.items() if v is not None})
-
-
-def ane_shaped_from_env():
-    """ANETRAIN_ANE_SHAPED as True/False, or None when unset (the trainer decides by backend)."""
-    v = os.environ.get("ANETRAIN_ANE_SHAPED", "")
-    if v == "":
-        return None
-    if v not in ("0", "1"):
-        raise ValueError(f"ANETRAIN_ANE_SHAPED must be 0 or 1, got {v!r}")
-    return v == "1"
 
 
 def _name(name):

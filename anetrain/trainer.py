@@ -98,8 +98,11 @@ class Run:
         self.lock.record_pid()
         self.metrics_path = os.path.join(self.out, rundir.METRICS_NAME)
         self.backend = make_backend(t)
-        self.model = Model(self.model_cfg.native_kwargs(), backend=self.backend, pipeline=t.pipeline,
-                           loss_scale=t.loss_scale, seed=t.seed, ane_shaped=True if t.ane_shaped else None)
+        try:
+            self.model = Model(self.model_cfg.native_kwargs(), backend=self.backend, pipeline=t.pipeline,
+                               loss_scale=t.loss_scale, seed=t.seed, ane_shaped=True if t.ane_shaped else None)
+        except ValueError as e:  # what only this backend refuses, e.g. a seq_len the ANE cannot take
+            raise UsageError(f"{e}; change the model settings or --backend")
         self.step = 0
         self.losses, self.val_losses = [], []
         self.cum = {"wall_s": 0.0, "compile_s": 0.0, "train_s": 0.0, "steps": 0}

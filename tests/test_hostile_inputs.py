@@ -9,9 +9,11 @@ lists each case with the test that holds it.
 import json
 import os
 import resource
+import signal
 import struct
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -294,3 +296,29 @@ def test_model_refuses_token_ids_outside_the_vocabulary(model, ids):
     for call in (model.accumulate, lambda t: model.step(t, lr=1e-3), lambda t: model.forward(t[:, :-1])):
         with pytest.raises(ValueError, match="token ids must"):
             call(ids)
+
+
+@pytest.mark.parametrize("value,needle", [("1", "multiple of 32"), ("yes", "ANETRAIN_ANE_SHAPED must be 0 or 1")])
+def test_ane_shaped_from_the_environment_is_checked_like_the_flag(tmp_path, value, needle, monkeypatch):
+    monkeypatch.setenv("ANETRAIN_ANE_SHAPED", value)
+    p = cli("train.py", *SMALL, "--seq-len", "48", "--out", tmp_path / "run")
+    assert_one_error(p, needle)
+    assert p.returncode == 2
+
+
+def test_ctrl_c_in_prepare_data_is_one_line_and_leaves_nothing(tmp_path):
+    # a large input keeps prepare_data busy long enough to be interrupted
+    text = tmp_path / "big.txt"
+    text.write_text("\n".join(" ".join(WORDS * 20) for _ in range(20000)))
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.Popen([sys.executable, os.path.join(SCRIPTS, "prepare_data.py"), str(text), "--vocab-size", "300",
+                          "--out", str(out)], stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    time.sleep(3)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    if p.returncode == 0:
+        pytest.skip("prepare_data finished before the interrupt")  # nothing to check then
+    assert p.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted"
+    assert not out.exists()
