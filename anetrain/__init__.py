@@ -4,6 +4,7 @@ The native extension (anetrain._native) holds the hot path. On Linux its BLAS co
 scipy-openblas32 wheel, which must be loaded before the extension so the dynamic linker can
 resolve it from any install location.
 """
+import os as _os
 import sys as _sys
 
 if _sys.platform.startswith("linux"):
@@ -27,25 +28,15 @@ def set_num_threads(n):
     _native.blas_set_threads(n)
 
 
-def backends():
-    """Names of the backends this machine can run, best first."""
-    return list(_backends())
-
-
-def _backends():
-    names = []
-    if hasattr(_native, "ane_available") and _native.ane_available():
-        names.append("ane")
-    names.append("ref")
-    return names
+def available_backends():
+    """Names of the backends this machine can run, best first (anetrain.backends makes them)."""
+    return (["ane"] if _native.ane_available() else []) + ["ref"]
 
 
 def info():
     """A dict naming this build: platform, SIMD path, BLAS library and core type, threads, backends."""
-    import os
-
     d = dict(_native.build_info())
     d["version"] = __version__
-    d["backends"] = backends()
-    d["openblas_coretype_env"] = os.environ.get("OPENBLAS_CORETYPE", "")
+    d["backends"] = available_backends()
+    d["openblas_coretype_env"] = _os.environ.get("OPENBLAS_CORETYPE", "")
     return d

@@ -29,7 +29,7 @@ from . import config as _config
 
 __all__ = [
     "available", "unavailable_reason", "chip", "dialect", "dialect_string", "options", "strict_mode",
-    "new_backend", "resolve_backend_name", "programs", "release_models",
+    "resolve_backend_name", "programs", "release_models",
     "rules", "check_program", "probe_record_path", "probe_record", "record_probe",
 ]
 
@@ -73,14 +73,6 @@ def strict_mode(strict=None):
     return bool(options()["strict"]) if strict is None else bool(strict)
 
 
-def new_backend(compile_budget=None, qos=None, multi_input=None):
-    """A fresh ANE backend (an anetrain.kernels.Backend); unset options come from the environment.
-    Raises anetrain.BackendError (saying why) where the ANE is unavailable."""
-    from .kernels import Backend
-
-    return Backend(_native.make_ane_backend(compile_budget=compile_budget, qos=qos, multi_input=multi_input))
-
-
 def resolve_backend_name(name="auto"):
     """'ane' or 'ref' for "auto"/None, "ane" or "ref". An explicit name wins over ANETRAIN_BACKEND,
     which wins over auto (ane when available). ValueError for unknown names or an unusable ANE."""
@@ -99,7 +91,7 @@ def programs(config, pipeline="dynamic", chip=None, layer_weights=None):
     change only the blob bytes). chip: a family ("M1".."M5") or None; every family starts with
     the program(1.3)/ios18 dialect (docs/ane-rules.md).
     """
-    c = _model_config(config)
+    c = _config.model_config_of(config)
     shape = dict(dim=c.dim, hidden_dim=c.hidden_dim, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads,
                  seq_len=c.seq_len, rope_theta=c.rope_theta)
     if pipeline not in _config.PIPELINES:
@@ -112,14 +104,6 @@ def programs(config, pipeline="dynamic", chip=None, layer_weights=None):
             name, shape, pipeline, "fp16", "1.3/ios18", layer_weights if pipeline == "static" else None, False, True)
         out.append((name, text, dict(blobs), list(ins), list(outs)))
     return out
-
-
-def _model_config(config):
-    if isinstance(config, str):
-        return _config.model_preset(config)
-    if isinstance(config, dict):
-        return _config.ModelConfig(**config)
-    return config
 
 
 def _random_layer_weights(c, seed=0):

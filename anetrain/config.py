@@ -21,9 +21,13 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from . import _native
 from .errors import UsageError
 
 PIPELINES = ("static", "dynamic")
+# The fields the native model config (anetrain._native.ModelConfig) takes.
+NATIVE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "seq_len", "norm_eps",
+                 "rope_theta")
 INT32_MAX = 2 ** 31 - 1
 BACKENDS = ("auto", "ref", "ane")
 REPO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
@@ -114,8 +118,7 @@ class ModelConfig:
 
     def native_kwargs(self):
         """Keyword arguments of the native ``anetrain._native.ModelConfig`` constructor."""
-        return {k: getattr(self, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
-                                              "hidden_dim", "seq_len", "norm_eps", "rope_theta")}
+        return {k: getattr(self, k) for k in NATIVE_FIELDS}
 
 
 PRESETS = {
@@ -133,6 +136,28 @@ PRESET_NOTES = {
     "stories110M": "llama2.c Stories110M",
     "qwen3-0.6B": "Qwen3-0.6B-shaped GQA model (head_dim = dim/heads = 64)",
 }
+
+
+def model_config_of(config):
+    """A ModelConfig from a preset name, a ModelConfig, or a dict of its fields."""
+    if isinstance(config, str):
+        return model_preset(config)
+    if isinstance(config, dict):
+        return ModelConfig(**config)
+    return config
+
+
+def native_model_config(config):
+    """The native ModelConfig (what anetrain._native.Trainer takes) from a ModelConfig, a dict, or
+    any object with llama2.c's field names."""
+    if isinstance(config, _native.ModelConfig):
+        return config
+    if not isinstance(config, dict):
+        config = {f: getattr(config, f) for f in NATIVE_FIELDS if hasattr(config, f)}
+    unknown = set(config) - set(NATIVE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
+    return _native.ModelConfig(**{k: v for k, v in config.items() if v is not None})
 
 
 def model_preset(name):

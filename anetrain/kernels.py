@@ -12,6 +12,8 @@ import numpy as np
 
 from . import _native, ane
 from ._native import BackendError, CompileBudgetExceeded, MilError  # noqa: F401
+from .backends import Backend, get_backend, new_backend  # noqa: F401  (the notebook API names them here too)
+from .config import native_model_config
 
 TensorInfo = namedtuple("TensorInfo", "name dtype shape")
 
@@ -23,88 +25,6 @@ _NUMPY = {
     "uint8": np.uint8,
     "bool": np.bool_,
 }
-_PRECISIONS = {"fp16": True, "fp32": False}
-_singletons = {}
-
-
-class Backend:
-    """A compiler + executor of MIL programs, with a compile counter and an optional budget."""
-
-    def __init__(self, native):
-        self._native = native
-
-    @property
-    def name(self):
-        return self._native.name
-
-    @property
-    def compiles(self):
-        return self._native.compiles
-
-    @property
-    def budget(self):
-        """Compiles allowed in this process (None: unlimited)."""
-        b = self._native.budget
-        return None if b < 0 else b
-
-    @budget.setter
-    def budget(self, value):
-        self._native.budget = -1 if value is None else int(value)
-
-    @property
-    def remaining(self):
-        """Compiles left before CompileBudgetExceeded (None: unlimited)."""
-        r = self._native.remaining
-        return None if r < 0 else r
-
-    def supports(self, op):
-        return self._native.supports(op)
-
-    @property
-    def native(self):
-        """The native backend object (what anetrain._native.Trainer takes)."""
-        return self._native
-
-    def __repr__(self):
-        return f"<anetrain Backend {self.name}: {self.compiles} compiles, budget {self.budget}>"
-
-
-def _make_native(name, compile_budget, precision):
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be 'fp16' or 'fp32', got {precision!r}")
-    budget = -1 if compile_budget is None else int(compile_budget)
-    if name == "ref":
-        return _native.make_ref_backend(compile_budget=budget, fp16_rounding=_PRECISIONS[precision])
-    if name == "ane":  # unset budget: ANETRAIN_ANE_COMPILE_BUDGET or the default per process; BackendError off macOS
-        return _native.make_ane_backend(compile_budget=compile_budget)
-    raise ValueError(f"unknown backend {name!r}; use 'ref', 'ane' or 'auto'")
-
-
-def new_backend(name="ref", compile_budget=None, precision="fp16", strict=None):
-    """A fresh backend with its own compile counter. precision='fp32' (ref only) skips fp16 rounding.
-
-    "auto" is the ANE where it is available, with the ref backend taking any program the ANE
-    cannot run (each such kernel's placement_note says why; strict=True or ANETRAIN_STRICT=1
-    makes that an error), and the ref backend elsewhere (ANETRAIN_BACKEND overrides)."""
-    fallback = name == "auto"
-    if name == "auto":
-        name = ane.resolve_backend_name("auto")
-    if precision != "fp16" and name != "ref":
-        raise ValueError(f"precision={precision!r} is only available on the ref backend")
-    native = _make_native(name, compile_budget, precision)
-    if fallback and name == "ane":
-        native = _native.make_fallback_backend(native, _native.make_ref_backend(), ane.strict_mode(strict))
-    return Backend(native)
-
-
-def get_backend(name="ref"):
-    """The process-wide backend of that name (created on first use; "auto" as new_backend says)."""
-    key = f"auto:{ane.resolve_backend_name('auto')}" if name == "auto" else name  # ANETRAIN_BACKEND may change
-    if key not in _singletons:
-        _singletons[key] = new_backend(name)
-    return _singletons[key]
-
-
 class Kernel:
     """A compiled MIL program. Call with arrays (positional or by input name)."""
 
@@ -211,12 +131,8 @@ def model_kernels(config, pipeline="dynamic", layer_weights=None, precision="fp1
     attention_backward takes them (after v) instead of recomputing them, as the trainer does
     on the ref backend.
     """
-    from .model import model_config
-
-    from . import ane
-
     dialect = dialect or ane.dialect_string()  # this Mac's MIL dialect (1.3/ios18 off macOS)
-    c = model_config(config)
+    c = native_model_config(config)
     shape = dict(dim=c.dim, hidden_dim=c.hidden_dim, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads,
                  seq_len=c.seq_len, rope_theta=c.rope_theta)
     if pipeline == "static" and layer_weights is None:

@@ -12,23 +12,10 @@ backend elsewhere); embedding, norms, classifier, loss and AdamW run natively on
 import numpy as np
 
 from . import _native
-from .config import adamw_problem, ane_shaped_from_env
+from . import ane, backends
+from .config import adamw_problem, ane_shaped_from_env, native_model_config
 
 KINDS = ("weight", "grad", "m", "v")
-
-
-def model_config(config):
-    """A native ModelConfig from a ModelConfig, a dict, or any object with llama2.c's field names."""
-    if isinstance(config, _native.ModelConfig):
-        return config
-    fields = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "seq_len", "norm_eps",
-              "rope_theta")
-    if not isinstance(config, dict):
-        config = {f: getattr(config, f) for f in fields if hasattr(config, f)}
-    unknown = set(config) - set(fields)
-    if unknown:
-        raise ValueError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
-    return _native.ModelConfig(**{k: v for k, v in config.items() if v is not None})
 
 
 def _name(name):
@@ -44,12 +31,10 @@ class Model:
         """ane_shaped: run the ANE-shaped programs (one packed input, one output; what the ANE
         runs) rather than the split ones. None: ANETRAIN_ANE_SHAPED=0/1, else on exactly when the
         backend is the ANE."""
-        from . import ane, kernels
-
-        self.config = model_config(config)
+        self.config = native_model_config(config)
         dialect = dialect or ane.dialect_string()  # this Mac's MIL dialect (1.3/ios18 off macOS)
         if isinstance(backend, str):
-            backend = kernels.new_backend(backend, compile_budget=compile_budget, precision=precision)
+            backend = backends.new_backend(backend, compile_budget=compile_budget, precision=precision)
         self.backend = backend
         if ane_shaped is None:
             ane_shaped = ane_shaped_from_env()

@@ -26,7 +26,7 @@ import sys
 import time
 
 
-from . import ane, checkpoint, config, data, rundir, telemetry
+from . import ane, backends, checkpoint, config, data, llama2c, rundir, telemetry
 from ._native import BackendError, CompileBudgetExceeded
 from .errors import AnetrainError, UsageError, exit_on_error
 from .generate import sample_tokens, validation_loss
@@ -69,10 +69,8 @@ def prepare_out_dir(path):
 
 
 def make_backend(train):
-    from . import kernels
-
     try:
-        return kernels.new_backend(train.backend, compile_budget=train.compile_budget or None)
+        return backends.new_backend(train.backend, compile_budget=train.compile_budget or None)
     except (BackendError, ValueError) as e:
         raise UsageError(f"backend {train.backend!r}: {e}")
 
@@ -183,8 +181,6 @@ class Run:
 
     def read_init_weights(self):
         """The --init-from model's weights, checked against the run's model (a fresh run only)."""
-        from . import llama2c
-
         path = self.train.init_from
         cfg, weights = llama2c.read_model(path)
         fields = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim")

@@ -60,9 +60,9 @@ class Context:
 
     def compile(self, text, weights, label, **options):
         """A kernel on a fresh ANE backend with these options (qos, multi_input)."""
-        from anetrain import ane, kernels
+        from anetrain import backends, kernels
 
-        return kernels.compile(text, weights, backend=ane.new_backend(**options), name=label)
+        return kernels.compile(text, weights, backend=backends.new_backend("ane", **options), name=label)
 
 
 def outputs_like(kernel):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import anetrain
-from anetrain import _native, ane
+from anetrain import _native, ane, backends
 from anetrain.ane_programs import Mil, doubled
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +36,7 @@ def clean_env(monkeypatch):
 def test_unavailable_off_macos_says_why():
     assert ane.available() is False
     assert "macOS" in ane.unavailable_reason()
-    assert anetrain.backends() == ["ref"]
+    assert anetrain.available_backends() == ["ref"]
     assert ane.chip() == {"brand": "", "model": "", "ane_subtype": "", "family": ""}
 
 
@@ -49,7 +49,7 @@ def test_ane_backend_off_macos_is_a_backend_error_saying_why():
     with pytest.raises(anetrain.BackendError, match="unavailable"):
         kernels.new_backend("ane")
     with pytest.raises(anetrain.BackendError, match="unavailable"):
-        ane.new_backend(qos=9)
+        backends.new_backend("ane", qos=9)
     assert not hasattr(_native, "ane_kernel_reload")  # the probes' kernel hooks exist on macOS only
     assert _native.ane_process_compiles() == 0
 
@@ -492,7 +492,7 @@ def test_selftest_passes_on_this_mac(tmp_path):
 def test_a_rule_breaking_program_is_refused_before_the_compiler():
     spent = _native.ane_process_compiles()
     with pytest.raises(anetrain.BackendError, match="kernel 'bad_kernel' breaks the ANE rules.*op"):
-        ane.new_backend().native.compile(
+        backends.new_backend("ane").native.compile(
             add_program_for_this_mac().replace("add(", "no_such_op("), {}, "bad_kernel")
     assert _native.ane_process_compiles() == spent
 
@@ -503,7 +503,7 @@ def test_compile_errors_carry_the_compilers_message(rng):
 
     text, _, _ = linear(Mil(ane.dialect()), rng)  # obeys the rules, but its weight file is missing
     with pytest.raises(anetrain.BackendError, match="ANE compile failed|rejected the MIL program"):
-        ane.new_backend().native.compile(text, {}, "no_weights")
+        backends.new_backend("ane").native.compile(text, {}, "no_weights")
 
 
 @needs_ane
@@ -512,7 +512,7 @@ def test_packed_inputs_plan_of_a_compiled_program(rng):
     from anetrain.ane_programs import Mil, attention
 
     text, weights, shapes = attention(Mil(ane.dialect()), rng)
-    k = kernels.compile(text, weights, backend=ane.new_backend(multi_input=False), name="attn")
+    k = kernels.compile(text, weights, backend=backends.new_backend("ane", multi_input=False), name="attn")
     plan = _native.ane_kernel_info(k._native)["surface_plan"]
     assert plan["request_inputs"] == [[1]]
     assert [r[1] for r in plan["inputs"][0]] == [0, 64 * 32 * 2, 2 * 64 * 32 * 2]
@@ -523,7 +523,7 @@ def test_compile_budget_counts_every_ane_compile_of_the_process():
     from anetrain import kernels
 
     spent = _native.ane_process_compiles()
-    b = ane.new_backend(compile_budget=spent + 1)
+    b = backends.new_backend("ane", compile_budget=spent + 1)
     kernels.compile(add_program_for_this_mac(), backend=b, name="one")
     with pytest.raises(anetrain.CompileBudgetExceeded):
-        kernels.compile(add_program_for_this_mac(), backend=ane.new_backend(compile_budget=spent + 1), name="two")
+        kernels.compile(add_program_for_this_mac(), backend=backends.new_backend("ane", compile_budget=spent + 1), name="two")
