@@ -10,6 +10,7 @@
 #include "core/blas.h"
 #include "core/simd.h"
 #include "core/threads.h"
+#include "core/vec_math.h"
 
 namespace anetrain::train::cpu {
 namespace {
@@ -19,37 +20,7 @@ using threads::parallel_for;
 constexpr size_t kElementGrain = 16384;  // element-wise loops: elements per task at least
 constexpr size_t kColumnGrain = 32;      // per-position loops over [C][S]: columns per task at least
 
-// c ? a : b done on the bits. A float select feeding arithmetic stops gcc's vectoriser (it keeps
-// the branch under -ftrapping-math); the integer form does not.
-inline float bit_select(bool c, float a, float b) {
-    int32_t ia, ib;
-    std::memcpy(&ia, &a, sizeof ia);
-    std::memcpy(&ib, &b, sizeof ib);
-    const int32_t mask = -int32_t(c);
-    const int32_t r = (ia & mask) | (ib & ~mask);
-    float out;
-    std::memcpy(&out, &r, sizeof out);
-    return out;
-}
-
-// e^x for fp32, relative error below 3e-7 (~2 ulp) on [-87, 88]. Inputs are clamped to that
-// range, so e^-inf is ~1e-38 rather than 0; NaN stays NaN. Branch-free (rounding by the 1.5*2^23
-// trick, Cody-Waite reduction, degree-6 Taylor polynomial, exponent assembled in the bits), so
-// loops calling it vectorise.
-inline float exp_fast(float x) {
-    x = bit_select(x < -87.f, -87.f, x);
-    x = bit_select(x > 88.f, 88.f, x);
-    const float round_magic = 12582912.f;
-    float k = (x * 1.44269504089f + round_magic) - round_magic;
-    float r = x - k * 0.693145751953125f - k * 1.428606765330187e-06f;
-    float p = 1.f + r * (1.f + r * (0.5f + r * (1.f / 6 + r * (1.f / 24 + r * (1.f / 120 + r * (1.f / 720))))));
-    int32_t bits = (int32_t(k) + 127) << 23;
-    float two_k;
-    std::memcpy(&two_k, &bits, sizeof two_k);
-    return p * two_k;
-}
-
-inline float sigmoid(float x) { return 1.f / (1.f + exp_fast(-x)); }
+inline float sigmoid(float x) { return 1.f / (1.f + fast_exp(-x)); }
 
 void check_tokens(const int32_t* tok, int S, int vocab, const char* what) {
     for (int s = 0; s < S; ++s)
@@ -219,7 +190,7 @@ ANETRAIN_HOT void block_softmax_stats(const float* z, int n, int S, float* mx, f
     for (int s = 0; s < S; ++s) sum[s] = 0.f;
     for (int r = 0; r < n; ++r) {
         const float* row = z + size_t(r) * S;
-        for (int s = 0; s < S; ++s) sum[s] += exp_fast(row[s] - mx[s]);
+        for (int s = 0; s < S; ++s) sum[s] += fast_exp(row[s] - mx[s]);
     }
 }
 
@@ -240,7 +211,7 @@ ANETRAIN_HOT void block_xent_grad(float* z, int r0, int n, int S, const float* m
                                   const int32_t* tgt, float hit) {
     for (int r = 0; r < n; ++r) {
         float* row = z + size_t(r) * S;
-        for (int s = 0; s < S; ++s) row[s] = exp_fast(row[s] - mx[s]) * k[s];
+        for (int s = 0; s < S; ++s) row[s] = fast_exp(row[s] - mx[s]) * k[s];
     }
     for (int s = 0; s < S; ++s)
         if (tgt[s] >= r0 && tgt[s] < r0 + n) z[size_t(tgt[s] - r0) * S + s] -= hit;

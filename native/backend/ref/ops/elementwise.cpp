@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "backend/ref/ops/vec_math.h"
+#include "core/vec_math.h"
 #include "backend/ref/plan.h"
 #include "core/simd.h"
 

@@ -13,7 +13,7 @@
 #include <cstring>
 #include <string>
 
-#include "backend/ref/ops/vec_math.h"
+#include "core/vec_math.h"
 #include "backend/ref/plan.h"
 #include "core/blas.h"
 #include "core/fp16.h"

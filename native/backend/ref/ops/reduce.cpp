@@ -4,7 +4,7 @@
 #include <cmath>
 #include <limits>
 
-#include "backend/ref/ops/vec_math.h"
+#include "core/vec_math.h"
 #include "backend/ref/plan.h"
 #include "core/fp16.h"
 

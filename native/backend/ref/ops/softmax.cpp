@@ -5,7 +5,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "backend/ref/ops/vec_math.h"
+#include "core/vec_math.h"
 #include "backend/ref/plan.h"
 #include "core/simd.h"
 

@@ -1,12 +1,13 @@
-// Loop-friendly float math for the op families: an exp the compiler can vectorise, and sum/max
-// reductions with independent partial accumulators (fp32 throughout).
+// Loop-friendly float math, the one definition for the ref backend's ops and the trainer's CPU
+// ops: an exp the compiler can vectorise, and sum/max reductions with independent partial
+// accumulators (fp32 throughout).
 #pragma once
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 
-namespace anetrain::backend::ref {
+namespace anetrain {
 
 // e^x within ~2 ulp of fp32 (Cephes-style range reduction and degree-6 polynomial), written
 // branch-free so loops over it vectorise. x > 88 gives +inf, x < -87 gives 0, NaN stays NaN.
@@ -76,4 +77,4 @@ inline void softmax_row(float* row, int64_t n) {
     for (int64_t i = 0; i < n; ++i) row[i] *= inv;
 }
 
-}  // namespace anetrain::backend::ref
+}  // namespace anetrain
