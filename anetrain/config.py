@@ -63,29 +63,22 @@ class ModelConfig:
         self.validate()
 
     def validate(self):
-        """UsageError for any shape the native config check (native/train/config.cpp) or the
-        kernel generators (native/mil/kernels.cpp) would refuse, so the user gets this line
-        rather than a native exception."""
+        """UsageError for any shape the native config refuses. The rules live there once
+        (native/train/config.cpp and the shape rules it shares with the kernel generators in
+        native/mil/kernels.cpp); here only what must hold to hand the fields over (C ints)."""
         for f in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len", "hidden_dim"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool):
                 raise UsageError(f"model {f} must be an integer, got {v!r}")
-            if v <= 0:
-                raise UsageError(f"model {f} must be positive, got {v}")
-            if v > INT32_MAX:  # the native config holds C ints
+            if not -INT32_MAX <= v <= INT32_MAX:  # the native config holds C ints
                 raise UsageError(f"model {f} must be at most {INT32_MAX}, got {v}")
-        if self.dim % self.n_heads:
-            raise UsageError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}; pick --n-heads "
-                             f"dividing --dim")
-        if self.head_dim % 2:
-            raise UsageError(f"head_dim {self.head_dim} (dim {self.dim} / n_heads {self.n_heads}) must be even "
-                             f"for RoPE's pairs; pick --dim and --n-heads whose quotient is even")
-        if self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads:
-            raise UsageError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}; "
-                             f"each key/value head must serve a whole group of query heads")
         for f in ("norm_eps", "rope_theta"):
-            if not (math.isfinite(getattr(self, f)) and getattr(self, f) > 0):
-                raise UsageError(f"model {f} must be a finite number > 0, got {getattr(self, f)}")
+            if not isinstance(getattr(self, f), (int, float)) or isinstance(getattr(self, f), bool):
+                raise UsageError(f"model {f} must be a number, got {getattr(self, f)!r}")
+        try:
+            _native.ModelConfig(**self.native_kwargs())
+        except ValueError as e:
+            raise UsageError("model " + str(e).removeprefix("ModelConfig: ")) from None
 
     def training_bytes(self):
         """A lower bound on the memory the native trainer holds for this model: fp32 weights,

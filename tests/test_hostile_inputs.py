@@ -55,7 +55,7 @@ def leftovers(path):
     (["--n-heads", "128"], "not divisible by n_heads 128"),
     (["--dim", "12", "--n-heads", "4"], "head_dim 3"),
     (["--dim", "36", "--n-heads", "4"], "head_dim 9"),           # passed the old Python check, not the native one
-    (["--n-kv-heads", "8"], "n_kv_heads 8"),
+    (["--n-kv-heads", "8"], "n_kv_heads must be 0 (= n_heads) or between 1 and n_heads 4 (got 8)"),
     (["--seq-len", "100000"], "GiB"),
     (["--dim", "65536"], "GiB"),
     (["--dim", str(2 ** 32)], "at most 2147483647"),

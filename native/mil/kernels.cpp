@@ -9,14 +9,27 @@
 
 namespace anetrain::mil {
 
+// The shape rules of the model config, defined here once: train::ModelConfig::validate calls this
+// too, and the Python config calls that, so every layer refuses a shape with the same line.
 void KernelShape::validate() const {
-    auto bad = [](const std::string& m) { throw std::invalid_argument("kernel shape: " + m); };
-    if (dim <= 0 || hidden <= 0 || n_heads <= 0 || n_kv_heads <= 0 || seq <= 0)
-        bad("dim, hidden, n_heads, n_kv_heads and seq must be positive");
-    if (dim % n_heads) bad("dim " + std::to_string(dim) + " is not a multiple of n_heads " + std::to_string(n_heads));
+    auto bad = [](const std::string& m) { throw std::invalid_argument(m); };
+    auto num = [](int64_t v) { return std::to_string(v); };
+    if (dim <= 0) bad("dim must be positive (got " + num(dim) + ")");
+    if (n_heads <= 0) bad("n_heads must be positive (got " + num(n_heads) + ")");
+    if (dim % n_heads) bad("dim " + num(dim) + " is not divisible by n_heads " + num(n_heads) + "; pick n_heads dividing dim");
+    if (head_dim() % 2)
+        bad("head_dim " + num(head_dim()) + " (dim " + num(dim) + " / n_heads " + num(n_heads) +
+            ") must be even for RoPE's pairs; pick dim and n_heads whose quotient is even");
+    if (n_kv_heads <= 0 || n_kv_heads > n_heads)  // 0 is the config's spelling of n_heads
+        bad("n_kv_heads must be 0 (= n_heads) or between 1 and n_heads " + num(n_heads) + " (got " +
+            num(n_kv_heads) + ")");
     if (n_heads % n_kv_heads)
-        bad("n_heads " + std::to_string(n_heads) + " is not a multiple of n_kv_heads " + std::to_string(n_kv_heads));
-    if (head_dim() % 2) bad("head_dim " + std::to_string(head_dim()) + " must be even for RoPE");
+        bad("n_heads " + num(n_heads) + " is not a multiple of n_kv_heads " + num(n_kv_heads) +
+            "; each key/value head must serve a whole group of query heads");
+    if (hidden <= 0) bad("hidden_dim must be positive, or 0 for llama2.c's default (got " + num(hidden) + ")");
+    if (seq <= 0) bad("seq_len must be positive (got " + num(seq) + ")");
+    if (!(std::isfinite(rope_theta) && rope_theta > 0))
+        bad("rope_theta must be a finite number > 0 (got " + std::to_string(rope_theta) + ")");
 }
 
 Pipeline pipeline_from_string(const std::string& s) {

@@ -1,5 +1,6 @@
 #include "train/config.h"
 
+#include <cmath>
 #include <stdexcept>
 
 namespace anetrain::train {
@@ -19,22 +20,26 @@ int ModelConfig::default_hidden_dim(int dim, int multiple_of) {
 }
 
 void ModelConfig::validate() const {
-    require(dim > 0, "dim must be positive (got " + num(dim) + ")");
     require(n_layers > 0, "n_layers must be positive (got " + num(n_layers) + ")");
-    require(n_heads > 0, "n_heads must be positive (got " + num(n_heads) + ")");
-    require(dim % n_heads == 0,
-            "dim " + num(dim) + " is not divisible by n_heads " + num(n_heads) + "; pick n_heads dividing dim");
-    require(head_dim() % 2 == 0, "head_dim " + num(head_dim()) + " (dim/n_heads) must be even for RoPE pairs");
-    require(n_kv_heads >= 0 && n_kv_heads <= n_heads,
-            "n_kv_heads must be 0 (= n_heads) or between 1 and n_heads " + num(n_heads) + " (got " +
-                num(n_kv_heads) + ")");
-    require(n_heads % kv_heads() == 0, "n_heads " + num(n_heads) + " is not a multiple of n_kv_heads " +
-                                           num(kv_heads()) + "; each KV head must serve a whole group of Q heads");
     require(vocab_size > 0, "vocab_size must be positive (got " + num(vocab_size) + ")");
-    require(hidden_dim >= 0, "hidden_dim must be positive, or 0 for llama2.c's default (got " + num(hidden_dim) + ")");
-    require(seq_len > 0, "seq_len must be positive (got " + num(seq_len) + ")");
-    require(norm_eps > 0.f, "norm_eps must be positive (got " + std::to_string(norm_eps) + ")");
-    require(rope_theta > 0.f, "rope_theta must be positive (got " + std::to_string(rope_theta) + ")");
+    require(std::isfinite(norm_eps) && norm_eps > 0.f,
+            "norm_eps must be positive and finite (got " + std::to_string(norm_eps) + ")");
+    try {  // the shape rules the kernels share: defined once, in mil::KernelShape
+        kernel_shape().validate();
+    } catch (const std::invalid_argument& e) {
+        require(false, e.what());
+    }
+}
+
+mil::KernelShape ModelConfig::kernel_shape() const {
+    mil::KernelShape s;
+    s.dim = dim;
+    s.hidden = ffn_dim();
+    s.n_heads = n_heads;
+    s.n_kv_heads = kv_heads();
+    s.seq = seq_len;
+    s.rope_theta = rope_theta;
+    return s;
 }
 
 int64_t ModelConfig::layer_param_count() const {

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "mil/kernels.h"
+
 namespace anetrain::train {
 
 struct ModelConfig {
@@ -24,8 +26,10 @@ struct ModelConfig {
     int ffn_dim() const { return hidden_dim ? hidden_dim : default_hidden_dim(dim); }
     int group_size() const { return n_heads / kv_heads(); }  // Q heads sharing one KV head
 
-    // Throws std::invalid_argument with one line naming the bad field and the fix.
+    // Throws std::invalid_argument with one line naming the bad field and the fix (the shape rules
+    // are mil::KernelShape's).
     void validate() const;
+    mil::KernelShape kernel_shape() const;  // what the kernel generators take
 
     int64_t layer_param_count() const;  // one TransformerBlock
     int64_t param_count() const;        // the whole model (embedding counted once: tied)

@@ -91,13 +91,7 @@ Trainer::Trainer(const ModelConfig& cfg, std::shared_ptr<backend::Backend> backe
     w_ = resolve(state_.weights);
     g_ = resolve(state_.grads);
     const ModelConfig& c = state_.config();
-    shape_.dim = c.dim;
-    shape_.hidden = c.ffn_dim();
-    shape_.n_heads = c.n_heads;
-    shape_.n_kv_heads = c.kv_heads();
-    shape_.seq = c.seq_len;
-    shape_.rope_theta = c.rope_theta;
-    shape_.validate();
+    shape_ = c.kernel_shape();  // ModelState validated the config
     kernel_options_.pipeline = mil::pipeline_from_string(opt_.pipeline);
     if (opt_.precision == "fp16") {
         kernel_options_.dtype = mil::DType::fp16;
