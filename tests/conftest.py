@@ -15,3 +15,17 @@ def pytest_report_header(config):
     i = anetrain.info()
     return (f"anetrain {i['version']}: {i['platform']}/{i['arch']} simd={i['simd']} blas={i['blas_core']} "
             f"backends={','.join(i['backends'])} OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+
+
+def _have_torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pytest_runtest_setup(item):
+    # tests marked torch compare against PyTorch (an optional test extra): only they skip without it
+    if item.get_closest_marker("torch") is not None and not _have_torch():
+        pytest.skip("needs PyTorch, the reference it compares against (pip install torch)")
