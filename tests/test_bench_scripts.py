@@ -12,6 +12,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_bench_train_reports_the_median_of_alternating_rounds():
     p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_train.py"), "--presets", "stories15M",
