@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-pytest.importorskip("torch", reason="bench_train.py compares against PyTorch (pip install torch)")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
+@pytest.mark.torch
 def test_bench_train_reports_the_median_of_alternating_rounds():
     p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_train.py"), "--presets", "stories15M",
                         "--seq", "16", "--steps", "1", "--rounds", "3"],

@@ -7,13 +7,11 @@ and compare loss and every gradient with anetrain/torch_reference.py.
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="PyTorch is the reference for the CPU ops")
+from _optional_torch import torch, torch_ref  # PyTorch is the reference for the CPU ops: tests marked torch
+from cpu_model import cpu_model_step
+from anetrain import _native as nat
 
-from anetrain import torch_reference as torch_ref  # noqa: E402
-from cpu_model import cpu_model_step  # noqa: E402
-from anetrain import _native as nat  # noqa: E402
-
-F = torch.nn.functional
+F = torch.nn.functional if torch else None
 
 # Column counts that straddle the ops' per-task column chunks (32) and the 2-thread split.
 SEQ_LENS = [1, 7, 33, 70]
@@ -48,6 +46,7 @@ def vjp(fn, inputs, upstream):
 # ------------------------------------------------------------------------------ embedding
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("S", SEQ_LENS)
 def test_embedding_forward_and_scatter_add(rng, S):
     vocab, dim = 11, 24
@@ -83,6 +82,7 @@ def rmsnorm_ref(x, g, eps=1e-5):  # x [C, S] -> [C, S]
     return (xt * torch.rsqrt(xt.pow(2).mean(-1, keepdim=True) + eps) * g).T
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("S", SEQ_LENS)
 @pytest.mark.parametrize("C", [8, 96])
 def test_rmsnorm_forward(rng, C, S):
@@ -93,6 +93,7 @@ def test_rmsnorm_forward(rng, C, S):
     assert_close(rrms, 1 / np.sqrt((x.astype(np.float64) ** 2).mean(0) + 1e-5))
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("S", SEQ_LENS)
 @pytest.mark.parametrize("C", [8, 96])
 def test_rmsnorm_backward_accumulates_dx_and_dgamma(rng, C, S):
@@ -106,6 +107,7 @@ def test_rmsnorm_backward_accumulates_dx_and_dgamma(rng, C, S):
     assert_close(dg - dg0, gg)
 
 
+@pytest.mark.torch
 def test_rmsnorm_uses_the_given_eps(rng):
     x = f32(rng, 4, 5, scale=1e-3)  # tiny activations: eps dominates the mean square
     g = np.ones(4, np.float32)
@@ -124,6 +126,7 @@ def rope_ref(x, n_heads, theta=10000.0):  # x [n_heads*hd, S] via torch_ref's [B
     return torch_ref.apply_rotary_emb(heads, cos, sin)[0].permute(1, 2, 0).reshape(C, S)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("S", SEQ_LENS)
 @pytest.mark.parametrize("n_heads,n_kv_heads,hd", HEADS)
 def test_rope_forward_and_backward_on_q_and_k(rng, S, n_heads, n_kv_heads, hd):
@@ -145,6 +148,7 @@ def test_rope_pairs_are_adjacent_channels_with_llama2c_frequencies():
     np.testing.assert_array_equal(y[:, 0], x[:, 0])  # position 0 is not rotated
 
 
+@pytest.mark.torch
 def test_rope_theta_changes_the_frequencies(rng):
     x = f32(rng, 16, 9)
     assert_close(nat.cpu_rope_fwd(x, 2, 500000.0), rope_ref(t64(x), 2, 500000.0).numpy())
@@ -153,6 +157,7 @@ def test_rope_theta_changes_the_frequencies(rng):
 # ------------------------------------------------------------------------------ GQA
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("S", [1, 33])
 @pytest.mark.parametrize("n_heads,n_kv_heads,hd", HEADS)
 def test_gqa_tile_is_repeat_interleave_and_reduce_is_its_gradient(rng, S, n_heads, n_kv_heads, hd):
@@ -176,6 +181,7 @@ def test_gqa_rejects_heads_that_do_not_group():
 # ------------------------------------------------------------------------------ classifier and loss
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("S", [1, 33])
 def test_classifier_forward_and_backward(rng, S):
     vocab, dim = 50, 24
@@ -189,6 +195,7 @@ def test_classifier_forward_and_backward(rng, S):
     assert_close(dE - dE0, gE)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("scale", [1.0, 256.0])
 @pytest.mark.parametrize("logit_scale", [1.0, 40.0])
 @pytest.mark.parametrize("S", SEQ_LENS)
@@ -204,6 +211,7 @@ def test_cross_entropy_loss_and_scaled_gradient(rng, S, scale, logit_scale):
     assert_close(dl, lt.grad.numpy())
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("vocab,S", [(50, 1), (1000, 33), (2500, 256)])  # one chunk; several, with a short last one
 def test_fused_classifier_loss_matches_autograd(rng, vocab, S):
     dim, scale = 24, 8.0
@@ -237,6 +245,7 @@ def test_cross_entropy_rejects_an_empty_sequence():
 # ------------------------------------------------------------------------------ SwiGLU
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("shape", [(3, 7), (64, 300)])
 def test_swiglu_forward_and_backward(rng, shape):
     h1, h3, dg = f32(rng, *shape, scale=4.0), f32(rng, *shape), f32(rng, *shape)
@@ -255,6 +264,7 @@ def test_swiglu_forward_and_backward(rng, shape):
 # ------------------------------------------------------------------------------ clipping and AdamW
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("max_norm", [0.5, 1e3])
 def test_grad_norm_and_clip_match_clip_grad_norm(rng, max_norm):
     grads = [f32(rng, 40, 30), f32(rng, 7), f32(rng, 200_000, scale=0.01)]
@@ -277,6 +287,7 @@ def test_clip_scale_rejects_nonpositive_max_norm():
         nat.cpu_clip_scale(1.0, 0.0)
 
 
+@pytest.mark.torch
 def test_adamw_matches_torch_over_steps_with_a_no_decay_group(rng):
     lr, betas, eps, wd = 1e-2, (0.9, 0.95), 1e-8, 0.1
     w_mat, w_vec = f32(rng, 30, 20), f32(rng, 20)
@@ -342,6 +353,7 @@ def random_weights(cfg, rng):
     return {name: f32(rng, *shape, scale=1.0 if len(shape) == 1 else 0.3) for name, shape, _ in cfg.param_specs()}
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("config", COMPOSE_CONFIGS, ids=["mha", "gqa"])
 def test_cpu_ops_compose_into_llama2c_forward_and_backward(rng, config):
     cfg = nat.ModelConfig(**config)

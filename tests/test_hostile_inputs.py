@@ -306,6 +306,7 @@ def test_ane_shaped_from_the_environment_is_checked_like_the_flag(tmp_path, valu
     assert p.returncode == 2
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_prepare_data_is_one_line_and_leaves_nothing(tmp_path):
     # a large input keeps prepare_data busy long enough to be interrupted
     text = tmp_path / "big.txt"

@@ -29,8 +29,9 @@ def test_gqa_sizes_and_explicit_hidden_dim():
     assert cfg.param_count == 100 * 64 + 3 * per_layer + 64
 
 
+@pytest.mark.torch
 def test_param_specs_name_every_tensor_like_torch_ref():
-    torch = pytest.importorskip("torch", reason="PyTorch builds the reference model")
+    import torch
     from anetrain import torch_reference as torch_ref
 
     cfg = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, seq_len=8)

@@ -13,8 +13,8 @@ import pytest
 
 from anetrain import _native
 from anetrain.mil import unpack_weights
+from _optional_torch import torch  # PyTorch is the reference for the model kernels: tests marked torch
 
-torch = pytest.importorskip("torch", reason="PyTorch is the reference for the model kernels (pip install torch)")
 kernels = pytest.importorskip("anetrain.kernels", reason="needs the ref backend (anetrain.kernels)")
 
 SHAPES = {
@@ -117,6 +117,7 @@ FFN_CASES = [c + (ane,) for c in CASES for ane in sorted({f[1] for f in FORMS[c[
 
 # probs_tap: attention_forward also returns the probabilities and attention_backward takes them
 # instead of recomputing them (the ref backend's default in the trainer).
+@pytest.mark.torch
 @pytest.mark.parametrize("shape_name,pipeline,dtype,probs_tap,ane_shaped", ATTENTION_CASES)
 def test_attention_forward(shape_name, pipeline, dtype, probs_tap, ane_shaped):
     shape = SHAPES[shape_name]
@@ -138,6 +139,7 @@ def test_attention_forward(shape_name, pipeline, dtype, probs_tap, ane_shaped):
         check(got[name], ref, dtype, f"attention_forward.{name}")
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("shape_name,pipeline,dtype,probs_tap,ane_shaped", ATTENTION_CASES)
 def test_attention_backward(shape_name, pipeline, dtype, probs_tap, ane_shaped):
     shape = SHAPES[shape_name]
@@ -178,6 +180,7 @@ def test_probs_tap_changes_the_attention_kernels_interfaces_only_as_documented()
             assert f"tensor<fp16, [{KVH}, {H // KVH}, {S}, {S}]> probs" in btext
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("shape_name,pipeline,dtype,ane_shaped", FFN_CASES)
 def test_ffn_forward_and_backward(shape_name, pipeline, dtype, ane_shaped):
     shape = SHAPES[shape_name]

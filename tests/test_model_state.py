@@ -66,9 +66,10 @@ def test_init_random_is_seeded_with_fan_in_scales():
     assert s.step == 0 and not s.get("tok_embeddings", "grad").any()
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("max_norm", [1.0, 1e4])
 def test_clipped_adamw_update_matches_torch(rng, max_norm):
-    torch = pytest.importorskip("torch", reason="PyTorch is the reference optimizer")
+    import torch
     from anetrain import torch_reference as torch_ref
 
     cfg = ModelConfig(**CFG)
@@ -97,9 +98,10 @@ def test_clipped_adamw_update_matches_torch(rng, max_norm):
                                atol=1e-5 * state["exp_avg_sq"].abs().max().item())
 
 
+@pytest.mark.torch
 def test_cpu_training_steps_follow_torch(rng):
     """Three full steps (forward, backward, clip, AdamW) composed from the CPU ops track torch_ref."""
-    torch = pytest.importorskip("torch", reason="PyTorch trains the reference model")
+    import torch
     from anetrain import torch_reference as torch_ref
     from cpu_model import cpu_model_step
 

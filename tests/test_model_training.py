@@ -10,8 +10,7 @@ import pytest
 
 from anetrain import _native
 
-torch = pytest.importorskip("torch", reason="PyTorch is the reference model (pip install torch)")
-from anetrain import torch_reference as torch_ref  # noqa: E402
+from _optional_torch import torch, torch_ref  # PyTorch is the reference model: tests marked torch
 
 CONFIGS = {
     "mha": dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=4, vocab_size=67, hidden_dim=64, seq_len=16),
@@ -43,6 +42,7 @@ def mean_grads(t):
     return {n: t.state.get(n, "grad") * scale for n in t.state.names()}
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("pipeline", ["static", "dynamic"])
 @pytest.mark.parametrize("batch", [1, 2])
@@ -61,6 +61,7 @@ def test_fp32_loss_and_gradients_match_autograd(name, pipeline, batch):
         assert err <= 1e-4, f"{n}: relative error {err:.2e}"
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("ane_shaped", [False, True])
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("pipeline", ["static", "dynamic"])
@@ -94,6 +95,7 @@ def test_pipelines_agree(name):
         np.testing.assert_allclose(g1[n], g2[n], rtol=1e-4, atol=1e-6 * np.abs(g1[n]).max(), err_msg=n)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("precision,ane_shaped", [("fp16", False), ("fp32", False), ("fp16", True)])
 @pytest.mark.parametrize("pipeline", ["static", "dynamic"])
 def test_fifty_adamw_steps_track_pytorch(precision, pipeline, ane_shaped):
@@ -120,6 +122,7 @@ def test_fifty_adamw_steps_track_pytorch(precision, pipeline, ane_shaped):
     assert ours[-5:].mean() < ours[:5].mean() - 0.5  # it learns
 
 
+@pytest.mark.torch
 def test_forward_logits_match_reference():
     t, cfg = make_trainer("gqa", "dynamic", "fp32")
     model = reference(cfg, t.state)
