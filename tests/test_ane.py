@@ -17,8 +17,13 @@ from anetrain import _native, ane, backends
 from anetrain.ane_programs import Mil, doubled
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-needs_ane = pytest.mark.skipif(not _native.ane_available(),
-                               reason=f"needs a Mac with an Apple Neural Engine: {_native.ane_unavailable_reason()}")
+_no_ane = pytest.mark.skipif(not _native.ane_available(),
+                             reason=f"needs a Mac with an Apple Neural Engine: {_native.ane_unavailable_reason()}")
+
+
+def needs_ane(test):
+    """Runs only on a Mac with an ANE; `pytest -m ane` selects these."""
+    return pytest.mark.ane(_no_ane(test))
 off_mac = pytest.mark.skipif(sys.platform == "darwin", reason="checks the behaviour off macOS")
 ANE_ENV = ["ANETRAIN_BACKEND", "ANETRAIN_STRICT", "ANETRAIN_MIL_DIALECT", "ANETRAIN_ANE_COMPILE_BUDGET",
            "ANETRAIN_ANE_QOS", "ANETRAIN_ANE_MULTI_INPUT"]
@@ -200,6 +205,7 @@ def test_kernels_honour_anetrain_backend(monkeypatch):
 
 # ------------------------------------------------------------------ C++ checks (fallback with fake backends, packing rewrite)
 
+@pytest.mark.slow
 def test_portable_cpp_checks(tmp_path):
     cxx = shutil.which("g++") or shutil.which("clang++")
     if cxx is None:
@@ -215,6 +221,7 @@ def test_portable_cpp_checks(tmp_path):
     assert "all checks passed" in run.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (shutil.which("clang++") and os.path.isdir("/usr/include/GNUstep/Foundation")),
                     reason="needs clang and GNUstep headers (.ci/objc_check.sh installs them in CI)")
 def test_objc_check_passes():
