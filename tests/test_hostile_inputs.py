@@ -310,12 +310,12 @@ def test_ane_shaped_from_the_environment_is_checked_like_the_flag(tmp_path, valu
 def test_ctrl_c_in_prepare_data_is_one_line_and_leaves_nothing(tmp_path):
     # a large input keeps prepare_data busy long enough to be interrupted
     text = tmp_path / "big.txt"
-    text.write_text("\n".join(" ".join(WORDS * 20) for _ in range(20000)))
+    text.write_text("\n".join(" ".join(WORDS * 20) for _ in range(8000)))
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=ROOT)
     p = subprocess.Popen([sys.executable, os.path.join(SCRIPTS, "prepare_data.py"), str(text), "--vocab-size", "300",
                           "--out", str(out)], stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-    time.sleep(3)
+    time.sleep(2)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     if p.returncode == 0:
