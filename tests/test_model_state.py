@@ -98,42 +98,6 @@ def test_clipped_adamw_update_matches_torch(rng, max_norm):
                                atol=1e-5 * state["exp_avg_sq"].abs().max().item())
 
 
-@pytest.mark.torch
-def test_cpu_training_steps_follow_torch(rng):
-    """Three full steps (forward, backward, clip, AdamW) composed from the CPU ops track torch_ref."""
-    import torch
-    from anetrain import torch_reference as torch_ref
-    from cpu_model import cpu_model_step
-
-    cfg = ModelConfig(**CFG)
-    s = ModelState(cfg)
-    s.init_random(11)
-    model = torch_ref.build(cfg, {n: s.get(n) for n in s.names()}, dtype=torch.float64)
-    lr, max_norm = 1e-2, 1.0
-    opt = torch_ref.adamw(model, lr)
-    params = model.weights()
-    tokens = rng.integers(0, cfg.vocab_size, cfg.seq_len + 1).astype(np.int32)
-    losses, ref_losses = [], []
-    for _ in range(3):
-        loss, grads = cpu_model_step(cfg, {n: s.get(n) for n in s.names()}, tokens)
-        for name, g in grads.items():
-            s.set(name, g, "grad")
-        s.adamw_update(lr, grad_scale=cpu_clip_scale(s.grad_norm(), max_norm))
-        losses.append(loss)
-
-        opt.zero_grad()
-        _, ref = model(torch.tensor(tokens[None].astype(np.int64)))
-        ref.backward()
-        torch.nn.utils.clip_grad_norm_(params.values(), max_norm)
-        opt.step()
-        ref_losses.append(ref.item())
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-    assert losses[2] < losses[0]  # the same sequence three times: it is being learnt
-    # Adam's first steps are ~lr * sign(g), so elements with near-zero gradients may differ by a
-    # rounding-level sign; compare each tensor as a whole (observed ~3e-5).
-    for name, p in params.items():
-        ref = p.detach().numpy()
-        assert np.linalg.norm(s.get(name) - ref) <= 2e-4 * np.linalg.norm(ref), name
 
 
 def test_flat_buffers_are_live_views_in_name_order(rng):

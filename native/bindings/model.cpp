@@ -127,27 +127,6 @@ void init_model(py::module_& m) {
         py::arg("dy"), py::arg("x"), py::arg("gamma"), py::arg("rrms"), py::arg("dx"), py::arg("dgamma"),
         "RMSNorm backward; accumulates into dx[C, S] and dgamma[C].");
 
-    auto rope = [extent](const char* fn, bool inverse) {
-        return [extent, fn, inverse](const py::array& x, int n_heads, float theta) {
-            const float* px = checked<const float>(x, fn, "x", Shape{any, any});
-            const int C = extent(x, 0), S = extent(x, 1);
-            if (n_heads <= 0 || C % n_heads != 0)
-                throw py::value_error(std::string(fn) + ": " + std::to_string(C) +
-                                      " channels do not split into n_heads=" + std::to_string(n_heads) + " heads");
-            Floats y({C, S});
-            float* p = y.mutable_data();
-            std::memcpy(p, px, size_t(C) * S * sizeof(float));
-            py::gil_scoped_release nogil;
-            train::cpu::RopeTable table(C / n_heads, S, theta);
-            (inverse ? train::cpu::rope_bwd : train::cpu::rope_fwd)(p, n_heads, table);
-            return y;
-        };
-    };
-    m.def("cpu_rope_fwd", rope("cpu_rope_fwd", false), py::arg("x"), py::arg("n_heads"), py::arg("theta") = 10000.f,
-          "RoPE on adjacent channel pairs of each head of x[n_heads*hd, S], positions 0..S-1 (returns a copy).");
-    m.def("cpu_rope_bwd", rope("cpu_rope_bwd", true), py::arg("dx"), py::arg("n_heads"), py::arg("theta") = 10000.f,
-          "Inverse RoPE rotation (the gradient of cpu_rope_fwd; returns a copy).");
-
     m.def(
         "cpu_classifier_fwd",
         [extent](const py::array& E, const py::array& x) {
@@ -162,23 +141,6 @@ void init_model(py::module_& m) {
             return logits;
         },
         py::arg("E"), py::arg("x"), "logits[vocab, S] = E @ x.");
-    m.def(
-        "cpu_classifier_bwd",
-        [extent](const py::array& E, const py::array& x, const py::array& dlogits, py::array& dE) {
-            const float* pE = checked<const float>(E, "cpu_classifier_bwd", "E", Shape{any, any});
-            const int vocab = extent(E, 0), D = extent(E, 1);
-            const float* px = checked<const float>(x, "cpu_classifier_bwd", "x", Shape{D, any});
-            const int S = extent(x, 1);
-            const float* pdl = checked<const float>(dlogits, "cpu_classifier_bwd", "dlogits", Shape{vocab, S});
-            float* pdE = checked<float>(dE, "cpu_classifier_bwd", "dE", Shape{vocab, D});
-            Floats dx({D, S});
-            float* pdx = dx.mutable_data();
-            py::gil_scoped_release nogil;
-            train::cpu::classifier_bwd(pE, px, pdl, vocab, D, S, pdx, pdE);
-            return dx;
-        },
-        py::arg("E"), py::arg("x"), py::arg("dlogits"), py::arg("dE"),
-        "Returns dx = E.T @ dlogits; accumulates dE += dlogits @ x.T.");
     m.def(
         "cpu_classifier_loss",
         [extent](const py::array& E, const py::array& x, const py::array& targets, float scale,
@@ -203,119 +165,8 @@ void init_model(py::module_& m) {
         py::arg("E"), py::arg("x"), py::arg("targets"), py::arg("scale"), py::arg("dE"),
         "The trainer's fused classifier + cross-entropy: (mean loss, dx = E.T @ dlogits, dlogits), "
         "accumulating dE += dlogits @ x.T.");
-    m.def(
-        "cpu_cross_entropy",
-        [extent](const py::array& logits, const py::array& targets, float scale) {
-            const float* pl = checked<const float>(logits, "cpu_cross_entropy", "logits", Shape{any, any});
-            const int vocab = extent(logits, 0), S = extent(logits, 1);
-            const int32_t* t = checked<const int32_t>(targets, "cpu_cross_entropy", "targets", Shape{S});
-            Floats dl({vocab, S});
-            float* pdl = dl.mutable_data();
-            double loss;
-            {
-                py::gil_scoped_release nogil;
-                loss = train::cpu::cross_entropy(pl, t, vocab, S, scale, pdl);
-            }
-            return py::make_tuple(loss, dl);
-        },
-        py::arg("logits"), py::arg("targets"), py::arg("scale") = 1.f,
-        "(mean loss, dlogits[vocab, S] = scale * (softmax - onehot) / S) for logits[vocab, S].");
-
-    m.def(
-        "cpu_swiglu_fwd",
-        [](const py::array& h1, const py::array& h3) {
-            const float* p1 = checked<const float>(h1, "cpu_swiglu_fwd", "h1", Shape{any, any});
-            const float* p3 = checked<const float>(h3, "cpu_swiglu_fwd", "h3", Shape{h1.shape(0), h1.shape(1)});
-            Floats gate({h1.shape(0), h1.shape(1)});
-            float* pg = gate.mutable_data();
-            size_t n = size_t(h1.size());
-            py::gil_scoped_release nogil;
-            train::cpu::swiglu_fwd(p1, p3, n, pg);
-            return gate;
-        },
-        py::arg("h1"), py::arg("h3"), "gate = silu(h1) * h3 for [hidden, S] arrays.");
-    m.def(
-        "cpu_swiglu_bwd",
-        [](const py::array& dgate, const py::array& h1, const py::array& h3) {
-            const float* p1 = checked<const float>(h1, "cpu_swiglu_bwd", "h1", Shape{any, any});
-            std::vector<py::ssize_t> shape{h1.shape(0), h1.shape(1)};
-            const float* p3 = checked<const float>(h3, "cpu_swiglu_bwd", "h3", shape);
-            const float* pd = checked<const float>(dgate, "cpu_swiglu_bwd", "dgate", shape);
-            Floats dh1(shape), dh3(shape);
-            float *o1 = dh1.mutable_data(), *o3 = dh3.mutable_data();
-            size_t n = size_t(h1.size());
-            {
-                py::gil_scoped_release nogil;
-                train::cpu::swiglu_bwd(pd, p1, p3, n, o1, o3);
-            }
-            return py::make_tuple(dh1, dh3);
-        },
-        py::arg("dgate"), py::arg("h1"), py::arg("h3"), "(dh1, dh3), the gradients of cpu_swiglu_fwd.");
-
-    auto check_heads = [](const char* fn, int n_heads, int n_kv_heads, int kv_channels) {
-        if (n_kv_heads <= 0 || n_heads <= 0 || n_heads % n_kv_heads != 0 || kv_channels % n_kv_heads != 0)
-            throw py::value_error(std::string(fn) + ": need n_heads (" + std::to_string(n_heads) +
-                                  ") a multiple of n_kv_heads (" + std::to_string(n_kv_heads) + ") and " +
-                                  std::to_string(kv_channels) + " KV channels divisible by n_kv_heads");
-    };
-    m.def(
-        "cpu_gqa_tile",
-        [extent, check_heads](const py::array& kv, int n_heads, int n_kv_heads) {
-            const float* p = checked<const float>(kv, "cpu_gqa_tile", "kv", Shape{any, any});
-            const int C = extent(kv, 0), S = extent(kv, 1);
-            check_heads("cpu_gqa_tile", n_heads, n_kv_heads, C);
-            const int hd = C / n_kv_heads;
-            Floats t({n_heads * hd, S});
-            float* pt = t.mutable_data();
-            py::gil_scoped_release nogil;
-            train::cpu::gqa_tile(p, n_kv_heads, n_heads, hd, S, pt);
-            return t;
-        },
-        py::arg("kv"), py::arg("n_heads"), py::arg("n_kv_heads"),
-        "Repeat-interleave KV heads [n_kv_heads*hd, S] to Q heads [n_heads*hd, S].");
-    m.def(
-        "cpu_gqa_reduce",
-        [extent, check_heads](const py::array& d, int n_heads, int n_kv_heads) {
-            const float* p = checked<const float>(d, "cpu_gqa_reduce", "d_tiled", Shape{any, any});
-            const int C = extent(d, 0), S = extent(d, 1);
-            check_heads("cpu_gqa_reduce", n_heads, n_kv_heads, C);
-            if (C % n_heads != 0)
-                throw py::value_error("cpu_gqa_reduce: " + std::to_string(C) + " channels do not split into " +
-                                      std::to_string(n_heads) + " heads");
-            const int hd = C / n_heads;
-            Floats r({n_kv_heads * hd, S});
-            float* pr = r.mutable_data();
-            py::gil_scoped_release nogil;
-            train::cpu::gqa_reduce(p, n_kv_heads, n_heads, hd, S, pr);
-            return r;
-        },
-        py::arg("d_tiled"), py::arg("n_heads"), py::arg("n_kv_heads"),
-        "Sum each group of Q-head gradients back onto its KV head (the gradient of cpu_gqa_tile).");
-
-    m.def(
-        "cpu_grad_norm",
-        [](const std::vector<py::array>& grads) {
-            std::vector<std::pair<const float*, size_t>> tensors;
-            for (const auto& g : grads) {
-                checked<const float>(g, "cpu_grad_norm", "every gradient", any_shape);
-                tensors.emplace_back(static_cast<const float*>(g.data()), size_t(g.size()));
-            }
-            py::gil_scoped_release nogil;
-            return train::cpu::global_norm(tensors);
-        },
-        py::arg("grads"), "Global L2 norm over a list of float32 arrays (accumulated in double).");
     m.def("cpu_clip_scale", &train::cpu::clip_scale, py::arg("norm"), py::arg("max_norm"),
           "min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_.");
-    m.def(
-        "cpu_scale",
-        [](py::array& x, float s) {
-            checked<float>(x, "cpu_scale", "x", any_shape);
-            float* p = static_cast<float*>(x.mutable_data());
-            size_t n = size_t(x.size());
-            py::gil_scoped_release nogil;
-            train::cpu::scale(p, n, s);
-        },
-        py::arg("x"), py::arg("s"), "x *= s in place.");
     m.def(
         "cpu_adamw_step",
         [](py::array& w, const py::array& g, py::array& mom, py::array& var, int t, float lr, float beta1,

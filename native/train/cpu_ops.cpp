@@ -20,8 +20,6 @@ using threads::parallel_for;
 constexpr size_t kElementGrain = 16384;  // element-wise loops: elements per task at least
 constexpr size_t kColumnGrain = 32;      // per-position loops over [C][S]: columns per task at least
 
-inline float sigmoid(float x) { return 1.f / (1.f + fast_exp(-x)); }
-
 void check_tokens(const int32_t* tok, int S, int vocab, const char* what) {
     for (int s = 0; s < S; ++s)
         if (tok[s] < 0 || tok[s] >= vocab)
@@ -121,51 +119,6 @@ void rmsnorm_bwd(const float* dy, const float* x, const float* g, const float* r
     });
 }
 
-// ------------------------------------------------------------------------------ RoPE
-
-RopeTable::RopeTable(int head_dim_, int S_, float theta) : head_dim(head_dim_), S(S_) {
-    if (head_dim <= 0 || head_dim % 2 != 0)
-        throw std::invalid_argument("RoPE head_dim must be a positive even number (got " + std::to_string(head_dim) +
-                                    ")");
-    const int half = head_dim / 2;
-    cos.resize(size_t(half) * S);
-    sin.resize(size_t(half) * S);
-    for (int i = 0; i < half; ++i) {
-        const double freq = std::pow(double(theta), -2.0 * i / head_dim);
-        for (int s = 0; s < S; ++s) {
-            const double a = s * freq;
-            cos[size_t(i) * S + s] = float(std::cos(a));
-            sin[size_t(i) * S + s] = float(std::sin(a));
-        }
-    }
-}
-
-namespace {
-
-// Rotates every adjacent channel pair of every head by +angle (direction 1) or -angle (-1).
-void rope_rotate(float* x, int n_heads, const RopeTable& t, float direction) {
-    const int half = t.head_dim / 2, S = t.S;
-    parallel_for(size_t(n_heads) * half, 4, [&](size_t b, size_t e) {
-        for (size_t p = b; p < e; ++p) {
-            const size_t h = p / half, i = p % half;
-            float* r0 = x + (h * t.head_dim + 2 * i) * S;
-            float* r1 = r0 + S;
-            const float* cs = t.cos.data() + i * S;
-            const float* sn = t.sin.data() + i * S;
-            for (int s = 0; s < S; ++s) {
-                const float a = r0[s], c = r1[s], sd = direction * sn[s];
-                r0[s] = a * cs[s] - c * sd;
-                r1[s] = a * sd + c * cs[s];
-            }
-        }
-    });
-}
-
-}  // namespace
-
-void rope_fwd(float* x, int n_heads, const RopeTable& t) { rope_rotate(x, n_heads, t, 1.f); }
-void rope_bwd(float* dx, int n_heads, const RopeTable& t) { rope_rotate(dx, n_heads, t, -1.f); }
-
 // ------------------------------------------------------------------------------ classifier and loss
 //
 // The logits [vocab][S] are the biggest tensor of the step (32.8 MB for Stories at S=256), so
@@ -260,12 +213,6 @@ void classifier_fwd(const float* E, const float* x, int vocab, int dim, int S, f
     });
 }
 
-void classifier_bwd(const float* E, const float* x, const float* dlogits, int vocab, int dim, int S, float* dx,
-                    float* dE) {
-    blas::sgemm(true, false, dim, S, vocab, 1.f, E, dim, dlogits, S, 0.f, dx, S);
-    blas::sgemm(false, true, vocab, dim, S, 1.f, dlogits, S, x, S, 1.f, dE, dim);
-}
-
 double classifier_loss_bwd(const float* E, const float* x, float* logits, const SoftmaxStats& st,
                            const int32_t* tgt, float scale, int vocab, int dim, int S, float* dx, float* dE,
                            bool overwrite_dE) {
@@ -294,72 +241,6 @@ double classifier_loss_bwd(const float* E, const float* x, float* logits, const 
     });
     for (int t = 1; t < T; ++t) add(dx, partial.data() + size_t(t - 1) * dim * S, dx, size_t(dim) * S);
     return loss;
-}
-
-double cross_entropy(const float* logits, const int32_t* tgt, int vocab, int S, float scale, float* dlogits) {
-    require_positions(S, vocab);
-    check_tokens(tgt, S, vocab, "target");
-    SoftmaxStats st;
-    chunked_softmax_stats(logits, vocab, S, &st, [](int, int) {});  // the logits are there already
-    const int C = vocab_chunk(S), chunks = (vocab + C - 1) / C;
-    std::vector<float> k(static_cast<size_t>(S), 0.f);
-    const double loss = xent_loss(logits, st, tgt, scale, S, k.data());
-    if (dlogits != logits) std::memcpy(dlogits, logits, size_t(vocab) * S * sizeof(float));
-    const float hit = scale / float(S);
-    parallel_for(size_t(chunks), 1, [&](size_t b, size_t e) {
-        for (size_t c = b; c < e; ++c) {
-            const int r0 = int(c) * C;
-            block_xent_grad(dlogits + size_t(r0) * S, r0, std::min(C, vocab - r0), S, st.max.data(), k.data(), tgt,
-                            hit);
-        }
-    });
-    return loss;
-}
-
-// ------------------------------------------------------------------------------ SwiGLU
-
-void swiglu_fwd(const float* h1, const float* h3, size_t n, float* gate) {
-    parallel_for(n, kElementGrain, [&](size_t b, size_t e) {
-        for (size_t i = b; i < e; ++i) gate[i] = h1[i] * sigmoid(h1[i]) * h3[i];
-    });
-}
-
-void swiglu_bwd(const float* dgate, const float* h1, const float* h3, size_t n, float* dh1, float* dh3) {
-    parallel_for(n, kElementGrain, [&](size_t b, size_t e) {
-        for (size_t i = b; i < e; ++i) {
-            const float sig = sigmoid(h1[i]);
-            const float silu = h1[i] * sig;
-            dh1[i] = dgate[i] * h3[i] * (sig + silu * (1.f - sig));
-            dh3[i] = dgate[i] * silu;
-        }
-    });
-}
-
-// ------------------------------------------------------------------------------ GQA
-
-void gqa_tile(const float* kv, int n_kv_heads, int n_heads, int head_dim, int S, float* out) {
-    const int group = n_heads / n_kv_heads;
-    const size_t head_size = size_t(head_dim) * S;
-    parallel_for(size_t(n_heads), 1, [&](size_t b, size_t e) {
-        for (size_t h = b; h < e; ++h) std::memcpy(out + h * head_size, kv + (h / group) * head_size, head_size * 4);
-    });
-}
-
-void gqa_reduce(const float* d_tiled, int n_kv_heads, int n_heads, int head_dim, int S, float* d_kv) {
-    const int group = n_heads / n_kv_heads;
-    const size_t head_size = size_t(head_dim) * S;
-    parallel_for(size_t(n_kv_heads) * head_dim, 4, [&](size_t b, size_t e) {
-        for (size_t row = b; row < e; ++row) {
-            const size_t j = row / head_dim, r = row % head_dim;
-            float* out = d_kv + row * S;
-            const float* first = d_tiled + (j * group) * head_size + r * S;
-            std::memcpy(out, first, size_t(S) * 4);
-            for (int k = 1; k < group; ++k) {
-                const float* in = first + k * head_size;
-                for (int s = 0; s < S; ++s) out[s] += in[s];
-            }
-        }
-    });
 }
 
 // ------------------------------------------------------------------------------ norms, clipping
@@ -394,12 +275,6 @@ double sum_squares(const float* x, size_t n) {
     return total;
 }
 
-double global_norm(const std::vector<std::pair<const float*, size_t>>& tensors) {
-    double total = 0.0;
-    for (const auto& [ptr, n] : tensors) total += sum_squares(ptr, n);
-    return std::sqrt(total);
-}
-
 float clip_scale(double norm, float max_norm) {
     if (!(max_norm > 0.f))
         throw std::invalid_argument("max_norm must be positive (got " + std::to_string(max_norm) + ")");
@@ -414,12 +289,6 @@ ANETRAIN_HOT void add_chunk(const float* a, const float* b, float* out, size_t n
 
 void add(const float* a, const float* b, float* out, size_t n) {
     parallel_for(n, kElementGrain, [&](size_t lo, size_t hi) { add_chunk(a + lo, b + lo, out + lo, hi - lo); });
-}
-
-void scale(float* x, size_t n, float s) {
-    parallel_for(n, kElementGrain, [&](size_t b, size_t e) {
-        for (size_t i = b; i < e; ++i) x[i] *= s;
-    });
 }
 
 // ------------------------------------------------------------------------------ AdamW

@@ -23,20 +23,6 @@ void rmsnorm_fwd(const float* x, const float* g, int C, int S, float eps, float*
 void rmsnorm_bwd(const float* dy, const float* x, const float* g, const float* rrms, int C, int S, float* dx,
                  float* dg);
 
-// RoPE angles for positions 0..S-1: angle(i, s) = s * theta^(-2i/head_dim), i < head_dim/2,
-// computed in double and stored as cos/sin [head_dim/2][S].
-struct RopeTable {
-    int head_dim = 0, S = 0;
-    std::vector<float> cos, sin;
-    RopeTable(int head_dim, int S, float theta);
-};
-// Per head, adjacent channel pairs (2i, 2i+1) rotate by angle(i, s), in place on x[n_heads*hd][S]:
-// x'[2i] = x[2i] cos - x[2i+1] sin;  x'[2i+1] = x[2i] sin + x[2i+1] cos
-void rope_fwd(float* x, int n_heads, const RopeTable& t);
-// The inverse rotation (the gradient of rope_fwd), in place on dx:
-// dx'[2i] = dx[2i] cos + dx[2i+1] sin;  dx'[2i+1] = -dx[2i] sin + dx[2i+1] cos
-void rope_bwd(float* dx, int n_heads, const RopeTable& t);
-
 // Per-position softmax statistics over the vocabulary axis of logits [vocab][S]:
 // max[s] = max_v logits[v][s] and sum[s] = sum_v exp(logits[v][s] - max[s]).
 struct SoftmaxStats {
@@ -56,35 +42,12 @@ void classifier_fwd(const float* E, const float* x, int vocab, int dim, int S, f
 double classifier_loss_bwd(const float* E, const float* x, float* logits, const SoftmaxStats& stats,
                            const int32_t* tgt, float scale, int vocab, int dim, int S, float* dx, float* dE,
                            bool overwrite_dE = false);
-// dx[d][s] = sum_v E[v][d] dlogits[v][s] (overwrites);  dE[v][d] += sum_s dlogits[v][s] x[d][s] (accumulates)
-void classifier_bwd(const float* E, const float* x, const float* dlogits, int vocab, int dim, int S, float* dx,
-                    float* dE);
-
-// p = softmax over v of logits[:, s];  loss = -(1/S) sum_s log p[tgt[s]][s]  (returned);
-// dlogits[v][s] = scale * (p[v][s] - [v == tgt[s]]) / S.  dlogits may alias logits.
-double cross_entropy(const float* logits, const int32_t* tgt, int vocab, int S, float scale, float* dlogits);
-
-// gate = silu(h1) * h3 = h1 sigmoid(h1) h3, element-wise over n
-void swiglu_fwd(const float* h1, const float* h3, size_t n, float* gate);
-// dh1 = dgate h3 sig (1 + h1 (1 - sig));  dh3 = dgate h1 sig   (sig = sigmoid(h1))
-void swiglu_bwd(const float* dgate, const float* h1, const float* h3, size_t n, float* dh1, float* dh3);
-
-// Repeat-interleave KV heads to Q heads: out head h = kv head h / (n_heads / n_kv_heads);
-// kv [n_kv_heads*hd][S] -> out [n_heads*hd][S]
-void gqa_tile(const float* kv, int n_kv_heads, int n_heads, int head_dim, int S, float* out);
-// Its gradient: d_kv head j = sum of d_tiled heads j*g .. j*g+g-1 (g = n_heads / n_kv_heads)
-void gqa_reduce(const float* d_tiled, int n_kv_heads, int n_heads, int head_dim, int S, float* d_kv);
-
 // sum_i x[i]^2 accumulated in double
 double sum_squares(const float* x, size_t n);
-// sqrt of the sum of squares over every tensor (pointer, length)
-double global_norm(const std::vector<std::pair<const float*, size_t>>& tensors);
 // The factor torch.nn.utils.clip_grad_norm_ applies: min(1, max_norm / (norm + 1e-6))
 float clip_scale(double norm, float max_norm);
-// x[i] *= s
 // out = a + b, element-wise (out may alias a or b).
 void add(const float* a, const float* b, float* out, size_t n);
-void scale(float* x, size_t n, float s);
 
 struct AdamW {
     float lr = 3e-4f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.1f;
