@@ -288,6 +288,8 @@ class Run:
             print(line, file=sys.stderr)
         from tqdm import tqdm
 
+        tqdm.monitor_interval = 0  # no monitor thread: it would be a thread with the stop signals unblocked
+
         bar = tqdm(total=t.steps, initial=self.step, unit="step", dynamic_ncols=True, file=sys.stderr,
                    disable=None)
         log = telemetry.StepLog(self.metrics_path, mirror=t.log_stderr)

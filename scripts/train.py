@@ -5,7 +5,15 @@
     python scripts/train.py --resume          # carry on from the newest checkpoint in --out
 """
 import os
+import signal
 import sys
+
+# Ctrl-C and SIGTERM are held back until the run has its handlers (Run.run unblocks them in this,
+# the main thread). Blocked here, before any import starts a thread (BLAS, the thread pool), every
+# other thread inherits the block, so these signals only ever reach the main thread: blocked
+# again across the exec() restart, one that arrives then stays pending for the new image instead
+# of being taken by another thread and lost.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
