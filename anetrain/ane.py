@@ -87,13 +87,12 @@ def programs(config, pipeline="dynamic", chip=None, layer_weights=None):
     [1, C, 1, W] input and returns one [1, C, 1, S] output, and a layout is a list of
     (tensor, channel, column, channels, columns) blocks saying where each tensor lives in them
     (activations [C_i, S]; dynamic weights [out, in] as llama2.c stores them). The static pipeline
-    bakes ``layer_weights`` ({"wq": [q_dim, dim], ...} float32; default: seeded random ones, which
-    change only the blob bytes). chip: a family ("M1".."M5") or None; every family starts with
+    bakes ``layer_weights`` ({"wq": [q_dim, dim], ...} float32, as config.layer_param_shapes names
+    them; default: seeded random ones, which change only the blob bytes). chip: a family ("M1".."M5") or None; every family starts with
     the program(1.3)/ios18 dialect (docs/ane-rules.md).
     """
     c = _config.model_config_of(config)
-    shape = dict(dim=c.dim, hidden_dim=c.hidden_dim, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads,
-                 seq_len=c.seq_len, rope_theta=c.rope_theta)
+    shape = _config.kernel_shape(c)
     if pipeline not in _config.PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r}; choose static or dynamic")
     if pipeline == "static" and layer_weights is None:
@@ -108,9 +107,7 @@ def programs(config, pipeline="dynamic", chip=None, layer_weights=None):
 
 def _random_layer_weights(c, seed=0):
     rng = np.random.default_rng(seed)
-    sizes = dict(wq=(c.q_dim, c.dim), wk=(c.kv_dim, c.dim), wv=(c.kv_dim, c.dim), wo=(c.dim, c.q_dim),
-                 w1=(c.hidden_dim, c.dim), w2=(c.dim, c.hidden_dim), w3=(c.hidden_dim, c.dim))
-    return {k: (0.02 * rng.standard_normal(s)).astype(np.float32) for k, s in sizes.items()}
+    return {k: (0.02 * rng.standard_normal(s)).astype(np.float32) for k, s in _config.layer_param_shapes(c).items()}
 
 
 # ------------------------------------------------------------------ the ANE rules and the probe record

@@ -27,7 +27,7 @@ from .errors import UsageError
 PIPELINES = ("static", "dynamic")
 # The fields the native model config (anetrain._native.ModelConfig) takes.
 NATIVE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "seq_len", "norm_eps",
-                 "rope_theta")
+                 "rope_theta", "head_dim", "qk_norm", "tie_embeddings")
 INT32_MAX = 2 ** 31 - 1
 BACKENDS = ("auto", "ref", "ane")
 REPO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
@@ -41,8 +41,12 @@ def llama2c_hidden_dim(dim, multiple_of=32):
 
 @dataclass
 class ModelConfig:
-    """A Llama-2-style transformer's shape. ``hidden_dim`` 0 means llama2.c's rule; ``n_kv_heads``
-    0 means equal to ``n_heads`` (multi-head attention)."""
+    """A Llama-2-style transformer's shape, or a Qwen3's. ``hidden_dim`` 0 means llama2.c's rule;
+    ``n_kv_heads`` 0 means equal to ``n_heads`` (multi-head attention); ``head_dim`` 0 means
+    ``dim // n_heads`` (llama2.c; Qwen3 gives it, so q_dim = n_heads * head_dim may differ from
+    dim). ``qk_norm``: each query and key head is RMS-normalised with its own gains before RoPE
+    (Qwen3). ``tie_embeddings``: the classifier is the token embedding (llama2.c, Qwen3-0.6B), else
+    a separate ``output`` matrix."""
     name: str = "custom"
     dim: int = 288
     n_layers: int = 6
@@ -54,29 +58,34 @@ class ModelConfig:
     multiple_of: int = 32
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    head_dim: int = 0
+    qk_norm: bool = False
+    tie_embeddings: bool = True
 
     def __post_init__(self):
         if self.n_kv_heads == 0:
             self.n_kv_heads = self.n_heads
         if self.hidden_dim == 0:
             self.hidden_dim = llama2c_hidden_dim(self.dim, self.multiple_of)
-        self.validate()
+        self.head_dim = self.validate().head_dim  # resolved by the native rule
 
     def validate(self):
-        """UsageError for any shape the native config refuses. The rules live there once
-        (native/train/config.cpp and the shape rules it shares with the kernel generators in
-        native/mil/kernels.cpp); here only what must hold to hand the fields over (C ints)."""
-        for f in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len", "hidden_dim"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool):
+        """The native config of these fields; UsageError for any shape it refuses. The rules live
+        there once (native/train/config.cpp and the shape rules it shares with the kernel
+        generators in native/mil/kernels.cpp); here only what must hold to hand the fields over
+        (C ints, numbers, booleans)."""
+        for f in NATIVE_FIELDS:
+            v, kind = getattr(self, f), _FIELD_TYPES[f]
+            if kind is bool and not isinstance(v, bool):
+                raise UsageError(f"model {f} must be true or false, got {v!r}")
+            if kind is int and (not isinstance(v, int) or isinstance(v, bool)):
                 raise UsageError(f"model {f} must be an integer, got {v!r}")
-            if not -INT32_MAX <= v <= INT32_MAX:  # the native config holds C ints
+            if kind is int and not -INT32_MAX <= v <= INT32_MAX:  # the native config holds C ints
                 raise UsageError(f"model {f} must be at most {INT32_MAX}, got {v}")
-        for f in ("norm_eps", "rope_theta"):
-            if not isinstance(getattr(self, f), (int, float)) or isinstance(getattr(self, f), bool):
-                raise UsageError(f"model {f} must be a number, got {getattr(self, f)!r}")
+            if kind is float and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+                raise UsageError(f"model {f} must be a number, got {v!r}")
         try:
-            _native.ModelConfig(**self.native_kwargs())
+            return _native.ModelConfig(**self.native_kwargs())
         except ValueError as e:
             raise UsageError("model " + str(e).removeprefix("ModelConfig: ")) from None
 
@@ -85,12 +94,9 @@ class ModelConfig:
         gradients and both AdamW moments, each layer's activations and attention probabilities for
         one sequence, and the logits of one sequence."""
         s, d, h = self.seq_len, self.dim, self.hidden_dim
-        per_layer = s * (10 * d + 3 * self.q_dim + 4 * self.kv_dim + 5 * h + 2) + self.n_heads * s * s
+        gains = 2 * self.head_dim if self.qk_norm else 0  # the QK-norm gains' gradients per position
+        per_layer = s * (10 * d + 3 * self.q_dim + 4 * self.kv_dim + 5 * h + 2 + gains) + self.n_heads * s * s
         return 4 * (4 * self.n_params() + self.n_layers * per_layer + s * (4 * d + 1 + self.vocab_size))
-
-    @property
-    def head_dim(self):
-        return self.dim // self.n_heads
 
     @property
     def q_dim(self):
@@ -101,10 +107,8 @@ class ModelConfig:
         return self.n_kv_heads * self.head_dim
 
     def n_params(self):
-        """Parameter count with the classifier tied to the embedding (as llama2.c's Stories)."""
-        per_layer = (self.dim * (self.q_dim + 2 * self.kv_dim) + self.q_dim * self.dim
-                     + 3 * self.dim * self.hidden_dim + 2 * self.dim)
-        return self.vocab_size * self.dim + self.n_layers * per_layer + self.dim
+        """Parameter count (a tied embedding counted once), as the native config counts it."""
+        return self.validate().param_count
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -114,20 +118,25 @@ class ModelConfig:
         return {k: getattr(self, k) for k in NATIVE_FIELDS}
 
 
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
+
 PRESETS = {
     "tiny": dict(dim=128, n_layers=4, n_heads=4, vocab_size=1024, seq_len=128),
     "stories15M": dict(dim=288, n_layers=6, n_heads=6, vocab_size=32000, seq_len=256),
     "stories42M": dict(dim=512, n_layers=8, n_heads=8, vocab_size=32000, seq_len=256),
     "stories110M": dict(dim=768, n_layers=12, n_heads=12, vocab_size=32000, seq_len=256),
-    "qwen3-0.6B": dict(dim=1024, n_layers=28, n_heads=16, n_kv_heads=8, vocab_size=151936,
-                       seq_len=256, hidden_dim=3072),
+    # Qwen/Qwen3-0.6B's config.json: hidden 1024, intermediate 3072, 28 layers, 16/8 heads of 128,
+    # vocab 151936, rms_norm_eps 1e-6, rope_theta 1e6, tie_word_embeddings
+    "qwen3-0.6B": dict(dim=1024, n_layers=28, n_heads=16, n_kv_heads=8, head_dim=128, vocab_size=151936,
+                       seq_len=256, hidden_dim=3072, qk_norm=True, norm_eps=1e-6, rope_theta=1e6),
 }
 PRESET_NOTES = {
     "tiny": "trains in minutes on 2 CPU cores on the shipped data/ corpus (vocab 1024)",
     "stories15M": "llama2.c Stories15M",
     "stories42M": "llama2.c Stories42M (seq 1024 there; 256 here for training)",
     "stories110M": "llama2.c Stories110M",
-    "qwen3-0.6B": "Qwen3-0.6B-shaped GQA model (head_dim = dim/heads = 64)",
+    "qwen3-0.6B": "Qwen3-0.6B as released (head_dim 128: q_dim 2048 != dim 1024; QK-norm; rope_theta 1e6; "
+                  "tied embeddings; 596,049,920 params)",
 }
 
 
@@ -151,6 +160,23 @@ def native_model_config(config):
     if unknown:
         raise ValueError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
     return _native.ModelConfig(**{k: v for k, v in config.items() if v is not None})
+
+
+def kernel_shape(config):
+    """The shape dict the kernel generators (anetrain._native.model_kernel) take, from any config
+    native_model_config accepts."""
+    c = native_model_config(config)
+    return dict(dim=c.dim, hidden_dim=c.hidden_dim, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, seq_len=c.seq_len,
+                head_dim=c.head_dim, rope_theta=c.rope_theta, qk_norm=c.qk_norm, norm_eps=c.norm_eps)
+
+
+def layer_param_shapes(config):
+    """{short name: shape} of one layer's tensors ("wq", ..., "w3", "attention_norm", "ffn_norm", and
+    with QK-norm "q_norm", "k_norm"), from the native parameter list; the short names are the ones
+    the kernels take their weights by."""
+    prefix = "layers.0."
+    return {name[len(prefix):].split(".")[-1]: tuple(shape)
+            for name, shape, _ in native_model_config(config).param_specs() if name.startswith(prefix)}
 
 
 def model_preset(name):
@@ -275,15 +301,25 @@ def adamw_problem(lr, beta1, beta2, weight_decay, grad_clip, eps=1e-8):
     return None
 
 
+# The model fields the command line and a config file's [model] table may set; each flag's type
+# is its ModelConfig field's (booleans as --x / --no-x).
 MODEL_FLAGS = {
     "dim": "model width",
     "n_layers": "transformer blocks",
-    "n_heads": "query heads (head_dim = dim / n_heads)",
+    "n_heads": "query heads",
     "n_kv_heads": "key/value heads (GQA when fewer than n_heads)",
+    "head_dim": "width of each head (0: dim / n_heads, llama2.c's rule); q_dim = n_heads * head_dim",
     "vocab_size": "vocabulary size (must cover the data's token ids)",
     "seq_len": "tokens per training sequence",
     "hidden_dim": "FFN width (0: llama2.c rule, int(2*4*dim/3) rounded up to 32)",
+    "rope_theta": "RoPE base (llama2.c 10000, Qwen3 1000000)",
+    "norm_eps": "RMSNorm epsilon (llama2.c 1e-5, Qwen3 1e-6)",
+    "qk_norm": "RMSNorm of each query and key head before RoPE, with learned gains (Qwen3)",
+    "tie_embeddings": "the classifier is the token embedding (--no-tie-embeddings: a separate output matrix)",
 }
+# Fields a preset derives from others unless it gives them: overriding one of those resets the
+# field to the preset's own value (0 = derive again).
+DERIVED_FIELDS = {"hidden_dim": ("dim",), "n_kv_heads": ("n_heads",), "head_dim": ("dim", "n_heads")}
 METAVARS = {"preset": "NAME", "data": "GLOB", "val_data": "GLOB", "tokenizer": "PATH", "out": "DIR",
             "pipeline": "{static,dynamic}", "backend": "{auto,ref,ane}", "ckpt": "PATH",
             "init_from": "PATH"}
@@ -323,7 +359,11 @@ def build_parser():
                            help=f.metadata["help"] + default)
     g = p.add_argument_group("model shape (override the preset)")
     for name, text in MODEL_FLAGS.items():
-        g.add_argument("--" + name.replace("_", "-"), type=int, metavar="N", help=text)
+        flag, kind = "--" + name.replace("_", "-"), _FIELD_TYPES[name]
+        if kind is bool:
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
+        else:
+            g.add_argument(flag, type=kind, metavar="N" if kind is int else "X", help=text)
     return p
 
 
@@ -407,14 +447,17 @@ def parse_args(argv):
     base = model_preset(train.preset).to_dict()
     overrides = {**file_model, **cli_model}
     for k, v in overrides.items():
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise UsageError(f"model field {k} must be an integer, got {v!r}")
+        kind = _FIELD_TYPES[k]
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            overrides[k] = v = float(v)
+        if not isinstance(v, kind) or (kind is not bool and isinstance(v, bool)):
+            what = {int: "an integer", float: "a number", bool: "true or false"}[kind]
+            raise UsageError(f"model field {k} must be {what}, got {v!r}")
     if overrides:
         base["name"] = f"{train.preset}+custom"
-        if "hidden_dim" not in overrides and "dim" in overrides:
-            base["hidden_dim"] = 0
-        if "n_kv_heads" not in overrides and "n_heads" in overrides:
-            base["n_kv_heads"] = 0
+        for k, sources in DERIVED_FIELDS.items():
+            if k not in overrides and any(f in overrides for f in sources):
+                base[k] = PRESETS[train.preset].get(k, 0)
     model = ModelConfig(**{**base, **overrides})
     check_fits_in_memory(model)
     if (train.ane_shaped or ane_shaped_from_env()) and model.seq_len % 32:

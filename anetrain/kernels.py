@@ -13,7 +13,7 @@ import numpy as np
 from . import _native, ane
 from ._native import BackendError, CompileBudgetExceeded, MilError  # noqa: F401
 from .backends import Backend, get_backend, new_backend  # noqa: F401  (the notebook API names them here too)
-from .config import native_model_config
+from .config import kernel_shape
 
 TensorInfo = namedtuple("TensorInfo", "name dtype shape")
 
@@ -126,15 +126,14 @@ def model_kernels(config, pipeline="dynamic", layer_weights=None, precision="fp1
     """The model's per-layer kernels as [(name, mil_text, weights, input names, output names)].
 
     config: a ModelConfig, dict or object with llama2.c's fields. The static pipeline bakes
-    ``layer_weights`` ({"wq": [q_dim, dim], "wk", "wv", "wo", "w1", "w2", "w3"} as float32).
+    ``layer_weights`` ({"wq": [q_dim, dim], "wk", "wv", "wo", "w1", "w2", "w3"} as float32, and with
+    QK-norm "q_norm", "k_norm" [head_dim]; config.layer_param_shapes lists them).
     probs_tap: attention_forward also returns the attention probabilities and
     attention_backward takes them (after v) instead of recomputing them, as the trainer does
     on the ref backend.
     """
     dialect = dialect or ane.dialect_string()  # this Mac's MIL dialect (1.3/ios18 off macOS)
-    c = native_model_config(config)
-    shape = dict(dim=c.dim, hidden_dim=c.hidden_dim, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads,
-                 seq_len=c.seq_len, rope_theta=c.rope_theta)
+    shape = kernel_shape(config)
     if pipeline == "static" and layer_weights is None:
         raise ValueError("the static pipeline bakes weights: pass layer_weights")
     out = []

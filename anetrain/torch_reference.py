@@ -7,8 +7,14 @@ w2(silu(w1 x) * w3 x), pre-norm residual blocks without scaling, no biases, and 
 to the token embedding. Weights are passed by llama2.c name without the ".weight" suffix
 (tok_embeddings, layers.{i}.attention.wq, ..., norm).
 
-`cfg` is any object with dim, n_layers, n_heads, n_kv_heads, vocab_size, hidden_dim, norm_eps and
-rope_theta attributes (anetrain._native.ModelConfig has them).
+The Qwen3 family's additions, as transformers' Qwen3 computes them: heads of an explicit head_dim
+(wq [n_heads * head_dim, dim], wo [dim, n_heads * head_dim]); with qk_norm an RMSNorm over
+head_dim of every query and key head, with gains layers.{i}.attention.q_norm / k_norm [head_dim],
+before RoPE; and, untied, a classifier of its own ("output" [vocab, dim]).
+
+`cfg` is any object with dim, n_layers, n_heads, n_kv_heads, vocab_size, hidden_dim, norm_eps,
+rope_theta, head_dim, qk_norm and tie_embeddings attributes (anetrain._native.ModelConfig has
+them; head_dim resolved).
 """
 import math
 
@@ -58,18 +64,24 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads = cfg.n_heads
         self.n_kv_heads = cfg.n_kv_heads or cfg.n_heads
-        self.head_dim = cfg.dim // cfg.n_heads
-        kv_dim = self.n_kv_heads * self.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.head_dim = cfg.head_dim
+        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        self.wq = nn.Linear(cfg.dim, q_dim, bias=False)
         self.wk = nn.Linear(cfg.dim, kv_dim, bias=False)
         self.wv = nn.Linear(cfg.dim, kv_dim, bias=False)
-        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.wo = nn.Linear(q_dim, cfg.dim, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps)
+        self.qk_norm = cfg.qk_norm
 
     def forward(self, x, cos, sin):
         b, s, _ = x.shape
         q = self.wq(x).view(b, s, self.n_heads, self.head_dim)
         k = self.wk(x).view(b, s, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(b, s, self.n_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
         n_rep = self.n_heads // self.n_kv_heads
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
@@ -113,13 +125,14 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        self.output.weight = self.tok_embeddings.weight  # tied classifier
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
 
     def forward(self, tokens):
         """tokens [B, S+1] -> (logits [B, S, vocab], mean cross-entropy of predicting tokens[:, 1:])."""
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         s = inputs.shape[1]
-        cos, sin = precompute_rope(self.cfg.dim // self.cfg.n_heads, s, self.cfg.rope_theta, self.norm.weight.dtype)
+        cos, sin = precompute_rope(self.cfg.head_dim, s, self.cfg.rope_theta, self.norm.weight.dtype)
         h = self.tok_embeddings(inputs)
         for layer in self.layers:
             h = layer(h, cos, sin)
@@ -128,7 +141,7 @@ class Transformer(nn.Module):
         return logits, loss
 
     def weights(self):
-        """{llama2.c name: parameter}, the tied classifier counted once as tok_embeddings."""
+        """{llama2.c name: parameter}, a tied classifier counted once as tok_embeddings."""
         return {name.removesuffix(".weight"): p for name, p in self.named_parameters()}
 
 
@@ -147,7 +160,7 @@ def build(cfg, weights, dtype=torch.float32):
 
 
 def adamw(model, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1):
-    """torch AdamW with our groups: decay for matrices and the embedding, none for RMSNorm gammas."""
+    """torch AdamW with our groups: decay for matrices and the embedding, none for RMSNorm gains."""
     params = model.weights()
     decay = [p for p in params.values() if p.dim() >= 2]
     no_decay = [p for p in params.values() if p.dim() < 2]

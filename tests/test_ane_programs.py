@@ -32,14 +32,18 @@ def test_every_program_of_every_preset_obeys_the_ane_rules(preset, pipeline):
         assert all(ch == 0 and rows <= C for _, ch, _, rows, _ in in_layout)
         cols = [(col, col + n) for _, _, col, _, n in in_layout]
         assert all(a[1] <= b[0] for a, b in zip(cols, cols[1:])) and cols[-1][1] <= W < cols[-1][1] + 32
-        # weights are blocks only in the dynamic pipeline, in llama2.c's [out, in] shape
-        weights = {t: (rows, n) for t, _, _, rows, n in in_layout if t.startswith("w")}
+        # weights are blocks only in the dynamic pipeline, in llama2.c's [out, in] shape (QK-norm
+        # gains [head_dim] as one column)
+        shapes = dict(wq=(c.q_dim, c.dim), wk=(c.kv_dim, c.dim), wv=(c.kv_dim, c.dim), wo=(c.dim, c.q_dim),
+                      w1=(c.hidden_dim, c.dim), w2=(c.dim, c.hidden_dim), w3=(c.hidden_dim, c.dim),
+                      q_norm=(c.head_dim, 1), k_norm=(c.head_dim, 1))
+        weights = {t: (rows, n) for t, _, _, rows, n in in_layout if t in shapes}
         if pipeline == "static":
             assert weights == {} and blobs
         else:
-            shapes = dict(wq=(c.q_dim, c.dim), wk=(c.kv_dim, c.dim), wv=(c.kv_dim, c.dim), wo=(c.dim, c.q_dim),
-                          w1=(c.hidden_dim, c.dim), w2=(c.dim, c.hidden_dim), w3=(c.hidden_dim, c.dim))
             assert weights and all(weights[t] == shapes[t] for t in weights)
+            if name.startswith("attention"):
+                assert ("q_norm" in weights) == c.qk_norm
         # output: the results one after another on the channel axis, S wide
         assert out[2][3] == c.seq_len and sum(rows for _, _, _, rows, _ in out_layout) == out[2][1]
         starts = np.cumsum([0] + [rows for _, _, _, rows, _ in out_layout])[:-1]
@@ -62,15 +66,18 @@ def tokens(cfg, n, seed):
 
 
 GQA = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, seq_len=32)
+# the Qwen3 family: q_dim 128 != dim 64, QK-norm, rope_theta 1e6, an untied classifier
+QWEN = dict(GQA, head_dim=32, qk_norm=True, rope_theta=1e6, norm_eps=1e-6, tie_embeddings=False)
 
 
+@pytest.mark.parametrize("cfg", [GQA, QWEN], ids=["gqa", "qwen"])
 @pytest.mark.parametrize("pipeline", ["static", "dynamic"])
-def test_ane_shaped_training_equals_split_training(pipeline):
+def test_ane_shaped_training_equals_split_training(pipeline, cfg):
     # Same ops on the same fp16 values in another layout: the losses agree to the last bit.
-    tok = tokens(GQA, 2, 1)
+    tok = tokens(cfg, 2, 1)
     losses = {}
     for shaped in (False, True):
-        m = Model(GQA, backend="ref", pipeline=pipeline, seed=3, ane_shaped=shaped)
+        m = Model(cfg, backend="ref", pipeline=pipeline, seed=3, ane_shaped=shaped)
         assert m.ane_shaped is shaped
         losses[shaped] = [m.step(tok, lr=2e-3)[0] for _ in range(6)]
     assert losses[True] == losses[False]
@@ -157,13 +164,14 @@ def test_respelling_in_the_verbose_dialect_is_what_the_builder_writes_there(pipe
         np.testing.assert_array_equal(k1(x), k2(x))
 
 
+@pytest.mark.parametrize("cfg", [GQA, QWEN], ids=["gqa", "qwen"])
 @pytest.mark.parametrize("pipeline", ["static", "dynamic"])
-def test_each_ane_shaped_kernel_gives_the_split_kernels_outputs_bitwise(pipeline, rng):
+def test_each_ane_shaped_kernel_gives_the_split_kernels_outputs_bitwise(pipeline, cfg, rng):
     # the same ops on the same fp16 values, packed differently: identical results, kernel by kernel
     from anetrain import kernels
 
-    shape = dict(dim=64, hidden_dim=96, n_heads=4, n_kv_heads=2, seq_len=32)
-    c = config.ModelConfig(**dict(GQA, hidden_dim=96))
+    c = config.ModelConfig(**dict(cfg, hidden_dim=96))
+    shape = config.kernel_shape(c)
     w = ane._random_layer_weights(c, seed=5)
     w = {k: v * 25 for k, v in w.items()}  # ~N(0, 0.5): large enough to exercise every op
     S = shape["seq_len"]
@@ -172,15 +180,15 @@ def test_each_ane_shaped_kernel_gives_the_split_kernels_outputs_bitwise(pipeline
         split_text, split_blobs, split_in, split_out, _, _ = _native.model_kernel(*common, False)
         ane_text, ane_blobs, _, _, in_layout, out_layout = _native.model_kernel(*common, True)
         acts = {n: rng.standard_normal((1, rows, 1, S)).astype(np.float16)
-                for n, _, _, rows, cols in in_layout if not n.startswith("w")}
+                for n, _, _, rows, cols in in_layout if n not in w}
         split = kernels.compile(split_text, split_blobs, backend="ref")
-        feed = [acts[n] if n in acts else w[n][None, None].astype(np.float16) for n in split_in]
+        feed = [acts[n] if n in acts else w[n].reshape(1, 1, len(w[n]), -1).astype(np.float16) for n in split_in]
         want = split(*feed)
         want = want if isinstance(want, tuple) else (want,)
         packed = kernels.compile(ane_text, ane_blobs, backend="ref")
         x = np.zeros(packed.inputs[0].shape, np.float16)
         for n, ch, col, rows, cols in in_layout:
-            x[0, ch:ch + rows, 0, col:col + cols] = acts[n][0, :, 0, :] if n in acts else w[n]
+            x[0, ch:ch + rows, 0, col:col + cols] = acts[n][0, :, 0, :] if n in acts else w[n].reshape(rows, cols)
         got = packed(x)
         assert [o[0] for o in out_layout] == split_out, name
         for (n, ch, _, rows, _), ref in zip(out_layout, want):

@@ -28,10 +28,30 @@ def test_stories110m_parameter_count_matches_reference():
     assert model_preset("stories110M").n_params() == 109_529_856
 
 
-def test_qwen_preset_is_gqa():
+def test_qwen_preset_is_qwen3_0_6b():
+    # Qwen/Qwen3-0.6B's config.json
     m = model_preset("qwen3-0.6B")
-    assert (m.n_heads, m.n_kv_heads, m.head_dim, m.kv_dim, m.hidden_dim, m.vocab_size) == \
-        (16, 8, 64, 512, 3072, 151936)
+    assert (m.dim, m.n_layers, m.n_heads, m.n_kv_heads, m.head_dim, m.hidden_dim, m.vocab_size) == \
+        (1024, 28, 16, 8, 128, 3072, 151936)
+    assert (m.q_dim, m.kv_dim) == (2048, 1024) and m.qk_norm and m.tie_embeddings
+    assert (m.rope_theta, m.norm_eps) == (1e6, 1e-6)
+    # the released model's tensors by their shapes: embed_tokens (tied); per layer q/k/v/o_proj,
+    # q_norm, k_norm, gate/up/down_proj, two layer norms; the final norm
+    per_layer = 1024 * 2048 + 2 * 1024 * 1024 + 2048 * 1024 + 2 * 128 + 3 * 1024 * 3072 + 2 * 1024
+    assert 151936 * 1024 + 28 * per_layer + 1024 == 596_049_920
+    assert m.n_params() == 596_049_920
+
+
+def test_qwen_preset_counts_as_transformers_qwen3_does():
+    transformers = pytest.importorskip("transformers", reason="transformers builds the reference Qwen3")
+    torch = pytest.importorskip("torch")
+    m = model_preset("qwen3-0.6B")
+    cfg = transformers.Qwen3Config(hidden_size=m.dim, intermediate_size=m.hidden_dim, num_hidden_layers=m.n_layers,
+                                   num_attention_heads=m.n_heads, num_key_value_heads=m.n_kv_heads,
+                                   head_dim=m.head_dim, vocab_size=m.vocab_size, tie_word_embeddings=True)
+    with torch.device("meta"):  # shapes only, no memory
+        model = transformers.Qwen3ForCausalLM(cfg)
+    assert sum(p.numel() for p in model.parameters()) == m.n_params()
 
 
 def test_tiny_preset_matches_shipped_tokenizer():
@@ -86,6 +106,8 @@ DOCUMENTED_FLAGS = [
     "--overwrite", "--init-from", "--log-stderr",
     # model shape overrides
     "--dim", "--n-layers", "--n-heads", "--n-kv-heads", "--vocab-size", "--seq-len", "--hidden-dim",
+    "--head-dim", "--rope-theta", "--norm-eps", "--qk-norm", "--no-qk-norm", "--tie-embeddings",
+    "--no-tie-embeddings",
 ]
 
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from anetrain import _native
+from anetrain import _native, config
 from anetrain.config import ModelConfig
 from anetrain.errors import UsageError
 
@@ -27,6 +27,11 @@ BAD = [
     dict(norm_eps=float("nan")),
     dict(rope_theta=float("inf")),
     dict(rope_theta=-1.0),
+    dict(head_dim=-2),
+    dict(head_dim=7),             # explicit and odd
+    dict(head_dim=7, qk_norm=True, tie_embeddings=False),
+    dict(n_heads=4, head_dim=2 ** 30),  # q_dim beyond a C int
+    dict(norm_eps=-1e-6, qk_norm=True),
 ]
 
 
@@ -45,7 +50,9 @@ def test_the_kernel_generators_refuse_what_the_config_refuses():
     for kw in BAD:
         args = dict(BASE, **kw)
         shape = dict(dim=args["dim"], hidden_dim=args["hidden_dim"], n_heads=args["n_heads"],
-                     n_kv_heads=args["n_kv_heads"], seq_len=args["seq_len"], rope_theta=args.get("rope_theta", 1e4))
+                     n_kv_heads=args["n_kv_heads"], seq_len=args["seq_len"], rope_theta=args.get("rope_theta", 1e4),
+                     head_dim=args.get("head_dim", 0), qk_norm=args.get("qk_norm", False),
+                     norm_eps=args.get("norm_eps", 1e-5))
         kernel_ok = True
         try:
             _native.model_kernel("attention_forward", shape, "dynamic")
@@ -53,14 +60,32 @@ def test_the_kernel_generators_refuse_what_the_config_refuses():
             kernel_ok = False
             native_msg = str(pytest.raises(ValueError, _native.ModelConfig, **args).value)
             assert str(e) in native_msg, (kw, str(e), native_msg)  # the same rule, the same words
-        if kernel_ok:  # a rule of the model (vocab, layers, eps), not of the kernels' shape
-            assert set(kw) & {"vocab_size", "n_layers", "norm_eps"}, kw
+        if kernel_ok:  # a rule of the model (vocab, layers), not of the kernels' shape
+            assert set(kw) & {"vocab_size", "n_layers"}, kw
 
 
-def test_good_configs_pass_everywhere():
-    for kw in ({}, dict(n_kv_heads=2), dict(n_kv_heads=0), dict(hidden_dim=0)):
-        c = ModelConfig(**dict(BASE, **kw))
-        _native.ModelConfig(**c.native_kwargs())
+GOOD = [{}, dict(n_kv_heads=2), dict(n_kv_heads=0), dict(hidden_dim=0),
+        dict(head_dim=32, qk_norm=True, tie_embeddings=False, rope_theta=1e6, norm_eps=1e-6),  # q_dim 128 != dim
+        dict(dim=50, head_dim=16)]  # dim need not divide by n_heads when head_dim is given
+
+
+@pytest.mark.parametrize("kw", GOOD, ids=[",".join(f"{k}={v}" for k, v in kw.items()) or "base" for kw in GOOD])
+def test_good_configs_pass_everywhere(kw):
+    c = ModelConfig(**dict(BASE, **kw))
+    n = _native.ModelConfig(**c.native_kwargs())
+    assert (c.head_dim, c.q_dim, c.kv_dim) == (n.head_dim, n.q_dim, n.kv_dim)
+    assert c.head_dim == kw.get("head_dim") or c.dim // c.n_heads
+    shape = config.kernel_shape(c)
+    for name in _native.model_kernel_names():
+        _native.model_kernel(name, shape, "dynamic")
+
+
+def test_bad_field_types_are_one_line_usage_errors():
+    for kw, words in ((dict(qk_norm="yes"), "qk_norm must be true or false"),
+                      (dict(head_dim=16.0), "head_dim must be an integer"),
+                      (dict(rope_theta="1e6"), "rope_theta must be a number")):
+        with pytest.raises(UsageError, match=words):
+            ModelConfig(**dict(BASE, **kw))
 
 
 def test_the_command_line_gives_the_rule_as_one_line():
@@ -70,3 +95,6 @@ def test_the_command_line_gives_the_rule_as_one_line():
     assert p.stderr.strip().splitlines() == [
         "error: model head_dim 9 (dim 36 / n_heads 4) must be even for RoPE's pairs; "
         "pick dim and n_heads whose quotient is even"]
+    p = subprocess.run([sys.executable, "scripts/train.py", "--head-dim", "7", "--qk-norm", "--out", "/nonexistent/x"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == ["error: model head_dim 7 must be even for RoPE's pairs"]

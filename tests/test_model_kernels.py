@@ -22,15 +22,57 @@ SHAPES = {
     "gqa": dict(dim=48, hidden_dim=96, n_heads=6, n_kv_heads=2, seq_len=12),
     # ANE-shaped programs need seq_len a multiple of 32; GQA with 3 query heads per KV head
     "gqa_ane": dict(dim=48, hidden_dim=80, n_heads=6, n_kv_heads=2, seq_len=32),
+    # the Qwen3 family: head_dim 16 (q_dim 64 != dim 48), QK-norm, rope_theta 1e6; split and ANE-shaped
+    "qwen": dict(dim=48, hidden_dim=80, n_heads=4, n_kv_heads=2, head_dim=16, seq_len=16, qk_norm=True,
+                 rope_theta=1e6, norm_eps=1e-6),
+    "qwen_ane": dict(dim=48, hidden_dim=80, n_heads=4, n_kv_heads=2, head_dim=16, seq_len=32, qk_norm=True,
+                     rope_theta=1e6, norm_eps=1e-6),
 }
+
+
+def head_dim(shape):
+    return shape.get("head_dim") or shape["dim"] // shape["n_heads"]
 
 
 def make_weights(shape, seed):
     rng = np.random.default_rng(seed)
-    d, h = shape["dim"], shape["hidden_dim"]
-    kv = d // shape["n_heads"] * shape["n_kv_heads"]
-    sizes = dict(wq=(d, d), wk=(kv, d), wv=(kv, d), wo=(d, d), w1=(h, d), w2=(d, h), w3=(h, d))
-    return {k: (rng.standard_normal(s) / math.sqrt(s[1])).astype(np.float32) for k, s in sizes.items()}
+    d, h, hd = shape["dim"], shape["hidden_dim"], head_dim(shape)
+    q, kv = hd * shape["n_heads"], hd * shape["n_kv_heads"]
+    sizes = dict(wq=(q, d), wk=(kv, d), wv=(kv, d), wo=(d, q), w1=(h, d), w2=(d, h), w3=(h, d))
+    w = {k: (rng.standard_normal(s) / math.sqrt(s[1])).astype(np.float32) for k, s in sizes.items()}
+    if shape.get("qk_norm"):
+        w.update({k: (1 + 0.3 * rng.standard_normal(hd)).astype(np.float32) for k in ("q_norm", "k_norm")})
+    return w
+
+
+def is_weight(name):
+    return name.startswith("w") or name in ("q_norm", "k_norm")
+
+
+def qk_norm_ref(x, gains, n_heads, eps):
+    """transformers' Qwen3 QK-norm: RMSNorm of each head of x [S, n_heads*hd] over its hd channels,
+    times gains [S, hd] (the gains given per position, so autograd yields their gradient summed
+    over heads for each position, as the kernels return it)."""
+    S = x.shape[0]
+    xh = x.reshape(S, n_heads, -1)
+    y = xh * torch.rsqrt(xh.pow(2).mean(-1, keepdim=True) + eps) * gains[:, None, :]
+    return y.reshape(S, -1)
+
+
+def q_and_k(xn, W, shape):
+    """(q, k) after the projections, QK-norm (with the gains as [S, hd] leaves) and RoPE; and the
+    projections and gain leaves for their gradients."""
+    H, KVH, S = shape["n_heads"], shape["n_kv_heads"], xn.shape[0]
+    theta = shape.get("rope_theta", 10000.0)
+    q_pre, k_pre = xn @ W["wq"].T, xn @ W["wk"].T
+    gains = {}
+    q_in, k_in = q_pre, k_pre
+    if shape.get("qk_norm"):
+        for g in ("q_norm", "k_norm"):
+            gains[g] = W[g].expand(S, -1).clone().requires_grad_(True)
+        q_in = qk_norm_ref(q_pre, gains["q_norm"], H, shape["norm_eps"])
+        k_in = qk_norm_ref(k_pre, gains["k_norm"], KVH, shape["norm_eps"])
+    return rope_ref(q_in, H, theta), rope_ref(k_in, KVH, theta), q_pre, k_pre, gains
 
 
 def rope_ref(x, n_heads, theta=10000.0):
@@ -85,13 +127,13 @@ def run_kernel(name, shape, pipeline, dtype, w, inputs, probs_tap=False, ane_sha
         (info,) = k.inputs
         x = np.zeros(info.shape, np_dtype)
         for t, c0, col, rows, cols in in_layout:
-            block = w[t] if t.startswith("w") else feed[t][0, :, 0, :]
+            block = w[t].reshape(rows, cols) if is_weight(t) else feed[t][0, :, 0, :]
             assert block.shape == (rows, cols), t
             x[0, c0:c0 + rows, 0, col:col + cols] = block
         y = k(x)
         return {t: from_kernel(y[:, c0:c0 + rows, :, :]) for t, c0, _, rows, _ in out_layout}
     if pipeline == "dynamic":
-        feed.update({n: w[n][None, None] for n in in_names if n.startswith("w")})
+        feed.update({n: w[n].reshape(1, 1, w[n].shape[0], -1) for n in in_names if is_weight(n)})
     outs = k(**{n: feed[n].astype(np_dtype) for n in in_names})
     outs = outs if isinstance(outs, tuple) else (outs,)
     return {n: (np.asarray(o, np.float64) if n == "probs" else from_kernel(o)) for n, o in zip(out_names, outs)}
@@ -125,13 +167,14 @@ def test_attention_forward(shape_name, pipeline, dtype, probs_tap, ane_shaped):
     H, KVH, S, D = shape["n_heads"], shape["n_kv_heads"], shape["seq_len"], shape["dim"]
     xn = torch.tensor(np.random.default_rng(2).standard_normal((S, D)))
     W = {k: torch.tensor(v, dtype=torch.float64) for k, v in w.items()}
-    q = rope_ref(xn @ W["wq"].T, H)
-    k = rope_ref(xn @ W["wk"].T, KVH)
+    q, k, q_pre, k_pre, _ = q_and_k(xn, W, shape)
     v = xn @ W["wv"].T
     attn = attention_ref(q, k, v, H, KVH)
     o = attn @ W["wo"].T
     got = run_kernel("attention_forward", shape, pipeline, dtype, w, {"xn": to_kernel(xn)}, probs_tap, ane_shaped)
-    refs = dict(o=o, q=q, k=k, v=v, attn=attn)
+    # with QK-norm the kernel hands the backward the projections (it recomputes norm and RoPE)
+    qk = dict(q=q_pre, k=k_pre) if shape.get("qk_norm") else dict(q=q, k=k)
+    refs = dict(o=o, v=v, attn=attn, **qk)
     if probs_tap:
         refs["probs"] = probs_ref(q, k, H, KVH).reshape(KVH, H // KVH, S, S)
     assert set(got) == set(refs)
@@ -148,21 +191,25 @@ def test_attention_backward(shape_name, pipeline, dtype, probs_tap, ane_shaped):
     rng = np.random.default_rng(4)
     xn = torch.tensor(rng.standard_normal((S, D)), requires_grad=True)
     W = {k: torch.tensor(v, dtype=torch.float64) for k, v in w.items()}
-    q_pre, k_pre, v = xn @ W["wq"].T, xn @ W["wk"].T, xn @ W["wv"].T
+    q, k, q_pre, k_pre, gains = q_and_k(xn, W, shape)
+    v = xn @ W["wv"].T
     for t in (q_pre, k_pre, v):
         t.retain_grad()
-    q, k = rope_ref(q_pre, H), rope_ref(k_pre, KVH)
     o = attention_ref(q, k, v, H, KVH) @ W["wo"].T
     dout = torch.tensor(rng.standard_normal((S, D)))
     o.backward(dout)
-    inputs = {"dout": to_kernel(dout), "q": to_kernel(q), "k": to_kernel(k), "v": to_kernel(v)}
+    qk = (q_pre, k_pre) if shape.get("qk_norm") else (q, k)
+    inputs = {"dout": to_kernel(dout), "q": to_kernel(qk[0]), "k": to_kernel(qk[1]), "v": to_kernel(v)}
     if probs_tap:
         inputs["probs"] = probs_ref(q, k, H, KVH).detach().numpy().reshape(KVH, H // KVH, S, S)
     got = run_kernel("attention_backward", shape, pipeline, dtype, w, inputs, probs_tap, ane_shaped)
+    assert set(got) == {"dxn", "dq", "dk", "dv"} | {"d" + g for g in gains}
     check(got["dxn"], xn.grad, dtype, "attention_backward.dxn")
     check(got["dq"], q_pre.grad, dtype, "attention_backward.dq")
     check(got["dk"], k_pre.grad, dtype, "attention_backward.dk")
     check(got["dv"], v.grad, dtype, "attention_backward.dv")
+    for g, leaf in gains.items():  # the gains' gradient per position, [S, hd]
+        check(got["d" + g], leaf.grad, dtype, f"attention_backward.d{g}")
 
 
 def test_probs_tap_changes_the_attention_kernels_interfaces_only_as_documented():
@@ -178,6 +225,23 @@ def test_probs_tap_changes_the_attention_kernels_interfaces_only_as_documented()
         assert ("softmax(" in btext) != tap
         if tap:
             assert f"tensor<fp16, [{KVH}, {H // KVH}, {S}, {S}]> probs" in btext
+
+
+def test_qk_norm_adds_the_gains_and_their_gradients_to_the_attention_kernels():
+    shape = SHAPES["qwen"]
+    S, hd = shape["seq_len"], head_dim(shape)
+    _, _, fin, fout, _, _ = _native.model_kernel("attention_forward", shape, "dynamic")
+    _, _, bin_, bout, _, _ = _native.model_kernel("attention_backward", shape, "dynamic")
+    assert fin == ["xn", "wq", "wk", "wv", "wo", "q_norm", "k_norm"] and fout == ["o", "q", "k", "v", "attn"]
+    assert bin_ == ["dout", "q", "k", "v", "wq", "wk", "wv", "wo", "q_norm", "k_norm"]
+    assert bout == ["dxn", "dq", "dk", "dv", "dq_norm", "dk_norm"]
+    text, blobs, *_ = _native.model_kernel("attention_backward", shape, "static", "fp16", "1.3/ios18",
+                                           make_weights(shape, 8))
+    assert {"@model_path/weights/q_norm.bin", "@model_path/weights/k_norm.bin"} <= set(blobs)
+    assert f"tensor<fp16, [1, {hd}, 1, {S}]> dq_norm" in text
+    for name in ("ffn_forward", "ffn_backward"):  # the FFN does not change
+        assert _native.model_kernel(name, shape, "dynamic")[:4] == \
+            _native.model_kernel(name, {k: v for k, v in shape.items() if k != "qk_norm"}, "dynamic")[:4]
 
 
 @pytest.mark.torch

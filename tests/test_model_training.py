@@ -12,9 +12,15 @@ from anetrain import _native
 
 from _optional_torch import torch, torch_ref  # PyTorch is the reference model: tests marked torch
 
+# The Qwen3 family in small: heads of head_dim 32, so q_dim 128 != dim 64; GQA 4/2; QK-norm;
+# rope_theta 1e6; the classifier tied and untied.
+QWEN = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, vocab_size=59, hidden_dim=96, seq_len=16,
+            qk_norm=True, rope_theta=1e6, norm_eps=1e-6)
 CONFIGS = {
     "mha": dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=4, vocab_size=67, hidden_dim=64, seq_len=16),
     "gqa": dict(dim=48, n_layers=2, n_heads=6, n_kv_heads=2, vocab_size=53, hidden_dim=0, seq_len=12),
+    "qwen": QWEN,
+    "qwen_untied": dict(QWEN, tie_embeddings=False),
 }
 
 
@@ -25,7 +31,16 @@ def make_trainer(name, pipeline, precision, seed=3, budget=-1, ane_shaped=False)
     t = _native.Trainer(cfg, backend, pipeline=pipeline, precision=precision, ane_shaped=int(ane_shaped))
     assert t.ane_shaped == ane_shaped
     t.state.init_random(seed)
+    if cfg.qk_norm:  # gains of 1 would hide a gain used in the wrong place
+        perturb_gains(t.state, seed)
     return t, cfg
+
+
+def perturb_gains(state, seed):
+    rng = np.random.default_rng(seed)
+    for n in state.names():
+        if n.endswith("norm"):
+            state.set(n, (1 + 0.3 * rng.standard_normal(state.get(n).shape)).astype(np.float32))
 
 
 def reference(cfg, state):
@@ -95,11 +110,15 @@ def test_pipelines_agree(name):
         np.testing.assert_allclose(g1[n], g2[n], rtol=1e-4, atol=1e-6 * np.abs(g1[n]).max(), err_msg=n)
 
 
+ADAMW_CASES = [("gqa", p, prec, shaped) for p in ("static", "dynamic")
+               for prec, shaped in (("fp16", False), ("fp32", False), ("fp16", True))]
+ADAMW_CASES += [("qwen_untied", "dynamic", "fp16", True)]  # the Qwen3 family as the ANE would train it
+
+
 @pytest.mark.torch
-@pytest.mark.parametrize("precision,ane_shaped", [("fp16", False), ("fp32", False), ("fp16", True)])
-@pytest.mark.parametrize("pipeline", ["static", "dynamic"])
-def test_fifty_adamw_steps_track_pytorch(precision, pipeline, ane_shaped):
-    t, cfg = make_trainer("gqa", pipeline, precision, seed=5, ane_shaped=ane_shaped)
+@pytest.mark.parametrize("name,pipeline,precision,ane_shaped", ADAMW_CASES)
+def test_fifty_adamw_steps_track_pytorch(name, pipeline, precision, ane_shaped):
+    t, cfg = make_trainer(name, pipeline, precision, seed=5, ane_shaped=ane_shaped)
     model = reference(cfg, t.state)
     opt = torch_ref.adamw(model, lr=3e-3)
     params = list(model.weights().values())
@@ -123,8 +142,9 @@ def test_fifty_adamw_steps_track_pytorch(precision, pipeline, ane_shaped):
 
 
 @pytest.mark.torch
-def test_forward_logits_match_reference():
-    t, cfg = make_trainer("gqa", "dynamic", "fp32")
+@pytest.mark.parametrize("name", ["gqa", "qwen", "qwen_untied"])
+def test_forward_logits_match_reference(name):
+    t, cfg = make_trainer(name, "dynamic", "fp32")
     model = reference(cfg, t.state)
     tokens = tokens_for(cfg, 2, seed=2)
     logits = t.forward(tokens[:, :-1])
@@ -260,11 +280,13 @@ def _norm(grads, scale):
 
 
 @pytest.mark.parametrize("overlap", [0, 1])
-def test_gradients_after_an_update_read_as_zero_and_the_next_step_starts_fresh(overlap):
+@pytest.mark.parametrize("name", ["gqa", "qwen_untied"])
+def test_gradients_after_an_update_read_as_zero_and_the_next_step_starts_fresh(name, overlap):
     """update() leaves the gradient buffer stale instead of clearing it (the next accumulation
-    overwrites it): reading it in between gives zeros, and the next step's gradients are
-    exactly those of a fresh trainer at the updated weights."""
-    cfg = _native.ModelConfig(**CONFIGS["gqa"])
+    overwrites it, or zeroes what it only adds to: the norm gains, an untied embedding): reading it
+    in between gives zeros, and the next step's gradients are exactly those of a fresh trainer at
+    the updated weights."""
+    cfg = _native.ModelConfig(**CONFIGS[name])
     t = _native.Trainer(cfg, _native.make_ref_backend(), pipeline="dynamic", overlap_dw=overlap)
     t.state.init_random(5)
     first, second = tokens_for(cfg, 2, seed=1), tokens_for(cfg, 1, seed=2)

@@ -107,6 +107,8 @@ void init_mil(py::module_& m) {
     // for ANE-shaped programs and [] for split ones.
     m.def(
         "model_kernel",
+        // shape: dim, hidden_dim, n_heads, n_kv_heads, seq_len and optionally head_dim, rope_theta,
+        // qk_norm, norm_eps (mil::KernelShape's defaults otherwise)
         [](const std::string& name, const py::dict& shape, const std::string& pipeline, const std::string& dtype,
            const std::string& dialect, const py::object& weights, bool probs_tap, bool ane_shaped) {
             mil::KernelShape s;
@@ -115,7 +117,10 @@ void init_mil(py::module_& m) {
             s.n_heads = shape["n_heads"].cast<int>();
             s.n_kv_heads = shape["n_kv_heads"].cast<int>();
             s.seq = shape["seq_len"].cast<int>();
+            if (shape.contains("head_dim")) s.head_dim = shape["head_dim"].cast<int>();
             if (shape.contains("rope_theta")) s.rope_theta = shape["rope_theta"].cast<double>();
+            if (shape.contains("qk_norm")) s.qk_norm = shape["qk_norm"].cast<bool>();
+            if (shape.contains("norm_eps")) s.norm_eps = shape["norm_eps"].cast<double>();
             mil::KernelOptions o;
             o.pipeline = mil::pipeline_from_string(pipeline);
             o.dtype = dtype_arg(dtype);
@@ -131,16 +136,17 @@ void init_mil(py::module_& m) {
                     throw py::type_error("model_kernel: weights must be a dict of arrays or None");
                 const py::dict wd = weights.cast<py::dict>();
                 // Each weight must be exactly [out, in]: the generator reads out*in floats from it.
-                auto take = [&](const char* key, int64_t out, int64_t in) -> const float* {
+                auto take = [&](const char* key, Shape want) -> const float* {
                     if (!wd.contains(key)) throw py::value_error(std::string("model_kernel: weights lack '") + key + "'");
                     keep.push_back(bindings::converted<float>(wd[key], "model_kernel", ("weights['" + std::string(key) + "']").c_str(), "f",
-                                                              Shape{out, in}, "floats"));
+                                                              want, "floats"));
                     return keep.back().data();
                 };
-                keep.reserve(7);
+                keep.reserve(9);
                 const int64_t D = s.dim, QD = s.q_dim(), KD = s.kv_dim(), H = s.hidden;
-                w.wq = take("wq", QD, D), w.wk = take("wk", KD, D), w.wv = take("wv", KD, D), w.wo = take("wo", D, QD);
-                w.w1 = take("w1", H, D), w.w2 = take("w2", D, H), w.w3 = take("w3", H, D);
+                w.wq = take("wq", {QD, D}), w.wk = take("wk", {KD, D}), w.wv = take("wv", {KD, D}), w.wo = take("wo", {D, QD});
+                w.w1 = take("w1", {H, D}), w.w2 = take("w2", {D, H}), w.w3 = take("w3", {H, D});
+                if (s.qk_norm) w.q_norm = take("q_norm", {s.head_size()}), w.k_norm = take("k_norm", {s.head_size()});
             }
             using Gen = mil::KernelSource (*)(const mil::KernelShape&, const mil::KernelOptions&, const mil::LayerWeights*);
             static const std::map<std::string, Gen> gens{{"attention_forward", &mil::attention_forward},

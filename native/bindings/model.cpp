@@ -25,17 +25,19 @@ void init_model(py::module_& m) {
     using Floats = py::array_t<float>;
 
     py::class_<train::ModelConfig>(m, "ModelConfig",
-                                   "llama2.c Transformer hyper-parameters (n_kv_heads, hidden_dim: 0 = default).")
+                                   "llama2.c Transformer hyper-parameters and Qwen3's (n_kv_heads, hidden_dim, head_dim: 0 = default).")
         .def(py::init([](int dim, int n_layers, int n_heads, int n_kv_heads, int vocab_size, int hidden_dim,
-                         int seq_len, float norm_eps, float rope_theta) {
-                 train::ModelConfig c{dim, n_layers, n_heads, n_kv_heads, vocab_size, hidden_dim, seq_len, norm_eps,
-                                      rope_theta};
+                         int seq_len, float norm_eps, float rope_theta, int head_dim, bool qk_norm,
+                         bool tie_embeddings) {
+                 train::ModelConfig c{dim,      n_layers,   n_heads,  n_kv_heads, vocab_size,    hidden_dim,
+                                      seq_len,  norm_eps,   rope_theta, head_dim, qk_norm,       tie_embeddings};
                  c.validate();
                  return c;
              }),
              py::arg("dim"), py::arg("n_layers"), py::arg("n_heads"), py::arg("n_kv_heads") = 0,
              py::arg("vocab_size"), py::arg("hidden_dim") = 0, py::arg("seq_len"), py::arg("norm_eps") = 1e-5f,
-             py::arg("rope_theta") = 10000.f)
+             py::arg("rope_theta") = 10000.f, py::arg("head_dim") = 0, py::arg("qk_norm") = false,
+             py::arg("tie_embeddings") = true)
         .def_readonly("dim", &train::ModelConfig::dim)
         .def_readonly("n_layers", &train::ModelConfig::n_layers)
         .def_readonly("n_heads", &train::ModelConfig::n_heads)
@@ -45,8 +47,11 @@ void init_model(py::module_& m) {
         .def_readonly("seq_len", &train::ModelConfig::seq_len)
         .def_readonly("norm_eps", &train::ModelConfig::norm_eps)
         .def_readonly("rope_theta", &train::ModelConfig::rope_theta)
-        .def_property_readonly("head_dim", &train::ModelConfig::head_dim)
+        .def_property_readonly("head_dim", &train::ModelConfig::head_size)
+        .def_property_readonly("q_dim", &train::ModelConfig::q_dim)
         .def_property_readonly("kv_dim", &train::ModelConfig::kv_dim)
+        .def_readonly("qk_norm", &train::ModelConfig::qk_norm)
+        .def_readonly("tie_embeddings", &train::ModelConfig::tie_embeddings)
         .def_property_readonly("layer_param_count", &train::ModelConfig::layer_param_count)
         .def_property_readonly("param_count", &train::ModelConfig::param_count)
         .def(
@@ -67,7 +72,9 @@ void init_model(py::module_& m) {
             return "ModelConfig(dim=" + std::to_string(c.dim) + ", n_layers=" + std::to_string(c.n_layers) +
                    ", n_heads=" + std::to_string(c.n_heads) + ", n_kv_heads=" + std::to_string(c.kv_heads()) +
                    ", vocab_size=" + std::to_string(c.vocab_size) + ", hidden_dim=" + std::to_string(c.ffn_dim()) +
-                   ", seq_len=" + std::to_string(c.seq_len) + ")";
+                   ", seq_len=" + std::to_string(c.seq_len) + ", head_dim=" + std::to_string(c.head_size()) +
+                   ", qk_norm=" + (c.qk_norm ? "True" : "False") +
+                   ", tie_embeddings=" + (c.tie_embeddings ? "True" : "False") + ")";
         });
 
     m.def(

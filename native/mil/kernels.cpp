@@ -1,6 +1,7 @@
 #include "mil/kernels.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <stdexcept>
 
@@ -16,10 +17,17 @@ void KernelShape::validate() const {
     auto num = [](int64_t v) { return std::to_string(v); };
     if (dim <= 0) bad("dim must be positive (got " + num(dim) + ")");
     if (n_heads <= 0) bad("n_heads must be positive (got " + num(n_heads) + ")");
-    if (dim % n_heads) bad("dim " + num(dim) + " is not divisible by n_heads " + num(n_heads) + "; pick n_heads dividing dim");
-    if (head_dim() % 2)
-        bad("head_dim " + num(head_dim()) + " (dim " + num(dim) + " / n_heads " + num(n_heads) +
+    if (head_dim < 0) bad("head_dim must be positive, or 0 for dim / n_heads (got " + num(head_dim) + ")");
+    if (!head_dim && dim % n_heads)
+        bad("dim " + num(dim) + " is not divisible by n_heads " + num(n_heads) +
+            "; pick n_heads dividing dim, or give head_dim");
+    if (head_size() % 2) {
+        if (head_dim) bad("head_dim " + num(head_dim) + " must be even for RoPE's pairs");
+        bad("head_dim " + num(head_size()) + " (dim " + num(dim) + " / n_heads " + num(n_heads) +
             ") must be even for RoPE's pairs; pick dim and n_heads whose quotient is even");
+    }
+    if (int64_t(n_heads) * head_size() > INT32_MAX)
+        bad("n_heads " + num(n_heads) + " x head_dim " + num(head_size()) + " is too large (at most " + num(INT32_MAX) + ")");
     if (n_kv_heads <= 0 || n_kv_heads > n_heads)  // 0 is the config's spelling of n_heads
         bad("n_kv_heads must be 0 (= n_heads) or between 1 and n_heads " + num(n_heads) + " (got " +
             num(n_kv_heads) + ")");
@@ -30,6 +38,8 @@ void KernelShape::validate() const {
     if (seq <= 0) bad("seq_len must be positive (got " + num(seq) + ")");
     if (!(std::isfinite(rope_theta) && rope_theta > 0))
         bad("rope_theta must be a finite number > 0 (got " + std::to_string(rope_theta) + ")");
+    if (!(std::isfinite(norm_eps) && norm_eps > 0))
+        bad("norm_eps must be positive and finite (got " + std::to_string(norm_eps) + ")");
 }
 
 Pipeline pipeline_from_string(const std::string& s) {
@@ -167,7 +177,7 @@ public:
     // out[2i+1] = x[2i+1] cos + x[2i] sin. inverse=true rotates back (the backward pass). Pairs are
     // [1, heads*hd/2, 2, S]; the tables hold each head's angles, so no op broadcasts over heads.
     std::string rope(const std::string& y, const std::string& x, int heads, bool inverse) {
-        const int64_t hd = s_.head_dim(), half = hd / 2, S = s_.seq, rows = heads * half;
+        const int64_t hd = s_.head_size(), half = hd / 2, S = s_.seq, rows = heads * half;
         auto& tables = rope_tables_[heads];
         if (tables.first.empty()) {
             std::vector<float> c(size_t(rows * S)), sn(size_t(rows * S));
@@ -204,6 +214,7 @@ public:
     Shape q_heads() const { return o_.ane_shaped ? Shape{1, s_.n_heads, hd(), s_.seq} : Shape{kvh(), rep(), hd(), s_.seq}; }
     Shape kv_heads() const { return o_.ane_shaped ? Shape{1, kvh(), hd(), s_.seq} : Shape{kvh(), 1, hd(), s_.seq}; }
     Shape scores() const { return o_.ane_shaped ? Shape{1, s_.n_heads, s_.seq, s_.seq} : Shape{kvh(), rep(), s_.seq, s_.seq}; }
+    Shape head_rows(int heads) const { return {1, heads, hd(), s_.seq}; }
     std::string heads_q(const std::string& y, const std::string& x) { return reshape(y, x, q_heads()); }
     std::string heads_kv(const std::string& y, const std::string& x) { return reshape(y, x, kv_heads()); }
     std::string flat(const std::string& y, const std::string& x, int64_t c) { return reshape(y, x, act(c)); }
@@ -240,6 +251,63 @@ public:
         return kvh() == 1 ? sums[0] : concat(y, kv_heads(), 1, sums);
     }
 
+    // QK-norm gains [1, 1, hd, 1]: baked (static) or the input weight `name` (dynamic, declared with
+    // weight(name, hd, 1) before the first op).
+    std::string gains(const std::string& name, const float* values) {
+        if (!is_static()) return name;
+        if (!values) throw std::invalid_argument("static kernels need the layer's weights to bake");
+        return table(name, {1, 1, hd(), 1}, std::vector<float>(values, values + hd()));
+    }
+
+    // RMSNorm of each head of x [1, heads*hd, 1, S] over its hd channels (QK-norm), heads as
+    // [1, heads, hd, S]: x4 the input, rrms [1, heads, 1, S], xhat = x4 rrms, y = xhat g flat (g the
+    // gains from gains()).
+    struct HeadNorm {
+        std::string g, x4, rrms, xhat, y;
+        int heads = 0;
+    };
+    HeadNorm head_norm(const std::string& y, const std::string& x, int heads, const std::string& g) {
+        const Shape h4 = head_rows(heads), col{1, heads, 1, s_.seq};
+        HeadNorm n{g, reshape(y + "_heads", x, h4), "", "", "", heads};
+        // The mean square of x 2^-e (times hd 2^-2e back): with 2^e about sqrt(hd) the fp16 sum of
+        // squares stays finite up to an RMS of about 256, and powers of two round nothing.
+        const int e = int(std::ceil(std::log2(double(hd())) / 2));
+        const double pre = std::ldexp(1.0, -e), post = 1.0 / (double(hd()) * pre * pre);
+        const std::string xs = binary(y + "_scaled", h4, "mul", n.x4, scalar(pre));
+        const std::string sq = binary(y + "_sq", h4, "mul", xs, xs);
+        std::string ms = op(y + "_ss", col, "reduce_sum", {{"x", sq}, {"axes", ints({2})}, {"keep_dims", boolean(true)}});
+        if (post != 1.0) ms = binary(y + "_ms", col, "mul", ms, scalar(post));
+        const std::string me = binary(y + "_ms_eps", col, "add", ms, scalar(s_.norm_eps));
+        n.rrms = binary(y + "_rrms", col, "pow", me, scalar(-0.5));
+        n.xhat = binary(y + "_xhat", h4, "mul", n.x4, n.rrms);
+        n.y = flat(y, binary(y + "_y4", h4, "mul", n.xhat, g), heads * hd());
+        return n;
+    }
+
+    // The backward of head_norm for dy (flat like its y): returns dx (flat, named dx) and, named
+    // dg, the gains' gradient summed over the heads, [1, hd, 1, S] (one column per position):
+    //   dxhat = g dy;  dx = rrms (dxhat - xhat mean_hd(dxhat xhat));  dg = sum_heads dy xhat
+    std::string head_norm_backward(const std::string& dx, const std::string& dg, const std::string& dy,
+                                   const HeadNorm& n) {
+        const Shape h4 = head_rows(n.heads), col{1, n.heads, 1, s_.seq};
+        const std::string dy4 = reshape(dx + "_dy4", dy, h4);
+        const std::string dxhat = binary(dx + "_dxhat", h4, "mul", dy4, n.g);
+        const std::string p = binary(dx + "_p", h4, "mul", dxhat, n.xhat);
+        // scaled before the sum, so the fp16 sum is of mean size
+        const std::string ps = binary(dx + "_p_mean", h4, "mul", p, scalar(1.0 / double(hd())));
+        const std::string m = op(dx + "_mean", col, "reduce_sum", {{"x", ps}, {"axes", ints({2})}, {"keep_dims", boolean(true)}});
+        const std::string t = binary(dx + "_xhat_mean", h4, "mul", n.xhat, m);
+        const std::string u = binary(dx + "_centred", h4, "sub", dxhat, t);
+        const std::string dx4 = binary(dx + "_4", h4, "mul", u, n.rrms);
+        const std::string out = flat(dx, dx4, n.heads * hd());
+        const std::string dgh = binary(dg + "_heads", h4, "mul", dy4, n.xhat);
+        const std::string dgs = n.heads == 1 ? dgh
+                                             : op(dg + "_sum", {1, 1, hd(), s_.seq}, "reduce_sum",
+                                                  {{"x", dgh}, {"axes", ints({1})}, {"keep_dims", boolean(true)}});
+        reshape(dg, dgs, act(hd()));
+        return out;
+    }
+
     // probs = softmax(q^T k * scale + causal mask) for q in query heads and k as repeat_kv gives it.
     std::string attention_probs(const std::string& q4, const std::string& k4) {
         const int64_t S = s_.seq;
@@ -257,7 +325,7 @@ public:
 
     int rep() const { return s_.n_heads / s_.n_kv_heads; }
     int kvh() const { return s_.n_kv_heads; }
-    int64_t hd() const { return s_.head_dim(); }
+    int64_t hd() const { return s_.head_size(); }
     bool is_static() const { return o_.pipeline == Pipeline::Static; }
 
     KernelSource finish() {
@@ -321,18 +389,37 @@ private:
 
 const float* weight_of(const LayerWeights* w, const float* LayerWeights::*field) { return w ? w->*field : nullptr; }
 
+// The attention kernels' weights as dynamic inputs, in this order (nothing for the static pipeline).
+void declare_attention_weights(KernelWriter& k, const KernelShape& s) {
+    if (k.is_static()) return;
+    const int64_t D = s.dim, QD = s.q_dim(), KD = s.kv_dim();
+    k.weight("wq", QD, D), k.weight("wk", KD, D), k.weight("wv", KD, D), k.weight("wo", D, QD);
+    if (s.qk_norm) k.weight("q_norm", s.head_size(), 1), k.weight("k_norm", s.head_size(), 1);
+}
+
+// QK-norm of the projection x ("q" or "k", heads heads) with that head's gains.
+KernelWriter::HeadNorm qk_normed(KernelWriter& k, const std::string& which, const std::string& x, int heads,
+                                 const LayerWeights* w) {
+    const std::string g = k.gains(which + "_norm", weight_of(w, which == "q" ? &LayerWeights::q_norm : &LayerWeights::k_norm));
+    return k.head_norm(which + "_normed", x, heads, g);
+}
+
 }  // namespace
 
 KernelSource attention_forward(const KernelShape& s, const KernelOptions& o, const LayerWeights* w) {
     KernelWriter k("attention_forward", s, o);
     const int64_t D = s.dim, QD = s.q_dim(), KD = s.kv_dim();
     const std::string xn = k.input("xn", D);
-    if (!k.is_static()) k.weight("wq", QD, D), k.weight("wk", KD, D), k.weight("wv", KD, D), k.weight("wo", D, QD);
-    const std::string q0 = k.linear("q_lin", xn, "wq", QD, D, weight_of(w, &LayerWeights::wq), false);
-    const std::string k0 = k.linear("k_lin", xn, "wk", KD, D, weight_of(w, &LayerWeights::wk), false);
+    declare_attention_weights(k, s);
+    // With QK-norm the results q, k are the projections (see the top of kernels.h).
+    const bool qkn = s.qk_norm;
+    const std::string q0 = k.linear(qkn ? "q" : "q_lin", xn, "wq", QD, D, weight_of(w, &LayerWeights::wq), false);
+    const std::string k0 = k.linear(qkn ? "k" : "k_lin", xn, "wk", KD, D, weight_of(w, &LayerWeights::wk), false);
     const std::string v = k.linear("v", xn, "wv", KD, D, weight_of(w, &LayerWeights::wv), false);
-    const std::string q = k.rope("q", q0, s.n_heads, false);
-    const std::string kr = k.rope("k", k0, s.n_kv_heads, false);
+    const std::string qr = qkn ? qk_normed(k, "q", q0, s.n_heads, w).y : q0;
+    const std::string kn = qkn ? qk_normed(k, "k", k0, s.n_kv_heads, w).y : k0;
+    const std::string q = k.rope(qkn ? "q_roped" : "q", qr, s.n_heads, false);
+    const std::string kr = k.rope(qkn ? "k_roped" : "k", kn, s.n_kv_heads, false);
     const std::string q4 = k.heads_q("q4", q);
     const std::string k4 = k.repeat_kv("k_rep", k.heads_kv("k4", kr));
     const std::string v4 = k.repeat_kv("v_rep", k.heads_kv("v4", v));
@@ -341,7 +428,7 @@ KernelSource attention_forward(const KernelShape& s, const KernelOptions& o, con
                                 {{"x", v4}, {"y", probs}, {"transpose_x", boolean(false)}, {"transpose_y", boolean(true)}});
     const std::string attn = k.flat("attn", a4, QD);
     const std::string out = k.linear("o", attn, "wo", D, QD, weight_of(w, &LayerWeights::wo), false);
-    for (const auto& n : {out, q, kr, v, attn}) k.output(n);
+    for (const auto& n : {out, qkn ? q0 : q, qkn ? k0 : kr, v, attn}) k.output(n);
     if (o.probs_tap) k.output(probs);
     return k.finish();
 }
@@ -389,14 +476,19 @@ KernelSource ffn_backward(const KernelShape& s, const KernelOptions& o, const La
 
 KernelSource attention_backward(const KernelShape& s, const KernelOptions& o, const LayerWeights* w) {
     KernelWriter k("attention_backward", s, o);
-    const int64_t D = s.dim, QD = s.q_dim(), KD = s.kv_dim(), hd = s.head_dim();
+    const int64_t D = s.dim, QD = s.q_dim(), KD = s.kv_dim(), hd = s.head_size();
     const std::string dout = k.input("dout", D);
-    const std::string q = k.input("q", QD);
-    const std::string kr = k.input("k", KD);
+    const std::string q_in = k.input("q", QD);
+    const std::string k_in = k.input("k", KD);
     const std::string v = k.input("v", KD);
     const Shape grp = k.q_heads(), sc = k.scores();
     const std::string probs_in = o.probs_tap ? k.input("probs", sc) : "";
-    if (!k.is_static()) k.weight("wq", QD, D), k.weight("wk", KD, D), k.weight("wv", KD, D), k.weight("wo", D, QD);
+    declare_attention_weights(k, s);
+    // With QK-norm q and k are the projections: the norm and RoPE are recomputed from them.
+    KernelWriter::HeadNorm qn, kn;
+    if (s.qk_norm) qn = qk_normed(k, "q", q_in, s.n_heads, w), kn = qk_normed(k, "k", k_in, s.n_kv_heads, w);
+    const std::string q = s.qk_norm ? k.rope("q_roped", qn.y, s.n_heads, false) : q_in;
+    const std::string kr = s.qk_norm ? k.rope("k_roped", kn.y, s.n_kv_heads, false) : k_in;
     const std::string da = k.linear("da", dout, "wo", D, QD, weight_of(w, &LayerWeights::wo), true);
     const std::string q4 = k.heads_q("q4", q), da4 = k.heads_q("da4", da);
     const std::string k4 = k.repeat_kv("k_rep", k.heads_kv("k4", kr));
@@ -424,14 +516,19 @@ KernelSource attention_backward(const KernelShape& s, const KernelOptions& o, co
     const std::string dq_rot = k.flat("dq_roped", dq4, QD);
     const std::string dk_rot = k.flat("dk_roped", k.sum_groups("dk4", dk4), KD);
     const std::string dv = k.flat("dv", k.sum_groups("dv4", dv4), KD);
-    const std::string dq = k.rope("dq", dq_rot, s.n_heads, true);
-    const std::string dk = k.rope("dk", dk_rot, s.n_kv_heads, true);
+    std::string dq = k.rope(s.qk_norm ? "dq_normed" : "dq", dq_rot, s.n_heads, true);
+    std::string dk = k.rope(s.qk_norm ? "dk_normed" : "dk", dk_rot, s.n_kv_heads, true);
+    if (s.qk_norm) {
+        dq = k.head_norm_backward("dq", "dq_norm", dq, qn);
+        dk = k.head_norm_backward("dk", "dk_norm", dk, kn);
+    }
     const std::string dxq = k.linear("dx_q", dq, "wq", QD, D, weight_of(w, &LayerWeights::wq), true);
     const std::string dxk = k.linear("dx_k", dk, "wk", KD, D, weight_of(w, &LayerWeights::wk), true);
     const std::string dxv = k.linear("dx_v", dv, "wv", KD, D, weight_of(w, &LayerWeights::wv), true);
     const std::string dxqk = k.binary("dx_qk", k.act(D), "add", dxq, dxk);
     const std::string dxn = k.binary("dxn", k.act(D), "add", dxqk, dxv);
     for (const auto& n : {dxn, dq, dk, dv}) k.output(n);
+    if (s.qk_norm) k.output("dq_norm"), k.output("dk_norm");
     return k.finish();
 }
 

@@ -11,6 +11,15 @@
 //   ffn_backward(df, h1, h3)       -> dx2n, dh1, dh3
 //   attention_backward(dout, q, k, v) -> dxn, dq, dk, dv  (dout = dL/do; dq, dk before RoPE)
 //
+// With QK-norm (Qwen3) each q and k head is RMS-normalised over head_dim and scaled by its gains
+// before RoPE, inside the attention kernels (the norm is per head, so it needs no fp32 residual
+// stream; the mean square is taken of x scaled by a power of two, so fp16 holds it up to an RMS of
+// several hundred). The forward then returns q, k as the projections before the norm, which the
+// backward needs for the norm's gradient; it recomputes norm and RoPE from them. The backward
+// returns dq, dk before the norm (the projections' gradients) and two more results, dq_norm and
+// dk_norm [head_dim, S]: the gains' gradients summed over heads, one column per position (the
+// trainer sums the columns).
+//
 // Two pipelines, one set of kernels; only the linear layer differs:
 //   static:  y = conv(x, W) with W a BLOBFILE constant ([out, in, 1, 1]; W^T for backward)
 //   dynamic: y = matmul(W, x) with W [1, 1, out, in] read from the kernel's input in llama2.c's
@@ -48,11 +57,14 @@ struct KernelShape {
     int n_heads = 0;
     int n_kv_heads = 0;
     int seq = 0;
+    int head_dim = 0;  // 0 = dim / n_heads (llama2.c's rule, defined here once)
     double rope_theta = 10000.0;
+    bool qk_norm = false;    // RMSNorm of each q and k head over head_dim, with gains, before RoPE
+    double norm_eps = 1e-5;  // the QK-norm's epsilon (the model's RMSNorm epsilon)
 
-    int head_dim() const { return dim / n_heads; }
-    int q_dim() const { return dim; }
-    int kv_dim() const { return head_dim() * n_kv_heads; }
+    int head_size() const { return head_dim ? head_dim : (n_heads > 0 ? dim / n_heads : 0); }
+    int q_dim() const { return n_heads * head_size(); }
+    int kv_dim() const { return n_kv_heads * head_size(); }
     void validate() const;  // throws std::invalid_argument
 };
 
@@ -84,6 +96,8 @@ struct LayerWeights {
     const float* w1 = nullptr;  // [hidden, dim]
     const float* w2 = nullptr;  // [dim, hidden]
     const float* w3 = nullptr;  // [hidden, dim]
+    const float* q_norm = nullptr;  // [head_dim], with QK-norm
+    const float* k_norm = nullptr;  // [head_dim], with QK-norm
 };
 
 // Where one tensor lives in an ANE-shaped program's single input or output [1, C, 1, W]: the

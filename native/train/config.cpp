@@ -22,8 +22,6 @@ int ModelConfig::default_hidden_dim(int dim, int multiple_of) {
 void ModelConfig::validate() const {
     require(n_layers > 0, "n_layers must be positive (got " + num(n_layers) + ")");
     require(vocab_size > 0, "vocab_size must be positive (got " + num(vocab_size) + ")");
-    require(std::isfinite(norm_eps) && norm_eps > 0.f,
-            "norm_eps must be positive and finite (got " + std::to_string(norm_eps) + ")");
     try {  // the shape rules the kernels share: defined once, in mil::KernelShape
         kernel_shape().validate();
     } catch (const std::invalid_argument& e) {
@@ -38,37 +36,46 @@ mil::KernelShape ModelConfig::kernel_shape() const {
     s.n_heads = n_heads;
     s.n_kv_heads = kv_heads();
     s.seq = seq_len;
+    s.head_dim = head_dim;
     s.rope_theta = rope_theta;
+    s.qk_norm = qk_norm;
+    s.norm_eps = norm_eps;
     return s;
 }
 
 int64_t ModelConfig::layer_param_count() const {
-    int64_t d = dim, kv = kv_dim(), h = ffn_dim();
-    return 2 * d * d + 2 * kv * d + 3 * h * d + 2 * d;
+    const int64_t d = dim, q = q_dim(), kv = kv_dim(), h = ffn_dim();
+    return 2 * q * d + 2 * kv * d + 3 * h * d + 2 * d + (qk_norm ? 2 * head_size() : 0);
 }
 
 int64_t ModelConfig::param_count() const {
-    return int64_t(vocab_size) * dim + n_layers * layer_param_count() + dim;
+    const int64_t classifiers = tie_embeddings ? 1 : 2;
+    return classifiers * vocab_size * dim + n_layers * layer_param_count() + dim;
 }
 
 std::vector<ParamSpec> param_specs(const ModelConfig& cfg) {
     cfg.validate();
-    const int64_t d = cfg.dim, kv = cfg.kv_dim(), h = cfg.ffn_dim();
+    const int64_t d = cfg.dim, q = cfg.q_dim(), kv = cfg.kv_dim(), h = cfg.ffn_dim(), hd = cfg.head_size();
     std::vector<ParamSpec> specs;
     specs.push_back({"tok_embeddings", cfg.vocab_size, d, true});
     for (int i = 0; i < cfg.n_layers; ++i) {
         const std::string p = "layers." + std::to_string(i) + ".";
-        specs.push_back({p + "attention.wq", d, d, true});
+        specs.push_back({p + "attention.wq", q, d, true});
         specs.push_back({p + "attention.wk", kv, d, true});
         specs.push_back({p + "attention.wv", kv, d, true});
-        specs.push_back({p + "attention.wo", d, d, true});
+        specs.push_back({p + "attention.wo", d, q, true});
         specs.push_back({p + "feed_forward.w1", h, d, true});
         specs.push_back({p + "feed_forward.w2", d, h, true});
         specs.push_back({p + "feed_forward.w3", h, d, true});
         specs.push_back({p + "attention_norm", 1, d, false, true});
         specs.push_back({p + "ffn_norm", 1, d, false, true});
+        if (cfg.qk_norm) {
+            specs.push_back({p + "attention.q_norm", 1, hd, false, true});
+            specs.push_back({p + "attention.k_norm", 1, hd, false, true});
+        }
     }
     specs.push_back({"norm", 1, d, false, true});
+    if (!cfg.tie_embeddings) specs.push_back({"output", cfg.vocab_size, d, true});
     return specs;
 }
 

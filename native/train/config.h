@@ -1,5 +1,6 @@
-// The model's shape: llama2.c's Transformer hyper-parameters, their validation, and the sizes
-// derived from them (head sizes, the parameter list by llama2.c name, parameter counts).
+// The model's shape: llama2.c's Transformer hyper-parameters and the Qwen3 family's (an explicit
+// head_dim, QK-norm, an untied classifier), their validation, and the sizes derived from them (head
+// sizes, the parameter list by llama2.c name, parameter counts).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -19,9 +20,13 @@ struct ModelConfig {
     int seq_len = 0;
     float norm_eps = 1e-5f;
     float rope_theta = 10000.f;
+    int head_dim = 0;             // 0 = dim / n_heads (llama2.c); Qwen3: q_dim = n_heads * head_dim != dim
+    bool qk_norm = false;         // Qwen3: RMSNorm of each query and key head (gains [head_dim]) before RoPE
+    bool tie_embeddings = true;   // the classifier is tok_embeddings (llama2.c); false: its own "output"
 
-    int head_dim() const { return dim / n_heads; }
-    int kv_dim() const { return kv_heads() * head_dim(); }
+    int head_size() const { return kernel_shape().head_size(); }  // head_dim resolved
+    int q_dim() const { return n_heads * head_size(); }
+    int kv_dim() const { return kv_heads() * head_size(); }
     int kv_heads() const { return n_kv_heads ? n_kv_heads : n_heads; }
     int ffn_dim() const { return hidden_dim ? hidden_dim : default_hidden_dim(dim); }
     int group_size() const { return n_heads / kv_heads(); }  // Q heads sharing one KV head
@@ -32,7 +37,7 @@ struct ModelConfig {
     mil::KernelShape kernel_shape() const;  // what the kernel generators take
 
     int64_t layer_param_count() const;  // one TransformerBlock
-    int64_t param_count() const;        // the whole model (embedding counted once: tied)
+    int64_t param_count() const;        // the whole model (a tied embedding counted once)
 
     // llama2.c's FeedForward rule: h = int(2 * 4 * dim / 3) rounded up to a multiple of 32.
     static int default_hidden_dim(int dim, int multiple_of = 32);
@@ -43,13 +48,14 @@ struct ModelConfig {
 struct ParamSpec {
     std::string name;   // llama2.c name, e.g. "layers.3.attention.wq"
     int64_t rows = 0, cols = 0;
-    bool decay = true;    // AdamW weight decay applies (false for the RMSNorm gammas)
-    bool vector = false;  // a 1-D tensor [cols] in llama2.c (the RMSNorm gammas)
+    bool decay = true;    // AdamW weight decay applies (false for the RMSNorm gains)
+    bool vector = false;  // a 1-D tensor [cols] in llama2.c (the RMSNorm gains)
     int64_t numel() const { return rows * cols; }
 };
 
 // Every parameter in llama2.c's order: tok_embeddings, then per layer attention.{wq,wk,wv,wo},
-// feed_forward.{w1,w2,w3}, attention_norm, ffn_norm, and finally norm.
+// feed_forward.{w1,w2,w3}, attention_norm, ffn_norm (with QK-norm then attention.{q_norm,k_norm}),
+// and finally norm (and, untied, the classifier "output" [vocab, dim]).
 std::vector<ParamSpec> param_specs(const ModelConfig& cfg);
 
 }  // namespace anetrain::train

@@ -245,6 +245,15 @@ double classifier_loss_bwd(const float* E, const float* x, float* logits, const 
 
 // ------------------------------------------------------------------------------ norms, clipping
 
+void add_row_sums(const float* x, int C, int S, float* out) {
+    for (int c = 0; c < C; ++c) {
+        const float* row = x + size_t(c) * S;
+        double acc = 0.0;
+        for (int s = 0; s < S; ++s) acc += row[s];
+        out[c] += float(acc);
+    }
+}
+
 namespace {
 ANETRAIN_HOT double sum_squares_block(const float* x, size_t n) {
     constexpr size_t kLanes = 8;

@@ -30,7 +30,7 @@ struct SoftmaxStats {
     std::vector<double> sum;
 };
 
-// logits[v][s] = sum_d E[v][d] x[d][s]   (tied classifier; logits [vocab][S]). With `stats`, also
+// logits[v][s] = sum_d E[v][d] x[d][s]   (E the classifier; logits [vocab][S]). With `stats`, also
 // gathers the softmax statistics of the logits, chunk by chunk while each is still in cache.
 void classifier_fwd(const float* E, const float* x, int vocab, int dim, int S, float* logits,
                     SoftmaxStats* stats = nullptr);
@@ -42,6 +42,8 @@ void classifier_fwd(const float* E, const float* x, int vocab, int dim, int S, f
 double classifier_loss_bwd(const float* E, const float* x, float* logits, const SoftmaxStats& stats,
                            const int32_t* tgt, float scale, int vocab, int dim, int S, float* dx, float* dE,
                            bool overwrite_dE = false);
+// out[c] += sum_s x[c][s], each row summed in double (accumulates)
+void add_row_sums(const float* x, int C, int S, float* out);
 // sum_i x[i]^2 accumulated in double
 double sum_squares(const float* x, size_t n);
 // The factor torch.nn.utils.clip_grad_norm_ applies: min(1, max_norm / (norm + 1e-6))

@@ -19,10 +19,10 @@ void accumulate_dw(float* dw, const float* dy, const float* x, int out, int in, 
     blas::sgemm(false, true, out, in, S, 1.f, dy, S, x, S, beta, dw, in);
 }
 
-// llama2.c's name of a layer weight the kernels call wq..wo / w1..w3.
+// llama2.c's name of a layer weight the kernels call wq..wo / w1..w3 (and q_norm, k_norm).
 std::string layer_weight_name(int layer, const std::string& n) {
-    const bool attention = n == "wq" || n == "wk" || n == "wv" || n == "wo";
-    return "layers." + std::to_string(layer) + (attention ? ".attention." : ".feed_forward.") + n;
+    const bool ffn = n == "w1" || n == "w2" || n == "w3";
+    return "layers." + std::to_string(layer) + (ffn ? ".feed_forward." : ".attention.") + n;
 }
 
 }  // namespace
@@ -38,9 +38,10 @@ struct Trainer::LayerActs {
     float *f, *h1, *h3, *gate;    // ffn_forward
     float *dx2n, *dh1, *dh3;      // ffn_backward
     float *dxn, *dq, *dk, *dv;    // attention_backward
+    float *dq_norm = nullptr, *dk_norm = nullptr;  // and with QK-norm: the gains' gradients per position
     LayerActs(const ModelConfig& c, bool probs_tap) {
-        const size_t S = size_t(c.seq_len), D = size_t(c.dim), QD = size_t(c.dim), KV = size_t(c.kv_dim()),
-                     H = size_t(c.ffn_dim());
+        const size_t S = size_t(c.seq_len), D = size_t(c.dim), QD = size_t(c.q_dim()), KV = size_t(c.kv_dim()),
+                     H = size_t(c.ffn_dim()), HD = c.qk_norm ? size_t(c.head_size()) : 0;
         if (probs_tap) probs.resize(size_t(c.n_heads) * S * S);
         for (auto* b : {&x, &xn, &x2, &x2n, &df, &dx2}) b->resize(D * S);
         rrms1.resize(S);
@@ -48,7 +49,7 @@ struct Trainer::LayerActs {
         views(attn_fwd, S, {{&o, D}, {&q, QD}, {&k, KV}, {&v, KV}, {&attn, QD}});
         views(ffn_fwd, S, {{&f, D}, {&h1, H}, {&h3, H}, {&gate, H}});
         views(ffn_bwd, S, {{&dx2n, D}, {&dh1, H}, {&dh3, H}});
-        views(attn_bwd, S, {{&dxn, D}, {&dq, QD}, {&dk, KV}, {&dv, KV}});
+        views(attn_bwd, S, {{&dxn, D}, {&dq, QD}, {&dk, KV}, {&dv, KV}, {&dq_norm, HD}, {&dk_norm, HD}});
     }
 
 private:
@@ -151,7 +152,7 @@ void Trainer::ensure_kernels() {
         mil::LayerWeights w;
         if (!dynamic) {
             const Params::Layer& p = w_.layers[size_t(l)];
-            w = {p.wq, p.wk, p.wv, p.wo, p.w1, p.w2, p.w3};
+            w = {p.wq, p.wk, p.wv, p.wo, p.w1, p.w2, p.w3, p.q_norm, p.k_norm};
         }
         auto ks = std::make_unique<LayerKernels>();
         const mil::LayerWeights* wp = dynamic ? nullptr : &w;
@@ -239,10 +240,9 @@ void Trainer::eval(backend::Kernel& k, const std::vector<In>& in, const std::vec
 }
 
 float* Trainer::Params::Layer::by_kernel_name(const std::string& name) const {
-    static const std::map<std::string, float* Layer::*> fields{{"wq", &Layer::wq}, {"wk", &Layer::wk},
-                                                                {"wv", &Layer::wv}, {"wo", &Layer::wo},
-                                                                {"w1", &Layer::w1}, {"w2", &Layer::w2},
-                                                                {"w3", &Layer::w3}};
+    static const std::map<std::string, float* Layer::*> fields{
+        {"wq", &Layer::wq}, {"wk", &Layer::wk}, {"wv", &Layer::wv}, {"wo", &Layer::wo},         {"w1", &Layer::w1},
+        {"w2", &Layer::w2}, {"w3", &Layer::w3}, {"q_norm", &Layer::q_norm}, {"k_norm", &Layer::k_norm}};
     auto it = fields.find(name);
     return it == fields.end() ? nullptr : this->*(it->second);
 }
@@ -252,11 +252,13 @@ Trainer::Params Trainer::resolve(std::vector<float>& flat) const {
     Params p;
     p.tok_embeddings = at("tok_embeddings");
     p.norm = at("norm");
+    p.classifier = config().tie_embeddings ? p.tok_embeddings : at("output");
+    const bool qk = config().qk_norm;
     for (int l = 0; l < config().n_layers; ++l) {
         auto t = [&](const char* n) { return at(layer_weight_name(l, n)); };
         const std::string pre = "layers." + std::to_string(l) + ".";
         p.layers.push_back({t("wq"), t("wk"), t("wv"), t("wo"), t("w1"), t("w2"), t("w3"), at(pre + "attention_norm"),
-                            at(pre + "ffn_norm")});
+                            at(pre + "ffn_norm"), qk ? t("q_norm") : nullptr, qk ? t("k_norm") : nullptr});
     }
     return p;
 }
@@ -375,19 +377,19 @@ void Trainer::forward_sequence(const int32_t* tok) {
     }
     ScopedTimer t{timings_.cpu_ops};
     cpu::rmsnorm_fwd(x_.data(), w_.norm, D, S, c.norm_eps, x_final_.data(), rrms_final_.data());
-    cpu::classifier_fwd(w_.tok_embeddings, x_final_.data(), c.vocab_size, D, S, logits_.data(), &softmax_);
+    cpu::classifier_fwd(w_.classifier, x_final_.data(), c.vocab_size, D, S, logits_.data(), &softmax_);
 }
 
 double Trainer::backward_sequence(const int32_t* tok, bool overwrite) {
     const ModelConfig& c = config();
-    const int D = c.dim, S = c.seq_len, KV = c.kv_dim(), H = c.ffn_dim(), V = c.vocab_size;
+    const int D = c.dim, S = c.seq_len, QD = c.q_dim(), KV = c.kv_dim(), H = c.ffn_dim(), V = c.vocab_size;
     const size_t DS = size_t(D) * S;
     const bool out16 = kernel_options_.dtype == mil::DType::fp16;  // the forward kernels' outputs are fp16 values
     double loss;
     {
         ScopedTimer t{timings_.cpu_ops};
-        loss = cpu::classifier_loss_bwd(w_.tok_embeddings, x_final_.data(), logits_.data(), softmax_, tok + 1,
-                                        opt_.loss_scale, V, D, S, tmp_.data(), g_.tok_embeddings, overwrite);
+        loss = cpu::classifier_loss_bwd(w_.classifier, x_final_.data(), logits_.data(), softmax_, tok + 1,
+                                        opt_.loss_scale, V, D, S, tmp_.data(), g_.classifier, overwrite);
         std::fill(dx_.begin(), dx_.end(), 0.f);
         cpu::rmsnorm_bwd(tmp_.data(), x_.data(), w_.norm, rrms_final_.data(), D, S, dx_.data(), g_.norm);
     }
@@ -415,12 +417,16 @@ double Trainer::backward_sequence(const int32_t* tok, bool overwrite) {
         run(l, "attention_backward", std::move(attn_in), a.attn_bwd.data());
         float *gq = G.wq, *gk = G.wk, *gv = G.wv, *go = G.wo;
         dw_->submit([=, &a] {
-            accumulate_dw(go, a.dx2.data(), a.attn, D, D, S, beta);
-            accumulate_dw(gq, a.dq, a.xn.data(), D, D, S, beta);
+            accumulate_dw(go, a.dx2.data(), a.attn, D, QD, S, beta);
+            accumulate_dw(gq, a.dq, a.xn.data(), QD, D, S, beta);
             accumulate_dw(gk, a.dk, a.xn.data(), KV, D, S, beta);
             accumulate_dw(gv, a.dv, a.xn.data(), KV, D, S, beta);
         });
         ScopedTimer t{timings_.cpu_ops};
+        if (c.qk_norm) {
+            cpu::add_row_sums(a.dq_norm, c.head_size(), S, G.q_norm);
+            cpu::add_row_sums(a.dk_norm, c.head_size(), S, G.k_norm);
+        }
         std::memcpy(dx_.data(), a.dx2.data(), DS * sizeof(float));
         cpu::rmsnorm_bwd(a.dxn, a.x.data(), W.attention_norm, a.rrms1.data(), D, S, dx_.data(), G.attention_norm);
     }
@@ -439,11 +445,13 @@ double Trainer::accumulate(const int32_t* tokens, int batch) {
     ensure_kernels();
     const int S = config().seq_len;
     // After an update the gradients are stale (see ModelState): the first sequence overwrites
-    // them. The RMSNorm gammas' gradients are sums over calls, so they are zeroed instead.
+    // them. The step only adds to the RMSNorm gains' gradients (sums over calls) and an untied
+    // embedding's (scattered rows), so those are zeroed instead.
     const bool overwrite = state_.take_stale_grads();
     if (overwrite)
         for (const ParamSlot& s : state_.slots())
-            if (s.spec.vector) std::fill_n(state_.grads.data() + s.offset, s.spec.numel(), 0.f);
+            if (s.spec.vector || (!config().tie_embeddings && s.spec.name == "tok_embeddings"))
+                std::fill_n(state_.grads.data() + s.offset, s.spec.numel(), 0.f);
     double loss = 0;
     try {
         for (int b = 0; b < batch; ++b) {

@@ -6,10 +6,12 @@
 //             o, q, k, v, attn = attention_forward(xn)      kernel
 //             x2 = x + o;  x2n = rmsnorm(x2)      CPU
 //             f, h1, h3, gate = ffn_forward(x2n)  kernel;  x = x2 + f
-//   loss      logits = E rmsnorm(x); cross-entropy; dlogits scaled by the loss scale
+//   loss      logits = C rmsnorm(x) (C the classifier: E when tied, else "output"); cross-entropy;
+//             dlogits scaled by the loss scale
 //   backward  dx2n, dh1, dh3 = ffn_backward(dx, h1, h3);    dW1, dW2, dW3 (sgemm)
 //             dx2 = dx + rmsnorm_bwd(dx2n)
 //             dxn, dq, dk, dv = attention_backward(dx2, q, k, v);  dWo, dWq, dWk, dWv (sgemm)
+//             (with QK-norm also dq_norm, dk_norm: the gains' gradients per position, summed here)
 //             dx = dx2 + rmsnorm_bwd(dxn)
 // The kernels run as split programs (one buffer per tensor) or ANE-shaped ones (one packed fp16
 // input, one output; mil/kernels.h). Either way each kernel's results land in one per-layer
@@ -109,9 +111,12 @@ private:
         struct Layer {
             float *wq, *wk, *wv, *wo, *w1, *w2, *w3;  // [out, in] row-major, as llama2.c stores them
             float *attention_norm, *ffn_norm;         // [dim]
-            float* by_kernel_name(const std::string& name) const;  // "wq".."w3"; nullptr otherwise
+            float *q_norm, *k_norm;                   // [head_dim] with QK-norm, else nullptr
+            // "wq".."w3", "q_norm", "k_norm"; nullptr otherwise
+            float* by_kernel_name(const std::string& name) const;
         };
         float *tok_embeddings = nullptr, *norm = nullptr;
+        float* classifier = nullptr;  // [vocab, dim]: tok_embeddings when tied, else "output"
         std::vector<Layer> layers;
     };
     Params resolve(std::vector<float>& flat) const;
