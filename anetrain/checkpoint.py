@@ -26,8 +26,8 @@ import struct
 
 import numpy as np
 
-from . import rundir
-from .errors import CheckpointError
+from . import config, rundir
+from .errors import AnetrainError, CheckpointError
 
 MAGIC = "anetrain-checkpoint"
 FORMAT_VERSION = 1
@@ -134,7 +134,18 @@ def _read(path):
     return header, arrays
 
 
+def _completed(saved):
+    """A saved model config with the fields it predates at their defaults, resolved as a
+    ModelConfig resolves them (a checkpoint from before head_dim has dim / n_heads heads, no
+    QK-norm and a tied classifier); the saved dict as it is when it is no valid config."""
+    try:
+        return config.ModelConfig(**{k: v for k, v in saved.items() if k in config.MODEL_FIELDS}).to_dict()
+    except (AnetrainError, TypeError):
+        return saved
+
+
 def _config_mismatch(saved, expect):
+    saved = _completed(saved)
     diffs = [f"{k} {saved.get(k)} vs {v}" for k, v in expect.items()
              if k != "name" and saved.get(k) != v]
     return ", ".join(diffs)

@@ -119,6 +119,7 @@ class ModelConfig:
 
 
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
+MODEL_FIELDS = tuple(_FIELD_TYPES)
 
 PRESETS = {
     "tiny": dict(dim=128, n_layers=4, n_heads=4, vocab_size=1024, seq_len=128),

@@ -172,6 +172,18 @@ def test_newer_format_version(tmp_path):
     assert "format version 7 is newer" in error_of(p)
 
 
+def test_a_checkpoint_from_before_head_dim_and_qk_norm_loads_with_their_defaults(tmp_path):
+    arrays, meta = sample_state()
+    for field in ("head_dim", "qk_norm", "tie_embeddings"):  # what older anetrain wrote
+        del meta["config"][field]
+    p = tmp_path / "old.safetensors"
+    save(str(p), arrays, meta)
+    load(str(p), expect_config=model_preset("tiny").to_dict())
+    qwen_like = dict(model_preset("tiny").to_dict(), qk_norm=True, head_dim=64)
+    msg = error_of(p, expect_config=qwen_like)
+    assert "head_dim 32 vs 64" in msg and "qk_norm False vs True" in msg
+
+
 def test_config_mismatch_names_the_fields(tmp_path):
     arrays, meta = sample_state()
     p = tmp_path / "c.safetensors"

@@ -245,6 +245,22 @@ def test_qk_norm_adds_the_gains_and_their_gradients_to_the_attention_kernels():
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("ane_shaped", [False, True])
+def test_qk_norm_in_fp16_holds_projections_whose_squares_sum_past_fp16(ane_shaped):
+    # q and k heads of RMS ~100: their plain sum of squares (16 * 100^2) is beyond fp16's 65504
+    shape = SHAPES["qwen_ane"]
+    w = make_weights(shape, 9)
+    w["wq"], w["wk"] = w["wq"] * 100, w["wk"] * 100
+    S, D = shape["seq_len"], shape["dim"]
+    xn = torch.tensor(np.random.default_rng(10).standard_normal((S, D)))
+    W = {k: torch.tensor(v, dtype=torch.float64) for k, v in w.items()}
+    q, k, q_pre, _, _ = q_and_k(xn, W, shape)
+    assert float(q_pre.pow(2).mean().sqrt()) > 80
+    got = run_kernel("attention_forward", shape, "dynamic", "fp16", w, {"xn": to_kernel(xn)}, ane_shaped=ane_shaped)
+    check(got["attn"], attention_ref(q, k, xn @ W["wv"].T, shape["n_heads"], shape["n_kv_heads"]), "fp16", "attn")
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize("shape_name,pipeline,dtype,ane_shaped", FFN_CASES)
 def test_ffn_forward_and_backward(shape_name, pipeline, dtype, ane_shaped):
     shape = SHAPES[shape_name]

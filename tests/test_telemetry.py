@@ -18,6 +18,26 @@ def test_flops_hand_count_small_gqa():
     assert telemetry.flops_per_token(cfg) == {"forward": 2272, "backward": 4544, "train": 6816}
 
 
+def test_flops_hand_count_heads_wider_than_dim():
+    # dim 8, 2 heads of 6 (q_dim 12 != dim), 1 kv head (kv_dim 6), hidden 12, vocab 10, seq 3;
+    # QK-norm and an untied classifier add no counted FLOPs
+    cfg = ModelConfig(dim=8, hidden_dim=12, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=6, vocab_size=10,
+                      seq_len=3, qk_norm=True, tie_embeddings=False)
+    macs_proj = 8 * 12 + 8 * 6 + 8 * 6 + 12 * 8 + 3 * 8 * 12  # wq wk wv wo w1 w2 w3 = 576
+    macs_attn = 3 * 12 + 3 * 12                                # QK^T and PV over 3 positions, q_dim 12 = 72
+    forward = 2 * (2 * (macs_proj + macs_attn) + 8 * 10)       # + classifier 80 MACs
+    assert forward == 2752
+    assert telemetry.flops_per_token(cfg) == {"forward": 2752, "backward": 5504, "train": 8256}
+
+
+def test_flops_qwen3_0_6b_close_to_6n_rule():
+    # tied: the embedding counted once is the classifier; norms (with the QK-norm gains) cost nothing
+    cfg = model_preset("qwen3-0.6B")
+    attn = 3 * 28 * 4 * 256 * 2048
+    norms = 6 * ((2 * 28 + 1) * 1024 + 28 * 2 * 128)
+    assert telemetry.flops_per_token(cfg)["train"] == 6 * cfg.n_params() - norms + attn
+
+
 def test_flops_stories110m_close_to_6n_rule():
     # training FLOPs/token ~ 6 * params plus attention; the embedding lookup costs nothing but
     # the tied classifier costs 6*dim*vocab, so 6*n_params + attention is the reference

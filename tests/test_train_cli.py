@@ -58,14 +58,28 @@ def test_tiny_preset_learns_on_shipped_data(tmp_path):
     assert os.path.exists(os.path.join(out, "ckpt_00000060.safetensors"))
 
 
-def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
+# the Qwen3 family on SMALL: heads of 32 (q_dim 128 != dim 64), QK-norm, rope_theta 1e6, untied
+QWEN = ["--head-dim", "32", "--qk-norm", "--rope-theta", "1000000", "--norm-eps", "1e-6", "--no-tie-embeddings"]
+
+
+@pytest.mark.parametrize("family", [[], QWEN], ids=["llama", "qwen"])
+def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, family):
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    train(*SMALL, "--steps", "8", "--out", full)
-    train(*SMALL, "--steps", "4", "--out", part)
-    p = train(*SMALL, "--steps", "8", "--out", part, "--resume")
+    train(*SMALL, *family, "--steps", "8", "--out", full)
+    train(*SMALL, *family, "--steps", "4", "--out", part)
+    p = train(*SMALL, *family, "--steps", "8", "--out", part, "--resume")
     assert "resumed from" in p.stderr
     assert losses(part) == losses(full)  # exact float equality, every step
     assert len(losses(full)) == 8
+    if family:
+        from anetrain import checkpoint
+
+        arrays, meta = checkpoint.load(checkpoint.latest(full))
+        assert (meta["config"]["head_dim"], meta["config"]["qk_norm"], meta["config"]["tie_embeddings"]) == \
+            (32, True, False)
+        assert arrays["weight:layers.1.attention.wq"].shape == (128, 64)
+        assert {"weight:layers.0.attention.q_norm", "m:output", "v:layers.1.attention.k_norm"} <= set(arrays)
+        assert losses(full)[-1] < losses(full)[0]
 
 
 @pytest.mark.parametrize("pipeline", ["static", "dynamic"])
