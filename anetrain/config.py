@@ -33,12 +33,6 @@ BACKENDS = ("auto", "ref", "ane")
 REPO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 
 
-def llama2c_hidden_dim(dim, multiple_of=32):
-    """llama2.c's FFN width rule: 4*dim, times 2/3, rounded up to a multiple of ``multiple_of``."""
-    hidden = int(2 * (4 * dim) / 3)
-    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
-
-
 @dataclass
 class ModelConfig:
     """A Llama-2-style transformer's shape. ``hidden_dim`` 0 means llama2.c's rule; ``n_kv_heads``
@@ -58,20 +52,27 @@ class ModelConfig:
     def __post_init__(self):
         if self.n_kv_heads == 0:
             self.n_kv_heads = self.n_heads
-        if self.hidden_dim == 0:
-            self.hidden_dim = llama2c_hidden_dim(self.dim, self.multiple_of)
+        if self.hidden_dim == 0:  # llama2.c's rule, defined once in the native config
+            self._check_c_ints(("dim", "multiple_of"))
+            try:
+                self.hidden_dim = _native.ModelConfig.default_hidden_dim(self.dim, self.multiple_of)
+            except ValueError as e:
+                raise UsageError(f"model {e}") from None
         self.validate()
 
-    def validate(self):
-        """UsageError for any shape the native config refuses. The rules live there once
-        (native/train/config.cpp and the shape rules it shares with the kernel generators in
-        native/mil/kernels.cpp); here only what must hold to hand the fields over (C ints)."""
-        for f in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len", "hidden_dim"):
+    def _check_c_ints(self, fields):
+        for f in fields:
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool):
                 raise UsageError(f"model {f} must be an integer, got {v!r}")
             if not -INT32_MAX <= v <= INT32_MAX:  # the native config holds C ints
                 raise UsageError(f"model {f} must be at most {INT32_MAX}, got {v}")
+
+    def validate(self):
+        """UsageError for any shape the native config refuses. The rules live there once
+        (native/train/config.cpp and the shape rules it shares with the kernel generators in
+        native/mil/kernels.cpp); here only what must hold to hand the fields over (C ints)."""
+        self._check_c_ints(("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len", "hidden_dim"))
         for f in ("norm_eps", "rope_theta"):
             if not isinstance(getattr(self, f), (int, float)) or isinstance(getattr(self, f), bool):
                 raise UsageError(f"model {f} must be a number, got {getattr(self, f)!r}")
