@@ -175,9 +175,20 @@ class Run:
         self.cum = dict(meta.get("cum", self.cum))
         dropped = telemetry.truncate_log(self.metrics_path, self.step)
         print(f"resumed from {path} at step {self.step}", file=sys.stderr)
+        self.set_aside_later_checkpoints()
         if dropped:
             print(f"note: dropped {dropped} records after step {self.step} from {self.metrics_path}; "
                   f"those steps run again", file=sys.stderr)
+
+    def set_aside_later_checkpoints(self):
+        """After resuming from an older checkpoint (--ckpt), the checkpoints past its step belong to
+        the run this one replaces: left in place they would outrank the new run's own (the next
+        --resume, keep-last pruning). They move to an archive, as --overwrite moves a whole run."""
+        later = [p for p in checkpoint.list_checkpoints(self.out) if (checkpoint.step_of(p) or 0) > self.step]
+        if later:
+            dest = rundir.archive(self.out, later)
+            print(f"note: moved {len(later)} checkpoint(s) past step {self.step} (of the run resumed from an "
+                  f"earlier point) to {dest}", file=sys.stderr)
 
     def read_init_weights(self):
         """The --init-from model's weights, checked against the run's model (a fresh run only)."""
