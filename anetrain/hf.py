@@ -34,6 +34,8 @@ from .errors import AnetrainError, ModelFileError
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+TOKENIZER_NAME = "tokenizer.model"  # a sentencepiece model, as Llama 2's HF directories hold it
+TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 # config.json fields -> ModelConfig fields (every Llama-family architecture)
 CONFIG_FIELDS = {"hidden_size": "dim", "intermediate_size": "hidden_dim", "num_hidden_layers": "n_layers",
                  "num_attention_heads": "n_heads", "num_key_value_heads": "n_kv_heads", "vocab_size": "vocab_size",
@@ -142,14 +144,14 @@ def read_config(model_dir):
                                  f"got {value!r}")
         fields[ours] = want(value)
     fields["rope_theta"] = rope_theta(path, settings)
-    head_dim = settings.get("head_dim")
-    if head_dim is not None and head_dim != fields["dim"] // max(fields["n_heads"], 1):
-        raise ModelFileError(f"{path}: head_dim {head_dim} is not hidden_size / num_attention_heads "
-                             f"({fields['dim']} / {fields['n_heads']}), which anetrain's model needs")
     try:
         cfg = ModelConfig(name=os.path.basename(os.path.normpath(model_dir)), **fields)
     except AnetrainError as e:
         raise ModelFileError(f"{path} describes a model anetrain cannot build: {e}")
+    head_dim = settings.get("head_dim")
+    if head_dim is not None and head_dim != cfg.head_dim:
+        raise ModelFileError(f"{path}: head_dim {head_dim} is not hidden_size / num_attention_heads "
+                             f"({cfg.dim} / {cfg.n_heads}), which anetrain's model needs")
     return cfg, arch, raw
 
 
@@ -182,7 +184,7 @@ def hf_config(cfg, arch, tied):
 
 
 # ---------------------------------------------------------------- safetensors
-DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "BF16": np.dtype("<u2")}
+READ_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "BF16": np.dtype("<u2")}
 
 
 def read_safetensors(path, names=None):
@@ -207,10 +209,10 @@ def read_safetensors(path, names=None):
         info = header.get(name)
         if info is None:
             raise ModelFileError(f"{path}: tensor {name} is missing")
-        dtype = DTYPES.get(info.get("dtype"))
+        dtype = READ_DTYPES.get(info.get("dtype"))
         if dtype is None:
             raise ModelFileError(f"{path}: tensor {name} has dtype {info.get('dtype')}; anetrain reads "
-                                 f"{', '.join(DTYPES)}")
+                                 f"{', '.join(READ_DTYPES)}")
         shape = tuple(info.get("shape", ()))
         start, end = info.get("data_offsets", (0, -1))
         if not (0 <= start <= end <= len(data)) or end - start != dtype.itemsize * math.prod(shape):
@@ -289,14 +291,7 @@ def write_hf(model_dir, cfg, arrays, architecture=DEFAULT_ARCHITECTURE, extra_co
     (with ``extra_config`` merged in, e.g. token ids) and model.safetensors in float32. The
     classifier is tied unless ``output.weight`` is given and differs from the embedding."""
     arch = ARCHITECTURES[architecture]
-    out_w = arrays.get("output.weight")
-    tied = out_w is None or np.array_equal(out_w, arrays["tok_embeddings.weight"])
-    for name, shape in llama2c.weight_shapes(cfg, tied).items():
-        if name not in arrays:
-            raise ModelFileError(f"cannot write {model_dir}: weight {name} is missing")
-        if tuple(np.shape(arrays[name])) != shape:
-            raise ModelFileError(f"cannot write {model_dir}: {name} has shape {tuple(np.shape(arrays[name]))}, "
-                                 f"the config needs {shape}")
+    tied = llama2c.check_weights(model_dir, cfg, arrays)
     rotary = rotary_names(arch, cfg)
     tensors = {}
     for hf, ours in hf_names(arch, cfg).items():
@@ -304,10 +299,7 @@ def write_hf(model_dir, cfg, arrays, architecture=DEFAULT_ARCHITECTURE, extra_co
             continue
         w = np.asarray(arrays[ours], dtype=np.float32)
         tensors[hf] = np.ascontiguousarray(to_hf_rows(w, cfg.head_dim) if ours in rotary else w)
-    try:
-        os.makedirs(model_dir, exist_ok=True)
-    except OSError as e:
-        raise ModelFileError(f"cannot write {model_dir}: {e.strerror}; choose a writable directory")
+    make_dir(model_dir)
     config = {**hf_config(cfg, arch, tied), **(extra_config or {})}
     llama2c.write_whole_file(os.path.join(model_dir, WEIGHTS_NAME),
                              lambda f: write_safetensors(f, tensors, {"format": "pt"}))
@@ -316,3 +308,33 @@ def write_hf(model_dir, cfg, arrays, architecture=DEFAULT_ARCHITECTURE, extra_co
     stale = os.path.join(model_dir, INDEX_NAME)  # an index left there would win over the new file
     if os.path.exists(stale):
         os.unlink(stale)
+
+
+def make_dir(model_dir):
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+    except OSError as e:
+        raise ModelFileError(f"cannot write {model_dir}: {e.strerror}; choose a writable directory")
+
+
+def write_tokenizer(model_dir, sp_model_path, seq_len):
+    """Put a sentencepiece tokenizer.model into an HF model directory with the tokenizer_config.json
+    that has transformers load it as a LlamaTokenizer (which needs protobuf to convert it); returns
+    the token ids for config.json."""
+    import sentencepiece as spm
+
+    try:
+        with open(sp_model_path, "rb") as f:
+            blob = f.read()
+        sp = spm.SentencePieceProcessor(model_proto=blob)
+    except (OSError, RuntimeError) as e:
+        raise ModelFileError(f"cannot read the tokenizer {sp_model_path} ({e}); give a sentencepiece .model")
+    special = {"bos": sp.bos_id(), "eos": sp.eos_id(), "unk": sp.unk_id()}
+    special = {k: i for k, i in special.items() if i >= 0}
+    settings = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": "bos" in special, "add_eos_token": False,
+                "model_max_length": seq_len, **{f"{k}_token": sp.id_to_piece(i) for k, i in special.items()}}
+    make_dir(model_dir)
+    llama2c.write_whole_file(os.path.join(model_dir, TOKENIZER_NAME), lambda f: f.write(blob))
+    llama2c.write_whole_file(os.path.join(model_dir, TOKENIZER_CONFIG_NAME),
+                             lambda f: f.write((json.dumps(settings, indent=2) + "\n").encode("utf-8")))
+    return {f"{k}_token_id": i for k, i in special.items() if k != "unk"}

@@ -205,6 +205,21 @@ def read_model(path):
     return cfg, arrays
 
 
+def check_weights(path, cfg, arrays):
+    """Whether the classifier of ``arrays`` is shared (``output.weight`` absent or equal to the
+    embedding), after checking every tensor ``cfg`` needs is there with its shape; ModelFileError
+    naming ``path``, the file about to be written, otherwise."""
+    out_w = arrays.get("output.weight")
+    shared = out_w is None or np.array_equal(out_w, arrays.get("tok_embeddings.weight"))
+    for name, shape in weight_shapes(cfg, shared).items():
+        if name not in arrays:
+            raise ModelFileError(f"cannot write {path}: weight {name} is missing")
+        if tuple(np.shape(arrays[name])) != shape:
+            raise ModelFileError(f"cannot write {path}: {name} has shape {tuple(np.shape(arrays[name]))}, "
+                                 f"the config needs {shape}")
+    return shared
+
+
 def write_model(path, cfg, arrays, version=0):
     """Write ``arrays`` (model.py names) as a llama2.c model ``.bin`` of export ``version`` (0 or 1).
 
@@ -216,14 +231,7 @@ def write_model(path, cfg, arrays, version=0):
         raise ModelFileError(f"cannot write {path}: the model has RMSNorm eps {cfg.norm_eps:g} and RoPE theta "
                              f"{cfg.rope_theta:g}, but llama2.c files cannot say so and run.c uses "
                              f"{RUN_C_NORM_EPS:g} and {RUN_C_ROPE_THETA:g}; export to Hugging Face instead")
-    out_w = arrays.get("output.weight")
-    shared = out_w is None or np.array_equal(out_w, arrays["tok_embeddings.weight"])
-    for name, shape in weight_shapes(cfg, shared).items():
-        if name not in arrays:
-            raise ModelFileError(f"cannot write {path}: weight {name} is missing")
-        if tuple(np.shape(arrays[name])) != shape:
-            raise ModelFileError(f"cannot write {path}: {name} has shape {tuple(np.shape(arrays[name]))}, "
-                                 f"the config needs {shape}")
+    shared = check_weights(path, cfg, arrays)
     sizes = (cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads)
     tensors = dict(zip(ROPE_TABLES, rope_tables(cfg.head_dim, cfg.seq_len))) if version == 0 else {}
 
