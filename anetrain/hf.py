@@ -121,8 +121,9 @@ def read_config(model_dir):
     if not isinstance(raw, dict):
         raise ModelFileError(f"{path} holds a {type(raw).__name__}, not a table of settings")
     names = raw.get("architectures") or []
-    name = names[0] if isinstance(names, list) and names else None
-    if name not in ARCHITECTURES:
+    name = names[0] if isinstance(names, list) and names else next(  # older configs name only the type
+        (a.name for a in ARCHITECTURES.values() if a.model_type == raw.get("model_type")), None)
+    if not isinstance(name, str) or name not in ARCHITECTURES:
         raise ModelFileError(f"{path}: architecture {name!r} is not supported; anetrain reads "
                              f"{', '.join(ARCHITECTURES)}")
     arch = ARCHITECTURES[name]
@@ -177,9 +178,10 @@ def hf_config(cfg, arch, tied):
         "hidden_size": cfg.dim, "intermediate_size": cfg.hidden_dim, "num_hidden_layers": cfg.n_layers,
         "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
         "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.seq_len, "rms_norm_eps": cfg.norm_eps,
-        # both spellings: transformers 5 reads rope_parameters, earlier readers rope_theta
+        # both spellings of each: transformers 5 reads rope_parameters and dtype, earlier readers
+        # rope_theta and torch_dtype
         "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "tie_word_embeddings": tied, "torch_dtype": "float32", **arch.fixed,
+        "tie_word_embeddings": tied, "dtype": "float32", "torch_dtype": "float32", **arch.fixed,
     }
 
 
@@ -202,21 +204,27 @@ def read_safetensors(path, names=None):
         raise ModelFileError(f"cannot read {path}: {e.strerror}")
     except ValueError as e:
         raise ModelFileError(f"{path}: not a safetensors file (bad header: {e})")
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path}: not a safetensors file (its header is not a JSON object)")
     header.pop("__metadata__", None)
     data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if size > 8 + n else np.zeros(0, np.uint8)
     out = {}
     for name in header if names is None else names:
         info = header.get(name)
-        if info is None:
+        if not isinstance(info, dict):
             raise ModelFileError(f"{path}: tensor {name} is missing")
         dtype = READ_DTYPES.get(info.get("dtype"))
         if dtype is None:
             raise ModelFileError(f"{path}: tensor {name} has dtype {info.get('dtype')}; anetrain reads "
                                  f"{', '.join(READ_DTYPES)}")
-        shape = tuple(info.get("shape", ()))
-        start, end = info.get("data_offsets", (0, -1))
+        shape, offsets = info.get("shape"), info.get("data_offsets")
+        if not (isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)
+                and isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)):
+            raise ModelFileError(f"{path}: tensor {name} has a malformed entry {info}; not a safetensors file")
+        start, end = offsets
         if not (0 <= start <= end <= len(data)) or end - start != dtype.itemsize * math.prod(shape):
             raise ModelFileError(f"{path}: tensor {name} ({info}) does not fit the file; it is truncated or corrupt")
+        shape = tuple(shape)
         raw = data[start:end].view(dtype).reshape(shape)
         if info["dtype"] == "BF16":  # bfloat16 is the top half of a float32
             out[name] = (raw.astype(np.uint32) << 16).view(np.float32)
@@ -229,8 +237,9 @@ def weight_files(model_dir):
     """{safetensors file: [tensor names]} of an HF model directory (one file, or the shards of an index)."""
     index = os.path.join(model_dir, INDEX_NAME)
     if os.path.exists(index):
-        weight_map = _load_json(index, "the index of a sharded checkpoint").get("weight_map")
-        if not isinstance(weight_map, dict):
+        weight_map = _load_json(index, "the index of a sharded checkpoint")
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
             raise ModelFileError(f"{index} has no weight_map; it is not a safetensors index")
         files = {}
         for name, shard in weight_map.items():
@@ -256,6 +265,9 @@ def read_hf(model_dir):
     for path, names in weight_files(model_dir).items():
         tensors.update(read_safetensors(path, names))
     tied = bool({**arch.defaults, **raw}.get("tie_word_embeddings"))
+    if cfg.n_layers > len(tensors):  # before listing every layer's names, which a hostile count makes huge
+        raise ModelFileError(f"{model_dir}: config.json says {cfg.n_layers} layers but the weights hold only "
+                             f"{len(tensors)} tensors; the config and the weights do not belong together")
     names = hf_names(arch, cfg)
     classifier = next(k for k, v in arch.globals.items() if v == "output.weight")
     unknown = sorted(k for k in tensors if k not in names and not k.endswith(IGNORED_SUFFIXES))

@@ -225,6 +225,7 @@ def _edit_config(d, **changes):
     ("unknown_tensor", "tensors model.extra.weight are not part of LlamaForCausalLM"),
     ("truncated", "does not fit the file"),
     ("bad_size", "describes a model anetrain cannot build"),
+    ("huge_layer_count", "says 2000000000 layers but the weights hold only 20 tensors"),
 ])
 def test_bad_directories_are_one_clear_error(tmp_path, case, needle):
     from safetensors.numpy import load_file, save_file
@@ -246,6 +247,8 @@ def test_bad_directories_are_one_clear_error(tmp_path, case, needle):
         os.unlink(weights_file)
     elif case == "bad_size":
         _edit_config(d, num_attention_heads=5)
+    elif case == "huge_layer_count":
+        _edit_config(d, num_hidden_layers=2_000_000_000)
     elif case == "truncated":
         raw = open(weights_file, "rb").read()
         open(weights_file, "wb").write(raw[:-100])
