@@ -33,12 +33,6 @@ BACKENDS = ("auto", "ref", "ane")
 REPO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 
 
-def llama2c_hidden_dim(dim, multiple_of=32):
-    """llama2.c's FFN width rule: 4*dim, times 2/3, rounded up to a multiple of ``multiple_of``."""
-    hidden = int(2 * (4 * dim) / 3)
-    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
-
-
 @dataclass
 class ModelConfig:
     """A Llama-2-style transformer's shape, or a Qwen3's. ``hidden_dim`` 0 means llama2.c's rule;
@@ -65,23 +59,32 @@ class ModelConfig:
     def __post_init__(self):
         if self.n_kv_heads == 0:
             self.n_kv_heads = self.n_heads
-        if self.hidden_dim == 0:
-            self.hidden_dim = llama2c_hidden_dim(self.dim, self.multiple_of)
+        if self.hidden_dim == 0:  # llama2.c's rule, defined once in the native config
+            self._check_c_ints(("dim", "multiple_of"))
+            try:
+                self.hidden_dim = _native.ModelConfig.default_hidden_dim(self.dim, self.multiple_of)
+            except ValueError as e:
+                raise UsageError(f"model {e}") from None
         self.head_dim = self.validate().head_dim  # resolved by the native rule
+
+    def _check_c_ints(self, fields):
+        for f in fields:
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise UsageError(f"model {f} must be an integer, got {v!r}")
+            if not -INT32_MAX <= v <= INT32_MAX:  # the native config holds C ints
+                raise UsageError(f"model {f} must be at most {INT32_MAX}, got {v}")
 
     def validate(self):
         """The native config of these fields; UsageError for any shape it refuses. The rules live
         there once (native/train/config.cpp and the shape rules it shares with the kernel
         generators in native/mil/kernels.cpp); here only what must hold to hand the fields over
         (C ints, numbers, booleans)."""
+        self._check_c_ints([f for f in NATIVE_FIELDS if _FIELD_TYPES[f] is int])
         for f in NATIVE_FIELDS:
             v, kind = getattr(self, f), _FIELD_TYPES[f]
             if kind is bool and not isinstance(v, bool):
                 raise UsageError(f"model {f} must be true or false, got {v!r}")
-            if kind is int and (not isinstance(v, int) or isinstance(v, bool)):
-                raise UsageError(f"model {f} must be an integer, got {v!r}")
-            if kind is int and not -INT32_MAX <= v <= INT32_MAX:  # the native config holds C ints
-                raise UsageError(f"model {f} must be at most {INT32_MAX}, got {v}")
             if kind is float and (not isinstance(v, (int, float)) or isinstance(v, bool)):
                 raise UsageError(f"model {f} must be a number, got {v!r}")
         try:
@@ -243,7 +246,8 @@ class TrainConfig:
         "help": "start a fresh run in an --out that holds another run, moving that run's checkpoints "
                 "and metrics.jsonl into <out>/archive-<timestamp>/ first (ignored with --resume)"})
     init_from: str = field(default="", metadata={
-        "help": "llama2.c model .bin to start from instead of random weights"})
+        "help": "start from this model's weights instead of random ones: a llama2.c .bin (version 0 or 1), a "
+                "Hugging Face model directory, or a run directory or checkpoint; the model's shape comes from it"})
     log_stderr: bool = field(default=False, metadata={
         "help": "also print each step's telemetry line to stderr (it always goes to <out>/metrics.jsonl)"})
 
@@ -272,11 +276,12 @@ class TrainConfig:
             raise UsageError(f"--loss-scale must be a finite number > 0, got {self.loss_scale}")
         # Paths given explicitly must exist now: a missing tokenizer would silently turn samples
         # off, and a missing --init-from would fail only after the run directory was made.
-        for f in ("tokenizer", "init_from"):
-            path = getattr(self, f)
-            if path and not os.path.isfile(path):
-                what = "is a directory" if os.path.isdir(path) else "does not exist"
-                raise UsageError(f"--{f.replace('_', '-')} {path} {what}; give the path of a file")
+        if self.tokenizer and not os.path.isfile(self.tokenizer):
+            what = "is a directory" if os.path.isdir(self.tokenizer) else "does not exist"
+            raise UsageError(f"--tokenizer {self.tokenizer} {what}; give the path of a file")
+        if self.init_from and not os.path.exists(self.init_from):
+            raise UsageError(f"--init-from {self.init_from} does not exist; give a llama2.c .bin, a Hugging Face "
+                             f"model directory, or a run directory or checkpoint")
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -432,8 +437,11 @@ def apply_shipped_data_defaults(train, model):
     train.tokenizer = train.tokenizer or os.path.join(REPO_DATA, "tokenizer.model")
 
 
-def parse_args(argv):
-    """(ModelConfig, TrainConfig) from command-line arguments; UsageError on bad input."""
+def parse_args(argv, init_model=None):
+    """(ModelConfig, TrainConfig) from command-line arguments; UsageError on bad input.
+
+    ``init_model(path)`` gives the ModelConfig of the ``--init-from`` model (anetrain/modelfile.py;
+    passed in because reading model files sits above this module)."""
     args = vars(build_parser().parse_args(argv))
     file_train, file_model = {}, {}
     if "config" in args:
@@ -454,18 +462,36 @@ def parse_args(argv):
         if not isinstance(v, kind) or (kind is not bool and isinstance(v, bool)):
             what = {int: "an integer", float: "a number", bool: "true or false"}[kind]
             raise UsageError(f"model field {k} must be {what}, got {v!r}")
-    if overrides:
-        base["name"] = f"{train.preset}+custom"
-        for k, sources in DERIVED_FIELDS.items():
-            if k not in overrides and any(f in overrides for f in sources):
-                base[k] = PRESETS[train.preset].get(k, 0)
-    model = ModelConfig(**{**base, **overrides})
+    if train.init_from and init_model is not None:
+        preset_given = "preset" in args or "preset" in file_train
+        model = model_of_init(train.init_from, init_model(train.init_from),
+                              {**(PRESETS[train.preset] if preset_given else {}), **overrides})
+    else:
+        if overrides:
+            base["name"] = f"{train.preset}+custom"
+            for k, sources in DERIVED_FIELDS.items():
+                if k not in overrides and any(f in overrides for f in sources):
+                    base[k] = PRESETS[train.preset].get(k, 0)
+        model = ModelConfig(**{**base, **overrides})
     check_fits_in_memory(model)
     if (train.ane_shaped or ane_shaped_from_env()) and model.seq_len % 32:
         raise UsageError(f"--ane-shaped (or ANETRAIN_ANE_SHAPED=1) needs --seq-len a multiple of 32 (the ANE's "
                          f"64-byte rows), got {model.seq_len}")
     apply_shipped_data_defaults(train, model)
     return model, train
+
+
+def model_of_init(path, found, asked):
+    """The run's ModelConfig when it starts from the model ``found`` at ``path``: that model's shape,
+    trained at ``asked``'s seq_len if given, else the model's. Any other field ``asked`` (explicit
+    model flags, or an explicitly chosen preset) must agree with the model: UsageError otherwise.
+    0 for hidden_dim, n_kv_heads or head_dim asks for nothing (it means "the default")."""
+    diff = [f"{k} {getattr(found, k)} vs {v}" for k, v in asked.items()
+            if k != "seq_len" and not (v == 0 and k in DERIVED_FIELDS) and getattr(found, k) != v]
+    if diff:
+        raise UsageError(f"--init-from {path} holds another model ({', '.join(diff)} requested); its shape is "
+                         f"the run's, so drop those model flags (or --preset), or pick another --init-from")
+    return ModelConfig(**{**found.to_dict(), "seq_len": asked.get("seq_len", found.seq_len)})
 
 
 def ane_shaped_from_env():
