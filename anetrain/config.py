@@ -21,7 +21,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from . import _native
+from . import _native, tokenizer
 from .errors import UsageError
 
 PIPELINES = ("static", "dynamic")
@@ -93,13 +93,20 @@ class ModelConfig:
             raise UsageError("model " + str(e).removeprefix("ModelConfig: ")) from None
 
     def training_bytes(self):
-        """A lower bound on the memory the native trainer holds for this model: fp32 weights,
-        gradients and both AdamW moments, each layer's activations and attention probabilities for
-        one sequence, and the logits of one sequence."""
+        """A lower bound on the memory the native trainer holds for this model (the sum of
+        training_memory's parts)."""
+        return sum(self.training_memory().values())
+
+    def training_memory(self):
+        """The native trainer's memory by part, in bytes (a lower bound): ``state`` the fp32
+        weights, gradients and both AdamW moments (16 bytes per parameter); ``activations`` each
+        layer's activations and attention probabilities for one sequence; ``logits`` one
+        sequence's logits and the final norm's buffers."""
         s, d, h = self.seq_len, self.dim, self.hidden_dim
         gains = 2 * self.head_dim if self.qk_norm else 0  # the QK-norm gains' gradients per position
         per_layer = s * (10 * d + 3 * self.q_dim + 4 * self.kv_dim + 5 * h + 2 + gains) + self.n_heads * s * s
-        return 4 * (4 * self.n_params() + self.n_layers * per_layer + s * (4 * d + 1 + self.vocab_size))
+        return {"state": 16 * self.n_params(), "activations": 4 * self.n_layers * per_layer,
+                "logits": 4 * s * (4 * d + 1 + self.vocab_size)}
 
     @property
     def q_dim(self):
@@ -202,8 +209,8 @@ class TrainConfig:
     val_fraction: float = field(default=0.05, metadata={
         "help": "share of each training shard held out for validation when --val-data is not given"})
     tokenizer: str = field(default="", metadata={
-        "help": "sentencepiece tokenizer.model for samples (default: data/tokenizer.model with "
-                "the shipped data)"})
+        "help": "sentencepiece tokenizer.model or Hugging Face tokenizer.json for samples (default: "
+                "data/tokenizer.model with the shipped data, else the --init-from model directory's)"})
     out: str = field(default="runs/default", metadata={"help": "run directory: checkpoints, metrics.jsonl"})
     steps: int = field(default=600, metadata={"help": "optimizer steps to train in total"})
     batch_size: int = field(default=8, metadata={"help": "sequences per micro-batch"})
@@ -478,6 +485,8 @@ def parse_args(argv, init_model=None):
         raise UsageError(f"--ane-shaped (or ANETRAIN_ANE_SHAPED=1) needs --seq-len a multiple of 32 (the ANE's "
                          f"64-byte rows), got {model.seq_len}")
     apply_shipped_data_defaults(train, model)
+    if not train.tokenizer and train.init_from:
+        train.tokenizer = tokenizer.beside(train.init_from) or ""
     return model, train
 
 

@@ -9,8 +9,8 @@ import numpy as np
 BOS, EOS = 1, 2  # llama2.c / sentencepiece conventions
 
 
-def sample_tokens(model, prompt=(BOS,), n_tokens=100, temperature=0.8, top_k=50, seed=0, stop_at_eos=True):
-    """Token ids continuing ``prompt``; stops early at EOS unless told not to."""
+def sample_tokens(model, prompt=(BOS,), n_tokens=100, temperature=0.8, top_k=50, seed=0, stop=(EOS,)):
+    """Token ids continuing ``prompt``; stops early at any id in ``stop`` (none when empty)."""
     seq = model.config.seq_len
     ids = [int(t) for t in prompt] or [BOS]
     rng = np.random.default_rng(seed)
@@ -22,7 +22,7 @@ def sample_tokens(model, prompt=(BOS,), n_tokens=100, temperature=0.8, top_k=50,
         window[0, len(ctx):] = 0
         logits = model.forward(window)[0, len(ctx) - 1].astype(np.float64)
         nxt = _pick(logits, temperature, top_k, rng)
-        if stop_at_eos and nxt == EOS:
+        if nxt in stop:
             break
         ids.append(nxt)
         out.append(nxt)

@@ -6,14 +6,18 @@ anetrain's terms (a ModelConfig and float32 arrays under llama2.c's names); ``wr
 one. Neither needs torch or transformers.
 
 One table, ``ARCHITECTURES``, says per HF architecture which HF tensor is which llama2.c tensor,
-which config.json values the architecture fixes, and which tensors' rows are in HF's rotary order.
+which config.json values the architecture fixes, which model fields it implies (Qwen3: QK-norm),
+and which tensors' rows are in HF's rotary order. Llama and Qwen3 (Qwen3ForCausalLM: heads of an
+explicit head_dim, q_norm/k_norm gains per head before RoPE) are in it.
 
 The rotary order. llama2.c rotates the adjacent pairs (2i, 2i+1) of each head by the angle
 pos * theta^(-2i/hd); HF's ``rotate_half`` rotates the pairs (i, i + hd/2) by that same angle. So
 the two compute the same attention when, within every head, HF's row i is llama2.c's row 2i and
 HF's row i + hd/2 is llama2.c's row 2i + 1, for the query and the key projections alike (so
-q . k is unchanged) and for the key/value heads of GQA as for the query heads. ``to_hf_rows``
-and ``from_hf_rows`` apply that permutation to axis 0 in blocks of head_dim rows.
+q . k is unchanged) and for the key/value heads of GQA as for the query heads. Qwen3's QK-norm
+gains [head_dim] act on a head's channels before the rotation, so they take the same permutation
+(an RMS over the head does not depend on the order). ``to_hf_rows`` and ``from_hf_rows`` apply it
+to axis 0 in blocks of head_dim rows.
 
 safetensors' own numpy reader knows no bfloat16, the dtype most HF checkpoints ship in, so
 ``read_safetensors`` reads the documented layout itself (u64 header length, JSON header, data);
@@ -26,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import llama2c
+from . import llama2c, tokenizer
 from .checkpoint import write_safetensors
 from .config import ModelConfig
 from .errors import AnetrainError, ModelFileError
@@ -39,7 +43,7 @@ TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 # config.json fields -> ModelConfig fields (every Llama-family architecture)
 CONFIG_FIELDS = {"hidden_size": "dim", "intermediate_size": "hidden_dim", "num_hidden_layers": "n_layers",
                  "num_attention_heads": "n_heads", "num_key_value_heads": "n_kv_heads", "vocab_size": "vocab_size",
-                 "max_position_embeddings": "seq_len", "rms_norm_eps": "norm_eps"}
+                 "max_position_embeddings": "seq_len", "rms_norm_eps": "norm_eps", "head_dim": "head_dim"}
 REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
 
@@ -53,23 +57,33 @@ class Architecture:
     rotary: tuple             # llama2.c layer kinds whose rows per head are in the rotary order
     fixed: dict = field(default_factory=dict)     # config.json values the architecture requires
     defaults: dict = field(default_factory=dict)  # the architecture's config defaults for absent fields
+    model: dict = field(default_factory=dict)     # ModelConfig fields the architecture implies
 
 
-ARCHITECTURES = {a.name: a for a in [
-    Architecture(
-        name="LlamaForCausalLM", model_type="llama",
-        globals={"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
-                 "lm_head.weight": "output.weight"},
-        layer={"input_layernorm.weight": "attention_norm", "self_attn.q_proj.weight": "wq",
+LLAMA_GLOBALS = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
+                 "lm_head.weight": "output.weight"}
+LLAMA_LAYER = {"input_layernorm.weight": "attention_norm", "self_attn.q_proj.weight": "wq",
                "self_attn.k_proj.weight": "wk", "self_attn.v_proj.weight": "wv", "self_attn.o_proj.weight": "wo",
                "post_attention_layernorm.weight": "ffn_norm", "mlp.gate_proj.weight": "w1",
-               "mlp.down_proj.weight": "w2", "mlp.up_proj.weight": "w3"},
+               "mlp.down_proj.weight": "w2", "mlp.up_proj.weight": "w3"}
+ARCHITECTURES = {a.name: a for a in [
+    Architecture(
+        name="LlamaForCausalLM", model_type="llama", globals=LLAMA_GLOBALS, layer=LLAMA_LAYER,
         rotary=("wq", "wk"),
         fixed={"hidden_act": "silu", "attention_bias": False, "mlp_bias": False},
         defaults={"rms_norm_eps": 1e-6, "max_position_embeddings": 2048, "rope_theta": 10000.0,
-                  "tie_word_embeddings": False}),
+                  "tie_word_embeddings": False},
+        model={"qk_norm": False}),
+    # transformers' Qwen3Config defaults: head_dim 128, rms_norm_eps 1e-6, 32768 positions, theta 10000
+    Architecture(
+        name="Qwen3ForCausalLM", model_type="qwen3", globals=LLAMA_GLOBALS,
+        layer={**LLAMA_LAYER, "self_attn.q_norm.weight": "q_norm", "self_attn.k_norm.weight": "k_norm"},
+        rotary=("wq", "wk", "q_norm", "k_norm"),
+        fixed={"hidden_act": "silu", "attention_bias": False, "use_sliding_window": False},
+        defaults={"head_dim": 128, "rms_norm_eps": 1e-6, "max_position_embeddings": 32768, "rope_theta": 10000.0,
+                  "tie_word_embeddings": False},
+        model={"qk_norm": True}),
 ]}
-DEFAULT_ARCHITECTURE = "LlamaForCausalLM"
 # HF tensors that are derived buffers, not parameters (older Llama checkpoints saved them)
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -145,14 +159,11 @@ def read_config(model_dir):
                                  f"got {value!r}")
         fields[ours] = want(value)
     fields["rope_theta"] = rope_theta(path, settings)
+    fields["tie_embeddings"] = bool(settings.get("tie_word_embeddings"))
     try:
-        cfg = ModelConfig(name=os.path.basename(os.path.normpath(model_dir)), **fields)
+        cfg = ModelConfig(name=os.path.basename(os.path.normpath(model_dir)), **fields, **arch.model)
     except AnetrainError as e:
         raise ModelFileError(f"{path} describes a model anetrain cannot build: {e}")
-    head_dim = settings.get("head_dim")
-    if head_dim is not None and head_dim != cfg.head_dim:
-        raise ModelFileError(f"{path}: head_dim {head_dim} is not hidden_size / num_attention_heads "
-                             f"({cfg.dim} / {cfg.n_heads}), which anetrain's model needs")
     return cfg, arch, raw
 
 
@@ -258,13 +269,14 @@ def weight_files(model_dir):
 def read_hf(model_dir):
     """(ModelConfig, {llama2.c name: float32 array}, extras) from an HF model directory.
 
-    ``output.weight`` is present only when the model has an untied classifier that differs from
-    the token embedding. extras: ``architecture`` (its name) and ``config`` (config.json's dict)."""
+    ``output.weight`` is present exactly when config.json unties the classifier (then
+    ``cfg.tie_embeddings`` is false). extras: ``architecture`` (its name) and ``config``
+    (config.json's dict)."""
     cfg, arch, raw = read_config(model_dir)
     tensors = {}
     for path, names in weight_files(model_dir).items():
         tensors.update(read_safetensors(path, names))
-    tied = bool({**arch.defaults, **raw}.get("tie_word_embeddings"))
+    tied = cfg.tie_embeddings
     if cfg.n_layers > len(tensors):  # before listing every layer's names, which a hostile count makes huge
         raise ModelFileError(f"{model_dir}: config.json says {cfg.n_layers} layers but the weights hold only "
                              f"{len(tensors)} tensors; the config and the weights do not belong together")
@@ -274,7 +286,7 @@ def read_hf(model_dir):
     if unknown:
         raise ModelFileError(f"{model_dir}: tensors {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} "
                              f"are not part of {arch.name} as anetrain knows it")
-    want = llama2c.weight_shapes(cfg, shared_classifier=True)
+    want = llama2c.weight_shapes(cfg)
     arrays = {}
     for hf, ours in names.items():
         if hf == classifier:
@@ -290,19 +302,28 @@ def read_hf(model_dir):
         if classifier not in tensors:
             raise ModelFileError(f"{model_dir}: tie_word_embeddings is false but {classifier} is missing")
         lm_head = tensors[classifier]
-        if lm_head.shape != want["tok_embeddings.weight"]:
+        if lm_head.shape != want["output.weight"]:
             raise ModelFileError(f"{model_dir}: {classifier} has shape {lm_head.shape}, config.json needs "
-                                 f"{want['tok_embeddings.weight']}")
-        if not np.array_equal(lm_head, arrays["tok_embeddings.weight"]):
-            arrays["output.weight"] = lm_head
+                                 f"{want['output.weight']}")
+        arrays["output.weight"] = lm_head
     return cfg, arrays, {"architecture": arch.name, "config": raw}
 
 
-def write_hf(model_dir, cfg, arrays, architecture=DEFAULT_ARCHITECTURE, extra_config=None):
+def architecture_of(cfg):
+    """The architecture that holds a model of ``cfg``: Qwen3 with QK-norm, else Llama."""
+    return next(a.name for a in ARCHITECTURES.values()
+                if all(getattr(cfg, k) == v for k, v in a.model.items()))
+
+
+def write_hf(model_dir, cfg, arrays, architecture=None, extra_config=None):
     """Write ``arrays`` (llama2.c names, the config ``cfg``) as an HF model directory: config.json
-    (with ``extra_config`` merged in, e.g. token ids) and model.safetensors in float32. The
-    classifier is tied unless ``output.weight`` is given and differs from the embedding."""
-    arch = ARCHITECTURES[architecture]
+    (with ``extra_config`` merged in, e.g. token ids) and model.safetensors in float32, as
+    ``architecture`` (default: architecture_of(cfg)). The classifier is tied as ``cfg`` ties it."""
+    arch = ARCHITECTURES[architecture or architecture_of(cfg)]
+    wrong = [f"{k} {getattr(cfg, k)}" for k, v in arch.model.items() if getattr(cfg, k) != v]
+    if wrong:
+        raise ModelFileError(f"cannot write {model_dir} as {arch.name}: the model has {', '.join(wrong)}; "
+                             f"write it as {architecture_of(cfg)}")
     tied = llama2c.check_weights(model_dir, cfg, arrays)
     rotary = rotary_names(arch, cfg)
     tensors = {}
@@ -331,8 +352,11 @@ def make_dir(model_dir):
 
 def write_tokenizer(model_dir, sp_model_path, seq_len):
     """Put a sentencepiece tokenizer.model into an HF model directory with the tokenizer_config.json
-    that has transformers load it as a LlamaTokenizer (which needs protobuf to convert it); returns
-    the token ids for config.json."""
+    that has transformers load it as a LlamaTokenizer (which needs protobuf to convert it), or copy
+    a Hugging Face tokenizer.json there with the tokenizer_config.json beside it; returns the token
+    ids for config.json."""
+    if sp_model_path.endswith(".json"):
+        return copy_hf_tokenizer(model_dir, sp_model_path)
     import sentencepiece as spm
 
     try:
@@ -350,3 +374,16 @@ def write_tokenizer(model_dir, sp_model_path, seq_len):
     llama2c.write_whole_file(os.path.join(model_dir, TOKENIZER_CONFIG_NAME),
                              lambda f: f.write((json.dumps(settings, indent=2) + "\n").encode("utf-8")))
     return {f"{k}_token_id": i for k, i in special.items() if k != "unk"}
+
+
+def copy_hf_tokenizer(model_dir, path):
+    tok = tokenizer.load(path)
+    make_dir(model_dir)
+    settings = os.path.join(os.path.dirname(os.path.abspath(path)), tokenizer.HF_SETTINGS)
+    for src, name in ((path, tokenizer.HF_NAME), (settings, tokenizer.HF_SETTINGS)):
+        if src == settings and not os.path.isfile(src):
+            continue
+        with open(src, "rb") as f:
+            blob = f.read()
+        llama2c.write_whole_file(os.path.join(model_dir, name), lambda f: f.write(blob))
+    return {"bos_token_id": tok.doc_start, **({"eos_token_id": tok.eos} if tok.eos is not None else {})}

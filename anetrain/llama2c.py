@@ -16,10 +16,12 @@ the next kind), as llama2.c's export.py writes them and run.c reads them:
   w1; w2; w3; output only when not shared. No RoPE tables.
 
 Neither header holds RMSNorm's epsilon or RoPE's theta: run.c uses 1e-5 and 10000, so a model
-with other values cannot be written as a llama2.c file.
+with other values cannot be written as a llama2.c file; nor a model of the Qwen3 family (heads
+wider than dim / n_heads, QK-norm), which run.c does not compute.
 
 Arrays are named as llama2.c's model.py names its parameters (``tok_embeddings.weight``,
-``layers.{i}.attention.wq.weight``, ``layers.{i}.feed_forward.w1.weight``, ``norm.weight``, ...).
+``layers.{i}.attention.wq.weight``, ``layers.{i}.feed_forward.w1.weight``, ``norm.weight``, ...),
+and the Qwen3 family's QK-norm gains ``layers.{i}.attention.q_norm.weight`` / ``k_norm.weight``.
 
 tokenizer.bin: uint32 max_token_length, then per token: float32 score, uint32 byte length, the
 UTF-8 bytes. Pieces are sentencepiece's with "\u2581" turned into a space, BOS written as
@@ -30,7 +32,7 @@ import struct
 
 import numpy as np
 
-from .config import ModelConfig
+from .config import ModelConfig, layer_param_shapes, native_model_config
 from .errors import AnetrainError, ModelFileError
 
 HEADER = struct.Struct("<7i")
@@ -48,29 +50,18 @@ def layer_names(i):
         "w1": f"layers.{i}.feed_forward.w1.weight",
         "w2": f"layers.{i}.feed_forward.w2.weight",
         "w3": f"layers.{i}.feed_forward.w3.weight",
+        "q_norm": f"layers.{i}.attention.q_norm.weight",
+        "k_norm": f"layers.{i}.attention.k_norm.weight",
     }
 
 
 LAYER_ORDER = ("attention_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3")
 
 
-def layer_shapes(cfg):
-    d, h, q, kv = cfg.dim, cfg.hidden_dim, cfg.q_dim, cfg.kv_dim
-    return {"attention_norm": (d,), "wq": (q, d), "wk": (kv, d), "wv": (kv, d), "wo": (d, q),
-            "ffn_norm": (d,), "w1": (h, d), "w2": (d, h), "w3": (h, d)}
-
-
-def weight_shapes(cfg, shared_classifier=True):
-    """Every parameter's name and shape, in llama2.c's naming."""
-    shapes = {"tok_embeddings.weight": (cfg.vocab_size, cfg.dim)}
-    for i in range(cfg.n_layers):
-        names = layer_names(i)
-        for kind, shape in layer_shapes(cfg).items():
-            shapes[names[kind]] = shape
-    shapes["norm.weight"] = (cfg.dim,)
-    if not shared_classifier:
-        shapes["output.weight"] = (cfg.vocab_size, cfg.dim)
-    return shapes
+def weight_shapes(cfg):
+    """Every parameter's name and shape, in llama2.c's naming (the model's own list, so
+    ``output.weight`` exactly when the classifier is untied)."""
+    return {f"{name}.weight": tuple(shape) for name, shape, _ in native_model_config(cfg).param_specs()}
 
 
 def rope_tables(head_dim, seq_len):
@@ -94,7 +85,7 @@ def header_bytes(version):
 
 def file_layout(cfg, version, shared):
     """(name, shape) of every float32 block of a ``version`` file, in file order."""
-    shapes = layer_shapes(cfg)
+    shapes = layer_param_shapes(cfg)
 
     def each_layer(*kinds):
         return [(layer_names(i)[kind], shapes[kind]) for kind in kinds for i in range(cfg.n_layers)]
@@ -112,10 +103,11 @@ def file_layout(cfg, version, shared):
     return order
 
 
-def expected_bytes(cfg, shared, version=0):
-    """The exact size of a ``version`` file for ``cfg``, by arithmetic (never by listing shapes,
-    which a hostile header with millions of layers would turn into a memory blow-up)."""
-    floats = cfg.n_params() + (0 if shared else cfg.vocab_size * cfg.dim)
+def expected_bytes(cfg, version=0):
+    """The exact size of a ``version`` file for ``cfg`` (its classifier counted when untied), by
+    arithmetic (never by listing shapes, which a hostile header with millions of layers would turn
+    into a memory blow-up)."""
+    floats = cfg.n_params()
     if version == 0:
         floats += cfg.seq_len * cfg.head_dim  # two RoPE tables of seq_len * hd/2
     return header_bytes(version) + 4 * floats
@@ -145,7 +137,8 @@ def read_header(path, data):
         raise ModelFileError(f"{path}: header has a non-positive size {tuple(sizes)}; not a llama2.c model file")
     try:
         cfg = ModelConfig(name=os.path.basename(path), dim=dim, hidden_dim=hidden, n_layers=layers,
-                          n_heads=heads, n_kv_heads=kv_heads, vocab_size=vocab, seq_len=seq)
+                          n_heads=heads, n_kv_heads=kv_heads, vocab_size=vocab, seq_len=seq,
+                          tie_embeddings=bool(shared))
     except AnetrainError as e:
         raise ModelFileError(f"{path}: header describes an impossible model ({e})")
     return cfg, bool(shared), version
@@ -163,7 +156,7 @@ def open_model(path):
     try:
         size = os.fstat(f.fileno()).st_size
         cfg, shared, version = read_header(path, f.read(V1_HEADER_BYTES))
-        want = expected_bytes(cfg, shared, version)
+        want = expected_bytes(cfg, version)
         if size != want:
             raise ModelFileError(
                 f"{path}: {size} bytes, but its version {version} header (dim {cfg.dim}, {cfg.n_layers} layers, "
@@ -206,31 +199,35 @@ def read_model(path):
 
 
 def check_weights(path, cfg, arrays):
-    """Whether the classifier of ``arrays`` is shared (``output.weight`` absent or equal to the
-    embedding), after checking every tensor ``cfg`` needs is there with its shape; ModelFileError
-    naming ``path``, the file about to be written, otherwise."""
+    """Whether the classifier is shared (``cfg.tie_embeddings``), after checking every tensor
+    ``cfg`` needs is there with its shape (a tied model may also bring an ``output.weight`` equal to
+    its embedding); ModelFileError naming ``path``, the file about to be written, otherwise."""
     out_w = arrays.get("output.weight")
-    shared = out_w is None or np.array_equal(out_w, arrays.get("tok_embeddings.weight"))
-    for name, shape in weight_shapes(cfg, shared).items():
+    if cfg.tie_embeddings and out_w is not None and not np.array_equal(out_w, arrays.get("tok_embeddings.weight")):
+        raise ModelFileError(f"cannot write {path}: the config ties the classifier to the embedding, but "
+                             f"output.weight differs from it")
+    for name, shape in weight_shapes(cfg).items():
         if name not in arrays:
             raise ModelFileError(f"cannot write {path}: weight {name} is missing")
         if tuple(np.shape(arrays[name])) != shape:
             raise ModelFileError(f"cannot write {path}: {name} has shape {tuple(np.shape(arrays[name]))}, "
                                  f"the config needs {shape}")
-    return shared
+    return cfg.tie_embeddings
 
 
 def write_model(path, cfg, arrays, version=0):
-    """Write ``arrays`` (model.py names) as a llama2.c model ``.bin`` of export ``version`` (0 or 1).
-
-    The classifier is written as unshared only when ``output.weight`` is given and differs from
-    ``tok_embeddings.weight``."""
+    """Write ``arrays`` (model.py names) as a llama2.c model ``.bin`` of export ``version`` (0 or 1),
+    the classifier unshared when ``cfg`` unties it."""
     if version not in VERSIONS:
         raise ModelFileError(f"cannot write {path}: llama2.c export version {version}; choose 0 or 1")
     if (cfg.norm_eps, cfg.rope_theta) != (RUN_C_NORM_EPS, RUN_C_ROPE_THETA):
         raise ModelFileError(f"cannot write {path}: the model has RMSNorm eps {cfg.norm_eps:g} and RoPE theta "
                              f"{cfg.rope_theta:g}, but llama2.c files cannot say so and run.c uses "
                              f"{RUN_C_NORM_EPS:g} and {RUN_C_ROPE_THETA:g}; export to Hugging Face instead")
+    if cfg.qk_norm or cfg.head_dim * cfg.n_heads != cfg.dim:
+        raise ModelFileError(f"cannot write {path}: the model has {'QK-norm and ' if cfg.qk_norm else ''}heads of "
+                             f"{cfg.head_dim} (q_dim {cfg.q_dim}, dim {cfg.dim}), which run.c does not compute; "
+                             f"export to Hugging Face instead")
     shared = check_weights(path, cfg, arrays)
     sizes = (cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads)
     tensors = dict(zip(ROPE_TABLES, rope_tables(cfg.head_dim, cfg.seq_len))) if version == 0 else {}

@@ -51,13 +51,11 @@ def read_config(path):
     return read_checkpoint(path)[0]
 
 
-def read(path, allow_untied=False):
+def read(path):
     """(ModelConfig, {llama2.c name: float32 array}, info) of the model at ``path``; info holds
     ``kind``, ``path`` (the file read, for a run its checkpoint) and ``meta`` (a checkpoint's
-    metadata, an HF model's ``architecture`` and ``config``, a llama2.c file's nothing).
-
-    anetrain's model ties the classifier to the token embedding, so a model with a classifier of
-    its own is refused unless ``allow_untied`` (converting between formats that can hold one)."""
+    metadata, an HF model's ``architecture`` and ``config``, a llama2.c file's nothing). The
+    weights hold ``output.weight`` exactly when the config unties the classifier."""
     kind = kind_of(path)
     meta = {}
     if kind == "hf":
@@ -66,9 +64,6 @@ def read(path, allow_untied=False):
         cfg, weights = llama2c.read_model(path)
     else:
         cfg, weights, path, meta = read_checkpoint(path)
-    if "output.weight" in weights and not allow_untied:
-        raise ModelFileError(f"{path} has its own classifier (it differs from the token embedding); anetrain's "
-                             f"model ties the classifier to the embedding, so it cannot use this model")
     return cfg, weights, {"kind": kind, "path": path, "meta": meta}
 
 

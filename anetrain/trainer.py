@@ -27,6 +27,7 @@ import time
 
 
 from . import ane, backends, checkpoint, config, data, modelfile, rundir, telemetry
+from . import tokenizer as tokenizers
 from ._native import BackendError, CompileBudgetExceeded
 from .errors import AnetrainError, UsageError, exit_on_error
 from .generate import sample_tokens, validation_loss
@@ -364,7 +365,8 @@ class Run:
         if t.eval_interval and (s % t.eval_interval == 0 or last):
             self.evaluate(log, bar)
         if t.sample_interval and (s % t.sample_interval == 0 or last) and tokenizer is not None:
-            ids = sample_tokens(self.model, n_tokens=t.sample_tokens, seed=s)
+            ids = sample_tokens(self.model, prompt=(tokenizer.doc_start,), n_tokens=t.sample_tokens, seed=s,
+                                stop=tokenizer.stop)
             text = tokenizer.decode(ids)
             log.write({"type": "sample", "step": s, "text": text})
             bar.write(f"step {s} sample: {text}", file=sys.stderr)
@@ -408,11 +410,10 @@ def strip_resume_flags(argv):
 
 
 def load_tokenizer(path):
+    """The samples' tokenizer (anetrain.tokenizer), or None without one."""
     if not path or not os.path.exists(path):
         return None
-    import sentencepiece as spm
-
-    return spm.SentencePieceProcessor(model_file=path)
+    return tokenizers.load(path)
 
 
 def run(argv):

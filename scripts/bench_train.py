@@ -9,6 +9,11 @@ alternating pairs of processes (ours, then PyTorch's) and reports the median of 
 
     python scripts/bench_train.py                      # stories15M and stories110M shapes, seq 256
     python scripts/bench_train.py --presets stories15M --rounds 3
+    python scripts/bench_train.py --presets qwen3-0.6B --rounds 1 --steps 2   # about 12 GB each
+
+Besides the measured peak it prints the trainer's memory model (anetrain.config's
+training_memory: weights, gradients and AdamW moments; activations; logits), so the peak can be
+read against what must be there.
 Target (issue 4): ratio <= 0.6 on the ref backend, with peak memory no worse than PyTorch's.
 """
 import argparse
@@ -21,11 +26,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # this checkout's anetrain, in the worker subprocesses too
-PRESETS = {  # llama2.c's shapes
-    "stories15M": dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=32000),
-    "stories42M": dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=8, vocab_size=32000),
-    "stories110M": dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, vocab_size=32000),
-}
+from anetrain.config import PRESETS, ModelConfig  # noqa: E402  (the shapes; seq_len comes from --seq)
 
 
 def peak_rss_mb():
@@ -41,7 +42,7 @@ def run_anetrain(shape, seq, batch, steps, threads, pipeline):
     from anetrain.model import Model
 
     set_num_threads(threads)
-    model = Model(dict(seq_len=seq, **shape), backend="ref", pipeline=pipeline, seed=1)
+    model = Model({**shape, "seq_len": seq}, backend="ref", pipeline=pipeline, seed=1)
     tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, (batch, seq + 1)).astype(np.int32)
     times = []
     for i in range(steps + 1):  # the first step compiles and warms up
@@ -63,7 +64,7 @@ def run_torch(shape, seq, batch, steps, threads):
     from anetrain.model import Model
 
     torch.set_num_threads(threads)
-    init = Model(dict(seq_len=seq, **shape), backend="ref", seed=1)  # the same initial weights
+    init = Model({**shape, "seq_len": seq}, backend="ref", seed=1)  # the same initial weights
     model = torch_reference.build(init.config, init.weights())
     cfg = init.config
     del init
@@ -139,6 +140,9 @@ def main():
               f"PyTorch {pairs[0][1]['version']} {ref_ms:.0f} ms/step ({tok / ref_ms * 1000:.0f} tok/s, peak "
               f"{ref_peak:.0f} MB) | ratio {ratio:.2f} (rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
         print("  anetrain breakdown (ms/step): " + ", ".join(f"{k[:-3]} {v:.0f}" for k, v in ours["parts"].items()))
+        need = ModelConfig(**{**PRESETS[name], "seq_len": args.seq}).training_memory()
+        print("  anetrain memory model (MB): " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in need.items())
+              + f", total {sum(need.values()) / 2**20:.0f}")
     print("\ntarget: ratio <= 0.60 and peak memory <= PyTorch's")
     for name, ratio, peak, ref_peak in rows:
         ok = ratio <= 0.6 and peak <= ref_peak

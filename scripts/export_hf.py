@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Export a model as a Hugging Face Llama directory (config.json, model.safetensors in float32),
-loadable with transformers' LlamaForCausalLM.from_pretrained; the run's sentencepiece tokenizer
-goes beside it as tokenizer.model with a tokenizer_config.json.
+"""Export a model as a Hugging Face directory (config.json, model.safetensors in float32), loadable
+with transformers' LlamaForCausalLM.from_pretrained, or Qwen3ForCausalLM for a model with QK-norm;
+the run's tokenizer goes beside it: a sentencepiece tokenizer.model with a tokenizer_config.json,
+or a tokenizer.json with the tokenizer_config.json that came with it.
 
     python scripts/export_hf.py runs/default hf_model          # the run's newest checkpoint
     python scripts/export_hf.py runs/default/ckpt_00000600.safetensors hf_model
@@ -22,13 +23,14 @@ def main():
     ap.add_argument("model", help=f"the model to export: {modelfile.WHAT} (a run: its newest checkpoint)")
     ap.add_argument("out_dir", help="the directory to write (made if missing)")
     ap.add_argument("--tokenizer", metavar="PATH", default="",
-                    help="sentencepiece .model to put beside the weights (default: the run's, if any)")
+                    help="sentencepiece .model or tokenizer.json to put beside the weights (default: the run's, "
+                         "if any)")
     args = ap.parse_args()
     if args.tokenizer and not os.path.isfile(args.tokenizer):
-        raise UsageError(f"--tokenizer {args.tokenizer} is not a file; give a sentencepiece .model")
+        raise UsageError(f"--tokenizer {args.tokenizer} is not a file; give a sentencepiece .model or a tokenizer.json")
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise UsageError(f"{args.out_dir} is a file; give a directory to write the model into")
-    cfg, weights, info = modelfile.read(args.model, allow_untied=True)
+    cfg, weights, info = modelfile.read(args.model)
     if os.path.abspath(info["path"]) == os.path.abspath(args.out_dir):
         raise UsageError(f"{args.out_dir} is the model being exported; choose another directory")
     tokenizer = args.tokenizer or modelfile.run_tokenizer(info)

@@ -23,7 +23,7 @@ def main():
                     help="llama2.c export version: 0 (legacy header, what run.c reads everywhere) or 1 "
                          "(256-byte header with magic and version) (default: 0)")
     args = ap.parse_args()
-    cfg, weights, info = modelfile.read(args.model, allow_untied=True)
+    cfg, weights, info = modelfile.read(args.model)
     llama2c.write_model(args.output, cfg, weights, version=args.version)
     print(f"wrote {args.output}: version {args.version}, {cfg.n_params() / 1e6:.2f}M params, from {modelfile.describe(info)}")
 

@@ -11,8 +11,15 @@ tokenizer.bin (llama2.c format), train_NNN.bin and val_NNN.bin shards with .json
 anetrain/data.py). Every document is stripped and encoded with BOS (id 1) in front and no EOS, as
 llama2.c's pretokenizer does. The last --val-fraction of the documents go to the val shards.
 
+With --tokenizer a Hugging Face tokenizer.json (a Qwen3 model directory's, say), the documents are
+encoded by the tokenizers library, each with the tokenizer's start-of-document token in front
+(anetrain/tokenizer.py says which: for Qwen3 <|endoftext|>); tokenizer.json and the
+tokenizer_config.json beside it are copied to --out (no tokenizer.bin: that format is
+sentencepiece's), and the shards hold uint32 ids when the vocabulary passes 65,535.
+
   python scripts/prepare_data.py data/stories.jsonl --vocab-size 1024 --out data
   python scripts/prepare_data.py 'TinyStories_all_data/*.json' --tokenizer tok.model --out ts
+  python scripts/prepare_data.py notes.txt --tokenizer Qwen3-0.6B/tokenizer.json --out qwen_data
 """
 import argparse
 import contextlib
@@ -26,7 +33,7 @@ import tempfile
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from anetrain import data, llama2c  # noqa: E402
+from anetrain import data, llama2c, tokenizer  # noqa: E402
 from anetrain.errors import DataError, UsageError, exit_on_error  # noqa: E402
 
 DOC_SEPARATOR = "<|endoftext|>"
@@ -93,11 +100,6 @@ def training_sentences(docs):
                 yield line.strip()
 
 
-def sentencepiece_reason(e):
-    """sentencepiece's own sentence from one of its errors, without the source location."""
-    return str(e).rsplit("] ", 1)[-1].strip().rstrip(".")
-
-
 def train_tokenizer(docs, vocab_size, model_path):
     """Train a byte-fallback BPE sentencepiece model like llama2.c's (deterministic: one thread)."""
     import io
@@ -114,23 +116,23 @@ def train_tokenizer(docs, vocab_size, model_path):
             unk_surface=" \u2047 ", normalization_rule_name="identity", input_sentence_size=0,
             shuffle_input_sentence=False, minloglevel=2)
     except RuntimeError as e:
-        raise UsageError(f"cannot train a {vocab_size}-piece tokenizer on this text: {sentencepiece_reason(e)}; "
+        raise UsageError(f"cannot train a {vocab_size}-piece tokenizer on this text: {tokenizer.sentencepiece_reason(e)}; "
                          f"change --vocab-size (or give more text)")
     with open(model_path, "wb") as f:
         f.write(buf.getvalue())
 
 
-def load_tokenizer(model_path):
-    import sentencepiece as spm
+def load_tokenizer(path):
+    """The tokenizer to encode with (anetrain.tokenizer); a sentencepiece model must have llama2.c's
+    BOS id 1."""
+    tok = tokenizer.load(path)
+    if not is_hf(path) and tok.doc_start != 1:
+        raise UsageError(f"{path}: BOS id is {tok.doc_start}, llama2.c-style data needs BOS = 1")
+    return tok
 
-    try:
-        sp = spm.SentencePieceProcessor(model_file=model_path)
-    except (RuntimeError, OSError) as e:
-        raise UsageError(f"{model_path}: not a sentencepiece tokenizer model ({sentencepiece_reason(e)}); pass a "
-                         f"tokenizer.model or --vocab-size N to train one")
-    if sp.bos_id() != 1:
-        raise UsageError(f"{model_path}: BOS id is {sp.bos_id()}, llama2.c-style data needs BOS = 1")
-    return sp
+
+def is_hf(path):
+    return path.endswith(".json")
 
 
 @contextlib.contextmanager
@@ -161,15 +163,15 @@ def staged_out_dir(out):
     os.rmdir(stage)
 
 
-def encode_documents(sp, docs, writer, desc, batch=256):
-    """Append BOS then the ids of each stripped document to ``writer``, in batches of documents;
-    returns the number of tokens written."""
+def encode_documents(tok, docs, writer, desc, batch=256):
+    """Append the start-of-document token then the ids of each stripped document to ``writer``, in
+    batches of documents; returns the number of tokens written."""
     n = 0
     with tqdm(total=len(docs), desc=desc, unit="doc", disable=None) as bar:
         for start in range(0, len(docs), batch):
             chunk = docs[start:start + batch]
-            for ids in sp.encode([d.strip() for d in chunk]):
-                writer.add([sp.bos_id()] + ids)
+            for ids in tok.encode_batch([d.strip() for d in chunk]):
+                writer.add([tok.doc_start] + list(ids))
                 n += 1 + len(ids)
             bar.update(len(chunk))
     return n
@@ -183,7 +185,7 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="output directory")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--vocab-size", type=int, help="train a new tokenizer with this many pieces")
-    src.add_argument("--tokenizer", help="use this sentencepiece tokenizer.model")
+    src.add_argument("--tokenizer", help="use this sentencepiece tokenizer.model or Hugging Face tokenizer.json")
     p.add_argument("--val-fraction", type=float, default=0.05,
                    help="share of documents (the last ones) written to val shards (default 0.05)")
     p.add_argument("--shard-tokens", type=int, default=50_000_000,
@@ -198,7 +200,8 @@ def main(argv=None):
     given = None
     if a.tokenizer:
         if not os.path.isfile(a.tokenizer):
-            raise UsageError(f"--tokenizer {a.tokenizer} is not a file; pass a sentencepiece tokenizer.model")
+            raise UsageError(f"--tokenizer {a.tokenizer} is not a file; pass a sentencepiece tokenizer.model or a "
+                             f"Hugging Face tokenizer.json")
         given = load_tokenizer(a.tokenizer)  # refuse a non-tokenizer before anything is written
 
     docs = [d for path in expand_inputs(a.inputs) for d in read_documents(path)]
@@ -214,17 +217,23 @@ def write_outputs(a, docs, given, stage):
     if given is None:
         print(f"training a {a.vocab_size}-piece tokenizer on {len(docs)} documents", file=sys.stderr)
         train_tokenizer(docs, a.vocab_size, model_path)
+    elif is_hf(a.tokenizer):  # tokenizer.json, and the roles of its special tokens beside it
+        shutil.copyfile(a.tokenizer, os.path.join(stage, tokenizer.HF_NAME))
+        settings = os.path.join(os.path.dirname(os.path.abspath(a.tokenizer)), tokenizer.HF_SETTINGS)
+        if os.path.isfile(settings):
+            shutil.copyfile(settings, os.path.join(stage, tokenizer.HF_SETTINGS))
     else:
         shutil.copyfile(a.tokenizer, model_path)
-    sp = given or load_tokenizer(model_path)
-    llama2c.write_tokenizer_bin(os.path.join(stage, "tokenizer.bin"), sp)
+    tok = given or load_tokenizer(model_path)
+    if not is_hf(tok.path):  # llama2.c's tokenizer.bin is a sentencepiece model's pieces
+        llama2c.write_tokenizer_bin(os.path.join(stage, "tokenizer.bin"), tok.processor)
 
     n_val = int(round(len(docs) * a.val_fraction))
-    vocab = sp.get_piece_size()
+    vocab = tok.vocab_size
     counts, written = [], []
     for prefix, part in (("train", docs[:len(docs) - n_val]), ("val", docs[len(docs) - n_val:])):
         writer = data.ShardWriter(stage, prefix, vocab, a.shard_tokens)
-        counts.append(encode_documents(sp, part, writer, prefix))
+        counts.append(encode_documents(tok, part, writer, prefix))
         written += writer.close()
     print(f"{counts[0]} train + {counts[1]} val tokens (vocab {vocab}) -> "
           f"{', '.join(os.path.basename(w) for w in written)}", file=sys.stderr)

@@ -238,6 +238,52 @@ def test_prepare_data_bos_per_document_and_inputs(tmp_path):
         (tmp_path / "o/val_001.bin").read_bytes()
 
 
+def word_level_tokenizer(path, n_words, special="<|endoftext|>"):
+    """A Hugging Face tokenizer.json of ``n_words`` whole words (w0, w1, ...) split on whitespace,
+    with ``special`` as its last id, made with the tokenizers library."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(n_words)}
+    vocab["[UNK]"] = n_words
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens([special])
+    tok.save(str(path))
+    return tok
+
+
+@pytest.mark.parametrize("n_words", [500, 70000])
+def test_prepare_data_with_a_hugging_face_tokenizer_json(tmp_path, n_words):
+    """--tokenizer tokenizer.json: ids as the tokenizers library encodes each document, its
+    <|endoftext|> in front (no BOS named), uint32 shards once ids pass 65,535."""
+    tok = word_level_tokenizer(tmp_path / "tokenizer.json", n_words)
+    sep = tok.token_to_id("<|endoftext|>")
+    rng = np.random.default_rng(5)
+    docs = [" ".join(f"w{i}" for i in rng.integers(0, n_words, 30)) for _ in range(20)]
+    (tmp_path / "docs.txt").write_text("\n<|endoftext|>\n".join(docs))
+    run(["scripts/prepare_data.py", str(tmp_path / "docs.txt"), "--tokenizer", str(tmp_path / "tokenizer.json"),
+         "--val-fraction", "0.1", "--out", str(tmp_path / "o")])
+    vocab = n_words + 2
+    meta = json.loads((tmp_path / "o/train_000.bin.json").read_text())
+    assert meta["dtype"] == ("uint32" if vocab > 65535 else "uint16") and meta["vocab_size"] == vocab
+    got = np.concatenate([open_shard(str(tmp_path / f"o/{s}_000.bin"), vocab) for s in ("train", "val")]).tolist()
+    expect = []
+    for d in docs:
+        expect += [sep] + tok.encode(d, add_special_tokens=False).ids
+    assert got == expect
+    assert (max(got) > 65535) == (vocab > 65535)  # the large vocabulary's ids do need uint32
+    assert sorted(os.listdir(tmp_path / "o")) == ["tokenizer.json", "train_000.bin", "train_000.bin.json",
+                                                   "val_000.bin", "val_000.bin.json"]
+    # a tokenizer_config.json beside it names the start token instead, and is copied along
+    (tmp_path / "named").mkdir()
+    word_level_tokenizer(tmp_path / "named" / "tokenizer.json", n_words)
+    (tmp_path / "named" / "tokenizer_config.json").write_text(json.dumps({"bos_token": "w7"}))
+    run(["scripts/prepare_data.py", str(tmp_path / "docs.txt"), "--tokenizer", str(tmp_path / "named/tokenizer.json"),
+         "--val-fraction", "0", "--out", str(tmp_path / "p")])
+    got = open_shard(str(tmp_path / "p/train_000.bin"), vocab).tolist()
+    assert got[0] == 7 and got.count(7) >= 20 and (tmp_path / "p/tokenizer_config.json").exists()
+
+
 def test_prepare_data_errors(tmp_path):
     r = subprocess.run([sys.executable, "scripts/prepare_data.py", str(tmp_path / "none*.txt"),
                         "--vocab-size", "300", "--out", str(tmp_path / "o")],

@@ -1,6 +1,8 @@
 """Hugging Face interop (anetrain/hf.py, scripts/export_hf.py, train.py --init-from HF_DIR), checked
-against transformers' own LlamaForCausalLM: what we write it loads with our logits, what it writes
-we read with its logits, and round trips keep every tensor bit for bit."""
+against transformers' own LlamaForCausalLM and Qwen3ForCausalLM: what we write it loads with our
+logits, what it writes we read with its logits (and, for Qwen3, its loss and gradients), and round
+trips keep every tensor bit for bit."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -48,11 +50,11 @@ def tokens_for(cfg, batch=2, seed=1):
     return np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, cfg.seq_len)).astype(np.int32)
 
 
-def hf_logits(model_dir, tokens):
+def hf_logits(model_dir, tokens, cls="LlamaForCausalLM"):
     import torch
-    from transformers import LlamaForCausalLM
+    import transformers
 
-    m = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    m = getattr(transformers, cls).from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         return m(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
 
@@ -181,24 +183,28 @@ def test_classifier_tied_untied_and_equal(tmp_path):
 
     untied = transformers_model(MHA, tie=False)
     untied.save_pretrained(tmp_path / "untied")
-    _, weights, _ = hf.read_hf(str(tmp_path / "untied"))
+    cfg, weights, _ = modelfile.read(str(tmp_path / "untied"))
+    assert not cfg.tie_embeddings
     np.testing.assert_array_equal(weights["output.weight"], untied.lm_head.weight.detach().numpy())
-    with pytest.raises(ModelFileError, match="has its own classifier"):
-        modelfile.read(str(tmp_path / "untied"))
-    # written back untied, it stays untied
-    cfg, weights, _ = modelfile.read(str(tmp_path / "untied"), allow_untied=True)
-    hf.write_hf(str(tmp_path / "again"), cfg, weights)
-    assert json.loads((tmp_path / "again" / "config.json").read_text())["tie_word_embeddings"] is False
     tokens = tokens_for(MHA)
     with torch.no_grad():
         theirs = untied(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
+    # our model trains a classifier of its own, with transformers' logits
+    np.testing.assert_allclose(our_logits(cfg, weights, tokens), theirs, rtol=1e-4, atol=1e-4)
+    # written back untied, it stays untied
+    hf.write_hf(str(tmp_path / "again"), cfg, weights)
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["tie_word_embeddings"] is False
     np.testing.assert_allclose(hf_logits(str(tmp_path / "again"), tokens), theirs, rtol=1e-5, atol=1e-5)
-    # an untied lm_head equal to the embedding is the tied model
+    # an untied lm_head equal to the embedding stays a classifier of its own, as config.json says
     with torch.no_grad():
         untied.lm_head.weight.copy_(untied.model.embed_tokens.weight)
     untied.save_pretrained(tmp_path / "equal")
-    _, weights, _ = modelfile.read(str(tmp_path / "equal"))
-    assert "output.weight" not in weights
+    cfg, weights, _ = modelfile.read(str(tmp_path / "equal"))
+    assert not cfg.tie_embeddings and "output.weight" in weights
+    # a tied model read with the tied config.json has no output.weight
+    transformers_model(MHA, tie=True).save_pretrained(tmp_path / "tied")
+    cfg, weights, _ = modelfile.read(str(tmp_path / "tied"))
+    assert cfg.tie_embeddings and "output.weight" not in weights
 
 
 # ---------------------------------------------------------------- what is refused
@@ -218,7 +224,7 @@ def _edit_config(d, **changes):
     ("architecture", "architecture 'GPT2LMHeadModel' is not supported; anetrain reads LlamaForCausalLM"),
     ("rope_scaling", "RoPE scaling 'llama3' is not supported"),
     ("activation", "hidden_act is 'gelu'"),
-    ("head_dim", "head_dim 16 is not hidden_size / num_attention_heads"),
+    ("head_dim", "self_attn.q_proj.weight has shape (32, 32), config.json needs (64, 32)"),
     ("no_weights", "no model.safetensors or model.safetensors.index.json"),
     ("missing_tensor", "weight model.layers.1.mlp.up_proj.weight is missing"),
     ("wrong_shape", "model.norm.weight has shape (40,), config.json needs (32,)"),
@@ -336,3 +342,142 @@ def test_export_hf_of_a_trained_run(tmp_path):
     (tmp_path / "file").write_text("x")
     assert one_error(cli("export_hf.py", out, tmp_path / "file", check=False), "is a file")
     assert one_error(cli("export_hf.py", tmp_path / "nothing", dest, check=False), "does not exist")
+
+
+# ---------------------------------------------------------------- Qwen3
+# The Qwen3 family in small: heads of 32 (q_dim 128 != dim 64), GQA 4/2, QK-norm, rope_theta 1e6
+QWEN3 = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, vocab_size=96, hidden_dim=80,
+                    seq_len=16, qk_norm=True, norm_eps=1e-6, rope_theta=1e6)
+QWEN3_UNTIED = ModelConfig(**{**QWEN3.to_dict(), "tie_embeddings": False})
+
+
+def transformers_qwen3(cfg, seed=0, vocab_size=None):
+    """A Qwen3ForCausalLM of ``cfg``'s shape made by transformers itself, weights random (norm and
+    QK-norm gains away from 1)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    hc = Qwen3Config(hidden_size=cfg.dim, intermediate_size=cfg.hidden_dim, num_hidden_layers=cfg.n_layers,
+                     num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
+                     vocab_size=vocab_size or cfg.vocab_size, max_position_embeddings=cfg.seq_len,
+                     rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
+                     initializer_range=0.2)
+    m = Qwen3ForCausalLM(hc).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+    return m
+
+
+@pytest.mark.transformers
+@pytest.mark.parametrize("cfg", [QWEN3, QWEN3_UNTIED], ids=["tied", "untied"])
+def test_qwen3_from_transformers_same_logits_loss_and_gradients(tmp_path, cfg):
+    """A random Qwen3 built by transformers, saved and read back: our forward pass gives its logits
+    (fp32, 1e-4), and our training step its loss and every gradient (the q_norm/k_norm gains and
+    an untied classifier included) as autograd computes them."""
+    import torch
+    from anetrain import _native
+
+    theirs = transformers_qwen3(cfg)
+    theirs.save_pretrained(tmp_path, max_shard_size="100KB")  # sharded: read through the index
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    got, weights, extras = hf.read_hf(str(tmp_path))
+    assert extras["architecture"] == "Qwen3ForCausalLM"
+    for f in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "q_dim", "vocab_size", "hidden_dim",
+              "qk_norm", "tie_embeddings", "rope_theta", "norm_eps"):
+        assert getattr(got, f) == pytest.approx(getattr(cfg, f)), f
+    tokens = np.random.default_rng(3).integers(0, cfg.vocab_size, (2, cfg.seq_len + 1)).astype(np.int32)
+    t = _native.Trainer(_native.ModelConfig(**got.native_kwargs()), _native.make_ref_backend(fp16_rounding=False),
+                        pipeline="dynamic", precision="fp32")
+    for name, w in weights.items():
+        t.state.set(name.removesuffix(".weight"), w)
+    logits = t.forward(tokens[:, :-1])
+    loss = t.accumulate(tokens)
+
+    ids = torch.tensor(tokens, dtype=torch.long)
+    ref_logits = theirs(ids[:, :-1]).logits
+    ref_loss = torch.nn.functional.cross_entropy(ref_logits.reshape(-1, cfg.vocab_size), ids[:, 1:].reshape(-1))
+    ref_loss.backward()
+    assert np.abs(logits).max() > 1
+    np.testing.assert_allclose(logits, ref_logits.detach().numpy(), rtol=1e-4, atol=1e-4)
+    assert loss == pytest.approx(ref_loss.item(), rel=1e-5)
+    # their gradients in our names and rotary order, as read_hf maps their weights
+    arch = hf.ARCHITECTURES["Qwen3ForCausalLM"]
+    names, rotary = hf.hf_names(arch, got), hf.rotary_names(arch, got)
+    params = dict(theirs.named_parameters())
+    scale = 1.0 / (t.loss_scale * t.pending_sequences)
+    checked = 0
+    for hf_name, ours in names.items():
+        if hf_name not in params:  # a tied lm_head is the embedding
+            continue
+        g = params[hf_name].grad.numpy()
+        g = hf.from_hf_rows(g, got.head_dim) if ours in rotary else g
+        mine = t.state.get(ours.removesuffix(".weight"), "grad") * scale
+        err = np.linalg.norm(mine - g) / np.linalg.norm(g)
+        assert err <= 1e-4, f"{ours}: relative error {err:.2e}"
+        checked += 1
+    assert checked == len(t.state.names())
+
+
+@pytest.mark.transformers
+def test_qwen3_export_loads_in_transformers_with_our_logits(tmp_path, monkeypatch):
+    w = random_weights(QWEN3_UNTIED)
+    assert "layers.1.attention.q_norm.weight" in w and "output.weight" in w
+    tokens = tokens_for(QWEN3_UNTIED)
+    ours = our_logits(QWEN3_UNTIED, w, tokens)
+    hf.write_hf(str(tmp_path / "m"), QWEN3_UNTIED, w)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert (config["architectures"], config["model_type"], config["head_dim"], config["tie_word_embeddings"]) == \
+        (["Qwen3ForCausalLM"], "qwen3", 32, False)
+    np.testing.assert_allclose(hf_logits(str(tmp_path / "m"), tokens, "Qwen3ForCausalLM"), ours,
+                               rtol=1e-4, atol=1e-4)
+    # the gains take the heads' rotary permutation too: without it the logits differ
+    monkeypatch.setitem(hf.ARCHITECTURES, "Qwen3ForCausalLM",
+                        dataclasses.replace(hf.ARCHITECTURES["Qwen3ForCausalLM"], rotary=("wq", "wk")))
+    hf.write_hf(str(tmp_path / "gains_unpermuted"), QWEN3_UNTIED, w)
+    assert np.abs(hf_logits(str(tmp_path / "gains_unpermuted"), tokens, "Qwen3ForCausalLM") - ours).max() > 1e-2
+    # Llama cannot hold QK-norm
+    with pytest.raises(ModelFileError, match="the model has qk_norm True; write it as Qwen3ForCausalLM"):
+        hf.write_hf(str(tmp_path / "llama"), QWEN3, random_weights(QWEN3), architecture="LlamaForCausalLM")
+
+
+@pytest.mark.transformers
+def test_train_from_a_transformers_qwen3_and_export_it(tmp_path):
+    """save_pretrained (sharded) -> train.py --init-from HF_DIR -> a step trains -> export_hf.py ->
+    transformers' Qwen3ForCausalLM gives our logits."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    src = tmp_path / "hf"
+    cfg = ModelConfig(**{**QWEN3.to_dict(), "vocab_size": 1024, "seq_len": 64})  # the shipped corpus
+    transformers_qwen3(cfg).save_pretrained(src, max_shard_size="200KB")
+    # its tokenizer.json (words w0..w999 and <|endoftext|>), which the samples decode with
+    tok = Tokenizer(models.WordLevel({**{f"w{i}": i for i in range(1000)}, "[UNK]": 1000}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(["<|endoftext|>"])
+    tok.save(str(src / "tokenizer.json"))
+    out = tmp_path / "run"
+    shipped = os.path.join(ROOT, "data")
+    p = cli("train.py", *RUN_FLAGS, "--sample-interval", "3", "--sample-tokens", "8", "--steps", "3", "--lr", "1e-3", "--warmup-steps", "0", "--out", out,
+            "--init-from", src, "--data", os.path.join(shipped, "train_*.bin"),
+            "--val-data", os.path.join(shipped, "val_*.bin"))
+    assert "initialised from" in p.stderr
+    samples = [json.loads(line) for line in open(out / "metrics.jsonl") if '"sample"' in line]
+    assert samples and all(w.startswith("w") for w in samples[-1]["text"].split()), samples
+    arrays, meta = checkpoint.load(checkpoint.latest(str(out)))
+    assert {k: meta["config"][k] for k in ("dim", "head_dim", "qk_norm", "tie_embeddings", "rope_theta", "seq_len")} \
+        == dict(dim=64, head_dim=32, qk_norm=True, tie_embeddings=True, rope_theta=1e6, seq_len=32)
+    steps = [json.loads(line) for line in open(out / "metrics.jsonl") if '"loss"' in line]
+    assert len(steps) == 3 and all(np.isfinite(r["loss"]) for r in steps)
+    dest = tmp_path / "exported"
+    cli("export_hf.py", out, dest)
+    assert (dest / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
+    assert json.loads((dest / "config.json").read_text())["bos_token_id"] == tok.token_to_id("<|endoftext|>")
+    run_cfg, weights, _ = modelfile.read(str(out))
+    tokens = tokens_for(run_cfg)
+    np.testing.assert_allclose(hf_logits(str(dest), tokens, "Qwen3ForCausalLM"), our_logits(run_cfg, weights, tokens),
+                               rtol=1e-4, atol=1e-4)
+    # the trained weights moved away from the imported ones
+    _, start, _ = hf.read_hf(str(src))
+    assert not np.array_equal(start["layers.0.attention.q_norm.weight"], arrays["weight:layers.0.attention.q_norm"])

@@ -196,6 +196,8 @@ def corpus(tmp_path):
     ("vocab_0", "--vocab-size must be a positive"),
     ("out_is_a_file", "is a file"),
     ("not_a_tokenizer", "not a sentencepiece tokenizer"),
+    ("not_a_tokenizer_json", "not a Hugging Face tokenizer.json"),
+    ("no_doc_start", "no start-of-document token"),
     ("missing_tokenizer", "is not a file"),
     ("input_is_a_directory", "is a directory"),
 ])
@@ -227,6 +229,16 @@ def test_prepare_data_refuses_bad_input_and_leaves_nothing(tmp_path, corpus, cas
     elif case == "not_a_tokenizer":
         fake = tmp_path / "fake.model"
         fake.write_text("not a model")
+        opts = ["--tokenizer", fake]
+    elif case == "not_a_tokenizer_json":
+        fake = tmp_path / "tokenizer.json"
+        fake.write_text('{"version": "1.0", "model": 5}')
+        opts = ["--tokenizer", fake]
+    elif case == "no_doc_start":  # a tokenizer.json naming no BOS, without <|endoftext|>
+        from tokenizers import Tokenizer, models
+
+        fake = tmp_path / "tokenizer.json"
+        Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(fake))
         opts = ["--tokenizer", fake]
     elif case == "missing_tokenizer":
         opts = ["--tokenizer", tmp_path / "missing.model"]

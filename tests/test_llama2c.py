@@ -16,11 +16,16 @@ from anetrain.model import Model
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # GQA on purpose: 2 query heads share 1 kv head; hd = 4
 CFG = ModelConfig(dim=8, hidden_dim=12, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=10, seq_len=3)
+UNTIED = ModelConfig(**{**CFG.to_dict(), "tie_embeddings": False})  # a classifier of its own
+
+
+def cfg_of(unshared):
+    return UNTIED if unshared else CFG
 
 
 def make_arrays(cfg, unshared=False, seed=0):
     rng = np.random.default_rng(seed)
-    shapes = llama2c.weight_shapes(cfg, shared_classifier=not unshared)
+    shapes = llama2c.weight_shapes(cfg_of(unshared) if cfg is CFG else cfg)
     return {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
 
 
@@ -31,7 +36,7 @@ def floats_at(raw, offset, n):
 def test_byte_layout_by_hand(tmp_path):
     a = make_arrays(CFG, unshared=True)
     p = tmp_path / "m.bin"
-    llama2c.write_model(str(p), CFG, a)
+    llama2c.write_model(str(p), UNTIED, a)
     raw = p.read_bytes()
     assert struct.unpack_from("<7i", raw) == (8, 12, 2, 2, 1, -10, 3)   # negative vocab: unshared
     off = 28
@@ -84,7 +89,7 @@ def v1_tensors(a, layers=2):
 def test_v1_byte_layout_by_hand(tmp_path, unshared):
     a = make_arrays(CFG, unshared=unshared, seed=1)
     p = tmp_path / "m.bin"
-    llama2c.write_model(str(p), CFG, a, version=1)
+    llama2c.write_model(str(p), cfg_of(unshared), a, version=1)
     raw = p.read_bytes()
     assert struct.unpack_from("<I", raw, 0) == (V1_MAGIC,) and raw[:4] == b"24ka"
     assert struct.unpack_from("<i", raw, 4) == (1,)                       # version
@@ -108,7 +113,7 @@ def test_v1_file_made_from_the_spec_is_read(tmp_path, unshared):
     cfg, b = llama2c.read_model(str(p))
     assert (cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size, cfg.seq_len) == \
         (8, 12, 2, 2, 1, 10, 3)
-    assert set(b) == set(a)
+    assert set(b) == set(a) and cfg.tie_embeddings is not unshared
     for k in a:
         np.testing.assert_array_equal(b[k], a[k])
 
@@ -133,6 +138,10 @@ def test_write_refuses_what_run_c_cannot_hold(tmp_path):
     for cfg in (ModelConfig(**{**CFG.to_dict(), "norm_eps": 1e-6}), ModelConfig(**{**CFG.to_dict(), "rope_theta": 5e5})):
         with pytest.raises(ModelFileError, match="run.c uses 1e-05 and 10000"):
             llama2c.write_model(str(tmp_path / "m.bin"), cfg, a)
+    for qwen in (dict(head_dim=8), dict(qk_norm=True)):  # the Qwen3 family: q_dim 16 != dim 8, QK-norm
+        cfg = ModelConfig(**{**CFG.to_dict(), **qwen})
+        with pytest.raises(ModelFileError, match="which run.c does not compute; export to Hugging Face"):
+            llama2c.write_model(str(tmp_path / "m.bin"), cfg, make_arrays(cfg))
     with pytest.raises(ModelFileError, match="version 2"):
         llama2c.write_model(str(tmp_path / "m.bin"), CFG, a, version=2)
     assert not list(tmp_path.iterdir())
@@ -158,7 +167,7 @@ def test_exported_model_has_the_same_logits(tmp_path, version):
 def test_round_trip(tmp_path, unshared, version):
     a = make_arrays(CFG, unshared=unshared, seed=3)
     p = str(tmp_path / "m.bin")
-    llama2c.write_model(p, CFG, a, version=version)
+    llama2c.write_model(p, cfg_of(unshared), a, version=version)
     cfg, b = llama2c.read_model(p)
     assert (cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size, cfg.seq_len) == \
         (8, 12, 2, 2, 1, 10, 3)
