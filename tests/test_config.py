@@ -42,9 +42,12 @@ def test_qwen_preset_is_qwen3_0_6b():
     assert m.n_params() == 596_049_920
 
 
+@pytest.mark.torch
+@pytest.mark.transformers
 def test_qwen_preset_counts_as_transformers_qwen3_does():
-    transformers = pytest.importorskip("transformers", reason="transformers builds the reference Qwen3")
-    torch = pytest.importorskip("torch")
+    import torch
+    import transformers
+
     m = model_preset("qwen3-0.6B")
     cfg = transformers.Qwen3Config(hidden_size=m.dim, intermediate_size=m.hidden_dim, num_hidden_layers=m.n_layers,
                                    num_attention_heads=m.n_heads, num_key_value_heads=m.n_kv_heads,

@@ -59,18 +59,20 @@ def hf_logits(model_dir, tokens, cls="LlamaForCausalLM"):
         return m(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
 
 
-def transformers_model(cfg, tie=True, seed=0, **extra):
-    """A LlamaForCausalLM of ``cfg``'s shape made by transformers itself, weights random (and norm
-    gains away from 1, so a misplaced norm would show)."""
+def transformers_model(cfg, tie=True, seed=0, architecture="LlamaForCausalLM", **extra):
+    """A LlamaForCausalLM (or Qwen3ForCausalLM) of ``cfg``'s shape made by transformers itself,
+    weights random (and norm gains, QK-norm's too, away from 1, so a misplaced norm would show)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
     torch.manual_seed(seed)
-    hc = LlamaConfig(hidden_size=cfg.dim, intermediate_size=cfg.hidden_dim, num_hidden_layers=cfg.n_layers,
-                     num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
-                     vocab_size=cfg.vocab_size, max_position_embeddings=cfg.seq_len, rms_norm_eps=cfg.norm_eps,
-                     rope_theta=cfg.rope_theta, tie_word_embeddings=tie, initializer_range=0.2, **extra)
-    m = LlamaForCausalLM(hc).eval()
+    config_class = {"LlamaForCausalLM": transformers.LlamaConfig, "Qwen3ForCausalLM": transformers.Qwen3Config}
+    hc = config_class[architecture](
+        hidden_size=cfg.dim, intermediate_size=cfg.hidden_dim, num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
+        vocab_size=cfg.vocab_size, max_position_embeddings=cfg.seq_len, rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_theta, tie_word_embeddings=tie, initializer_range=0.2, **extra)
+    m = getattr(transformers, architecture)(hc).eval()
     with torch.no_grad():
         for name, p in m.named_parameters():
             if name.endswith("norm.weight"):
@@ -351,24 +353,8 @@ QWEN3 = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, vo
 QWEN3_UNTIED = ModelConfig(**{**QWEN3.to_dict(), "tie_embeddings": False})
 
 
-def transformers_qwen3(cfg, seed=0, vocab_size=None):
-    """A Qwen3ForCausalLM of ``cfg``'s shape made by transformers itself, weights random (norm and
-    QK-norm gains away from 1)."""
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(seed)
-    hc = Qwen3Config(hidden_size=cfg.dim, intermediate_size=cfg.hidden_dim, num_hidden_layers=cfg.n_layers,
-                     num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
-                     vocab_size=vocab_size or cfg.vocab_size, max_position_embeddings=cfg.seq_len,
-                     rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
-                     initializer_range=0.2)
-    m = Qwen3ForCausalLM(hc).eval()
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.3 * torch.randn_like(p))
-    return m
+def transformers_qwen3(cfg):
+    return transformers_model(cfg, tie=cfg.tie_embeddings, architecture="Qwen3ForCausalLM")
 
 
 @pytest.mark.transformers
