@@ -552,7 +552,7 @@ def live_view(console, state, run_dir, system_lines=(), power_line="", running=N
 
     legend = Text.assemble("loss: ", ("train", TRAIN_STYLE), " · ", ("validation", VAL_STYLE))
     chart = Panel(LossChart(state) if status is None else Text(status, style="yellow"), title=legend)
-    numbers = Panel(stats, title=f"numbers (means of the last {s['window']} steps)")
+    numbers = Panel(stats, title=f"numbers (means of the last {s['window']} steps)" if s["window"] else "numbers")
     breakdown = Panel(times, title="step time by phase")
 
     numbers_h, breakdown_h = len(stats_rows(s)) + 2, max(1, len(s["phases"])) + 2
