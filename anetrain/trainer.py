@@ -82,6 +82,7 @@ class Run:
     def __init__(self, argv):
         self.argv = argv
         self.stop_signal = None  # SIGINT or SIGTERM once one asked the run to stop
+        self.tokenizer = None    # for samples, once the run starts
         self.model_cfg, self.train = config.parse_args(argv, init_model=modelfile.read_config)
         t = self.train
         seq = self.model_cfg.seq_len
@@ -232,13 +233,20 @@ class Run:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def ensure_budget(self):
-        """Restart when the next step's compiles do not fit the remaining budget."""
-        need, left = self.model.compiles_needed(), self.backend.remaining
-        if left is None or need <= left:
+        """Restart when the next step's compiles, and those of the forward passes due after it
+        (evaluation, samples), do not fit the remaining budget."""
+        left = self.backend.remaining
+        if left is None:
+            return
+        need = self.model.compiles_needed()
+        if self.forward_due(self.step + 1):
+            need += self.model.compiles_after_update()
+        if need <= left:
             return
         if self.steps_here == 0:
             raise UsageError(f"the compile budget ({self.backend.budget}) cannot fit one {self.train.pipeline} step "
-                             f"({need} compiles); raise --compile-budget or use --pipeline dynamic")
+                             f"and the evaluation after it ({need} compiles); raise --compile-budget or use "
+                             f"--pipeline dynamic")
         self.restart(f"{need} compiles needed, {left} left in the budget")
 
     # ---------------------------------------------------------------- one step
@@ -287,7 +295,7 @@ class Run:
         if self.step >= t.steps:
             print(f"nothing to do: the run is already at step {self.step} of {t.steps}", file=sys.stderr)
             return 0
-        tokenizer = load_tokenizer(t.tokenizer)
+        tokenizer = self.tokenizer = load_tokenizer(t.tokenizer)
         print(f"anetrain: {self.model_cfg.name} ({self.model_cfg.n_params() / 1e6:.2f}M params), "
               f"{t.pipeline} pipeline on {self.backend.name}, {self.tokens_per_step} tokens/step, "
               f"out {self.out}", file=sys.stderr)
@@ -396,12 +404,24 @@ class Run:
         log.write({"type": "eval", "step": self.step, "val_loss": v})
         bar.write(f"step {self.step}: val loss {v:.4f}", file=sys.stderr)
 
+    def eval_due(self, s):
+        t = self.train
+        return bool(t.eval_interval and len(self.val)) and (s % t.eval_interval == 0 or s == t.steps)
+
+    def sample_due(self, s):
+        t = self.train
+        return bool(t.sample_interval and self.tokenizer is not None) and (s % t.sample_interval == 0 or s == t.steps)
+
+    def forward_due(self, s):
+        """Whether the model's forward pass runs after step s (it compiles on the static pipeline)."""
+        return self.eval_due(s) or self.sample_due(s)
+
     def periodic(self, log, bar, tokenizer):
         t, s = self.train, self.step
         last = s == t.steps
-        if t.eval_interval and (s % t.eval_interval == 0 or last):
+        if self.eval_due(s):
             self.evaluate(log, bar)
-        if t.sample_interval and (s % t.sample_interval == 0 or last) and tokenizer is not None:
+        if self.sample_due(s):
             ids = sample_tokens(self.model, n_tokens=t.sample_tokens, seed=s)
             text = tokenizer.decode(ids)
             log.write({"type": "sample", "step": s, "text": text})
