@@ -222,6 +222,8 @@ class TrainConfig:
                 "Hugging Face model directory, or a run directory or checkpoint; the model's shape comes from it"})
     log_stderr: bool = field(default=False, metadata={
         "help": "also print each step's telemetry line to stderr (it always goes to <out>/metrics.jsonl)"})
+    no_report: bool = field(default=False, metadata={
+        "help": "do not draw <out>/report.png at the end of the run (drawing it takes matplotlib a second or two)"})
     wandb: str = field(default="", metadata={
         "help": "also log the metrics to this Weights & Biases project (needs: pip install wandb)"})
 

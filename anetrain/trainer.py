@@ -343,7 +343,8 @@ class Run:
             log.close()
             self.log = None
         path = self.save()
-        self.write_report()
+        if not self.train.no_report:
+            self.write_report()
         if self.stop_signal is not None:
             print(f"{STOP_SIGNALS[self.stop_signal]}: saved {path} at step {self.step}; resume with --resume",
                   file=sys.stderr)

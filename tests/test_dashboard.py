@@ -18,6 +18,8 @@ import pytest
 from anetrain import dashboard, rundir, telemetry
 from test_train_cli import ROOT, SMALL, TRAIN, records, train
 
+SMALL = [a for a in SMALL if a != "--no-report"]  # these runs draw their report
+
 DASHBOARD = os.path.join(ROOT, "scripts", "dashboard.py")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -69,6 +71,19 @@ def test_a_report_that_cannot_be_drawn_is_a_warning(tmp_path, monkeypatch, capsy
     assert err.count("warning:") == 1 and f"warning: no {report}: RuntimeError: no fonts here" in err
     assert "Traceback" not in err and not os.path.exists(report)
     assert checkpoint.latest(out).endswith("ckpt_00000002.safetensors")
+
+
+def test_no_report_skips_the_drawing(tmp_path, monkeypatch):
+    from anetrain import trainer
+
+    def drawn(*args, **kwargs):
+        raise AssertionError("--no-report drew a report")
+
+    monkeypatch.setattr(dashboard, "write_report", drawn)
+    monkeypatch.delenv(trainer.RETRY_ENV, raising=False)
+    out = str(tmp_path / "run")
+    assert trainer.main([*SMALL, "--no-report", "--steps", "1", "--out", out]) == 0
+    assert not os.path.exists(os.path.join(out, rundir.REPORT_NAME))
 
 
 def test_png_figure_draws_the_file(run):

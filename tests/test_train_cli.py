@@ -17,7 +17,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "scripts", "train.py")
 # a small, fast model on the shipped corpus (vocab 1024)
-SMALL = ["--dim", "64", "--n-layers", "2", "--n-heads", "4", "--seq-len", "32", "--batch-size", "4",
+SMALL = ["--no-report", "--dim", "64", "--n-layers", "2", "--n-heads", "4", "--seq-len", "32", "--batch-size", "4",
          "--eval-interval", "0", "--sample-interval", "0", "--backend", "ref"]
 
 
