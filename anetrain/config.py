@@ -16,6 +16,7 @@ The training loop that composes these settings with the data, checkpoint and tel
 """
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -257,6 +258,10 @@ class TrainConfig:
                 "Hugging Face model directory, or a run directory or checkpoint; the model's shape comes from it"})
     log_stderr: bool = field(default=False, metadata={
         "help": "also print each step's telemetry line to stderr (it always goes to <out>/metrics.jsonl)"})
+    no_report: bool = field(default=False, metadata={
+        "help": "do not draw <out>/report.png at the end of the run (drawing it takes matplotlib a second or two)"})
+    wandb: str = field(default="", metadata={
+        "help": "also log the metrics to this Weights & Biases project (needs: pip install wandb)"})
 
     def validate(self):
         if self.pipeline not in PIPELINES:
@@ -281,6 +286,9 @@ class TrainConfig:
             raise UsageError(f"--min-lr-ratio must be between 0 and 1, got {self.min_lr_ratio}")
         if not (math.isfinite(self.loss_scale) and self.loss_scale > 0):
             raise UsageError(f"--loss-scale must be a finite number > 0, got {self.loss_scale}")
+        if self.wandb and importlib.util.find_spec("wandb") is None:
+            raise UsageError(f"--wandb {self.wandb} needs the wandb package, which is not installed; "
+                             f"pip install wandb (and wandb login), or drop --wandb")
         # Paths given explicitly must exist now: a missing tokenizer would silently turn samples
         # off, and a missing --init-from would fail only after the run directory was made.
         if self.tokenizer and not os.path.isfile(self.tokenizer):
@@ -335,7 +343,7 @@ MODEL_FLAGS = {
 DERIVED_FIELDS = {"hidden_dim": ("dim",), "n_kv_heads": ("n_heads",), "head_dim": ("dim", "n_heads")}
 METAVARS = {"preset": "NAME", "data": "GLOB", "val_data": "GLOB", "tokenizer": "PATH", "out": "DIR",
             "pipeline": "{static,dynamic}", "backend": "{auto,ref,ane}", "ckpt": "PATH",
-            "init_from": "PATH"}
+            "init_from": "PATH", "wandb": "PROJECT"}
 _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 

@@ -14,8 +14,9 @@ trainer, then clipping and AdamW at the scheduled learning rate. Around it:
   default, below the compiler's limit of about 119; ``--compile-budget`` on any backend) cannot
   fit the next step's compiles, checkpoint and ``os.execv`` the same command with ``--resume --ckpt``. A failing compile or evaluation gets one
   retry through a restart, then a clear error; a budget too small for a single step is an error;
-- telemetry: a tqdm bar, JSON lines per step in ``<out>/metrics.jsonl``, validation loss and a
-  generated sample at intervals, and an efficiency report at the end;
+- telemetry: a tqdm bar, JSON lines per step in ``<out>/metrics.jsonl`` (also to Weights & Biases
+  with ``--wandb``), validation loss and a generated sample at intervals, a record of each exec()
+  restart, and at the end an efficiency report and ``<out>/report.png`` (anetrain/dashboard.py);
 - a non-finite loss stops the run without writing a checkpoint, so the last good one is intact.
 """
 import errno
@@ -26,7 +27,7 @@ import sys
 import time
 
 
-from . import ane, backends, checkpoint, config, data, modelfile, rundir, telemetry
+from . import ane, backends, checkpoint, config, dashboard, data, modelfile, rundir, telemetry
 from . import tokenizer as tokenizers
 from ._native import BackendError, CompileBudgetExceeded
 from .errors import AnetrainError, UsageError, exit_on_error
@@ -82,6 +83,7 @@ class Run:
     def __init__(self, argv):
         self.argv = argv
         self.stop_signal = None  # SIGINT or SIGTERM once one asked the run to stop
+        self.tokenizer = None    # for samples, once the run starts
         self.model_cfg, self.train = config.parse_args(argv, init_model=modelfile.read_config)
         t = self.train
         seq = self.model_cfg.seq_len
@@ -103,6 +105,8 @@ class Run:
         except ValueError as e:  # what only this backend refuses, e.g. a seq_len the ANE cannot take
             raise UsageError(f"{e}; change the model settings or --backend")
         self.step = 0
+        self.log = None       # the StepLog while the loop runs
+        self.wandb_id = ""    # the Weights & Biases run this run logs to (--wandb), kept in checkpoints
         self.losses, self.val_losses = [], []
         self.cum = {"wall_s": 0.0, "compile_s": 0.0, "train_s": 0.0, "steps": 0}
         self.restarts = int(os.environ.get(RESTARTS_ENV, "0"))
@@ -134,7 +138,8 @@ class Run:
     def ckpt_meta(self, sampler_state):
         return {"config": self.model_cfg.to_dict(), "train": self.train.to_dict(), "step": self.step,
                 "adam_step": self.model.step_count, "sampler": sampler_state, "losses": self.losses,
-                "val_losses": self.val_losses, "cum": self.cumulative(), "restarts": self.restarts}
+                "val_losses": self.val_losses, "cum": self.cumulative(), "restarts": self.restarts,
+                "wandb_id": self.wandb_id}
 
     def cumulative(self):
         c = dict(self.cum)
@@ -174,6 +179,7 @@ class Run:
         self.losses = list(meta.get("losses", []))
         self.val_losses = list(meta.get("val_losses", []))
         self.cum = dict(meta.get("cum", self.cum))
+        self.wandb_id = meta.get("wandb_id", "")
         dropped = telemetry.truncate_log(self.metrics_path, self.step)
         print(f"resumed from {path} at step {self.step}", file=sys.stderr)
         self.set_aside_later_checkpoints()
@@ -211,6 +217,9 @@ class Run:
             env[RETRY_ENV] = str(retry_step)
         args = strip_resume_flags(self.argv) + ["--resume", "--ckpt", path]
         print(f"[restart after step {self.step}: {reason}; checkpoint {path}]", file=sys.stderr, flush=True)
+        if self.log is not None:
+            self.log.write({"type": "restart", "step": self.step, "reason": reason, "restarts": self.restarts + 1})
+            self.log.close()
         sys.stdout.flush()
         self.model.close()    # unload every program (on the ANE: and remove its model directory)
         ane.release_models()  # the new process image never unloads this one's programs
@@ -225,13 +234,20 @@ class Run:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def ensure_budget(self):
-        """Restart when the next step's compiles do not fit the remaining budget."""
-        need, left = self.model.compiles_needed(), self.backend.remaining
-        if left is None or need <= left:
+        """Restart when the next step's compiles, and those of the forward passes due after it
+        (evaluation, samples), do not fit the remaining budget."""
+        left = self.backend.remaining
+        if left is None:
+            return
+        need = self.model.compiles_needed()
+        if self.forward_due(self.step + 1):
+            need += self.model.compiles_after_update()
+        if need <= left:
             return
         if self.steps_here == 0:
             raise UsageError(f"the compile budget ({self.backend.budget}) cannot fit one {self.train.pipeline} step "
-                             f"({need} compiles); raise --compile-budget or use --pipeline dynamic")
+                             f"and the evaluation after it ({need} compiles); raise --compile-budget or use "
+                             f"--pipeline dynamic")
         self.restart(f"{need} compiles needed, {left} left in the budget")
 
     # ---------------------------------------------------------------- one step
@@ -280,7 +296,7 @@ class Run:
         if self.step >= t.steps:
             print(f"nothing to do: the run is already at step {self.step} of {t.steps}", file=sys.stderr)
             return 0
-        tokenizer = load_tokenizer(t.tokenizer)
+        tokenizer = self.tokenizer = load_tokenizer(t.tokenizer)
         print(f"anetrain: {self.model_cfg.name} ({self.model_cfg.n_params() / 1e6:.2f}M params), "
               f"{t.pipeline} pipeline on {self.backend.name}, {self.tokens_per_step} tokens/step, "
               f"out {self.out}", file=sys.stderr)
@@ -293,8 +309,10 @@ class Run:
 
         bar = tqdm(total=t.steps, initial=self.step, unit="step", dynamic_ncols=True, file=sys.stderr,
                    disable=None)
-        log = telemetry.StepLog(self.metrics_path, mirror=t.log_stderr)
-        log.write({"type": "placement", "step": self.step, **placement})
+        log = self.log = telemetry.StepLog(self.metrics_path, mirror=t.log_stderr, sinks=self.sinks())
+        log.write({"type": "placement", "step": self.step, **placement, "run": {
+            "model": self.model_cfg.name, "params": self.model_cfg.n_params(), "pipeline": t.pipeline,
+            "backend": self.backend.name, "steps": t.steps}})
         try:
             if self.step == 0:
                 self.evaluate(log, bar)  # the untrained model's validation loss: the baseline
@@ -319,12 +337,15 @@ class Run:
                 log.write(rec)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", ms=f"{rec['step_ms']:.0f}",
-                                tok_s=f"{self.tokens_per_step / rec['step_ms'] * 1e3:.0f}")
+                                tok_s=f"{telemetry.tokens_per_s(rec):.0f}")
                 self.periodic(log, bar, tokenizer)
         finally:
             bar.close()
             log.close()
+            self.log = None
         path = self.save()
+        if not self.train.no_report:
+            self.write_report()
         if self.stop_signal is not None:
             print(f"{STOP_SIGNALS[self.stop_signal]}: saved {path} at step {self.step}; resume with --resume",
                   file=sys.stderr)
@@ -335,6 +356,32 @@ class Run:
         print(telemetry.format_report(e), file=sys.stderr)
         print(telemetry.placement_lines(placement)[0], file=sys.stderr)
         return 0
+
+    def sinks(self):
+        """Where records go besides metrics.jsonl: Weights & Biases with --wandb."""
+        if not self.train.wandb:
+            return []
+        try:
+            sink = telemetry.WandbSink(self.train.wandb, self.wandb_id,
+                                       name=os.path.basename(os.path.abspath(self.out)),
+                                       config={"model": self.model_cfg.to_dict(), "train": self.train.to_dict()})
+        except Exception as e:  # noqa: BLE001 (wandb's own errors: not logged in, no network, ...)
+            why = str(e).strip().split("\n")[0]
+            raise RunFailed(f"--wandb {self.train.wandb}: {type(e).__name__}: {why}; check `wandb login`, "
+                            f"or drop --wandb")
+        self.wandb_id = sink.id
+        return [sink]
+
+    def write_report(self):
+        """<out>/report.png from metrics.jsonl. The run's results are saved by now, so a report
+        that cannot be drawn is a warning, not a failed run."""
+        path = os.path.join(self.out, rundir.REPORT_NAME)
+        try:
+            dashboard.write_report(self.out, path)
+        except Exception as e:  # noqa: BLE001 (whatever plotting raises)
+            print(f"warning: no {path}: {type(e).__name__}: {e}", file=sys.stderr)
+            return
+        print(f"report: {path}", file=sys.stderr)
 
     def prepare_kernels(self):
         """Compile the first step's kernels now, so a kernel that cannot run where asked stops the
@@ -359,12 +406,24 @@ class Run:
         log.write({"type": "eval", "step": self.step, "val_loss": v})
         bar.write(f"step {self.step}: val loss {v:.4f}", file=sys.stderr)
 
+    def eval_due(self, s):
+        t = self.train
+        return bool(t.eval_interval and len(self.val)) and (s % t.eval_interval == 0 or s == t.steps)
+
+    def sample_due(self, s):
+        t = self.train
+        return bool(t.sample_interval and self.tokenizer is not None) and (s % t.sample_interval == 0 or s == t.steps)
+
+    def forward_due(self, s):
+        """Whether the model's forward pass runs after step s (it compiles on the static pipeline)."""
+        return self.eval_due(s) or self.sample_due(s)
+
     def periodic(self, log, bar, tokenizer):
         t, s = self.train, self.step
         last = s == t.steps
-        if t.eval_interval and (s % t.eval_interval == 0 or last):
+        if self.eval_due(s):
             self.evaluate(log, bar)
-        if t.sample_interval and (s % t.sample_interval == 0 or last) and tokenizer is not None:
+        if self.sample_due(s):
             ids = sample_tokens(self.model, prompt=(tokenizer.doc_start,), n_tokens=t.sample_tokens, seed=s,
                                 stop=tokenizer.stop)
             text = tokenizer.decode(ids)
