@@ -167,7 +167,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: loss became") and "ckpt_00000002" in last, last
     assert open(good, "rb").read() == before
-    assert sorted(os.listdir(out)) == [".anetrain.lock", "ckpt_00000002.safetensors", "metrics.jsonl", "report.png"]
+    assert sorted(os.listdir(out)) == [".anetrain.lock", "ckpt_00000002.safetensors", "metrics.jsonl"]
 
 
 def _write_shard(path, tokens, dtype=np.uint16):
