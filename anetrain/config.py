@@ -30,6 +30,7 @@ NATIVE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidd
                  "rope_theta")
 INT32_MAX = 2 ** 31 - 1
 BACKENDS = ("auto", "ref", "ane")
+ALLREDUCE = ("after", "overlap")
 REPO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 
 
@@ -219,6 +220,19 @@ class TrainConfig:
         "help": "llama2.c model .bin to start from instead of random weights"})
     log_stderr: bool = field(default=False, metadata={
         "help": "also print each step's telemetry line to stderr (it always goes to <out>/metrics.jsonl)"})
+    # data parallel (under torchrun; docs/distributed.md)
+    allreduce: str = field(default="after", metadata={
+        "help": "data parallel: all-reduce the gradients once after the backward pass (after), or per layer "
+                "while it goes on with earlier layers (overlap)"})
+    sync_check: int = field(default=100, metadata={
+        "help": "data parallel: steps between comparisons of a weight checksum across ranks, which stop the "
+                "run when the ranks drift apart (0: never)"})
+    dist_timeout: float = field(default=300.0, metadata={
+        "help": "data parallel: seconds a rank waits for the others (to start, or in any exchange) before it "
+                "ends the run; must exceed rank 0's longest pause (validation, samples, checkpoints)"})
+    reshard: bool = field(default=False, metadata={
+        "help": "with --resume: accept a checkpoint written by another number of ranks (each rank then draws "
+                "new windows; see docs/distributed.md)"})
 
     def validate(self):
         if self.pipeline not in PIPELINES:
@@ -229,9 +243,13 @@ class TrainConfig:
             if getattr(self, f) < 1:
                 raise UsageError(f"--{f.replace('_', '-')} must be at least 1, got {getattr(self, f)}")
         for f in ("warmup_steps", "eval_interval", "sample_interval", "sample_tokens",
-                  "ckpt_interval", "compile_budget"):
+                  "ckpt_interval", "compile_budget", "sync_check"):
             if getattr(self, f) < 0:
                 raise UsageError(f"--{f.replace('_', '-')} must not be negative, got {getattr(self, f)}")
+        if self.allreduce not in ALLREDUCE:
+            raise UsageError(f"unknown --allreduce {self.allreduce!r}; choose {' or '.join(ALLREDUCE)}")
+        if not (math.isfinite(self.dist_timeout) and self.dist_timeout > 0):
+            raise UsageError(f"--dist-timeout must be a finite number of seconds > 0, got {self.dist_timeout}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UsageError(f"--lr must be a finite number > 0, got {self.lr}")
         bad = adamw_problem(lr=self.lr, beta1=self.beta1, beta2=self.beta2, weight_decay=self.weight_decay,
@@ -286,6 +304,7 @@ MODEL_FLAGS = {
 }
 METAVARS = {"preset": "NAME", "data": "GLOB", "val_data": "GLOB", "tokenizer": "PATH", "out": "DIR",
             "pipeline": "{static,dynamic}", "backend": "{auto,ref,ane}", "ckpt": "PATH",
+            "allreduce": "{after,overlap}", "dist_timeout": "SECONDS",
             "init_from": "PATH"}
 _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
