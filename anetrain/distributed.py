@@ -90,6 +90,18 @@ def shared_settings(model_cfg, train):
     return s
 
 
+def settings_mismatch(every):
+    """For every rank's shared_settings, the message naming the first rank whose settings differ
+    from rank 0's, and how; None when all agree."""
+    ours = every[0]
+    for r, theirs in enumerate(every[1:], start=1):
+        diff = [f"{k} {theirs.get(k)!r} vs {v!r}" for k, v in ours.items() if theirs.get(k) != v]
+        if diff:
+            return (f"rank {r} runs with other settings than rank 0 ({'; '.join(diff)}); start every rank with "
+                    f"the same settings")
+    return None
+
+
 def short(error):
     """The gist of a torch.distributed / gloo error: its first line without the source location
     gloo puts in front or the advice it appends."""
@@ -212,8 +224,8 @@ class Group:
         try:
             return fn(*args, **kwargs)
         except RuntimeError as e:  # gloo's errors, DistBackendError among them
-            raise GroupFailed(f"rank {self.rank}: {what} failed ({short(e)}); a rank stopped or hangs, or the "
-                              f"network failed") from None
+            raise GroupFailed(f"rank {self.rank}: lost the other ranks in {what} ({short(e)}); a rank died or "
+                              f"hangs, or the network failed") from None
 
     # ---------------------------------------------------------------- start-up
     def start(self, open_run, settings):
@@ -232,12 +244,9 @@ class Group:
         for r, (_, message) in enumerate(every):
             if message is not None:
                 raise UsageError(f"rank {r} could not start: {message}")
-        ours = every[0][0]
-        for r, (theirs, _) in enumerate(every[1:], start=1):
-            diff = [f"{k} {theirs.get(k)!r} vs {v!r}" for k, v in ours.items() if theirs.get(k) != v]
-            if diff:
-                raise UsageError(f"rank {r} runs with other settings than rank 0 ({'; '.join(diff)}); start every "
-                                 f"rank with the same settings")
+        message = settings_mismatch([settings for settings, _ in every])
+        if message:
+            raise UsageError(message)
 
     def on_main(self, fn):
         """fn() on rank 0; its result (or the AnetrainError it raised) on every rank."""
@@ -247,7 +256,7 @@ class Group:
                 box[0] = (True, fn())
             except AnetrainError as e:
                 box[0] = (False, e)
-        self.collective("sharing rank 0's start", self.dist.broadcast_object_list, box, src=0)
+        self.collective("the exchange with rank 0", self.dist.broadcast_object_list, box, src=0)
         ok, value = box[0]
         if not ok:
             raise value
@@ -259,7 +268,7 @@ class Group:
         for kind in kinds:
             arrays = [model.get(n, kind) for n in names]
             flat = np.concatenate([a.ravel() for a in arrays])
-            self.collective(f"sending rank 0's {kind} tensors", self.dist.broadcast, self.torch.from_numpy(flat), src=0)
+            self.collective(f"the broadcast of rank 0's {kind} tensors", self.dist.broadcast, self.torch.from_numpy(flat), src=0)
             if self.is_main:
                 continue
             at = 0
@@ -271,20 +280,20 @@ class Group:
     def any(self, flag):
         """Whether ``flag`` holds on any rank."""
         t = self.torch.tensor([1.0 if flag else 0.0], dtype=self.torch.float64)
-        self.collective("agreeing on the next step", self.dist.all_reduce, t)
+        self.collective("the check at the step boundary", self.dist.all_reduce, t)
         return bool(t.item() > 0)
 
     def stop_signal(self, signum):
         """The signal that stops the group at this step boundary: SIGTERM when any rank got one,
         else SIGINT when any rank got that, else None."""
         t = self.torch.tensor([float(signum or 0)], dtype=self.torch.float64)
-        self.collective("agreeing on a stop", self.dist.all_reduce, t, op=self.dist.ReduceOp.MAX)
+        self.collective("the check at the step boundary", self.dist.all_reduce, t, op=self.dist.ReduceOp.MAX)
         return signal.Signals(int(t.item())) if t.item() else None
 
     def gather(self, obj):
         """Every rank's ``obj`` by rank, on rank 0 (None on the others)."""
         out = [None] * self.world if self.is_main else None
-        self.collective("gathering the ranks' sampler states", self.dist.gather_object, obj, out, dst=0)
+        self.collective("the gathering of sampler states", self.dist.gather_object, obj, out, dst=0)
         return out
 
     def gradient_step(self, model):
@@ -356,7 +365,7 @@ class _Reduction:
         the message of the first rank that failed that way."""
         every = [None] * self.group.world
         mine = None if failure is None else (isinstance(failure, CompileBudgetExceeded), str(failure))
-        self.group.collective("sharing a failed step", self.dist.all_gather_object, every, mine)
+        self.group.collective("the exchange of a failed step", self.dist.all_gather_object, every, mine)
         rank, (_, message) = next((r, f) for r, f in enumerate(every)
                                   if f is not None and f[0] == (cls is CompileBudgetExceeded))
         raise cls(f"rank {rank}: {message}")

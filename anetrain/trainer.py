@@ -453,8 +453,7 @@ class Run:
             raise SystemExit(128 + signum)
         self.stop_signal = signum
         what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        print(f"\n{what}: finishing this step and saving a checkpoint ({what} again to stop without saving)",
-              file=sys.stderr)
+        self.say(f"\n{what}: finishing this step and saving a checkpoint ({what} again to stop without saving)")
 
 
 def interpreter_and_script(argv):
