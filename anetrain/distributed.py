@@ -203,9 +203,11 @@ class Group:
         timeout = datetime.timedelta(seconds=timeout_s)
         try:
             store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
-            # After an exec() restart the new image joins under a fresh prefix: torchrun's store
-            # still holds the previous group's keys, and a peer could read those stale addresses.
-            store = dist.PrefixStore(f"anetrain/{incarnation}", store)
+            # After an exec() restart (incarnation) or a restart of the whole group by torchrun
+            # --max-restarts, the new processes join under a fresh prefix: the store may still
+            # hold the previous group's keys, and a peer could read those stale addresses.
+            group = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            store = dist.PrefixStore(f"anetrain/{group}/{incarnation}", store)
             dist.init_process_group("gloo", store=store, rank=self.rank, world_size=self.world, timeout=timeout)
         except (RuntimeError, ValueError) as e:
             raise GroupFailed(f"rank {self.rank} could not join the process group at {self.where} within "

@@ -4,13 +4,13 @@
 Runs scripts/train.py itself, the same step count and global batch each time, on the ref backend:
 
 - 1 process with all of this machine's cores, one batch of 2 x --batch-size sequences per step
-  (the reference);
+  (the reference), and the same with 1 thread (how well one process's threads scale here);
 - 2 ranks under torchrun, --batch-size sequences each and half the cores each, with the
   gradients all-reduced once after the backward pass (--allreduce after), and per layer while
   the backward pass goes on (--allreduce overlap).
 
 It prints tokens/s of each and its ratio to the 1-process figure (the median over --rounds
-rounds of the three, so all see the same machine), rank 0's all-reduce time per step (time with a
+rounds of all four, so all see the same machine), rank 0's all-reduce time per step (time with a
 reduction in flight, waiting for the slower rank included) and the share of it hidden behind the
 backward pass. Then the traffic of a step across machines: a ring all-reduce sends and receives
 2 (W - 1) / W times the gradient bytes per rank, and the time that takes at 1 and 10 Gbit/s,
@@ -21,6 +21,7 @@ against this run's compute per step.
 Needs PyTorch (the distributed extra).
 """
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -57,7 +58,8 @@ def run(name, args, batch, ranks, threads, out_dir, extra=()):
         env["ANETRAIN_NUM_THREADS"] = str(threads)  # (ranks set theirs: cores // ranks on the machine)
     p = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env=env, cwd=ROOT)
     if p.returncode != 0:
-        raise SystemExit(f"error: the {name} run failed:\n{p.stderr[-3000:]}")
+        print(f"error: the {name} run failed (its output follows)\n{p.stderr[-3000:]}", file=sys.stderr)
+        sys.exit(1)
     with open(os.path.join(out, "metrics.jsonl")) as f:
         steps = [r for r in map(json.loads, f) if "loss" in r]
     shutil.rmtree(out)
@@ -68,6 +70,11 @@ def run(name, args, batch, ranks, threads, out_dir, extra=()):
         res["exposed_ms"] = statistics.median(r["ms"]["allreduce"] for r in timed)
         res["hidden"] = statistics.median(r["allreduce_hidden"] for r in timed)
     return res
+
+
+def usage_error(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def link_lines(n_params, world, compute_ms=None):
@@ -87,15 +94,13 @@ def main():
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=4, help="sequences per rank per step (1 process: twice that)")
     ap.add_argument("--steps", type=int, default=12, help="steps per run; the first 2 are not timed")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of the three runs; medians are reported")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the four runs; medians are reported")
     ap.add_argument("--pipeline", default="dynamic", choices=list(config.PIPELINES))
     a = ap.parse_args()
     if a.steps < 3 or a.rounds < 1 or a.batch_size < 1:
-        raise SystemExit("error: --steps must be at least 3, --rounds and --batch-size at least 1")
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise SystemExit("error: bench_dp.py launches torchrun, which needs PyTorch; pip install 'anetrain[distributed]'")
+        usage_error("--steps must be at least 3, --rounds and --batch-size at least 1")
+    if importlib.util.find_spec("torch") is None:
+        usage_error("bench_dp.py launches torchrun, which needs PyTorch; pip install 'anetrain[distributed]'")
     from tqdm import tqdm
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -111,22 +116,25 @@ def main():
           f"{model.n_params() / 1e6:.2f}M params), seq {a.seq_len}, {2 * a.batch_size} sequences per step, "
           f"{cores} cores")
     print(f"BLAS core type: {i['blas_core']} (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')})")
-    configs = [("1 process", 2 * a.batch_size, 1, ()), ("2 ranks, after", a.batch_size, 2, ("--allreduce", "after")),
-               ("2 ranks, overlap", a.batch_size, 2, ("--allreduce", "overlap"))]
+    # (name, sequences per rank, ranks, threads of a single process, extra flags)
+    configs = [("1 process", 2 * a.batch_size, 1, cores, ()),
+               ("1 process, 1 thread", 2 * a.batch_size, 1, 1, ()),
+               ("2 ranks, after", a.batch_size, 2, None, ("--allreduce", "after")),
+               ("2 ranks, overlap", a.batch_size, 2, None, ("--allreduce", "overlap"))]
     results = {name: [] for name, *_ in configs}
     with tempfile.TemporaryDirectory() as tmp, tqdm(total=a.rounds * len(configs), unit="run") as bar:
         for _ in range(a.rounds):
-            for name, batch, ranks, extra in configs:
-                results[name].append(run(name.replace(" ", "-").replace(",", ""), args, batch, ranks, cores, tmp,
+            for name, batch, ranks, threads, extra in configs:
+                results[name].append(run(name.replace(" ", "-").replace(",", ""), args, batch, ranks, threads, tmp,
                                          extra))
                 bar.update(1)
     base = statistics.median(r["ms"] for r in results["1 process"])
-    print(f"\n{'':18} {'ms/step':>8} {'tok/s':>8} {'vs 1 process':>12} {'all-reduce':>11} {'exposed':>8} {'hidden':>7}")
+    print(f"\n{'':20} {'ms/step':>8} {'tok/s':>8} {'vs 1 process':>12} {'all-reduce':>11} {'exposed':>8} {'hidden':>7}")
     for name, rs in results.items():
         ms = statistics.median(r["ms"] for r in rs)
         tok = rs[0]["tokens"] / ms * 1e3
         ratio = base / ms  # the same tokens per step: the ratio of tokens/s
-        line = f"{name:18} {ms:8.1f} {tok:8.0f} {ratio:11.2f}x"
+        line = f"{name:20} {ms:8.1f} {tok:8.0f} {ratio:11.2f}x"
         if "allreduce_ms" in rs[0]:
             line += (f" {statistics.median(r['allreduce_ms'] for r in rs):8.2f} ms"
                      f" {statistics.median(r['exposed_ms'] for r in rs):5.2f} ms"

@@ -8,6 +8,7 @@ need no process group run (they check that torch stays out, and the error when i
 """
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -159,6 +160,16 @@ def test_settings_and_checksum_mismatches_name_the_rank():
 
 
 @pytest.mark.torch
+def test_a_rank_that_cannot_start_stops_every_rank(tmp_path):
+    missing = str(tmp_path / "missing_*.bin")
+    p = torchrun(*SMALL, "--steps", 2, "--out", tmp_path / "run", script=WORKER, check=False,
+                 env={"ANETRAIN_TEST_RANK1_ARGS": f"--data {missing}"})
+    assert p.returncode != 0
+    why = f"no token shards match {missing!r}; pass --data GLOB or make shards with scripts/prepare_data.py"
+    assert sorted(our_errors(p.stderr)) == [f"error: {why}", f"error: rank 1 could not start: {why}"]
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize("pipeline", ["static", "dynamic"])
 def test_two_ranks_train_as_one_process_summing_both_ranks_windows(two_ranks, pipeline):
     out = two_ranks(pipeline)
@@ -275,6 +286,22 @@ def test_a_hanging_rank_ends_the_job_after_the_timeout(tmp_path):
     finally:
         os.kill(run.pids[1], signal.SIGKILL)  # torchrun would wait 30 s for a stopped process to take SIGTERM
     assert "timed out" in run.assert_failed_cleanly().lower()
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_ctrl_c_on_torchrun_stops_every_rank_at_one_step_with_one_checkpoint(tmp_path):
+    run = Background(tmp_path)
+    run.proc.send_signal(signal.SIGINT)  # torchrun hands it on to every rank
+    run.proc.wait(timeout=300)
+    run.reader.join(timeout=60)
+    stderr = "".join(run.lines)
+    saved = re.findall(r"^interrupted: saved (\S+) at step (\d+); resume with --resume$", stderr, re.M)
+    assert len(saved) == 1, stderr[-3000:]  # rank 0 speaks for the group
+    path, step = saved[0][0], int(saved[0][1])
+    _, meta = checkpoint.load(path)
+    assert meta["step"] == step and len(meta["sampler"]) == 2
+    assert records(run.out, "step")[-1]["step"] == step
 
 
 @pytest.mark.torch
