@@ -44,7 +44,10 @@ from . import set_num_threads
 from ._native import BackendError, CompileBudgetExceeded
 from .errors import AnetrainError, RunFailed, UsageError
 
-ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # what a rank needs
+# everything torchrun sets that a process might mistake for a launch of its own
+LAUNCH_ENV = ENV + ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "TORCHELASTIC_RESTART_COUNT",
+                    "TORCHELASTIC_USE_AGENT_STORE")
 # Settings that may differ between ranks: paths on each machine, and what only rank 0 uses.
 LOCAL_SETTINGS = ("data", "val_data", "tokenizer", "out", "ckpt", "init_from", "log_stderr")
 
@@ -77,10 +80,14 @@ def setup(timeout_s, incarnation, overlap=False):
     return Group(torch, dist, timeout_s, incarnation, overlap)
 
 
+def cores():
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def threads_per_rank(local_world):
     """This machine's cores shared among the ranks it runs."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, local_world))
+    return max(1, cores() // max(1, local_world))
 
 
 def shared_settings(model_cfg, train):
@@ -329,13 +336,20 @@ class _Reduction:
         self.ready = self.launch if group.overlap else None
         self.flights = []  # (launched, work, [completed]) per range, in launch order
         self.exposed_ms = 0.0
+        self.launch_error = None  # raised by finish(): the native backward pass must not see it
 
     def launch(self, offset, count):
         """Start the all-reduce of grads[offset:offset + count] (the native backward pass calls
         this, possibly from its dW thread)."""
+        if self.launch_error is not None:
+            return
         done = []
         t0 = time.perf_counter()
-        work = self.dist.all_reduce(self.grads[offset:offset + count], async_op=True)
+        try:
+            work = self.dist.all_reduce(self.grads[offset:offset + count], async_op=True)
+        except RuntimeError as e:
+            self.launch_error = e
+            return
         work.get_future().add_done_callback(lambda _: done.append(time.perf_counter()))
         self.flights.append((t0, work, done))
 
@@ -347,6 +361,8 @@ class _Reduction:
         def complete():
             for offset, count in self.ranges[len(self.flights):]:  # all, or those a failure left out
                 self.launch(offset, count)
+            if self.launch_error is not None:
+                raise self.launch_error
             for _, work, _ in self.flights:
                 work.wait()
             kind = 0 if failure is None else 1 if isinstance(failure, CompileBudgetExceeded) else 2

@@ -34,10 +34,9 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from anetrain import config, info  # noqa: E402
+from anetrain import config, distributed, info  # noqa: E402
 
 TRAIN = os.path.join(ROOT, "scripts", "train.py")
-LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def free_port():
@@ -52,7 +51,7 @@ def run(name, args, batch, ranks, threads, out_dir, extra=()):
     cmd = [TRAIN, *args, "--batch-size", str(batch), "--out", out, *extra]
     if ranks > 1:
         cmd = ["-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-port", str(free_port()), *cmd]
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in distributed.LAUNCH_ENV}
     env.update(OMP_NUM_THREADS="1")
     if ranks == 1:
         env["ANETRAIN_NUM_THREADS"] = str(threads)  # (ranks set theirs: cores // ranks on the machine)
@@ -103,7 +102,7 @@ def main():
         usage_error("bench_dp.py launches torchrun, which needs PyTorch; pip install 'anetrain[distributed]'")
     from tqdm import tqdm
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = distributed.cores()
     model = config.model_preset(a.preset)
     model.seq_len = a.seq_len
     args = ["--preset", a.preset, "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--pipeline", a.pipeline,

@@ -26,8 +26,7 @@ from test_train_cli import ROOT, SMALL, TRAIN, losses, records, train
 
 WORKER = os.path.join(ROOT, "tests", "_dp_worker.py")
 # what torchrun sets, and what an exec() restart leaves behind: none of it may leak into a run here
-LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-              "GROUP_RANK", "ANETRAIN_RESTARTS", "ANETRAIN_RETRY_STEP", "ANETRAIN_LOCK_FD")
+LAUNCH_ENV = distributed.LAUNCH_ENV + ("ANETRAIN_RESTARTS", "ANETRAIN_RETRY_STEP", "ANETRAIN_LOCK_FD")
 STEPS = 20
 # With fewer steps than the warm-up (50) the learning rate of a step does not depend on --steps,
 # so a shorter run's losses are a prefix of a longer one's.
@@ -160,6 +159,7 @@ def test_settings_and_checksum_mismatches_name_the_rank():
 
 
 @pytest.mark.torch
+@pytest.mark.slow
 def test_a_rank_that_cannot_start_stops_every_rank(tmp_path):
     missing = str(tmp_path / "missing_*.bin")
     p = torchrun(*SMALL, "--steps", 2, "--out", tmp_path / "run", script=WORKER, check=False,
@@ -226,6 +226,17 @@ def test_exec_restarts_under_torchrun_reproduce_the_uninterrupted_run(two_ranks,
     p = torchrun(*args_for("static"), "--steps", 6, "--compile-budget", 16, "--out", out)
     assert p.stderr.count("[restart after step") == 2, p.stderr[-3000:]  # rank 0's lines
     assert losses(out) == losses(two_ranks("static"))[:6]
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_a_step_that_fails_on_one_rank_restarts_every_rank(two_ranks, tmp_path):
+    out = tmp_path / "run"
+    # dynamic: rank 1 fails mid-backward after two of its per-layer reductions started (overlap)
+    p = torchrun(*args_for("dynamic"), "--steps", 6, "--out", out, script=WORKER, env={"ANETRAIN_TEST_FAIL_STEP": 3})
+    assert ("[restart after step 3: backend failure (rank 1: evaluation failed (simulated)), retrying once; "
+            "checkpoint") in p.stderr, p.stderr[-3000:]
+    assert losses(out) == losses(two_ranks("dynamic"))[:6]
 
 
 class Background:
