@@ -150,7 +150,8 @@ def main():
         print(f"  {world} machines: {nbytes / 1e6:.1f} MB sent and received per rank per step")
         for line in lines:
             print("    " + line)
-    print(f"  (compute of a step here: {compute:.1f} ms, {a.batch_size} sequences on {cores} cores; raise "
+    print(f"  (compute of a step here: {compute:.1f} ms, {a.batch_size} sequence{'s' * (a.batch_size > 1)} on "
+          f"{cores} cores; raise "
           f"--accum-steps to do more compute per exchange)")
     print("\nother presets, traffic per rank per step with 2 machines:")
     for name in config.PRESETS:
