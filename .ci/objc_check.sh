@@ -5,7 +5,8 @@
 # GNUstep's Foundation headers plus our declaration-only Apple headers in
 # native/backend/ane/linux_check/. The Apple-only C++ (ane_backend.cpp, the ANE kernel probes of
 # native/bindings/ane.cpp, found by its guard) is checked too.
-# Installs clang and libgnustep-base-dev with apt when missing. Exits non-zero on any error.
+# Installs clang and libgnustep-base-dev with apt when missing (--install-only: only that).
+# Exits non-zero on any error.
 # The .mm files are checked twice, without ARC and with ARC (the real build uses ARC).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
+
+[ "${1:-}" = "--install-only" ] && exit 0
 
 GCC_INCLUDE="$(gcc -print-file-name=include)"
 SHIMS=native/backend/ane/linux_check

@@ -31,6 +31,8 @@ __all__ = [
     "available", "unavailable_reason", "chip", "dialect", "dialect_string", "options", "strict_mode",
     "resolve_backend_name", "programs", "release_models",
     "rules", "check_program", "probe_record_path", "probe_record", "record_probe",
+    "framework_classes", "describe_class", "class_answers", "shared_event_probe", "process_compiles",
+    "kernel_info", "reload_kernel", "overwrite_model_file", "eval_variant", "eval_with_perf_stats",
 ]
 
 
@@ -183,3 +185,64 @@ def release_models():
     the removed paths. For the exec() restart: the new process image cannot unload the old one's
     programs, and a directory left behind would wait for the next process's sweep."""
     return list(_native.ane_release_models())
+
+
+# -- The runtime's introspection, for the hardware probes (scripts/probe.py) and the self-test
+# (scripts/selftest_ane.py): what the private framework offers, and experiments on one compiled
+# kernel (an anetrain.kernels kernel on the ANE backend). The class queries answer "absent" off
+# macOS; the kernel experiments exist only in a macOS build.
+def framework_classes(prefix="_ANE"):
+    """Names of the framework's Objective-C classes starting with ``prefix``."""
+    return list(_native.ane_framework_classes(prefix))
+
+
+def describe_class(name):
+    """dict(exists, class_methods, instance_methods, properties) of a framework class."""
+    return dict(_native.ane_describe_class(name))
+
+
+def class_answers(class_name, selector, class_method=False):
+    """Whether the class (class_method) or its instances answer ``selector``, inherited ones included."""
+    return bool(_native.ane_class_answers(class_name, selector, bool(class_method)))
+
+
+def shared_event_probe():
+    """What constructing the framework's shared-event objects gives (a probe's raw report)."""
+    return _native.ane_shared_event_probe()
+
+
+def process_compiles():
+    """ANE compiles this process has attempted (the ~119-per-process limit counts these)."""
+    return int(_native.ane_process_compiles())
+
+
+def _kernel_probe(name):
+    fn = getattr(_native, name, None)
+    if fn is None:
+        raise RuntimeError(f"{name.removeprefix('ane_')} needs the ANE backend of a macOS build")
+    return fn
+
+
+def kernel_info(kernel):
+    """Compile and load times, model directory and surface plan of a kernel compiled on the ANE."""
+    return _kernel_probe("ane_kernel_info")(kernel._native)
+
+
+def reload_kernel(kernel):
+    """Unload and load the kernel's program again (does a rewritten weight file take effect?)."""
+    _kernel_probe("ane_kernel_reload")(kernel._native)
+
+
+def overwrite_model_file(kernel, relative_path, data):
+    """Rewrite one file of the kernel's model directory (e.g. its weight blob)."""
+    _kernel_probe("ane_kernel_overwrite_model_file")(kernel._native, relative_path, data)
+
+
+def eval_variant(kernel, inputs, outputs, procedure_index=0, weights=b""):
+    """Evaluate with a request's procedure index and, when given, a weights buffer."""
+    _kernel_probe("ane_kernel_eval_variant")(kernel._native, inputs, outputs, procedure_index, weights)
+
+
+def eval_with_perf_stats(kernel, inputs, outputs, mask=0xFF):
+    """Evaluate with the framework's performance statistics requested; returns what it reports."""
+    return _kernel_probe("ane_kernel_eval_with_perf_stats")(kernel._native, inputs, outputs, mask)

@@ -48,6 +48,13 @@ def list_checkpoints(run_dir):
     return sorted(glob.glob(os.path.join(glob.escape(run_dir), f"{PREFIX}*{SUFFIX}")))
 
 
+def step_of(path):
+    """The step a ``step_path`` name stands for (``ckpt_00000012.safetensors`` -> 12), else None."""
+    name = os.path.basename(path)
+    digits = name[len(PREFIX):-len(SUFFIX)] if name.startswith(PREFIX) and name.endswith(SUFFIX) else ""
+    return int(digits) if digits.isdigit() else None
+
+
 def latest(run_dir):
     """The newest checkpoint in ``run_dir``, or None when it holds none."""
     found = list_checkpoints(run_dir)

@@ -49,7 +49,7 @@ ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # what a rank needs
 LAUNCH_ENV = ENV + ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "TORCHELASTIC_RESTART_COUNT",
                     "TORCHELASTIC_USE_AGENT_STORE")
 # Settings that may differ between ranks: paths on each machine, and what only rank 0 uses.
-LOCAL_SETTINGS = ("data", "val_data", "tokenizer", "out", "ckpt", "init_from", "log_stderr")
+LOCAL_SETTINGS = ("data", "val_data", "tokenizer", "out", "ckpt", "init_from", "log_stderr", "no_report", "wandb")
 
 
 class GroupFailed(RunFailed):

@@ -130,6 +130,10 @@ class Model:
         """Compiles the next accumulate() needs (static pipeline: every layer after an update)."""
         return self._t.compiles_needed()
 
+    def compiles_after_update(self):
+        """Compiles a forward pass right after the next update needs (static pipeline: every layer)."""
+        return self._t.compiles_after_update()
+
     @property
     def step_count(self):
         """AdamW updates applied so far."""

@@ -9,7 +9,7 @@
   The exec() restart keeps the same open file across ``os.execve`` (``handover``): the new
   process image finds its fd in ``ANETRAIN_LOCK_FD`` and adopts it, so there is no moment at
   which the directory is unlocked and another process could take it.
-- Ownership: ``holds_a_run`` says whether a directory has another run's checkpoints or metrics,
+- Ownership: ``run_files`` lists another run's checkpoints, metrics and report in a directory,
   and ``archive`` moves them aside for ``--overwrite``.
 """
 import errno
@@ -24,6 +24,7 @@ TMP_PREFIX = ".anetrain-tmp-"
 LOCK_NAME = ".anetrain.lock"
 LOCK_ENV = "ANETRAIN_LOCK_FD"   # set only for the image an exec() restart starts
 METRICS_NAME = "metrics.jsonl"
+REPORT_NAME = "report.png"     # written from the metrics at the end of a run (anetrain/dashboard.py)
 
 
 def temp_path(path):
@@ -85,9 +86,10 @@ def remove_stale_temps(run_dir):
 
 
 def run_files(run_dir, checkpoints):
-    """The files of a run in ``run_dir``: its checkpoints (given) and its metrics, where present."""
-    metrics = os.path.join(run_dir, METRICS_NAME)
-    return list(checkpoints) + ([metrics] if os.path.exists(metrics) else [])
+    """The files of a run in ``run_dir``: its checkpoints (given), its metrics and its report, where
+    present."""
+    others = [os.path.join(run_dir, name) for name in (METRICS_NAME, REPORT_NAME)]
+    return list(checkpoints) + [f for f in others if os.path.exists(f)]
 
 
 def archive(run_dir, files):

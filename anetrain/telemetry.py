@@ -10,6 +10,9 @@ FLOP model (multiply and add counted as 2 FLOPs; per token, per training step):
 - backward = 2 x forward (gradients for the inputs and for the weights); training = 3 x forward.
 
 Norms, RoPE, softmax, SwiGLU's elementwise work and the embedding lookup are not counted.
+
+Besides the file, every record can go to sinks (``StepLog(..., sinks=[...])``): ``WandbSink`` logs
+them to Weights & Biases for ``--wandb PROJECT``.
 """
 import json
 import os
@@ -26,6 +29,17 @@ def flops_per_token(cfg):
     attn = 4 * cfg.seq_len * cfg.q_dim
     forward = cfg.n_layers * (proj + attn) + 2 * cfg.dim * cfg.vocab_size
     return {"forward": forward, "backward": 2 * forward, "train": 3 * forward}
+
+
+# A step record's "ms" keys in the order people read them, with their names for people. dW's own
+# time overlaps kernel evaluation, so only the wait for it is part of the step.
+PHASES = {"kernels": "kernels", "io": "fp16 I/O", "cpu_ops": "CPU ops", "dw_wait": "dW wait",
+          "optimizer": "optimizer", "compile": "compiles", "other": "other"}
+
+
+def tokens_per_s(rec):
+    """Training tokens per second of one step record."""
+    return rec["tokens"] / rec["step_ms"] * 1e3 if rec["step_ms"] > 0 else 0.0
 
 
 def step_record(step, loss, lr, grad_norm, timings_ms, tokens, train_flops_per_token, compiles=0, **extra):
@@ -49,12 +63,14 @@ def format_step(rec):
 
 class StepLog:
     """Appends one JSON object per line to ``path`` (flushed each write), optionally mirrored to
-    ``stream`` (stderr by default) in human form."""
+    ``stream`` (stderr by default) in human form and handed to each of ``sinks`` (objects with
+    ``write(rec)`` and ``close()``, closed with the log)."""
 
-    def __init__(self, path, mirror=False, stream=None):
+    def __init__(self, path, mirror=False, stream=None, sinks=()):
         self.file = open(path, "a", encoding="utf-8")
         self.mirror = mirror
         self.stream = stream or sys.stderr
+        self.sinks = list(sinks)
 
     def write(self, rec):
         rec = {"time": time.time(), **rec}
@@ -62,9 +78,15 @@ class StepLog:
         self.file.flush()
         if self.mirror and "loss" in rec and "step_ms" in rec:
             print(format_step(rec), file=self.stream, flush=True)
+        for sink in self.sinks:
+            sink.write(rec)
 
     def close(self):
+        if self.file.closed:
+            return
         self.file.close()
+        for sink in self.sinks:
+            sink.close()
 
     def __enter__(self):
         return self
@@ -156,3 +178,56 @@ def placement_lines(p):
     lines += [f"  {name} runs on {k['backend']}, not {p['backend']}: {k['reason']}"
               for name, k in p["kernels"].items() if k["reason"]]
     return lines
+
+
+def record_kind(rec):
+    """"step" for a step record (they carry no type), else the record's type: placement, eval,
+    sample, restart."""
+    return rec.get("type", "step" if "loss" in rec else "")
+
+
+def wandb_metrics(rec):
+    """The numbers (and sample text) of one telemetry record as a flat dict for Weights & Biases,
+    keyed by section ("train/loss", "time_ms/kernels", ...) and carrying the run's "step"; None for
+    records with nothing to chart."""
+    kind = record_kind(rec)
+    if kind == "step":
+        out = {"train/loss": rec["loss"], "train/lr": rec["lr"], "train/grad_norm": rec["grad_norm"],
+               "perf/step_ms": rec["step_ms"], "perf/tokens_per_s": tokens_per_s(rec),
+               "perf/tflops": rec["tflops"], "perf/compiles": rec["compiles"]}
+        out.update({f"time_ms/{k}": v for k, v in rec["ms"].items()})
+    elif kind == "eval":
+        out = {"val/loss": rec["val_loss"]}
+    elif kind == "sample":
+        out = {"sample/text": rec["text"]}
+    elif kind == "restart":
+        out = {"run/restarts": rec["restarts"]}
+    else:
+        return None
+    return {"step": rec["step"], **out}
+
+
+class WandbSink:
+    """Logs telemetry records to a Weights & Biases run of ``project``. ``run_id`` continues the
+    W&B run of an earlier process of this training run (an exec() restart or --resume); a new one
+    is made when it is empty. Records are charted against the training step (the "step" metric),
+    so steps that a resume runs again are plotted where they belong."""
+
+    def __init__(self, project, run_id, name, config):
+        import wandb  # optional: TrainConfig.validate refuses --wandb when it is not installed
+
+        self.run = wandb.init(project=project, id=run_id or None, resume="allow", name=name, config=config)
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
+        self.id = self.run.id
+
+    def write(self, rec):
+        if rec.get("type") == "placement":
+            self.run.config.update({"placement": {k: v["backend"] for k, v in rec["kernels"].items()}},
+                                   allow_val_change=True)
+        metrics = wandb_metrics(rec)
+        if metrics is not None:
+            self.run.log(metrics)
+
+    def close(self):
+        self.run.finish()

@@ -14,8 +14,9 @@ trainer, then clipping and AdamW at the scheduled learning rate. Around it:
   default, below the compiler's limit of about 119; ``--compile-budget`` on any backend) cannot
   fit the next step's compiles, checkpoint and ``os.execv`` the same command with ``--resume --ckpt``. A failing compile or evaluation gets one
   retry through a restart, then a clear error; a budget too small for a single step is an error;
-- telemetry: a tqdm bar, JSON lines per step in ``<out>/metrics.jsonl``, validation loss and a
-  generated sample at intervals, and an efficiency report at the end;
+- telemetry: a tqdm bar, JSON lines per step in ``<out>/metrics.jsonl`` (also to Weights & Biases
+  with ``--wandb``), validation loss and a generated sample at intervals, a record of each exec()
+  restart, and at the end an efficiency report and ``<out>/report.png`` (anetrain/dashboard.py);
 - a non-finite loss stops the run without writing a checkpoint, so the last good one is intact;
 - data parallel under torchrun (anetrain/distributed.py, docs/distributed.md): every rank runs this
   loop on its own windows, the ranks agree at each step boundary on stopping and restarting,
@@ -29,7 +30,7 @@ import sys
 import time
 
 
-from . import ane, backends, checkpoint, config, data, distributed, llama2c, rundir, telemetry
+from . import ane, backends, checkpoint, config, dashboard, data, distributed, modelfile, rundir, telemetry
 from ._native import BackendError, CompileBudgetExceeded
 from .errors import AnetrainError, RunFailed, UsageError, exit_on_error
 from .generate import sample_tokens, validation_loss
@@ -80,7 +81,8 @@ class Run:
     def __init__(self, argv):
         self.argv = argv
         self.stop_signal = None  # SIGINT or SIGTERM once one asked the run to stop
-        self.model_cfg, self.train = config.parse_args(argv)
+        self.tokenizer = None    # for samples, once the run starts
+        self.model_cfg, self.train = config.parse_args(argv, init_model=modelfile.read_config)
         self.restarts = int(os.environ.get(RESTARTS_ENV, "0"))
         self.dist = distributed.setup(self.train.dist_timeout, self.restarts, overlap=self.train.allreduce == "overlap")
         self.dist.start(self.open, distributed.shared_settings(self.model_cfg, self.train))
@@ -109,6 +111,8 @@ class Run:
         except ValueError as e:  # what only this backend refuses, e.g. a seq_len the ANE cannot take
             raise UsageError(f"{e}; change the model settings or --backend")
         self.step = 0
+        self.log = None       # the StepLog while the loop runs
+        self.wandb_id = ""    # the Weights & Biases run this run logs to (--wandb), kept in checkpoints
         self.losses, self.val_losses = [], []
         self.cum = {"wall_s": 0.0, "compile_s": 0.0, "train_s": 0.0, "steps": 0}
         self.flops = telemetry.flops_per_token(self.model_cfg)["train"]
@@ -140,7 +144,7 @@ class Run:
         return {"config": self.model_cfg.to_dict(), "train": self.train.to_dict(), "step": self.step,
                 "adam_step": self.model.step_count, "sampler": sampler_states, "world_size": self.dist.world,
                 "losses": self.losses, "val_losses": self.val_losses, "cum": self.cumulative(),
-                "restarts": self.restarts}
+                "restarts": self.restarts, "wandb_id": self.wandb_id}
 
     def cumulative(self):
         c = dict(self.cum)
@@ -176,12 +180,15 @@ class Run:
         self.losses = list(meta.get("losses", []))
         self.val_losses = list(meta.get("val_losses", []))
         self.cum = dict(meta.get("cum", self.cum))
+        self.wandb_id = meta.get("wandb_id", "")
         states = meta["sampler"] if isinstance(meta["sampler"], list) else [meta["sampler"]]  # (dict: before lists)
         if len(states) == self.dist.world:
             self.sampler.set_state(states[self.dist.rank])
         else:  # --reshard (read_checkpoint refused it otherwise): new windows from here on, a stream per rank
             s = self.sampler
             self.sampler = data.WindowSampler(s.parts, s.seq_len, self.train.seed, s.rank, s.world, stream=self.step)
+        if self.dist.is_main:
+            self.set_aside_later_checkpoints()
 
     def read_checkpoint(self):
         """Rank 0: load the checkpoint into the model; its meta, or None when there is none."""
@@ -212,22 +219,21 @@ class Run:
                   f"those steps run again", file=sys.stderr)
         return meta
 
-    def read_init_weights(self):
-        """The --init-from model's weights, checked against the run's model (a fresh run only)."""
-        path = self.train.init_from
-        cfg, weights = llama2c.read_model(path)
-        fields = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim")
-        diff = [f"{f} {getattr(cfg, f)} vs {getattr(self.model_cfg, f)}" for f in fields
-                if getattr(cfg, f) != getattr(self.model_cfg, f)]
-        if diff:
-            raise UsageError(f"{path} holds another model ({', '.join(diff)} requested); pick the matching "
-                             f"--preset or model flags")
-        if "output.weight" in weights:
-            raise UsageError(f"{path} has its own classifier; anetrain trains llama2.c's tied classifier "
-                             f"(the token embedding), so it cannot start from this file")
-        return weights
+    def set_aside_later_checkpoints(self):
+        """After resuming from an older checkpoint (--ckpt), the checkpoints past its step belong to
+        the run this one replaces: left in place they would outrank the new run's own (the next
+        --resume, keep-last pruning). They move to an archive, as --overwrite moves a whole run."""
+        later = [p for p in checkpoint.list_checkpoints(self.out) if (checkpoint.step_of(p) or 0) > self.step]
+        if later:
+            dest = rundir.archive(self.out, later)
+            print(f"note: moved {len(later)} checkpoint(s) past step {self.step} (of the run resumed from an "
+                  f"earlier point) to {dest}", file=sys.stderr)
 
-    def init_from_llama2c(self):
+    def read_init_weights(self):
+        """The --init-from model's weights (a fresh run only); the run's model has its shape."""
+        return modelfile.read(self.train.init_from)[1]
+
+    def init_from_model(self):
         for name, value in self.init_weights.items():
             self.model.set(name, value)
         self.init_weights = None
@@ -246,6 +252,9 @@ class Run:
         args = strip_resume_flags(self.argv) + ["--resume"] + (["--ckpt", path] if path else [])
         if self.dist.is_main:
             print(f"[restart after step {self.step}: {reason}; checkpoint {path}]", file=sys.stderr, flush=True)
+        if self.log is not None:
+            self.log.write({"type": "restart", "step": self.step, "reason": reason, "restarts": self.restarts + 1})
+            self.log.close()
         sys.stdout.flush()
         self.model.close()    # unload every program (on the ANE: and remove its model directory)
         ane.release_models()  # the new process image never unloads this one's programs
@@ -261,16 +270,20 @@ class Run:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def ensure_budget(self):
-        """Restart when the next step's compiles do not fit the remaining budget (of any rank: the
-        ranks restart together)."""
-        need, left = self.model.compiles_needed(), self.backend.remaining
+        """Restart when the next step's compiles, and those of the forward passes due after it
+        (evaluation, samples), do not fit the remaining budget (of any rank: the ranks restart
+        together)."""
+        left = self.backend.remaining
+        need = self.model.compiles_needed()
+        if self.forward_due(self.step + 1):
+            need += self.model.compiles_after_update()
         short = left is not None and need > left
         if not self.dist.any(short):
             return
         if self.steps_here == 0:
             budget = f"compile budget ({self.backend.budget})" if short else "compile budget of another rank"
-            raise UsageError(f"the {budget} cannot fit one {self.train.pipeline} step "
-                             f"({need} compiles); raise --compile-budget or use --pipeline dynamic")
+            raise UsageError(f"the {budget} cannot fit one {self.train.pipeline} step and the evaluation after "
+                             f"it ({need} compiles); raise --compile-budget or use --pipeline dynamic")
         self.restart(f"{need} compiles needed, {left} left in the budget" if short
                      else "another rank's compile budget is spent")
 
@@ -331,12 +344,12 @@ class Run:
             self.restore()
         else:
             if t.init_from:
-                self.init_from_llama2c()
+                self.init_from_model()
             self.dist.share_state(self.model, ("weight",))  # data parallel: rank 0's, however the others started
         if self.step >= t.steps:
             self.say(f"nothing to do: the run is already at step {self.step} of {t.steps}")
             return 0
-        tokenizer = load_tokenizer(t.tokenizer) if self.dist.is_main else None
+        tokenizer = self.tokenizer = load_tokenizer(t.tokenizer) if self.dist.is_main else None
         self.say(f"anetrain: {self.model_cfg.name} ({self.model_cfg.n_params() / 1e6:.2f}M params), "
                  f"{t.pipeline} pipeline on {self.backend.name}, {self.tokens_per_step} tokens/step, out {self.out}")
         if self.dist.describe():
@@ -350,8 +363,11 @@ class Run:
 
         bar = tqdm(total=t.steps, initial=self.step, unit="step", dynamic_ncols=True, file=sys.stderr,
                    disable=None if self.dist.is_main else True)
-        log = telemetry.StepLog(self.metrics_path if self.dist.is_main else os.devnull, mirror=t.log_stderr)
-        log.write({"type": "placement", "step": self.step, **placement})
+        log = self.log = (telemetry.StepLog(self.metrics_path, mirror=t.log_stderr, sinks=self.sinks())
+                          if self.dist.is_main else telemetry.StepLog(os.devnull))
+        log.write({"type": "placement", "step": self.step, **placement, "run": {
+            "model": self.model_cfg.name, "params": self.model_cfg.n_params(), "pipeline": t.pipeline,
+            "backend": self.backend.name, "steps": t.steps}})
         try:
             if self.step == 0:
                 self.evaluate(log, bar)  # the untrained model's validation loss: the baseline
@@ -376,12 +392,15 @@ class Run:
                 log.write(rec)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", ms=f"{rec['step_ms']:.0f}",
-                                tok_s=f"{self.tokens_per_step / rec['step_ms'] * 1e3:.0f}")
+                                tok_s=f"{telemetry.tokens_per_s(rec):.0f}")
                 self.periodic(log, bar, tokenizer)
         finally:
             bar.close()
             log.close()
+            self.log = None
         path = self.save()
+        if not self.train.no_report and self.dist.is_main:
+            self.write_report()
         if self.stop_signal is not None:
             self.say(f"{STOP_SIGNALS[self.stop_signal]}: saved {path} at step {self.step}; resume with --resume")
             return 128 + self.stop_signal  # the shell's status for death by that signal
@@ -408,6 +427,32 @@ class Run:
             return "(rank 0's)"
         return checkpoint.latest(self.out) or "(none yet)"
 
+    def sinks(self):
+        """Where records go besides metrics.jsonl: Weights & Biases with --wandb."""
+        if not self.train.wandb:
+            return []
+        try:
+            sink = telemetry.WandbSink(self.train.wandb, self.wandb_id,
+                                       name=os.path.basename(os.path.abspath(self.out)),
+                                       config={"model": self.model_cfg.to_dict(), "train": self.train.to_dict()})
+        except Exception as e:  # noqa: BLE001 (wandb's own errors: not logged in, no network, ...)
+            why = str(e).strip().split("\n")[0]
+            raise RunFailed(f"--wandb {self.train.wandb}: {type(e).__name__}: {why}; check `wandb login`, "
+                            f"or drop --wandb")
+        self.wandb_id = sink.id
+        return [sink]
+
+    def write_report(self):
+        """<out>/report.png from metrics.jsonl. The run's results are saved by now, so a report
+        that cannot be drawn is a warning, not a failed run."""
+        path = os.path.join(self.out, rundir.REPORT_NAME)
+        try:
+            dashboard.write_report(self.out, path)
+        except Exception as e:  # noqa: BLE001 (whatever plotting raises)
+            print(f"warning: no {path}: {type(e).__name__}: {e}", file=sys.stderr)
+            return
+        print(f"report: {path}", file=sys.stderr)
+
     def prepare_kernels(self):
         """Compile the first step's kernels now, so a kernel that cannot run where asked stops the
         run before it starts; returns where each kernel runs (telemetry.placement)."""
@@ -431,14 +476,27 @@ class Run:
         log.write({"type": "eval", "step": self.step, "val_loss": v})
         bar.write(f"step {self.step}: val loss {v:.4f}", file=sys.stderr)
 
+    def eval_due(self, s):
+        t = self.train
+        return bool(t.eval_interval and len(self.val) and self.dist.is_main) and (
+            s % t.eval_interval == 0 or s == t.steps)
+
+    def sample_due(self, s):
+        t = self.train
+        return bool(t.sample_interval and self.tokenizer is not None) and (s % t.sample_interval == 0 or s == t.steps)
+
+    def forward_due(self, s):
+        """Whether the model's forward pass runs after step s (it compiles on the static pipeline)."""
+        return self.eval_due(s) or self.sample_due(s)
+
     def periodic(self, log, bar, tokenizer):
         t, s = self.train, self.step
         last = s == t.steps
-        if t.eval_interval and (s % t.eval_interval == 0 or last):
+        if self.eval_due(s):
             self.evaluate(log, bar)
         if t.sync_check and s % t.sync_check == 0:  # before a checkpoint could keep drifted weights
             self.dist.check_sync(self.model, s)
-        if t.sample_interval and (s % t.sample_interval == 0 or last) and tokenizer is not None:
+        if self.sample_due(s):
             ids = sample_tokens(self.model, n_tokens=t.sample_tokens, seed=s)
             text = tokenizer.decode(ids)
             log.write({"type": "sample", "step": s, "text": text})

@@ -90,14 +90,14 @@ def other_weights(weights, rng):
 
 def probe_weight_swap(ctx):
     text, weights, x = ctx.linear()
-    from anetrain import _native
+    from anetrain import ane
 
     k = ctx.compile(text, weights, "probe_weight_swap")
     y_old = k(x).astype(np.float32)
     key, new_blob = other_weights(weights, ctx.rng)
-    _native.ane_kernel_overwrite_model_file(k._native, key.split("/", 1)[1], new_blob)
+    ane.overwrite_model_file(k, key.split("/", 1)[1], new_blob)
     t0 = time.perf_counter()
-    _native.ane_kernel_reload(k._native)
+    ane.reload_kernel(k)
     reload_ms = (time.perf_counter() - t0) * 1e3
     y_new = k(x).astype(np.float32)
     err_old = closeness(y_new, conv_reference(weights[key], x))
@@ -109,13 +109,13 @@ def probe_weight_swap(ctx):
 
 
 def probe_perf_stats(ctx):
-    from anetrain import _native
+    from anetrain import ane
 
-    classes = {n: _native.ane_describe_class(n) for n in
+    classes = {n: ane.describe_class(n) for n in
                ("_ANEPerformanceStats", "_ANEPerfRequest", "_ANEPerformanceCounters", "_ANEPerformanceStatsIOSurface")}
     text, weights, x = ctx.linear()
     k = ctx.compile(text, weights, "probe_perf_stats")
-    report = _native.ane_kernel_eval_with_perf_stats(k._native, [x], outputs_like(k), 0xFF)
+    report = ane.eval_with_perf_stats(k, [x], outputs_like(k), 0xFF)
     return {"classes": classes, "eval_with_mask_0xff": report}
 
 
@@ -131,14 +131,14 @@ def eval_ms(kernel, x, n):
 
 
 def probe_qos_sweep(ctx):
-    from anetrain import _native
+    from anetrain import ane
 
     text, weights, x = ctx.linear()
     rows = []
     for qos in range(64):
         try:
             k = ctx.compile(text, weights, f"probe_qos_{qos}", qos=qos)
-            t = _native.ane_kernel_info(k._native)
+            t = ane.kernel_info(k)
             rows.append({"qos": qos, "compile_ms": t["compile_ms"], "load_ms": t["load_ms"],
                          "eval_ms_median": eval_ms(k, x, ctx.args.evals)})
             del k
@@ -180,12 +180,12 @@ def record_multi_input(ok):
 
 def probe_weights_buffer(ctx):
     text, weights, x = ctx.linear()
-    from anetrain import _native
+    from anetrain import ane
 
     k = ctx.compile(text, weights, "probe_weights_buffer")
     key, new_blob = other_weights(weights, ctx.rng)
     out = outputs_like(k)
-    _native.ane_kernel_eval_variant(k._native, [x], out, 0, new_blob)
+    ane.eval_variant(k, [x], out, 0, new_blob)
     y = out[0]
     err_old = closeness(y, conv_reference(weights[key], x))
     err_new = closeness(y, conv_reference(new_blob, x))
@@ -195,7 +195,7 @@ def probe_weights_buffer(ctx):
 
 def probe_procedure_index(ctx):
     text, weights, x = ctx.linear()
-    from anetrain import _native
+    from anetrain import ane
 
     k = ctx.compile(text, weights, "probe_procedure_index")
     base = k(x).astype(np.float32)
@@ -203,7 +203,7 @@ def probe_procedure_index(ctx):
     for i in range(16):
         try:
             out = outputs_like(k)
-            _native.ane_kernel_eval_variant(k._native, [x], out, i)
+            ane.eval_variant(k, [x], out, i)
             y = out[0]
             rows.append({"procedure_index": i, "max_diff_vs_index_0": float(np.max(np.abs(y - base)))})
         except Exception as e:  # noqa: BLE001
@@ -212,24 +212,24 @@ def probe_procedure_index(ctx):
 
 
 def probe_shared_events(ctx):
-    from anetrain import _native
+    from anetrain import ane
 
-    classes = {n: _native.ane_describe_class(n) for n in
+    classes = {n: ane.describe_class(n) for n in
                ("_ANESharedEvents", "_ANESharedSignalEvent", "_ANESharedWaitEvent")}
-    return {"classes": classes, "construction": _native.ane_shared_event_probe()}
+    return {"classes": classes, "construction": ane.shared_event_probe()}
 
 
 def machine():
-    from anetrain import _native, ane
+    from anetrain import ane
 
     return {"chip": ane.chip(), "dialect": ane.dialect(), "options": ane.options(),
             "macos": platform.mac_ver()[0], "python": platform.python_version(),
-            "ane_classes": _native.ane_framework_classes("_ANE")}
+            "ane_classes": ane.framework_classes("_ANE")}
 
 
 def main(argv=None):
     args = parse_args(argv)
-    from anetrain import _native, ane
+    from anetrain import ane
 
     if not ane.available():
         print(f"probe: skipped: {ane.unavailable_reason()}")
@@ -247,7 +247,7 @@ def main(argv=None):
             results[name] = globals()[f"probe_{name}"](ctx)
         except Exception as e:  # noqa: BLE001  (one broken probe must not hide the others)
             results[name] = {"error": f"{type(e).__name__}: {e}"}
-    results["compiles"] = _native.ane_process_compiles()
+    results["compiles"] = ane.process_compiles()
     text = json.dumps(results, indent=2, default=str)
     print(text)
     if args.out:

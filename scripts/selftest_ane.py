@@ -79,14 +79,14 @@ def rung_framework(ctx):
 
 
 def rung_selectors(ctx):
-    from anetrain import _native
+    from anetrain import ane
 
     missing = []
     for cls in dict.fromkeys(c for c, _, _ in SELECTORS):
-        if not _native.ane_describe_class(cls)["exists"]:
+        if not ane.describe_class(cls)["exists"]:
             missing.append(cls)
     for cls, sel, class_method in SELECTORS:
-        if cls not in missing and not _native.ane_class_answers(cls, sel, class_method):
+        if cls not in missing and not ane.class_answers(cls, sel, class_method):
             missing.append(f"{'+' if class_method else '-'}[{cls} {sel}]")
     if missing:
         raise RungFailed(f"the framework lacks {', '.join(missing)}")

@@ -168,3 +168,23 @@ def test_sweep_touches_nothing_unlisted_or_outside_the_root(tmp_path):
 def test_sweep_of_a_missing_root_is_empty(tmp_path):
     assert _native.ane_model_dirs_sweep(str(tmp_path / "absent")) == []
     assert _native.ane_model_dirs_sweep("relative/root") == []
+
+
+@pytest.mark.skipif(ane.available(), reason="checks the answers off the ANE")
+def test_probe_introspection_off_the_ane_answers_absent_or_says_why():
+    # the probes and the self-test reach the runtime only through anetrain.ane
+    assert ane.describe_class("_ANEClient") == {"exists": False, "class_methods": [], "instance_methods": [],
+                                                "properties": []}
+    assert ane.framework_classes() == [] and ane.class_answers("_ANEClient", "sharedConnection", True) is False
+    assert ane.process_compiles() == 0
+    for call in (lambda: ane.kernel_info(None), lambda: ane.reload_kernel(None),
+                 lambda: ane.eval_variant(None, [], [])):
+        with pytest.raises(RuntimeError, match="needs the ANE backend of a macOS build"):
+            call()
+
+
+def test_the_probe_scripts_use_the_public_api():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for script in ("probe.py", "selftest_ane.py", "bench_train.py"):
+        with open(os.path.join(root, "scripts", script)) as f:
+            assert "_native" not in f.read(), script

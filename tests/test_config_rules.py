@@ -70,3 +70,14 @@ def test_the_command_line_gives_the_rule_as_one_line():
     assert p.stderr.strip().splitlines() == [
         "error: model head_dim 9 (dim 36 / n_heads 4) must be even for RoPE's pairs; "
         "pick dim and n_heads whose quotient is even"]
+
+
+def test_the_default_hidden_dim_has_one_definition_and_refuses_cleanly():
+    # llama2.c's published FFN widths (stories15M/42M/110M), reached through the Python config
+    for dim, hidden in ((288, 768), (512, 1376), (768, 2048)):
+        assert ModelConfig(**dict(BASE, dim=dim, n_heads=4, n_kv_heads=4, hidden_dim=0)).hidden_dim == hidden
+    # a dim whose derived width no C int holds is a usage error, not an overflow or a traceback
+    with pytest.raises(UsageError, match=r"^model dim 1000000000 gives a hidden_dim of \d+, more than a C int"):
+        ModelConfig(**dict(BASE, dim=10 ** 9, hidden_dim=0))
+    with pytest.raises(UsageError, match=r"^model dim and multiple_of must be positive"):
+        ModelConfig(**dict(BASE, dim=64, multiple_of=0, hidden_dim=0))

@@ -26,7 +26,7 @@ from anetrain.model import Model
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "scripts")
 # a small, fast model on the shipped corpus (vocab 1024)
-SMALL = ["--dim", "64", "--n-layers", "2", "--n-heads", "4", "--seq-len", "32", "--batch-size", "4",
+SMALL = ["--no-report", "--dim", "64", "--n-layers", "2", "--n-heads", "4", "--seq-len", "32", "--batch-size", "4",
          "--eval-interval", "0", "--sample-interval", "0", "--backend", "ref", "--steps", "1"]
 WORDS = "the cat sat on a mat and the dog ran to the big red sun with a happy little girl".split()
 

@@ -213,3 +213,26 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, mon
     assert "Traceback" not in "\n".join(err)
     assert sorted(os.listdir(out)) == [rundir.LOCK_NAME, "ckpt_00000002.safetensors", "metrics.jsonl"]
     checkpoint.load(os.path.join(out, "ckpt_00000002.safetensors"))
+
+
+def test_resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path):
+    out = str(tmp_path / "run")
+    train(*SMALL, "--steps", "6", "--ckpt-interval", "2", "--keep-last", "3", "--out", out)
+    first = {checkpoint.step_of(p): open(p, "rb").read() for p in checkpoint.list_checkpoints(out)}
+    assert sorted(first) == [2, 4, 6]
+    p = train(*SMALL, "--steps", "5", "--ckpt-interval", "1", "--keep-last", "3", "--out", out, "--resume",
+              "--ckpt", checkpoint.step_path(out, 2))
+    assert "at step 2" in p.stderr and "moved 2 checkpoint(s) past step 2" in p.stderr
+    # the new run's checkpoints are the newest: pruning kept them, and a plain --resume takes them
+    assert [checkpoint.step_of(c) for c in checkpoint.list_checkpoints(out)] == [3, 4, 5]
+    assert checkpoint.latest(out) == checkpoint.step_path(out, 5)
+    (archived,) = [d for d in os.listdir(out) if d.startswith("archive-")]
+    moved = os.path.join(out, archived)
+    assert {checkpoint.step_of(f): open(os.path.join(moved, f), "rb").read() for f in os.listdir(moved)} == \
+        {4: first[4], 6: first[6]}
+    assert [r["step"] for r in records(out, "step")] == [1, 2, 3, 4, 5]
+
+
+def test_step_of_reads_the_conventional_names():
+    assert checkpoint.step_of(checkpoint.step_path("/x", 12)) == 12
+    assert checkpoint.step_of("/x/ckpt_latest.safetensors") is None and checkpoint.step_of("model.bin") is None

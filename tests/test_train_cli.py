@@ -17,7 +17,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "scripts", "train.py")
 # a small, fast model on the shipped corpus (vocab 1024)
-SMALL = ["--dim", "64", "--n-layers", "2", "--n-heads", "4", "--seq-len", "32", "--batch-size", "4",
+SMALL = ["--no-report", "--dim", "64", "--n-layers", "2", "--n-heads", "4", "--seq-len", "32", "--batch-size", "4",
          "--eval-interval", "0", "--sample-interval", "0", "--backend", "ref"]
 
 
@@ -83,6 +83,22 @@ def test_exec_restarts_reproduce_the_uninterrupted_run(tmp_path, pipeline):
     assert losses(restarted) == losses(plain)
 
 
+def test_evaluations_on_the_static_pipeline_are_budgeted_with_their_step(tmp_path):
+    # an evaluation after an update compiles a new kernel set on the static pipeline: the restart
+    # comes before a step whose evaluation would not fit, never in the middle of the evaluation
+    plain, restarted = str(tmp_path / "plain"), str(tmp_path / "restarted")
+    args = [*SMALL, "--steps", "6", "--pipeline", "static", "--eval-interval", "2"]
+    train(*args, "--out", plain)
+    p = train(*args, "--out", restarted, "--compile-budget", "16")
+    assert "Traceback" not in p.stderr and p.stderr.count("[restart after step") >= 2, p.stderr
+    assert losses(restarted) == losses(plain)
+    evals = [[(r["step"], r["val_loss"]) for r in records(out, "eval")] for out in (plain, restarted)]
+    assert evals[0] == evals[1] and [s for s, _ in evals[0]] == [0, 2, 4, 6]
+    refused = train(*args, "--out", str(tmp_path / "small"), "--compile-budget", "12", check=False)
+    assert refused.returncode == 2 and "cannot fit one static step and the evaluation after it (16 compiles)" \
+        in refused.stderr
+
+
 def test_the_ane_shaped_programs_train_end_to_end_and_placement_is_recorded(tmp_path):
     split, shaped = str(tmp_path / "split"), str(tmp_path / "shaped")
     train(*SMALL, "--steps", "4", "--pipeline", "static", "--out", split)
@@ -137,7 +153,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: loss became") and "ckpt_00000002" in last, last
     assert open(good, "rb").read() == before
-    assert sorted(os.listdir(out)) == [".anetrain.lock", "ckpt_00000002.safetensors", "metrics.jsonl"]
+    assert sorted(os.listdir(out)) == [".anetrain.lock", "ckpt_00000002.safetensors", "metrics.jsonl", "report.png"]
 
 
 def _write_shard(path, tokens, dtype=np.uint16):
@@ -208,9 +224,15 @@ def test_export_to_llama2c_and_start_from_it(tmp_path):
     assert (cfg.dim, cfg.n_layers, cfg.vocab_size) == (64, 2, 1024)
     for name, w in weights.items():
         np.testing.assert_array_equal(w, arrays["weight:" + name[:-len(".weight")]], err_msg=name)
-    # a new run starts from the exported weights (a vanishing lr keeps them)
+    v1_bin = str(tmp_path / "model_v1.bin")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export_llama2c.py"), out, v1_bin,
+                        "--version", "1"], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    with open(v1_bin, "rb") as f:
+        assert f.read(8) == bytes.fromhex("32346b6101000000")  # magic "ak42", version 1
+    # a new run starts from the exported weights (a vanishing lr keeps them), shaped by the file
     out2 = str(tmp_path / "run2")
-    p = train(*SMALL, "--steps", "1", "--lr", "1e-30", "--warmup-steps", "0", "--out", out2, "--init-from", model_bin,
+    p = train(*SMALL, "--steps", "1", "--lr", "1e-30", "--warmup-steps", "0", "--out", out2, "--init-from", v1_bin,
               "--seed", "99")
     assert "initialised from" in p.stderr
     started, _ = checkpoint.load(checkpoint.latest(out2))

@@ -116,6 +116,8 @@ void init_trainer(py::module_& m) {
             py::arg("tokens"), "Logits [batch, seq_len, vocab] for int32 tokens [batch, seq_len].")
         .def("compiles_needed", &Trainer::compiles_needed,
              "Compiles the next accumulate() needs (static: every layer after an update).")
+        .def("compiles_after_update", &Trainer::compiles_after_update,
+             "Compiles a forward() right after the next update needs (static: every layer; dynamic: 0).")
         .def("timings",
              [](const Trainer& t) {
                  const train::Timings& x = t.timings();

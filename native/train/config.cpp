@@ -1,6 +1,7 @@
 #include "train/config.h"
 
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 
 namespace anetrain::train {
@@ -14,9 +15,17 @@ std::string num(int64_t v) { return std::to_string(v); }
 
 }  // namespace
 
-int ModelConfig::default_hidden_dim(int dim, int multiple_of) {
-    int hidden = int(2.0 * (4 * dim) / 3.0);
-    return multiple_of * ((hidden + multiple_of - 1) / multiple_of);
+int ModelConfig::default_hidden_dim(int64_t dim, int64_t multiple_of) {
+    if (dim <= 0 || multiple_of <= 0)
+        throw std::invalid_argument("dim and multiple_of must be positive to derive hidden_dim (got dim " +
+                                    num(dim) + ", multiple_of " + num(multiple_of) + ")");
+    // in double and int64, as Python computes it, so a large dim cannot overflow on the way
+    const int64_t hidden = int64_t(2.0 * double(4 * dim) / 3.0);
+    const int64_t rounded = multiple_of * ((hidden + multiple_of - 1) / multiple_of);
+    if (rounded > std::numeric_limits<int>::max())
+        throw std::invalid_argument("dim " + num(dim) + " gives a hidden_dim of " + num(rounded) +
+                                    ", more than a C int holds; use a smaller dim");
+    return int(rounded);
 }
 
 void ModelConfig::validate() const {

@@ -23,7 +23,7 @@ struct ModelConfig {
     int head_dim() const { return dim / n_heads; }
     int kv_dim() const { return kv_heads() * head_dim(); }
     int kv_heads() const { return n_kv_heads ? n_kv_heads : n_heads; }
-    int ffn_dim() const { return hidden_dim ? hidden_dim : default_hidden_dim(dim); }
+    int ffn_dim() const { return hidden_dim ? hidden_dim : dim > 0 ? default_hidden_dim(dim) : 0; }
     int group_size() const { return n_heads / kv_heads(); }  // Q heads sharing one KV head
 
     // Throws std::invalid_argument with one line naming the bad field and the fix (the shape rules
@@ -34,8 +34,9 @@ struct ModelConfig {
     int64_t layer_param_count() const;  // one TransformerBlock
     int64_t param_count() const;        // the whole model (embedding counted once: tied)
 
-    // llama2.c's FeedForward rule: h = int(2 * 4 * dim / 3) rounded up to a multiple of 32.
-    static int default_hidden_dim(int dim, int multiple_of = 32);
+    // llama2.c's FeedForward rule: h = int(2 * 4 * dim / 3) rounded up to a multiple of 32 (the
+    // one definition; anetrain.config calls it). std::invalid_argument when it cannot be formed.
+    static int default_hidden_dim(int64_t dim, int64_t multiple_of = 32);
 };
 
 // One parameter tensor, row-major [rows][cols] as llama2.c stores it ([out][in] for linears;

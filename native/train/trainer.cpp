@@ -144,6 +144,11 @@ int Trainer::compiles_needed() const {
     return static_kernels_current() ? 0 : per_set * config().n_layers;
 }
 
+int Trainer::compiles_after_update() const {
+    if (kernel_options_.pipeline == mil::Pipeline::Dynamic) return 0;
+    return int(mil::layer_kernel_names().size()) * config().n_layers;
+}
+
 bool Trainer::static_kernels_current() const {
     // Weights behind a live view may have changed unseen: rebuild every time then.
     return !kernels_.empty() && kernels_version_ == state_.weights_version() && !state_.weights_exposed();

@@ -96,6 +96,9 @@ public:
     // Compiles the next accumulate() will need: static: 4 per layer after each update; dynamic:
     // 4 once. The driver uses this to restart before the compile budget runs out.
     int compiles_needed() const;
+    // Compiles a forward() right after the next update needs (static: a new set for the changed
+    // weights; dynamic: none), so the driver can budget a step's evaluation with the step.
+    int compiles_after_update() const;
 
     const Timings& timings() const { return timings_; }
     void reset_timings() { timings_ = Timings{}; }

@@ -185,7 +185,7 @@ void* thread_scratch(size_t bytes) {
 }
 
 Step tiled_step(std::vector<std::shared_ptr<const Ranged>> ops, int64_t align, std::vector<Scratch> scratch,
-                size_t slots, const Tile* feeds) {
+                size_t slots, const AddressMap* feeds) {
     const int64_t n = ops.front()->numel;
     const int64_t tile = std::max<int64_t>(1, kTile / align) * align;
     const int64_t tiles = (n + tile - 1) / tile;
@@ -196,7 +196,7 @@ Step tiled_step(std::vector<std::shared_ptr<const Ranged>> ops, int64_t align, s
     return [ops = std::move(ops), scratch = std::move(scratch), n, tile, tiles, slot_bytes, slots, work, feeds] {
         parallel_rows(tiles, work, [&](int64_t t0, int64_t t1) {
             const uintptr_t base = reinterpret_cast<uintptr_t>(thread_scratch(slot_bytes * slots));
-            Tile tl;
+            AddressMap tl;  // this tile's scratch slots, then the in-place inputs
             tl.moved.resize(scratch.size());
             tl.moved.insert(tl.moved.end(), feeds->moved.begin(), feeds->moved.end());
             for (int64_t t = t0; t < t1; ++t) {
@@ -216,7 +216,7 @@ Step tiled_step(std::vector<std::shared_ptr<const Ranged>> ops, int64_t align, s
 
 }  // namespace
 
-std::vector<FusedRun> fuse_plan(const std::vector<PlanStep>& plan, const std::vector<Use>& uses, const Tile* feeds) {
+std::vector<FusedRun> fuse_plan(const std::vector<PlanStep>& plan, const std::vector<Use>& uses, const AddressMap* feeds) {
     struct Run {
         size_t first, last;
         std::vector<std::shared_ptr<const Ranged>> ops;

@@ -530,7 +530,7 @@ View Builder::contiguous(const View& v) {
 
 void Builder::add_ranged(Ranged r) {
     auto op = std::make_shared<const Ranged>(std::move(r));
-    const Tile* feeds = &inputs_.tile;
+    const AddressMap* feeds = &inputs_.in_place;
     steps_.push_back({[op, feeds] {
                           const int64_t a = op->align;
                           parallel_rows(op->numel / a, a, [&](int64_t r0, int64_t r1) { op->run(r0 * a, r1 * a, *feeds); });

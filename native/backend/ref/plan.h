@@ -14,7 +14,7 @@
 // Program inputs: each has a buffer of the kernel's own, but ops that read an input only
 // through a Source (matmul, conv, the view ops, contiguous copies) find the caller's buffer
 // there during an evaluation instead, and ranged ops (element-wise, softmax, row reductions)
-// find it through Tile::at when it needs no conversion, so the kernel copies an input in only
+// find it through AddressMap::at when it needs no conversion, so the kernel copies an input in only
 // when some other op reads it, or a ranged op reads it and it needs converting (see Inputs).
 #pragma once
 #include <algorithm>
@@ -72,7 +72,7 @@ using Step = std::function<void()>;
 // intermediates never leave the cache (fuse.cpp); for a program input read in place, the
 // caller's buffer (see Inputs). Ranged ops pass every buffer pointer they read or write through
 // at().
-struct Tile {
+struct AddressMap {
     struct Moved {
         const void* buffer;
         uintptr_t at;      // address of the buffer's element 0 as seen from here (scratch - first)
@@ -111,7 +111,7 @@ struct Ranged {
     int64_t numel = 0;  // size of the index space
     int64_t align = 1;  // ranges begin and end at multiples of this (rows of a row-wise op)
     std::vector<Access> reads, writes;  // float or int32 buffers (4-byte elements)
-    std::function<void(int64_t, int64_t, const Tile&)> run;
+    std::function<void(int64_t, int64_t, const AddressMap&)> run;
 };
 // The access of an operand with data pointer `data` (elements of `elem` bytes) and `strides`
 // over the index space `shape`, traversed in row-major order.
@@ -139,7 +139,7 @@ struct FusedRun {
     Step run;
 };
 // `feeds`: the kernel's input redirections (Inputs::tile), added to every tile's.
-std::vector<FusedRun> fuse_plan(const std::vector<PlanStep>& plan, const std::vector<Use>& uses, const Tile* feeds);
+std::vector<FusedRun> fuse_plan(const std::vector<PlanStep>& plan, const std::vector<Use>& uses, const AddressMap* feeds);
 
 // How the caller's data for a program input holds its values during one evaluation.
 enum class Feed : uint8_t {
@@ -153,8 +153,8 @@ enum class Feed : uint8_t {
 // after copying/converting the input into it (Feed::exact). An input is read in place only when
 // no op reads the own buffer directly (`loaded`), and, when the caller's data needs converting,
 // when every reader can convert it (`exact_only` unset). Ops reach an input in place through a
-// Source, or, for ranged ops, through `tile`, which moves each own buffer read in place as
-// Feed::exact to the caller's. Outside eval, feeds hold the own buffers and tile moves nothing.
+// Source, or, for ranged ops, through `in_place`, which moves each own buffer read in place as
+// Feed::exact to the caller's. Outside eval, feeds hold the own buffers and in_place moves nothing.
 struct Inputs {
     std::vector<View> own;
     struct In {
@@ -162,7 +162,7 @@ struct Inputs {
         Feed feed = Feed::exact;
     };
     std::vector<In> feeds;
-    Tile tile;
+    AddressMap in_place;  // program inputs read in place: own buffer -> the caller's (during eval)
     std::vector<bool> loaded, exact_only;  // compile time, per input
 };
 
@@ -234,7 +234,7 @@ public:
     // at all: views), so a program input behind it can stay in the caller's buffer. Every
     // other accessor makes the kernel copy such an input into its own buffer first.
     const View& tensor_in_place(const char* key);
-    // The same for a ranged op that reads the operand only through Tile::at (the input behind it
+    // The same for a ranged op that reads the operand only through AddressMap::at (the input behind it
     // is then read in place when its data needs no conversion).
     const View& tensor_ranged(const char* key);
     // Declares that a step reads v's buffer by its pointer (a program input behind it is copied in).

@@ -86,7 +86,7 @@ public:
         const char* fuse_env = std::getenv("ANETRAIN_REF_FUSE");
         if (fuse_env && std::string(fuse_env) == "0") fuse = false;
         std::vector<FusedRun> runs;
-        if (fuse) runs = fuse_plan(plan, uses(f, values, plan_op), &program_inputs_.tile);
+        if (fuse) runs = fuse_plan(plan, uses(f, values, plan_op), &program_inputs_.in_place);
         size_t next = 0;
         for (size_t s = 0; s < plan.size();) {
             if (next < runs.size() && runs[next].first == s) {
@@ -255,7 +255,7 @@ private:
             program_inputs_.feeds[i] = {h.data, feed};
             // ranged ops reach it through the tile (only as it is: they cannot convert)
             if (feed == Feed::exact)
-                program_inputs_.tile.moved.push_back({v.data, reinterpret_cast<uintptr_t>(h.data), size_t(h.numel) * size});
+                program_inputs_.in_place.moved.push_back({v.data, reinterpret_cast<uintptr_t>(h.data), size_t(h.numel) * size});
         } else {
             IoTimer io{io_ms_};
             load_input(v, h, feed);
@@ -264,7 +264,7 @@ private:
 
     // Outside eval every feed is the kernel's own buffer: no caller pointer is kept.
     void restore_feeds() {
-        program_inputs_.tile.moved.clear();
+        program_inputs_.in_place.moved.clear();
         for (size_t i = 0; i < program_inputs_.own.size(); ++i) program_inputs_.feeds[i] = {program_inputs_.own[i].data, Feed::exact};
     }
 

@@ -43,7 +43,7 @@ void plan_binary(Builder& b, const View& x, const View& y, const View& out, F f)
     r.numel = out.numel();
     r.reads = {ranged_access(xp, sizeof(T), out.shape, xs), ranged_access(yp, sizeof(T), out.shape, ys)};
     r.writes = {ranged_access(zp, sizeof(T), out.shape, out.strides)};
-    r.run = [L, xp, yp, zp, f, round, sink](int64_t b, int64_t e, const Tile& t) {
+    r.run = [L, xp, yp, zp, f, round, sink](int64_t b, int64_t e, const AddressMap& t) {
         const int64_t sx = L.strides[0].back(), sy = L.strides[1].back();
         const T* x = t.at(xp);
         const T* y = t.at(yp);
@@ -121,7 +121,7 @@ void plan_unary(Builder& b, const View& x, const View& out, F f) {
     r.numel = out.numel();
     r.reads = {ranged_access(xp, sizeof(float), out.shape, x.strides)};
     r.writes = {ranged_access(zp, sizeof(float), out.shape, out.strides)};
-    r.run = [L, xp, zp, f, round, sink](int64_t b, int64_t e, const Tile& t) {
+    r.run = [L, xp, zp, f, round, sink](int64_t b, int64_t e, const AddressMap& t) {
         const int64_t sx = L.strides[0].back();
         const float* x = t.at(xp);
         float* z = t.at(zp);

@@ -77,7 +77,7 @@ void build_reduce(Builder& b, Red kind) {
         w.hi = w.base + out_n * int64_t(sizeof(float));
         w.per = n;
         rg.writes = {w};
-        rg.run = [=](int64_t b, int64_t e, const Tile& t) {
+        rg.run = [=](int64_t b, int64_t e, const AddressMap& t) {
             const int64_t sx = L.strides[0].back(), r0 = b / n, r1 = e / n;
             const float* xp = t.at(x.f());
             float* o = t.at(out.f());

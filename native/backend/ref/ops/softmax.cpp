@@ -52,7 +52,7 @@ void build_softmax(Builder& b) {
     r.align = std::max<int64_t>(block, 1);
     r.reads = {ranged_access(x.data, sizeof(float), x.shape, x.strides)};
     r.writes = {ranged_access(out.data, sizeof(float), out.shape, out.strides)};
-    r.run = [x, out, n, inner, block, round, sink](int64_t b, int64_t e, const Tile& t) {
+    r.run = [x, out, n, inner, block, round, sink](int64_t b, int64_t e, const AddressMap& t) {
         const float* xp = t.at(x.f());
         float* own = t.at(out.f());
         float* y = target(sink, own);
