@@ -34,7 +34,7 @@ def flops_per_token(cfg):
 # A step record's "ms" keys in the order people read them, with their names for people. dW's own
 # time overlaps kernel evaluation, so only the wait for it is part of the step.
 PHASES = {"kernels": "kernels", "io": "fp16 I/O", "cpu_ops": "CPU ops", "dw_wait": "dW wait",
-          "optimizer": "optimizer", "compile": "compiles", "allreduce": "all-reduce", "other": "other"}
+          "optimizer": "optimizer", "compile": "compiles", "other": "other"}
 
 
 def tokens_per_s(rec):
