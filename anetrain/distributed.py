@@ -277,7 +277,8 @@ class Group:
         for kind in kinds:
             arrays = [model.get(n, kind) for n in names]
             flat = np.concatenate([a.ravel() for a in arrays])
-            self.collective(f"the broadcast of rank 0's {kind} tensors", self.dist.broadcast, self.torch.from_numpy(flat), src=0)
+            self.collective(f"the broadcast of rank 0's {kind} tensors", self.dist.broadcast,
+                            self.torch.from_numpy(flat), src=0)
             if self.is_main:
                 continue
             at = 0
@@ -365,6 +366,7 @@ class _Reduction:
                 raise self.launch_error
             for _, work, _ in self.flights:
                 work.wait()
+            self.waited = time.perf_counter()  # (a completion callback may still be on its way)
             kind = 0 if failure is None else 1 if isinstance(failure, CompileBudgetExceeded) else 2
             totals = self.torch.tensor([loss if failure is None else 0.0, float(kind == 1), float(kind == 2)],
                                        dtype=self.torch.float64)
@@ -391,7 +393,7 @@ class _Reduction:
     def record(self):
         """The step's all-reduce time (with a reduction in flight) and the share of it hidden
         behind the backward pass, for metrics.jsonl."""
-        spans = sorted((t0, max(done) if done else t0) for t0, _, done in self.flights)
+        spans = sorted((t0, max(done) if done else self.waited) for t0, _, done in self.flights)
         busy, hidden, reach = 0.0, 0.0, float("-inf")
         for start, end in spans:  # the union of the spans, and its part before the backward pass ended
             start = max(start, reach)
