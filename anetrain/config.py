@@ -31,6 +31,7 @@ NATIVE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidd
                  "rope_theta", "head_dim", "qk_norm", "tie_embeddings")
 INT32_MAX = 2 ** 31 - 1
 BACKENDS = ("auto", "ref", "ane")
+ALLREDUCE = ("after", "overlap")
 REPO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 
 
@@ -262,6 +263,19 @@ class TrainConfig:
         "help": "do not draw <out>/report.png at the end of the run (drawing it takes matplotlib a second or two)"})
     wandb: str = field(default="", metadata={
         "help": "also log the metrics to this Weights & Biases project (needs: pip install wandb)"})
+    # data parallel (under torchrun; docs/distributed.md)
+    allreduce: str = field(default="after", metadata={
+        "help": "data parallel: all-reduce the gradients once after the backward pass (after), or per layer "
+                "while it goes on with earlier layers (overlap)"})
+    sync_check: int = field(default=100, metadata={
+        "help": "data parallel: steps between comparisons of a weight checksum across ranks, which stop the "
+                "run when the ranks drift apart (0: never)"})
+    dist_timeout: float = field(default=300.0, metadata={
+        "help": "data parallel: seconds a rank waits for the others (to start, or in any exchange) before it "
+                "ends the run; must exceed rank 0's longest pause (validation, samples, checkpoints)"})
+    reshard: bool = field(default=False, metadata={
+        "help": "with --resume: accept a checkpoint written by another number of ranks (each rank then draws "
+                "new windows; see docs/distributed.md)"})
 
     def validate(self):
         if self.pipeline not in PIPELINES:
@@ -272,9 +286,13 @@ class TrainConfig:
             if getattr(self, f) < 1:
                 raise UsageError(f"--{f.replace('_', '-')} must be at least 1, got {getattr(self, f)}")
         for f in ("warmup_steps", "eval_interval", "sample_interval", "sample_tokens",
-                  "ckpt_interval", "compile_budget"):
+                  "ckpt_interval", "compile_budget", "sync_check"):
             if getattr(self, f) < 0:
                 raise UsageError(f"--{f.replace('_', '-')} must not be negative, got {getattr(self, f)}")
+        if self.allreduce not in ALLREDUCE:
+            raise UsageError(f"unknown --allreduce {self.allreduce!r}; choose {' or '.join(ALLREDUCE)}")
+        if not (math.isfinite(self.dist_timeout) and self.dist_timeout > 0):
+            raise UsageError(f"--dist-timeout must be a finite number of seconds > 0, got {self.dist_timeout}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UsageError(f"--lr must be a finite number > 0, got {self.lr}")
         bad = adamw_problem(lr=self.lr, beta1=self.beta1, beta2=self.beta2, weight_decay=self.weight_decay,
@@ -343,6 +361,7 @@ MODEL_FLAGS = {
 DERIVED_FIELDS = {"hidden_dim": ("dim",), "n_kv_heads": ("n_heads",), "head_dim": ("dim", "n_heads")}
 METAVARS = {"preset": "NAME", "data": "GLOB", "val_data": "GLOB", "tokenizer": "PATH", "out": "DIR",
             "pipeline": "{static,dynamic}", "backend": "{auto,ref,ane}", "ckpt": "PATH",
+            "allreduce": "{after,overlap}", "dist_timeout": "SECONDS",
             "init_from": "PATH", "wandb": "PROJECT"}
 _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 

@@ -21,6 +21,12 @@ A training window is ``seq_len + 1`` consecutive tokens (inputs and shifted targ
 cross document boundaries, as in llama2.c. ``WindowSampler`` draws window starts uniformly over all
 windows of all shards from a seeded NumPy ``Generator`` whose state is exported and restored
 exactly, so a resumed run sees the same batches it would have seen without stopping.
+
+Data parallel: rank ``r`` of ``W`` ranks draws only the windows whose index (over all windows of
+all parts, in order) is ``r`` modulo ``W``, from a generator seeded by ``(seed, r)``. No two ranks
+ever draw the same window, each rank's batches depend only on the seed, its rank and the world
+size, and a single process can draw exactly the windows of every rank by making the W samplers
+itself (what the equality test of tests/test_distributed.py does).
 """
 import glob as _glob
 import json
@@ -261,9 +267,14 @@ def _locate(counts, flat_index):
 
 
 class WindowSampler:
-    """Uniformly random windows of ``seq_len + 1`` tokens over a list of Parts, reproducibly."""
+    """Uniformly random windows of ``seq_len + 1`` tokens over a list of Parts, reproducibly.
 
-    def __init__(self, parts, seq_len, seed):
+    ``rank`` of ``world``: the data-parallel rank's share (module docstring), from a generator
+    seeded by ``(seed, rank)``; a single process (world 1) seeds by ``seed`` alone. ``stream``
+    starts a further independent stream, seeded by ``(seed, rank, stream)``: a resume with
+    another world size (``--reshard``) starts one per rank, numbered by the step."""
+
+    def __init__(self, parts, seq_len, seed, rank=0, world=1, stream=None):
         self.parts = parts
         self.seq_len = seq_len
         self.counts = _window_counts(parts, seq_len)
@@ -271,11 +282,20 @@ class WindowSampler:
         if self.total == 0:
             raise DataError(f"no shard has seq_len+1 = {seq_len + 1} tokens; use more data or a "
                             f"shorter sequence")
-        self.rng = np.random.Generator(np.random.PCG64(seed))
+        if self.total < world:
+            raise DataError(f"the training data holds {self.total} windows of seq_len+1 = {seq_len + 1} tokens, "
+                            f"fewer than the {world} ranks; use more data or fewer ranks")
+        self.rank, self.world = rank, world
+        self.share = (self.total - rank + world - 1) // world  # windows with index = rank (mod world)
+        if world == 1 and stream is None:
+            entropy = seed
+        else:
+            entropy = [seed, rank] + ([] if stream is None else [stream])
+        self.rng = np.random.Generator(np.random.PCG64(entropy))
 
     def batch(self, batch_size):
         """An int32 array [batch_size, seq_len + 1]: inputs are [:, :-1], targets [:, 1:]."""
-        flat = self.rng.integers(0, self.total, size=batch_size)
+        flat = self.rank + self.world * self.rng.integers(0, self.share, size=batch_size)
         return _gather(self.parts, _locate(self.counts, flat), self.seq_len)
 
     def state(self):

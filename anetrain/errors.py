@@ -25,6 +25,11 @@ class ModelFileError(AnetrainError):
     """A llama2.c model or tokenizer file that is malformed or does not fit its header."""
 
 
+class RunFailed(Exception):
+    """The run cannot go on (not a usage problem): the training command prints it as one line and
+    exits with status 1."""
+
+
 def exit_on_error(main):
     """Run ``main()``; turn an AnetrainError into ``error: ...`` on stderr and exit status 2, and a
     Ctrl-C that reaches here (the command's own handling, if any, has cleaned up) into one

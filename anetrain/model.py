@@ -57,12 +57,24 @@ class Model:
                              f"{a.min()} to {a.max()}")
         return a.astype(np.int32)
 
-    def accumulate(self, tokens):
-        """Forward and backward over int32 tokens [batch, seq_len+1]; adds gradients; returns the mean loss."""
-        return self._t.accumulate(self.token_ids(tokens))
+    def accumulate(self, tokens, grads_ready=None):
+        """Forward and backward over int32 tokens [batch, seq_len+1]; adds gradients; returns the mean loss.
 
-    def update(self, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, clip=1.0):
+        grads_ready(offset, count), if given, is called during the last sequence's backward pass
+        for each range of ``flat("grad")`` that then holds its final sum (norm, the layers from the
+        last, tok_embeddings), possibly from another thread: a data-parallel run reduces it
+        meanwhile. Give it with the last accumulate() before update()."""
+        return self._t.accumulate(self.token_ids(tokens), grads_ready)
+
+    @property
+    def grads_ready_ranges(self):
+        """[(offset, count)] of ``flat("grad")`` in the order accumulate() hands them to grads_ready."""
+        return [tuple(r) for r in self._t.grads_ready_ranges]
+
+    def update(self, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, clip=1.0, sequences=None):
         """Clip (global norm; clip 0 disables) and apply AdamW; returns the gradient norm before clipping.
+        ``sequences``: how many sequences the gradients sum over when not those accumulated here
+        (data parallel: all ranks' after an all-reduce of the sums).
         ValueError for a setting that would turn the weights into NaN or silently skip clipping."""
         bad = adamw_problem(lr=lr, beta1=betas[0], beta2=betas[1], weight_decay=weight_decay, grad_clip=clip,
                             eps=eps)
@@ -70,7 +82,8 @@ class Model:
             name, rule, value = bad
             name = {"beta1": "betas[0]", "beta2": "betas[1]", "grad_clip": "clip"}.get(name, name)
             raise ValueError(f"{name} must be {rule}, got {value}")
-        return self._t.update(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay, clip=clip)
+        return self._t.update(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay, clip=clip,
+                              sequences=sequences or 0)
 
     def step(self, tokens, lr, **update_args):
         """One optimizer step on one batch: returns (loss, timings of this step in ms)."""
@@ -148,6 +161,12 @@ class Model:
 
     def set(self, name, value, kind="weight"):
         self._t.state.set(_name(name), np.ascontiguousarray(value, dtype=np.float32), kind)
+
+    def flat(self, kind="grad"):
+        """A writable 1-D float32 view (no copy) of one whole buffer (kind: weight, grad, m or v),
+        the tensors in names() order. After a weight view the static pipeline recompiles before
+        every step, since changes made through it cannot be seen."""
+        return self._t.state.flat(kind)
 
     def state_dict(self, kinds=KINDS):
         """{"<kind>:<name>": array} for the given kinds (default: weights, grads and both moments)."""

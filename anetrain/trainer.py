@@ -17,7 +17,10 @@ trainer, then clipping and AdamW at the scheduled learning rate. Around it:
 - telemetry: a tqdm bar, JSON lines per step in ``<out>/metrics.jsonl`` (also to Weights & Biases
   with ``--wandb``), validation loss and a generated sample at intervals, a record of each exec()
   restart, and at the end an efficiency report and ``<out>/report.png`` (anetrain/dashboard.py);
-- a non-finite loss stops the run without writing a checkpoint, so the last good one is intact.
+- a non-finite loss stops the run without writing a checkpoint, so the last good one is intact;
+- data parallel under torchrun (anetrain/distributed.py, docs/distributed.md): every rank runs this
+  loop on its own windows, the ranks agree at each step boundary on stopping and restarting,
+  rank 0 alone writes to ``--out``, and checkpoints hold every rank's sampler state.
 """
 import errno
 import math
@@ -27,10 +30,10 @@ import sys
 import time
 
 
-from . import ane, backends, checkpoint, config, dashboard, data, modelfile, rundir, telemetry
+from . import ane, backends, checkpoint, config, dashboard, data, distributed, modelfile, rundir, telemetry
 from . import tokenizer as tokenizers
 from ._native import BackendError, CompileBudgetExceeded
-from .errors import AnetrainError, UsageError, exit_on_error
+from .errors import AnetrainError, RunFailed, UsageError, exit_on_error
 from .generate import sample_tokens, validation_loss
 from .model import Model
 
@@ -39,10 +42,6 @@ RETRY_ENV = "ANETRAIN_RETRY_STEP"    # the step whose failure was already retrie
 # the signals that stop a run at the next step boundary with a checkpoint, and the word the
 # closing line uses for each
 STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
-
-
-class RunFailed(Exception):
-    """The run cannot go on (not a usage problem): printed as one line, exit status 1."""
 
 
 def main(argv=None):
@@ -85,18 +84,26 @@ class Run:
         self.stop_signal = None  # SIGINT or SIGTERM once one asked the run to stop
         self.tokenizer = None    # for samples, once the run starts
         self.model_cfg, self.train = config.parse_args(argv, init_model=modelfile.read_config)
+        self.restarts = int(os.environ.get(RESTARTS_ENV, "0"))
+        self.dist = distributed.setup(self.train.dist_timeout, self.restarts, overlap=self.train.allreduce == "overlap")
+        self.dist.start(self.open, distributed.shared_settings(self.model_cfg, self.train))
+
+    def open(self):
+        """This rank's start: data, run directory (rank 0), backend and model."""
         t = self.train
         seq = self.model_cfg.seq_len
         # the inputs first: a run refused for its data or --init-from leaves no run directory behind
         splits = data.open_splits(t.data, self.model_cfg.vocab_size, seq, t.val_data, t.val_fraction)
-        self.sampler = data.WindowSampler(splits.train, seq, t.seed)
+        self.sampler = data.WindowSampler(splits.train, seq, t.seed, self.dist.rank, self.dist.world)
         self.val = data.eval_windows(splits.val, seq, t.eval_windows)
         self.init_weights = self.read_init_weights() if t.init_from and not t.resume else None
-        self.out = prepare_out_dir(t.out)
-        self.lock = rundir.RunLock(self.out)
-        rundir.remove_stale_temps(self.out)
-        self.claim_out_dir()
-        self.lock.record_pid()
+        self.out, self.lock = t.out, None
+        if self.dist.is_main:  # the other ranks write nothing to --out
+            self.out = prepare_out_dir(t.out)
+            self.lock = rundir.RunLock(self.out)
+            rundir.remove_stale_temps(self.out)
+            self.claim_out_dir()
+            self.lock.record_pid()
         self.metrics_path = os.path.join(self.out, rundir.METRICS_NAME)
         self.backend = make_backend(t)
         try:
@@ -109,9 +116,8 @@ class Run:
         self.wandb_id = ""    # the Weights & Biases run this run logs to (--wandb), kept in checkpoints
         self.losses, self.val_losses = [], []
         self.cum = {"wall_s": 0.0, "compile_s": 0.0, "train_s": 0.0, "steps": 0}
-        self.restarts = int(os.environ.get(RESTARTS_ENV, "0"))
         self.flops = telemetry.flops_per_token(self.model_cfg)["train"]
-        self.tokens_per_step = t.batch_size * t.accum_steps * seq
+        self.tokens_per_step = self.dist.world * t.batch_size * t.accum_steps * seq
         self.started = time.perf_counter()
         self.steps_here = 0
 
@@ -135,11 +141,11 @@ class Run:
         print(f"moved the previous run's {len(files)} files into {dest}", file=sys.stderr)
 
     # ---------------------------------------------------------------- checkpoints
-    def ckpt_meta(self, sampler_state):
+    def ckpt_meta(self, sampler_states):
         return {"config": self.model_cfg.to_dict(), "train": self.train.to_dict(), "step": self.step,
-                "adam_step": self.model.step_count, "sampler": sampler_state, "losses": self.losses,
-                "val_losses": self.val_losses, "cum": self.cumulative(), "restarts": self.restarts,
-                "wandb_id": self.wandb_id}
+                "adam_step": self.model.step_count, "sampler": sampler_states, "world_size": self.dist.world,
+                "losses": self.losses, "val_losses": self.val_losses, "cum": self.cumulative(),
+                "restarts": self.restarts, "wandb_id": self.wandb_id}
 
     def cumulative(self):
         c = dict(self.cum)
@@ -147,12 +153,16 @@ class Run:
         return c
 
     def save(self, sampler_state=None):
+        """Write a checkpoint (every rank calls this at the same step; rank 0 writes, the others
+        return None)."""
+        sampler_states = self.dist.gather(sampler_state or self.sampler.state())
+        if not self.dist.is_main:
+            return None
         path = checkpoint.step_path(self.out, self.step)
         previous = checkpoint.latest(self.out)
         arrays = self.model.state_dict(kinds=("weight", "m", "v"))
         try:
-            checkpoint.save(path, arrays, self.ckpt_meta(sampler_state or self.sampler.state()),
-                            keep_last=self.train.keep_last)
+            checkpoint.save(path, arrays, self.ckpt_meta(sampler_states), keep_last=self.train.keep_last)
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -162,30 +172,53 @@ class Run:
         return path
 
     def restore(self):
-        t = self.train
-        path = t.ckpt or checkpoint.latest(self.out)
-        if path is None:
-            print(f"note: no checkpoint in {self.out}; starting from scratch", file=sys.stderr)
-            telemetry.truncate_log(self.metrics_path, -1)  # every logged step runs again
+        meta = self.dist.on_main(self.read_checkpoint)  # rank 0 reads it; the others get its state
+        if meta is None:
             return
-        arrays, meta = checkpoint.load(path, expect_config=self.model_cfg.to_dict())
-        try:
-            self.model.load_state_dict(arrays)
-        except (KeyError, ValueError) as e:
-            raise AnetrainError(f"{path}: tensors do not fit the model ({e}); use a new --out")
+        self.dist.share_state(self.model, ("weight", "m", "v"))
         self.model.step_count = meta["adam_step"]
-        self.sampler.set_state(meta["sampler"])
         self.step = int(meta["step"])
         self.losses = list(meta.get("losses", []))
         self.val_losses = list(meta.get("val_losses", []))
         self.cum = dict(meta.get("cum", self.cum))
         self.wandb_id = meta.get("wandb_id", "")
-        dropped = telemetry.truncate_log(self.metrics_path, self.step)
-        print(f"resumed from {path} at step {self.step}", file=sys.stderr)
-        self.set_aside_later_checkpoints()
+        states = meta["sampler"] if isinstance(meta["sampler"], list) else [meta["sampler"]]  # (dict: before lists)
+        if len(states) == self.dist.world:
+            self.sampler.set_state(states[self.dist.rank])
+        else:  # --reshard (read_checkpoint refused it otherwise): new windows from here on, a stream per rank
+            s = self.sampler
+            self.sampler = data.WindowSampler(s.parts, s.seq_len, self.train.seed, s.rank, s.world, stream=self.step)
+        if self.dist.is_main:
+            self.set_aside_later_checkpoints()
+
+    def read_checkpoint(self):
+        """Rank 0: load the checkpoint into the model; its meta, or None when there is none."""
+        t = self.train
+        path = t.ckpt or checkpoint.latest(self.out)
+        if path is None:
+            print(f"note: no checkpoint in {self.out}; starting from scratch", file=sys.stderr)
+            telemetry.truncate_log(self.metrics_path, -1)  # every logged step runs again
+            return None
+        arrays, meta = checkpoint.load(path, expect_config=self.model_cfg.to_dict())
+        saved, world = meta.get("world_size", 1), self.dist.world
+        if saved != world and not t.reshard:
+            raise UsageError(f"{path} was written by a run of {saved} rank{'s' * (saved > 1)} and this run has "
+                             f"{world}; resume with {saved} rank{'s' * (saved > 1)} (torchrun's --nproc-per-node "
+                             f"times --nnodes), or pass --reshard to go on with {world} (each rank then draws new "
+                             f"windows; docs/distributed.md)")
+        try:
+            self.model.load_state_dict(arrays)
+        except (KeyError, ValueError) as e:
+            raise AnetrainError(f"{path}: tensors do not fit the model ({e}); use a new --out")
+        dropped = telemetry.truncate_log(self.metrics_path, int(meta["step"]))
+        print(f"resumed from {path} at step {meta['step']}", file=sys.stderr)
+        if saved != world:
+            print(f"note: resharded from {saved} to {world} ranks: the ranks draw new windows from step "
+                  f"{meta['step']} on", file=sys.stderr)
         if dropped:
-            print(f"note: dropped {dropped} records after step {self.step} from {self.metrics_path}; "
+            print(f"note: dropped {dropped} records after step {meta['step']} from {self.metrics_path}; "
                   f"those steps run again", file=sys.stderr)
+        return meta
 
     def set_aside_later_checkpoints(self):
         """After resuming from an older checkpoint (--ckpt), the checkpoints past its step belong to
@@ -205,24 +238,28 @@ class Run:
         for name, value in self.init_weights.items():
             self.model.set(name, value)
         self.init_weights = None
-        print(f"initialised from {self.train.init_from}", file=sys.stderr)
+        self.say(f"initialised from {self.train.init_from}")
 
     # ---------------------------------------------------------------- restart
     def restart(self, reason, retry_step=None):
         path = self.save()
         env = dict(os.environ)
         env[RESTARTS_ENV] = str(self.restarts + 1)
-        env.update(self.lock.handover())
+        if self.lock:
+            env.update(self.lock.handover())
         if retry_step is not None:
             env[RETRY_ENV] = str(retry_step)
-        args = strip_resume_flags(self.argv) + ["--resume", "--ckpt", path]
-        print(f"[restart after step {self.step}: {reason}; checkpoint {path}]", file=sys.stderr, flush=True)
+        # rank 0 reads the checkpoint and sends the others its state (restore)
+        args = strip_resume_flags(self.argv) + ["--resume"] + (["--ckpt", path] if path else [])
+        if self.dist.is_main:
+            print(f"[restart after step {self.step}: {reason}; checkpoint {path}]", file=sys.stderr, flush=True)
         if self.log is not None:
             self.log.write({"type": "restart", "step": self.step, "reason": reason, "restarts": self.restarts + 1})
             self.log.close()
         sys.stdout.flush()
         self.model.close()    # unload every program (on the ANE: and remove its model directory)
         ane.release_models()  # the new process image never unloads this one's programs
+        self.dist.close()     # every rank restarts here; the new images form a new group
         # held back until the new image has its handlers (Run.run), instead of killing the process
         # in between: the signal mask and pending signals survive execve
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -235,20 +272,21 @@ class Run:
 
     def ensure_budget(self):
         """Restart when the next step's compiles, and those of the forward passes due after it
-        (evaluation, samples), do not fit the remaining budget."""
+        (evaluation, samples), do not fit the remaining budget (of any rank: the ranks restart
+        together)."""
         left = self.backend.remaining
-        if left is None:
-            return
         need = self.model.compiles_needed()
         if self.forward_due(self.step + 1):
             need += self.model.compiles_after_update()
-        if need <= left:
+        short = left is not None and need > left
+        if not self.dist.any(short):
             return
         if self.steps_here == 0:
-            raise UsageError(f"the compile budget ({self.backend.budget}) cannot fit one {self.train.pipeline} step "
-                             f"and the evaluation after it ({need} compiles); raise --compile-budget or use "
-                             f"--pipeline dynamic")
-        self.restart(f"{need} compiles needed, {left} left in the budget")
+            budget = f"compile budget ({self.backend.budget})" if short else "compile budget of another rank"
+            raise UsageError(f"the {budget} cannot fit one {self.train.pipeline} step and the evaluation after "
+                             f"it ({need} compiles); raise --compile-budget or use --pipeline dynamic")
+        self.restart(f"{need} compiles needed, {left} left in the budget" if short
+                     else "another rank's compile budget is spent")
 
     # ---------------------------------------------------------------- one step
     def train_step(self):
@@ -256,14 +294,20 @@ class Run:
         lr = config.lr_at(self.step, t)
         self.model.reset_timings()
         t0 = time.perf_counter()
-        loss = 0.0
-        for _ in range(t.accum_steps):
-            loss += self.model.accumulate(self.sampler.batch(t.batch_size)) / t.accum_steps
+        loss, failure = 0.0, None
+        reduction = self.dist.gradient_step(self.model)  # data parallel: sums the ranks' gradients
+        try:
+            for i in range(t.accum_steps):
+                ready = reduction.ready if i == t.accum_steps - 1 else None
+                loss += self.model.accumulate(self.sampler.batch(t.batch_size), grads_ready=ready) / t.accum_steps
+        except (CompileBudgetExceeded, BackendError) as e:
+            failure = e
+        loss = reduction.finish(loss, failure)  # the mean over ranks; any rank's failure raised on all
         if not math.isfinite(loss):
-            last = checkpoint.latest(self.out)
             raise RunFailed(f"loss became {loss} at step {self.step}; stopping without saving. The last good "
-                            f"checkpoint is {last or '(none yet)'}; lower --lr or raise --grad-clip and resume")
-        gnorm = self.model.update(lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay, clip=t.grad_clip)
+                            f"checkpoint is {self.last_checkpoint()}; lower --lr or raise --grad-clip and resume")
+        gnorm = self.model.update(lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay, clip=t.grad_clip,
+                                  sequences=self.dist.world * t.batch_size * t.accum_steps)
         elapsed = time.perf_counter() - t0
         tm = self.model.timings
         compile_s = tm["compile_ms"] / 1e3
@@ -271,8 +315,11 @@ class Run:
         self.cum["train_s"] += elapsed - compile_s
         self.cum["steps"] += 1
         parts = {k[:-3]: v for k, v in tm.items() if k.endswith("_ms") and k not in ("total_ms", "dw_ms")}
-        parts["other"] = max(0.0, elapsed * 1e3 - tm["total_ms"])
-        return loss, lr, gnorm, parts, tm["compiles"]
+        comm = reduction.record()
+        if comm:  # the wait for the reduction after the backward pass is the step's; the hidden part is not
+            parts["allreduce"] = reduction.exposed_ms
+        parts["other"] = max(0.0, elapsed * 1e3 - tm["total_ms"] - parts.get("allreduce", 0.0))
+        return loss, lr, gnorm, parts, tm["compiles"], comm
 
     # ---------------------------------------------------------------- the loop
     def run(self):
@@ -283,6 +330,11 @@ class Run:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         try:
             return self.train_loop()
+        except distributed.GroupFailed as e:
+            # torchrun now stops the other ranks with SIGTERM: nothing left to save, only to say why
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            raise RunFailed(f"{e}. The last checkpoint {self.last_checkpoint()} is intact; resume with --resume "
+                            f"once every rank can run") from None
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -291,36 +343,40 @@ class Run:
         t = self.train
         if t.resume:
             self.restore()
-        elif t.init_from:
-            self.init_from_model()
+        else:
+            if t.init_from:
+                self.init_from_model()
+            self.dist.share_state(self.model, ("weight",))  # data parallel: rank 0's, however the others started
         if self.step >= t.steps:
-            print(f"nothing to do: the run is already at step {self.step} of {t.steps}", file=sys.stderr)
+            self.say(f"nothing to do: the run is already at step {self.step} of {t.steps}")
             return 0
-        tokenizer = self.tokenizer = load_tokenizer(t.tokenizer)
-        print(f"anetrain: {self.model_cfg.name} ({self.model_cfg.n_params() / 1e6:.2f}M params), "
-              f"{t.pipeline} pipeline on {self.backend.name}, {self.tokens_per_step} tokens/step, "
-              f"out {self.out}", file=sys.stderr)
+        tokenizer = self.tokenizer = load_tokenizer(t.tokenizer) if self.dist.is_main else None
+        self.say(f"anetrain: {self.model_cfg.name} ({self.model_cfg.n_params() / 1e6:.2f}M params), "
+                 f"{t.pipeline} pipeline on {self.backend.name}, {self.tokens_per_step} tokens/step, out {self.out}")
+        if self.dist.describe():
+            self.say(self.dist.describe())
         placement = self.prepare_kernels()
         for line in telemetry.placement_lines(placement):
-            print(line, file=sys.stderr)
+            self.say(line)
         from tqdm import tqdm
 
         tqdm.monitor_interval = 0  # no monitor thread: it would be a thread with the stop signals unblocked
 
         bar = tqdm(total=t.steps, initial=self.step, unit="step", dynamic_ncols=True, file=sys.stderr,
-                   disable=None)
-        log = self.log = telemetry.StepLog(self.metrics_path, mirror=t.log_stderr, sinks=self.sinks())
+                   disable=None if self.dist.is_main else True)
+        log = self.log = (telemetry.StepLog(self.metrics_path, mirror=t.log_stderr, sinks=self.sinks())
+                          if self.dist.is_main else telemetry.StepLog(os.devnull))
         log.write({"type": "placement", "step": self.step, **placement, "run": {
             "model": self.model_cfg.name, "params": self.model_cfg.n_params(), "pipeline": t.pipeline,
             "backend": self.backend.name, "steps": t.steps}})
         try:
             if self.step == 0:
                 self.evaluate(log, bar)  # the untrained model's validation loss: the baseline
-            while self.step < t.steps and self.stop_signal is None:
+            while self.step < t.steps and not self.stopping():
                 self.ensure_budget()
                 sampler_state = self.sampler.state()
                 try:
-                    loss, lr, gnorm, parts, compiles = self.train_step()
+                    loss, lr, gnorm, parts, compiles, comm = self.train_step()
                 except CompileBudgetExceeded:
                     self.sampler.set_state(sampler_state)
                     self.restart("compile budget exhausted")
@@ -333,7 +389,7 @@ class Run:
                 self.steps_here += 1
                 self.losses.append(loss)
                 rec = telemetry.step_record(self.step, loss, lr, gnorm, parts, self.tokens_per_step, self.flops,
-                                            compiles=self.backend.compiles)
+                                            compiles=self.backend.compiles, **comm)
                 log.write(rec)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", ms=f"{rec['step_ms']:.0f}",
@@ -344,18 +400,33 @@ class Run:
             log.close()
             self.log = None
         path = self.save()
-        if not self.train.no_report:
+        if not self.train.no_report and self.dist.is_main:
             self.write_report()
         if self.stop_signal is not None:
-            print(f"{STOP_SIGNALS[self.stop_signal]}: saved {path} at step {self.step}; resume with --resume",
-                  file=sys.stderr)
+            self.say(f"{STOP_SIGNALS[self.stop_signal]}: saved {path} at step {self.step}; resume with --resume")
             return 128 + self.stop_signal  # the shell's status for death by that signal
         e = telemetry.efficiency(**{k: self.cumulative()[k] for k in ("wall_s", "compile_s", "train_s", "steps")},
                                  tokens_per_step=self.tokens_per_step, train_flops_per_token=self.flops)
-        print(f"done: step {self.step}, final loss {self.losses[-1]:.4f}, checkpoint {path}", file=sys.stderr)
-        print(telemetry.format_report(e), file=sys.stderr)
-        print(telemetry.placement_lines(placement)[0], file=sys.stderr)
+        self.say(f"done: step {self.step}, final loss {self.losses[-1]:.4f}, checkpoint {path}")
+        self.say(telemetry.format_report(e))
+        self.say(telemetry.placement_lines(placement)[0])
         return 0
+
+    def say(self, text):
+        """A progress line for the user, from rank 0 only."""
+        if self.dist.is_main:
+            print(text, file=sys.stderr)
+
+    def stopping(self):
+        """Whether a stop signal ends the run at this step boundary (data parallel: one that
+        reached any rank; all stop at the same step)."""
+        self.stop_signal = self.dist.stop_signal(self.stop_signal)
+        return self.stop_signal is not None
+
+    def last_checkpoint(self):
+        if not self.dist.is_main:
+            return "(rank 0's)"
+        return checkpoint.latest(self.out) or "(none yet)"
 
     def sinks(self):
         """Where records go besides metrics.jsonl: Weights & Biases with --wandb."""
@@ -399,7 +470,7 @@ class Run:
         return telemetry.placement(self.model.placements(), self.backend.name, self.model.ane_shaped)
 
     def evaluate(self, log, bar):
-        if not (self.train.eval_interval and len(self.val)):
+        if not (self.train.eval_interval and len(self.val) and self.dist.is_main):
             return
         v = validation_loss(self.model, self.val)
         self.val_losses.append([self.step, v])
@@ -408,7 +479,8 @@ class Run:
 
     def eval_due(self, s):
         t = self.train
-        return bool(t.eval_interval and len(self.val)) and (s % t.eval_interval == 0 or s == t.steps)
+        return bool(t.eval_interval and len(self.val) and self.dist.is_main) and (
+            s % t.eval_interval == 0 or s == t.steps)
 
     def sample_due(self, s):
         t = self.train
@@ -423,6 +495,8 @@ class Run:
         last = s == t.steps
         if self.eval_due(s):
             self.evaluate(log, bar)
+        if t.sync_check and s % t.sync_check == 0:  # before a checkpoint could keep drifted weights
+            self.dist.check_sync(self.model, s)
         if self.sample_due(s):
             ids = sample_tokens(self.model, prompt=(tokenizer.doc_start,), n_tokens=t.sample_tokens, seed=s,
                                 stop=tokenizer.stop)
@@ -439,8 +513,7 @@ class Run:
             raise SystemExit(128 + signum)
         self.stop_signal = signum
         what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        print(f"\n{what}: finishing this step and saving a checkpoint ({what} again to stop without saving)",
-              file=sys.stderr)
+        self.say(f"\n{what}: finishing this step and saving a checkpoint ({what} again to stop without saving)")
 
 
 def interpreter_and_script(argv):
@@ -480,4 +553,6 @@ def run(argv):
     try:
         return r.run()
     finally:
-        r.lock.release()
+        if r.lock:
+            r.lock.release()
+        r.dist.close()

@@ -126,6 +126,8 @@ DOCUMENTED_FLAGS = [
     "--ane-shaped", "--compile-budget", "--seed", "--eval-interval", "--eval-windows",
     "--sample-interval", "--sample-tokens", "--ckpt-interval", "--keep-last", "--resume", "--ckpt",
     "--overwrite", "--init-from", "--log-stderr",
+    # data parallel (under torchrun)
+    "--allreduce", "--sync-check", "--dist-timeout", "--reshard",
     # model shape overrides
     "--dim", "--n-layers", "--n-heads", "--n-kv-heads", "--vocab-size", "--seq-len", "--hidden-dim",
     "--head-dim", "--rope-theta", "--norm-eps", "--qk-norm", "--no-qk-norm", "--tie-embeddings",
@@ -150,6 +152,9 @@ def test_help_explains_every_setting():
     (["--preset", "stories15M"], "does not fit the shipped data/ corpus"),
     (["--n-kv-heads", "3"], "not a multiple of n_kv_heads"),
     (["--config", "/nonexistent/run.toml"], "not found"),
+    (["--allreduce", "sometimes"], "unknown --allreduce 'sometimes'; choose after or overlap"),
+    (["--sync-check", "-1"], "--sync-check must not be negative"),
+    (["--dist-timeout", "0"], "--dist-timeout must be a finite number of seconds > 0"),
 ])
 def test_usage_errors_are_one_line(argv, needle):
     with pytest.raises(UsageError) as e:

@@ -23,7 +23,7 @@ def failing_run(tmp_path, monkeypatch, retry_env=None):
         calls.append((args, env))
         raise Exec
 
-    def broken_accumulate(self, tokens):
+    def broken_accumulate(self, tokens, grads_ready=None):
         raise _native.BackendError("ANE evaluation failed: status 0x1d (simulated)")
 
     monkeypatch.setattr(os, "execve", fake_execve)

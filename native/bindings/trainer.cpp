@@ -1,5 +1,6 @@
 // The native training step for Python: Trainer (llama2.c's Transformer trained through MIL
 // kernels on a backend).
+#include <pybind11/functional.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -43,6 +44,9 @@ void init_trainer(py::module_& m) {
         .def_property_readonly("precision", [](const Trainer& t) { return t.options().precision; })
         .def_property_readonly("loss_scale", [](const Trainer& t) { return t.options().loss_scale; })
         .def_property_readonly("pending_sequences", &Trainer::pending_sequences)
+        .def_property_readonly("grads_ready_ranges", &Trainer::grads_ready_ranges,
+                               "[(offset, count)] of the flat gradient buffer, in the order accumulate() hands "
+                               "them to grads_ready.")
         .def_property_readonly("ane_shaped", &Trainer::ane_shaped, "Whether the kernels are the ANE-shaped programs.")
         .def(
             "prepare",
@@ -68,24 +72,31 @@ void init_trainer(py::module_& m) {
             "Free every compiled kernel (before an exec() restart); the next step compiles them again.")
         .def(
             "accumulate",
-            [tokens_arg](Trainer& t, const py::array& tokens) {
+            [tokens_arg](Trainer& t, const py::array& tokens, const Trainer::GradsReady& ready) {
                 auto tok = tokens_arg(tokens, 1, t, "Trainer.accumulate");
                 const int32_t* p = tok.data();
                 const int batch = int(tok.shape(0));
-                py::gil_scoped_release nogil;
-                return t.accumulate(p, batch);
+                py::gil_scoped_release nogil;  // (pybind11 takes the GIL back to call `ready`)
+                return t.accumulate(p, batch, ready);
             },
-            py::arg("tokens"), "Forward+backward over int32 tokens [batch, seq_len+1]; adds gradients; returns mean loss.")
+            py::arg("tokens"), py::arg("grads_ready") = nullptr,
+            "Forward+backward over int32 tokens [batch, seq_len+1]; adds gradients; returns mean loss. "
+            "grads_ready(offset, count), if given, is called during the last sequence's backward pass for each "
+            "range of the flat gradient buffer (state.flat('grad')) that holds its final sum: norm, the layers "
+            "from the last, tok_embeddings.")
         .def(
             "update",
-            [](Trainer& t, float lr, float beta1, float beta2, float eps, float weight_decay, float clip) {
+            [](Trainer& t, float lr, float beta1, float beta2, float eps, float weight_decay, float clip,
+               int sequences) {
                 train::cpu::AdamW opt{lr, beta1, beta2, eps, weight_decay};
                 py::gil_scoped_release nogil;
-                return t.update(opt, clip);
+                return t.update(opt, clip, sequences);
             },
             py::arg("lr"), py::arg("beta1") = 0.9f, py::arg("beta2") = 0.95f, py::arg("eps") = 1e-8f,
-            py::arg("weight_decay") = 0.1f, py::arg("clip") = 1.f,
-            "Clip and apply AdamW to the accumulated (mean, unscaled) gradients; returns the gradient norm.")
+            py::arg("weight_decay") = 0.1f, py::arg("clip") = 1.f, py::arg("sequences") = 0,
+            "Clip and apply AdamW to the accumulated (mean, unscaled) gradients; returns the gradient norm. "
+            "sequences: how many sequences the gradients sum over (0: those accumulated here; data parallel: "
+            "over all ranks).")
         .def(
             "forward",
             [tokens_arg](Trainer& t, const py::array& tokens) {

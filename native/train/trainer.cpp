@@ -92,6 +92,22 @@ Trainer::Trainer(const ModelConfig& cfg, std::shared_ptr<backend::Backend> backe
     w_ = resolve(state_.weights);
     g_ = resolve(state_.grads);
     const ModelConfig& c = state_.config();
+    auto range = [&](const std::string& first, const std::string& last) {
+        const ParamSlot &a = state_.slot(first), &b = state_.slot(last);
+        return std::make_pair(a.offset, b.offset + size_t(b.spec.numel()) - a.offset);
+    };
+    for (int l = 0; l < c.n_layers; ++l) {  // a layer's tensors are consecutive (param_specs)
+        const std::string pre = "layers." + std::to_string(l) + ".";
+        layer_grads_.push_back(range(pre + "attention.wq", pre + (c.qk_norm ? "attention.k_norm" : "ffn_norm")));
+    }
+    // the final norm and, untied, the classifier after it: both done once the classifier's backward is
+    norm_grads_ = range("norm", c.tie_embeddings ? "norm" : "output");
+    embedding_grads_ = range("tok_embeddings", "tok_embeddings");
+    size_t covered = 0;
+    for (const auto& r : grads_ready_ranges()) covered += r.second;
+    if (covered != state_.size())  // every gradient is handed over exactly once
+        throw std::logic_error("Trainer: the gradient ranges cover " + std::to_string(covered) + " of " +
+                               std::to_string(state_.size()) + " values");
     shape_ = c.kernel_shape();  // ModelState validated the config
     kernel_options_.pipeline = mil::pipeline_from_string(opt_.pipeline);
     if (opt_.precision == "fp16") {
@@ -385,7 +401,18 @@ void Trainer::forward_sequence(const int32_t* tok) {
     cpu::classifier_fwd(w_.classifier, x_final_.data(), c.vocab_size, D, S, logits_.data(), &softmax_);
 }
 
-double Trainer::backward_sequence(const int32_t* tok, bool overwrite) {
+std::vector<std::pair<size_t, size_t>> Trainer::grads_ready_ranges() const {
+    std::vector<std::pair<size_t, size_t>> out{norm_grads_};
+    out.insert(out.end(), layer_grads_.rbegin(), layer_grads_.rend());
+    out.push_back(embedding_grads_);
+    return out;
+}
+
+void Trainer::grads_ready(const GradsReady* ready, std::pair<size_t, size_t> range) {
+    if (ready && *ready) dw_->submit([ready, range] { (*ready)(range.first, range.second); });
+}
+
+double Trainer::backward_sequence(const int32_t* tok, bool overwrite, const GradsReady* ready) {
     const ModelConfig& c = config();
     const int D = c.dim, S = c.seq_len, QD = c.q_dim(), KV = c.kv_dim(), H = c.ffn_dim(), V = c.vocab_size;
     const size_t DS = size_t(D) * S;
@@ -398,6 +425,7 @@ double Trainer::backward_sequence(const int32_t* tok, bool overwrite) {
         std::fill(dx_.begin(), dx_.end(), 0.f);
         cpu::rmsnorm_bwd(tmp_.data(), x_.data(), w_.norm, rrms_final_.data(), D, S, dx_.data(), g_.norm);
     }
+    grads_ready(ready, norm_grads_);
     for (int l = c.n_layers - 1; l >= 0; --l) {
         LayerActs& a = *acts_[l];
         const Params::Layer &W = w_.layers[size_t(l)], &G = g_.layers[size_t(l)];
@@ -427,24 +455,28 @@ double Trainer::backward_sequence(const int32_t* tok, bool overwrite) {
             accumulate_dw(gk, a.dk, a.xn.data(), KV, D, S, beta);
             accumulate_dw(gv, a.dv, a.xn.data(), KV, D, S, beta);
         });
-        ScopedTimer t{timings_.cpu_ops};
-        if (c.qk_norm) {
-            cpu::add_row_sums(a.dq_norm, c.head_size(), S, G.q_norm);
-            cpu::add_row_sums(a.dk_norm, c.head_size(), S, G.k_norm);
+        {
+            ScopedTimer t{timings_.cpu_ops};
+            if (c.qk_norm) {
+                cpu::add_row_sums(a.dq_norm, c.head_size(), S, G.q_norm);
+                cpu::add_row_sums(a.dk_norm, c.head_size(), S, G.k_norm);
+            }
+            std::memcpy(dx_.data(), a.dx2.data(), DS * sizeof(float));
+            cpu::rmsnorm_bwd(a.dxn, a.x.data(), W.attention_norm, a.rrms1.data(), D, S, dx_.data(), G.attention_norm);
         }
-        std::memcpy(dx_.data(), a.dx2.data(), DS * sizeof(float));
-        cpu::rmsnorm_bwd(a.dxn, a.x.data(), W.attention_norm, a.rrms1.data(), D, S, dx_.data(), G.attention_norm);
+        grads_ready(ready, layer_grads_[size_t(l)]);
     }
     {
         ScopedTimer t{timings_.cpu_ops};
         cpu::embedding_bwd(dx_.data(), tok, S, V, D, g_.tok_embeddings);
     }
+    grads_ready(ready, embedding_grads_);
     ScopedTimer t{timings_.dw_wait};
     dw_->drain();  // the next sequence overwrites the activations the jobs read
     return loss;
 }
 
-double Trainer::accumulate(const int32_t* tokens, int batch) {
+double Trainer::accumulate(const int32_t* tokens, int batch, const GradsReady& ready) {
     if (batch <= 0) throw std::invalid_argument("batch must be positive");
     const auto t0 = Clock::now();
     ensure_kernels();
@@ -462,7 +494,7 @@ double Trainer::accumulate(const int32_t* tokens, int batch) {
         for (int b = 0; b < batch; ++b) {
             const int32_t* tok = tokens + size_t(b) * (S + 1);
             forward_sequence(tok);
-            loss += backward_sequence(tok, overwrite && b == 0);
+            loss += backward_sequence(tok, overwrite && b == 0, b == batch - 1 ? &ready : nullptr);
             ++pending_;
         }
     } catch (...) {
@@ -474,11 +506,12 @@ double Trainer::accumulate(const int32_t* tokens, int batch) {
     return loss / batch;
 }
 
-double Trainer::update(const cpu::AdamW& opt, float clip) {
+double Trainer::update(const cpu::AdamW& opt, float clip, int sequences) {
     if (pending_ == 0) throw std::logic_error("update() without accumulated gradients");
+    if (sequences < 0) throw std::invalid_argument("sequences must not be negative");
     const auto t0 = Clock::now();
     ScopedTimer t{timings_.optimizer};
-    const float unscale = 1.f / (opt_.loss_scale * float(pending_));
+    const float unscale = 1.f / (opt_.loss_scale * float(sequences > 0 ? sequences : pending_));
     const double norm = state_.grad_norm() * unscale;
     const float clip_factor = clip > 0.f ? cpu::clip_scale(norm, clip) : 1.f;
     state_.adamw_update(opt, unscale * clip_factor, /*clear_grads=*/true);

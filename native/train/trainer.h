@@ -70,14 +70,27 @@ public:
     const TrainerOptions& options() const { return opt_; }
     backend::Backend& backend() { return *backend_; }
 
+    // Called with a range [offset, offset + count) of the flat gradient buffer once the range
+    // holds its final sum for the pending update, while the backward pass goes on with earlier
+    // layers (data parallel: the range can be all-reduced meanwhile). The ranges come in one
+    // fixed order: norm, layers n_layers-1 down to 0, tok_embeddings; together they cover the
+    // buffer. With the dW products on a worker thread the calls come from that thread.
+    using GradsReady = std::function<void(size_t offset, size_t count)>;
+
     // Forward and backward over `batch` sequences of seq_len+1 tokens (row-major [batch][seq+1]),
     // adding to the gradients. Returns the mean cross-entropy over all predicted positions.
-    double accumulate(const int32_t* tokens, int batch);
+    // `ready`, when given, is called during the last sequence's backward pass (so pass it with
+    // the last accumulate() before update()).
+    double accumulate(const int32_t* tokens, int batch, const GradsReady& ready = nullptr);
     // Clip (global norm over the unscaled mean gradient, skipped when clip <= 0), AdamW, zero
-    // gradients. Returns the gradient norm before clipping.
-    double update(const cpu::AdamW& opt, float clip);
+    // gradients. Returns the gradient norm before clipping. `sequences`: how many sequences the
+    // gradients sum over, when that is not the number accumulated here (data parallel: the sum
+    // over all ranks of an all-reduced gradient); 0: pending_sequences().
+    double update(const cpu::AdamW& opt, float clip, int sequences = 0);
     // Sequences accumulated since the last update.
     int pending_sequences() const { return pending_; }
+    // The ranges GradsReady is called with, in the order of the calls.
+    std::vector<std::pair<size_t, size_t>> grads_ready_ranges() const;
 
     // Logits [batch][seq_len][vocab] for [batch][seq_len] tokens (no gradients).
     std::vector<float> forward(const int32_t* tokens, int batch);
@@ -128,7 +141,10 @@ private:
     bool static_kernels_current() const;  // static pipeline: kernels built from the current weights
     void forward_sequence(const int32_t* tok);
     // overwrite: the gradients are stale (see ModelState), write them instead of adding.
-    double backward_sequence(const int32_t* tok, bool overwrite);
+    // ready: see accumulate(); nullptr for all but the last sequence.
+    double backward_sequence(const int32_t* tok, bool overwrite, const GradsReady* ready);
+    // Hands a final gradient range to `ready` after the dW products queued before it.
+    void grads_ready(const GradsReady* ready, std::pair<size_t, size_t> range);
     // A kernel input: fp32 data, and whether it holds fp16 values already (see HostTensor).
     struct In {
         const float* data;
@@ -145,6 +161,9 @@ private:
 
     ModelState state_;
     Params w_, g_;  // views of state_.weights and state_.grads (their storage never moves)
+    // [offset, count) of the gradients per layer, and of norm and tok_embeddings (GradsReady)
+    std::vector<std::pair<size_t, size_t>> layer_grads_;
+    std::pair<size_t, size_t> norm_grads_, embedding_grads_;
     std::shared_ptr<backend::Backend> backend_;
     TrainerOptions opt_;
     mil::KernelShape shape_;
