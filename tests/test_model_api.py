@@ -51,3 +51,24 @@ def test_errors():
         m.set("norm", np.zeros(3, np.float32))
     with pytest.raises(KeyError, match="kind"):
         m.load_state_dict({"layers.0.attention.wq": np.zeros((32, 32), np.float32)})
+
+
+QWEN_LIKE = dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, vocab_size=40, seq_len=8, qk_norm=True)
+
+
+@pytest.mark.parametrize("cfg", [CFG, QWEN_LIKE, dict(QWEN_LIKE, tie_embeddings=False)],
+                         ids=["gqa", "qwen", "qwen_untied"])
+def test_the_gradient_hand_over_gives_every_gradient_once_and_final(cfg):
+    # what data-parallel training all-reduces while the backward pass goes on: each range must be
+    # final when handed over, and together they must be the whole gradient buffer, once
+    m = Model(cfg, backend="ref", seed=5)
+    tokens = (np.arange(27, dtype=np.int32).reshape(3, 9) * 7) % 40
+    grads, seen = m.flat("grad"), []
+    m.accumulate(tokens, grads_ready=lambda off, n: seen.append((off, n, grads[off:off + n].copy())))
+    final = grads.copy()
+    assert sorted((o, n) for o, n, _ in seen) == sorted(m.grads_ready_ranges)
+    covered = np.zeros(final.size, dtype=np.int32)
+    for off, n, values in seen:
+        covered[off:off + n] += 1
+        np.testing.assert_array_equal(values, final[off:off + n])
+    assert (covered == 1).all()
