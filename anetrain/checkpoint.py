@@ -68,10 +68,14 @@ def content_digest(arrays, meta_json):
     """sha256 over the metadata JSON and every tensor's name, dtype, shape and bytes, by name."""
     h = hashlib.sha256(meta_json.encode("utf-8"))
     for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"\0{name}\0{a.dtype.str}\0{a.shape}\0".encode("utf-8"))
-        h.update(a.reshape(-1).view(np.uint8))
+        _digest_tensor(h, name, arrays[name])
     return h.hexdigest()
+
+
+def _digest_tensor(h, name, a):
+    a = np.ascontiguousarray(a)
+    h.update(f"\0{name}\0{a.dtype.str}\0{a.shape}\0".encode("utf-8"))
+    h.update(a.reshape(-1).view(np.uint8))
 
 
 def write_safetensors(f, arrays, metadata):
@@ -120,18 +124,26 @@ def prune(run_dir, keep_last):
     rundir.remove_stale_temps(run_dir)
 
 
-def _read(path):
+def _read(path, keep):
+    """(header, the tensors whose name starts with ``keep``, their sha256 as ``save`` makes it). The
+    tensors are read one at a time in name order, so those left out cost one tensor's memory."""
     from safetensors import safe_open
 
     try:
         with safe_open(path, framework="numpy") as f:
             header = f.metadata() or {}
-            arrays = {k: f.get_tensor(k) for k in f.keys()}
+            h = hashlib.sha256(header.get("meta", "").encode("utf-8"))
+            arrays = {}
+            for name in sorted(f.keys()):
+                a = f.get_tensor(name)
+                _digest_tensor(h, name, a)
+                if name.startswith(keep):
+                    arrays[name] = a
     except Exception as e:  # safetensors reports truncation and bad headers with its own types
         raise CheckpointError(f"{path}: unreadable checkpoint (truncated or not safetensors: "
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                               f"resume from an older one with --ckpt")
-    return header, arrays
+    return header, arrays, h.hexdigest()
 
 
 def _config_mismatch(saved, expect):
@@ -140,13 +152,14 @@ def _config_mismatch(saved, expect):
     return ", ".join(diffs)
 
 
-def load(path, expect_config=None):
+def load(path, expect_config=None, keep=""):
     """(arrays, meta) from a checkpoint written by ``save``; CheckpointError naming the file and
     the problem when it is missing, truncated, corrupt, of another format or version, or (with
-    ``expect_config``, a model config dict) written for a different model shape."""
+    ``expect_config``, a model config dict) written for a different model shape. ``keep``: only
+    the tensors whose names start with it are returned (e.g. "weight:"), the rest only checked."""
     if not path or not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint; check --ckpt/--out or start without --resume")
-    header, arrays = _read(path)
+    header, arrays, digest = _read(path, keep)
     if header.get("magic") != MAGIC:
         raise CheckpointError(f"{path}: not an anetrain checkpoint (no {MAGIC!r} magic)")
     try:
@@ -157,7 +170,7 @@ def load(path, expect_config=None):
         raise CheckpointError(f"{path}: format version {version} is newer than this anetrain reads "
                               f"({FORMAT_VERSION}); upgrade anetrain")
     meta_json = header.get("meta", "")
-    if content_digest(arrays, meta_json) != header.get("sha256"):
+    if digest != header.get("sha256"):
         raise CheckpointError(f"{path}: checksum mismatch, the file is corrupt; resume from an "
                               f"older checkpoint with --ckpt")
     meta = json.loads(meta_json)

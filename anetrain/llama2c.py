@@ -1,4 +1,5 @@
-"""llama2.c file formats: the legacy model ``.bin`` (export version 0) and ``tokenizer.bin``.
+"""llama2.c file formats: the legacy model ``.bin`` (export version 0) and ``tokenizer.bin``
+(written from a sentencepiece model, read into a ``Tokenizer``).
 
 Model file layout (all little-endian; what llama2.c's export.py ``legacy_export`` writes and
 run.c reads):
@@ -98,7 +99,8 @@ def read_header(path, data):
 
 def read_model(path):
     """(ModelConfig, dict of float32 arrays) from a llama2.c legacy ``.bin``; ``output.weight``
-    is present only when the file's classifier is unshared. ModelFileError when the path is not a
+    is present only when the file's classifier is unshared. The arrays are read-only views of
+    the file's bytes, read once (no second copy of the weights). ModelFileError when the path is not a
     readable file or its size does not match its header, checked before any weight is read."""
     try:
         with open(path, "rb") as f:
@@ -122,7 +124,7 @@ def read_model(path):
     def take(shape):
         nonlocal pos
         n = int(np.prod(shape))
-        a = floats[pos:pos + n].reshape(shape).astype(np.float32)
+        a = floats[pos:pos + n].reshape(shape).astype(np.float32, copy=False)  # a view of the file's bytes
         pos += n
         return a
 
@@ -242,3 +244,78 @@ def read_tokenizer_bin(path):
         pieces.append((data[pos:pos + n], score))
         pos += n
     return max_len, pieces
+
+
+class Tokenizer:
+    """A tokenizer.bin as llama2.c's run.c uses it: text to ids by merging pieces, ids to text.
+
+    encode: sentencepiece's dummy prefix (a space before the text), one piece per character (its
+    UTF-8 bytes as ``<0xNN>`` pieces when the vocabulary lacks it), then the adjacent pair whose
+    merge is a piece with the highest score is merged, again and again, until no merge is a piece;
+    for a sentencepiece BPE model this gives sentencepiece's ids. decode: the pieces' bytes (byte
+    pieces as their byte, BOS and EOS as nothing), the dummy prefix's space dropped. The method
+    names are sentencepiece's, so either serves the generation code."""
+
+    BOS, EOS = 1, 2  # sentencepiece's and llama2.c's
+
+    def __init__(self, pieces):
+        self.pieces = [b for b, _ in pieces]
+        self.scores = [s for _, s in pieces]
+        self.ids = {}
+        for i, b in enumerate(self.pieces):
+            self.ids.setdefault(b, i)
+        self.byte_pieces = {}  # id of a <0xNN> piece -> its byte
+        for n in range(256):
+            i = self.ids.get(b"<0x%02X>" % n)
+            if i is not None:
+                self.byte_pieces[i] = n
+
+    @classmethod
+    def from_file(cls, path):
+        return cls(read_tokenizer_bin(path)[1])
+
+    def get_piece_size(self):
+        return len(self.pieces)
+
+    def bos_id(self):
+        return self.BOS
+
+    def eos_id(self):
+        return self.EOS
+
+    def encode(self, text):
+        """Token ids of ``text`` (no BOS)."""
+        if not text:
+            return []
+        byte_id = {n: i for i, n in self.byte_pieces.items()}
+        ids = []
+        for ch in " " + text:
+            b = ch.encode("utf-8")
+            if b in self.ids:
+                ids.append(self.ids[b])
+            else:  # byte fallback; without byte pieces, unknown (id 0)
+                ids.extend(byte_id.get(n, 0) for n in b)
+        while len(ids) > 1:
+            best, at, merged = None, -1, -1
+            for i in range(len(ids) - 1):
+                m = self.ids.get(self.pieces[ids[i]] + self.pieces[ids[i + 1]])
+                if m is not None and (best is None or self.scores[m] > best):
+                    best, at, merged = self.scores[m], i, m
+            if at < 0:
+                break
+            ids[at:at + 2] = [merged]
+        return ids
+
+    def decode(self, ids):
+        """The text of ``ids``; bytes that do not form UTF-8 become U+FFFD."""
+        out = bytearray()
+        for i in ids:
+            i = int(i)
+            if i in (self.BOS, self.EOS):
+                continue
+            if i in self.byte_pieces:
+                out.append(self.byte_pieces[i])
+            else:
+                out += self.pieces[i]
+        text = out.decode("utf-8", errors="replace")
+        return text[1:] if text.startswith(" ") else text

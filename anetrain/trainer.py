@@ -25,11 +25,12 @@ import signal
 import sys
 import time
 
+import numpy as np
 
 from . import ane, backends, checkpoint, config, data, llama2c, rundir, telemetry
 from ._native import BackendError, CompileBudgetExceeded
 from .errors import AnetrainError, UsageError, exit_on_error
-from .generate import sample_tokens, validation_loss
+from .generation import BOS, generate, load_tokenizer
 from .model import Model
 
 RESTARTS_ENV = "ANETRAIN_RESTARTS"   # how many exec() restarts led to this process
@@ -364,7 +365,8 @@ class Run:
         if t.eval_interval and (s % t.eval_interval == 0 or last):
             self.evaluate(log, bar)
         if t.sample_interval and (s % t.sample_interval == 0 or last) and tokenizer is not None:
-            ids = sample_tokens(self.model, n_tokens=t.sample_tokens, seed=s)
+            ids = list(generate(self.model, [BOS], max_tokens=t.sample_tokens, temperature=0.8, top_k=50, top_p=1.0,
+                                seed=s))
             text = tokenizer.decode(ids)
             log.write({"type": "sample", "step": s, "text": text})
             bar.write(f"step {s} sample: {text}", file=sys.stderr)
@@ -380,6 +382,22 @@ class Run:
         what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
         print(f"\n{what}: finishing this step and saving a checkpoint ({what} again to stop without saving)",
               file=sys.stderr)
+
+
+def validation_loss(model, windows, chunk=4):
+    """Mean cross-entropy of ``model`` on int32 windows [n, seq_len + 1] (no gradients)."""
+    if len(windows) == 0:
+        return float("nan")
+    total, count = 0.0, 0
+    for i in range(0, len(windows), chunk):
+        w = windows[i:i + chunk]
+        logits = model.forward(w[:, :-1]).astype(np.float64)
+        logits -= logits.max(axis=-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+        tgt = w[:, 1:]
+        total += -np.take_along_axis(logp, tgt[..., None], axis=-1).sum()
+        count += tgt.size
+    return total / count
 
 
 def interpreter_and_script(argv):
@@ -405,14 +423,6 @@ def strip_resume_flags(argv):
             continue
         out.append(a)
     return out
-
-
-def load_tokenizer(path):
-    if not path or not os.path.exists(path):
-        return None
-    import sentencepiece as spm
-
-    return spm.SentencePieceProcessor(model_file=path)
 
 
 def run(argv):
