@@ -1,4 +1,8 @@
 """Helpers shared by the benchmarks in scripts/."""
+import json
+import resource
+import subprocess
+import sys
 import time
 
 
@@ -11,3 +15,19 @@ def best_seconds(fn, repeats):
         fn()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def in_subprocess(script, which, job):
+    """The JSON a fresh ``python script --worker which --job JSON`` prints last, so a measurement
+    (peak memory above all) is that process's own; exits naming the worker when it fails."""
+    out = subprocess.run([sys.executable, script, "--worker", which, "--job", json.dumps(job)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{which} benchmark failed:\n{out.stderr.strip()}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_bytes():
+    """This process's peak resident memory so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024

@@ -103,7 +103,7 @@ def read_model(path):
     the file's bytes, read once (no second copy of the weights). ModelFileError when the path is not a
     readable file or its size does not match its header, checked before any weight is read."""
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb", buffering=0) as f:  # unbuffered: read() below is one read of the whole file, no join
             size = os.fstat(f.fileno()).st_size
             cfg, shared = read_header(path, f.read(HEADER.size))
             want = expected_bytes(cfg, shared)

@@ -112,16 +112,12 @@ void sgemv(bool ta, int M, int N, float alpha, const float* A, int lda, const fl
     single_threaded_blas();
     const int T = threads::num_threads();
     if (T <= 1 || int64_t(M) * N < kSplitGemvMacs) return call_gemv(ta, M, N, alpha, A, lda, x, beta, y);
-    // One block of y per thread (multiples of 16 elements): rows of A, or its columns when transposed.
-    const int extent = ta ? N : M;
-    const int block = std::max(16, (extent / T + 15) / 16 * 16);
-    const int parts = (extent + block - 1) / block;
-    threads::parallel_for(size_t(parts), 1, [&](size_t b, size_t e) {
-        for (size_t p = b; p < e; ++p) {
-            const int o = int(p) * block, n = std::min(block, extent - o);
-            if (ta) call_gemv(true, M, n, alpha, A + o, lda, x, beta, y + o);
-            else call_gemv(false, n, N, alpha, A + size_t(o) * lda, lda, x, beta, y + o);
-        }
+    // Blocks of y (multiples of 16 elements, a few per thread) taken by whichever thread is free:
+    // rows of A, or its columns when transposed. A thread the OS delays then holds up little.
+    threads::parallel_for(size_t(ta ? N : M), 16, [&](size_t b, size_t e) {
+        const int o = int(b), n = int(e - b);
+        if (ta) call_gemv(true, M, n, alpha, A + o, lda, x, beta, y + o);
+        else call_gemv(false, n, N, alpha, A + size_t(o) * lda, lda, x, beta, y + o);
     });
 #endif
 }

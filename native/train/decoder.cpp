@@ -66,8 +66,13 @@ Decoder::Decoder(const ModelConfig& cfg, DecoderWeights weights, int context)
 }
 
 size_t Decoder::weight_bytes() const {
-    int64_t n = cfg_.param_count();
-    if (w_.output != w_.tok_embeddings) n += int64_t(cfg_.vocab_size) * cfg_.dim;
+    int64_t n = 0;
+    bool output_listed = false;  // a config with a classifier of its own lists it as "output"
+    for (const ParamSpec& p : param_specs(cfg_)) {
+        n += p.numel();
+        output_listed = output_listed || p.name == "output";
+    }
+    if (!output_listed && w_.output != w_.tok_embeddings) n += int64_t(cfg_.vocab_size) * cfg_.dim;
     return size_t(n) * sizeof(float);
 }
 
