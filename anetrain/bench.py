@@ -28,6 +28,14 @@ def in_subprocess(script, which, job):
 
 
 def peak_rss_bytes():
-    """This process's peak resident memory so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
+    """This process's peak resident memory so far. On Linux the high-water mark of its own memory
+    image (VmHWM): ru_maxrss there also holds the parent's size at fork, kept across the exec,
+    so a worker started by a large parent would seem to have used as much."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS

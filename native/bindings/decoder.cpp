@@ -95,7 +95,9 @@ void init_decoder(py::module_& m) {
             py::arg("tokens"), py::arg("all_positions") = false,
             "Run tokens [n] at the next n positions, caching their keys and values. Returns the logits of the last "
             "one [vocab], or of every one [n, vocab] with all_positions.")
-        .def("reset", [](PyDecoder& d) { d.decoder->reset(); }, "Empty the cache (the next forward starts at position 0).")
+        .def(
+            "reset", [](PyDecoder& d) { d.decoder->reset(); },
+            "Empty the cache (the next forward starts at position 0).")
         .def_property_readonly("position", [](const PyDecoder& d) { return d.decoder->position(); },
                                "Positions in the cache.")
         .def_property_readonly("context", [](const PyDecoder& d) { return d.decoder->context(); },

@@ -25,7 +25,8 @@ DecoderWeights DecoderWeights::resolve(const ModelConfig& cfg,
     const float* output = at("output");
     w.output = output ? output : w.tok_embeddings;
     for (int l = 0; l < cfg.n_layers; ++l) {
-        const std::string a = "layers." + std::to_string(l) + ".attention.", f = "layers." + std::to_string(l) + ".feed_forward.";
+        const std::string layer = "layers." + std::to_string(l) + ".";
+        const std::string a = layer + "attention.", f = layer + "feed_forward.";
         Layer L;
         L.wq = need(a + "wq");
         L.wk = need(a + "wk");
@@ -34,8 +35,8 @@ DecoderWeights DecoderWeights::resolve(const ModelConfig& cfg,
         L.w1 = need(f + "w1");
         L.w2 = need(f + "w2");
         L.w3 = need(f + "w3");
-        L.attention_norm = need("layers." + std::to_string(l) + ".attention_norm");
-        L.ffn_norm = need("layers." + std::to_string(l) + ".ffn_norm");
+        L.attention_norm = need(layer + "attention_norm");
+        L.ffn_norm = need(layer + "ffn_norm");
         w.layers.push_back(L);
     }
     return w;
@@ -108,6 +109,19 @@ void Decoder::linear(const float* W, int out, int in, const float* x, int n, flo
     else blas::sgemm(false, true, n, out, in, 1.f, x, in, W, in, 0.f, y, out);
 }
 
+void Decoder::matvecs(const std::vector<MatVec>& products, int in, const float* x) {
+    size_t rows = 0;
+    for (const MatVec& p : products) rows += size_t(p.rows);
+    threads::parallel_for(rows, 16, [&](size_t b, size_t e) {
+        size_t first = 0;  // the product's first row in the concatenation
+        for (const MatVec& p : products) {
+            const size_t lo = std::max(b, first), hi = std::min(e, first + size_t(p.rows)), r = lo - first;
+            if (lo < hi) blas::sgemv_serial(false, int(hi - lo), in, 1.f, p.W + r * in, in, x, 0.f, p.y + r);
+            first += size_t(p.rows);
+        }
+    });
+}
+
 void Decoder::rope(float* x, int n, int heads) const {
     const int hd = cfg_.head_dim(), half = hd / 2;
     for (int p = 0; p < n; ++p) {
@@ -175,21 +189,34 @@ void Decoder::forward(const int32_t* tokens, int n, float* logits, bool all_posi
         float* k = keys_.data() + (size_t(l) * context_ + pos_) * kvd;  // this call's rows of the cache
         float* v = values_.data() + (size_t(l) * context_ + pos_) * kvd;
         rmsnorm(W.attention_norm, 0, n);
-        linear(W.wq, q_dim_, D, xn, n, q_.data());
-        linear(W.wk, kvd, D, xn, n, k);
-        linear(W.wv, kvd, D, xn, n, v);
+        if (n == 1) {
+            matvecs({{W.wq, q_dim_, q_.data()}, {W.wk, kvd, k}, {W.wv, kvd, v}}, D, xn);
+        } else {
+            linear(W.wq, q_dim_, D, xn, n, q_.data());
+            linear(W.wk, kvd, D, xn, n, k);
+            linear(W.wv, kvd, D, xn, n, v);
+        }
         rope(q_.data(), n, cfg_.n_heads);
         rope(k, n, cfg_.kv_heads());
         attention(l, n);
         linear(W.wo, D, q_dim_, attn_.data(), n, xn);
         cpu::add(x, xn, x, ND);
         rmsnorm(W.ffn_norm, 0, n);
-        linear(W.w1, H, D, xn, n, h1_.data());
-        linear(W.w3, H, D, xn, n, h3_.data());
         float *h1 = h1_.data(), *h3 = h3_.data();
-        threads::parallel_for(size_t(n) * H, 16384, [&](size_t b, size_t e) {
-            for (size_t i = b; i < e; ++i) h1[i] = h1[i] * sigmoid(h1[i]) * h3[i];  // the gate, as ffn_forward
-        });
+        auto gate = [&](size_t b, size_t e) {
+            for (size_t i = b; i < e; ++i) h1[i] = h1[i] * sigmoid(h1[i]) * h3[i];  // as ffn_forward
+        };
+        if (n == 1) {  // w1 and w3 rows of a block, then their gate, in one parallel region
+            threads::parallel_for(size_t(H), 16, [&](size_t b, size_t e) {
+                blas::sgemv_serial(false, int(e - b), D, 1.f, W.w1 + b * D, D, xn, 0.f, h1 + b);
+                blas::sgemv_serial(false, int(e - b), D, 1.f, W.w3 + b * D, D, xn, 0.f, h3 + b);
+                gate(b, e);
+            });
+        } else {
+            linear(W.w1, H, D, xn, n, h1);
+            linear(W.w3, H, D, xn, n, h3);
+            threads::parallel_for(size_t(n) * H, 16384, gate);
+        }
         linear(W.w2, D, H, h1, n, xn);
         cpu::add(x, xn, x, ND);
     }

@@ -70,6 +70,14 @@ private:
     void attention(int layer, int n);             // q_ -> attn_ for n positions from pos_
     // y[n][out] = x[n][in] W^T for W [out][in]
     static void linear(const float* W, int out, int in, const float* x, int n, float* y);
+    // One position: y = W x for each product, all reading x [in], their rows split into blocks
+    // across the pool in one parallel region (one wait instead of one per product).
+    struct MatVec {
+        const float* W;  // [rows][in]
+        int rows;
+        float* y;  // [rows]
+    };
+    static void matvecs(const std::vector<MatVec>& products, int in, const float* x);
 
     ModelConfig cfg_;
     DecoderWeights w_;
