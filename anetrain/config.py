@@ -216,7 +216,8 @@ class TrainConfig:
         "help": "start a fresh run in an --out that holds another run, moving that run's checkpoints "
                 "and metrics.jsonl into <out>/archive-<timestamp>/ first (ignored with --resume)"})
     init_from: str = field(default="", metadata={
-        "help": "llama2.c model .bin to start from instead of random weights"})
+        "help": "start from this model's weights instead of random ones: a llama2.c .bin (version 0 or 1), a "
+                "Hugging Face model directory, or a run directory or checkpoint; the model's shape comes from it"})
     log_stderr: bool = field(default=False, metadata={
         "help": "also print each step's telemetry line to stderr (it always goes to <out>/metrics.jsonl)"})
 
@@ -245,11 +246,12 @@ class TrainConfig:
             raise UsageError(f"--loss-scale must be a finite number > 0, got {self.loss_scale}")
         # Paths given explicitly must exist now: a missing tokenizer would silently turn samples
         # off, and a missing --init-from would fail only after the run directory was made.
-        for f in ("tokenizer", "init_from"):
-            path = getattr(self, f)
-            if path and not os.path.isfile(path):
-                what = "is a directory" if os.path.isdir(path) else "does not exist"
-                raise UsageError(f"--{f.replace('_', '-')} {path} {what}; give the path of a file")
+        if self.tokenizer and not os.path.isfile(self.tokenizer):
+            what = "is a directory" if os.path.isdir(self.tokenizer) else "does not exist"
+            raise UsageError(f"--tokenizer {self.tokenizer} {what}; give the path of a file")
+        if self.init_from and not os.path.exists(self.init_from):
+            raise UsageError(f"--init-from {self.init_from} does not exist; give a llama2.c .bin, a Hugging Face "
+                             f"model directory, or a run directory or checkpoint")
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -391,8 +393,11 @@ def apply_shipped_data_defaults(train, model):
     train.tokenizer = train.tokenizer or os.path.join(REPO_DATA, "tokenizer.model")
 
 
-def parse_args(argv):
-    """(ModelConfig, TrainConfig) from command-line arguments; UsageError on bad input."""
+def parse_args(argv, init_model=None):
+    """(ModelConfig, TrainConfig) from command-line arguments; UsageError on bad input.
+
+    ``init_model(path)`` gives the ModelConfig of the ``--init-from`` model (anetrain/modelfile.py;
+    passed in because reading model files sits above this module)."""
     args = vars(build_parser().parse_args(argv))
     file_train, file_model = {}, {}
     if "config" in args:
@@ -409,19 +414,37 @@ def parse_args(argv):
     for k, v in overrides.items():
         if not isinstance(v, int) or isinstance(v, bool):
             raise UsageError(f"model field {k} must be an integer, got {v!r}")
-    if overrides:
-        base["name"] = f"{train.preset}+custom"
-        if "hidden_dim" not in overrides and "dim" in overrides:
-            base["hidden_dim"] = 0
-        if "n_kv_heads" not in overrides and "n_heads" in overrides:
-            base["n_kv_heads"] = 0
-    model = ModelConfig(**{**base, **overrides})
+    if train.init_from and init_model is not None:
+        preset_given = "preset" in args or "preset" in file_train
+        model = model_of_init(train.init_from, init_model(train.init_from),
+                              {**(PRESETS[train.preset] if preset_given else {}), **overrides})
+    else:
+        if overrides:
+            base["name"] = f"{train.preset}+custom"
+            if "hidden_dim" not in overrides and "dim" in overrides:
+                base["hidden_dim"] = 0
+            if "n_kv_heads" not in overrides and "n_heads" in overrides:
+                base["n_kv_heads"] = 0
+        model = ModelConfig(**{**base, **overrides})
     check_fits_in_memory(model)
     if (train.ane_shaped or ane_shaped_from_env()) and model.seq_len % 32:
         raise UsageError(f"--ane-shaped (or ANETRAIN_ANE_SHAPED=1) needs --seq-len a multiple of 32 (the ANE's "
                          f"64-byte rows), got {model.seq_len}")
     apply_shipped_data_defaults(train, model)
     return model, train
+
+
+def model_of_init(path, found, asked):
+    """The run's ModelConfig when it starts from the model ``found`` at ``path``: that model's shape,
+    trained at ``asked``'s seq_len if given, else the model's. Any other field ``asked`` (explicit
+    model flags, or an explicitly chosen preset) must agree with the model: UsageError otherwise.
+    0 for hidden_dim or n_kv_heads asks for nothing (it means "the default")."""
+    diff = [f"{k} {getattr(found, k)} vs {v}" for k, v in asked.items()
+            if k != "seq_len" and not (v == 0 and k in ("hidden_dim", "n_kv_heads")) and getattr(found, k) != v]
+    if diff:
+        raise UsageError(f"--init-from {path} holds another model ({', '.join(diff)} requested); its shape is "
+                         f"the run's, so drop those model flags (or --preset), or pick another --init-from")
+    return ModelConfig(**{**found.to_dict(), "seq_len": asked.get("seq_len", found.seq_len)})
 
 
 def ane_shaped_from_env():

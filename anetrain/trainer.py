@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from . import ane, backends, checkpoint, config, data, llama2c, rundir, telemetry
+from . import ane, backends, checkpoint, config, data, modelfile, rundir, telemetry
 from ._native import BackendError, CompileBudgetExceeded
 from .errors import AnetrainError, UsageError, exit_on_error
 from .generation import BOS, generate, load_tokenizer
@@ -82,7 +82,7 @@ class Run:
     def __init__(self, argv):
         self.argv = argv
         self.stop_signal = None  # SIGINT or SIGTERM once one asked the run to stop
-        self.model_cfg, self.train = config.parse_args(argv)
+        self.model_cfg, self.train = config.parse_args(argv, init_model=modelfile.read_config)
         t = self.train
         seq = self.model_cfg.seq_len
         # the inputs first: a run refused for its data or --init-from leaves no run directory behind
@@ -181,21 +181,10 @@ class Run:
                   f"those steps run again", file=sys.stderr)
 
     def read_init_weights(self):
-        """The --init-from model's weights, checked against the run's model (a fresh run only)."""
-        path = self.train.init_from
-        cfg, weights = llama2c.read_model(path)
-        fields = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim")
-        diff = [f"{f} {getattr(cfg, f)} vs {getattr(self.model_cfg, f)}" for f in fields
-                if getattr(cfg, f) != getattr(self.model_cfg, f)]
-        if diff:
-            raise UsageError(f"{path} holds another model ({', '.join(diff)} requested); pick the matching "
-                             f"--preset or model flags")
-        if "output.weight" in weights:
-            raise UsageError(f"{path} has its own classifier; anetrain trains llama2.c's tied classifier "
-                             f"(the token embedding), so it cannot start from this file")
-        return weights
+        """The --init-from model's weights (a fresh run only); the run's model has its shape."""
+        return modelfile.read(self.train.init_from)[1]
 
-    def init_from_llama2c(self):
+    def init_from_model(self):
         for name, value in self.init_weights.items():
             self.model.set(name, value)
         self.init_weights = None
@@ -276,7 +265,7 @@ class Run:
         if t.resume:
             self.restore()
         elif t.init_from:
-            self.init_from_llama2c()
+            self.init_from_model()
         if self.step >= t.steps:
             print(f"nothing to do: the run is already at step {self.step} of {t.steps}", file=sys.stderr)
             return 0

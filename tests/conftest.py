@@ -17,15 +17,18 @@ def pytest_report_header(config):
             f"backends={','.join(i['backends'])} OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
 
 
-def _have_torch():
+def _have(module):
     try:
-        import torch  # noqa: F401
+        __import__(module)
     except ImportError:
         return False
     return True
 
 
 def pytest_runtest_setup(item):
-    # tests marked torch compare against PyTorch (an optional test extra): only they skip without it
-    if item.get_closest_marker("torch") is not None and not _have_torch():
+    # tests marked torch or transformers compare against them (optional test extras): only they
+    # skip without them
+    if item.get_closest_marker("torch") is not None and not _have("torch"):
         pytest.skip("needs PyTorch, the reference it compares against (pip install torch)")
+    if item.get_closest_marker("transformers") is not None and not _have("transformers"):
+        pytest.skip("needs Hugging Face transformers, the reference it compares against (pip install transformers)")

@@ -75,6 +75,25 @@ def test_dim_override_recomputes_hidden_by_llama2c_rule():
     assert model.hidden_dim == 704 and model.n_kv_heads == 8   # int(2*1024/3)=682 -> 704
 
 
+def test_init_from_gives_the_shape(tmp_path):
+    found = ModelConfig(name="m", dim=96, n_layers=3, n_heads=6, n_kv_heads=2, vocab_size=1024, hidden_dim=200,
+                        seq_len=512, norm_eps=1e-6, rope_theta=5e5)
+    src = tmp_path / "model"
+    src.mkdir()
+
+    def parse(*argv):
+        return parse_args(["--init-from", str(src), *argv], init_model=lambda path: found)[0]
+
+    model = parse()  # no flags: all of it from the model, the tiny preset ignored
+    assert model.to_dict() == found.to_dict()
+    assert parse("--seq-len", "64").seq_len == 64                          # a training choice
+    assert parse("--dim", "96", "--n-kv-heads", "2", "--hidden-dim", "0").to_dict() == found.to_dict()
+    for argv, needle in [(["--dim", "128"], "dim 96 vs 128"), (["--n-kv-heads", "6"], "n_kv_heads 2 vs 6"),
+                         (["--preset", "tiny"], "dim 96 vs 128, n_layers 3 vs 4, n_heads 6 vs 4")]:
+        with pytest.raises(UsageError, match=f"holds another model \\({needle}"):
+            parse(*argv)
+
+
 # Every documented setting of scripts/train.py, written out by hand (not read from config's own
 # tables), so a flag dropped from the parser or from its help fails here.
 DOCUMENTED_FLAGS = [

@@ -1,5 +1,6 @@
-"""llama2.c legacy model .bin and tokenizer.bin: byte layout checked field by field with struct
-against llama2.c's export order, round trips, and bounds checks."""
+"""llama2.c model .bin (export versions 0 and 1) and tokenizer.bin: byte layouts checked field by
+field with struct against llama2.c's export.py order, round trips, bounds checks, and the exported
+model's logits in our forward pass."""
 import math
 import os
 import struct
@@ -10,6 +11,7 @@ import pytest
 from anetrain import llama2c
 from anetrain.config import ModelConfig
 from anetrain.errors import ModelFileError
+from anetrain.model import Model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # GQA on purpose: 2 query heads share 1 kv head; hd = 4
@@ -64,11 +66,99 @@ def test_byte_layout_by_hand(tmp_path):
     assert off == len(raw)
 
 
+V1_MAGIC = 0x616B3432  # "ak42"
+
+
+def v1_tensors(a, layers=2):
+    """The tensors of a version 1 file in export.py's version1_export order (not via llama2c.py)."""
+    each = [[a[f"layers.{i}.{kind}.weight"] for i in range(layers)] for kind in (
+        "attention_norm", "ffn_norm")]
+    mats = [[a[f"layers.{i}.{kind}.weight"] for i in range(layers)] for kind in (
+        "attention.wq", "attention.wk", "attention.wv", "attention.wo", "feed_forward.w1", "feed_forward.w2",
+        "feed_forward.w3")]
+    out = each[0] + each[1] + [a["norm.weight"], a["tok_embeddings.weight"]] + [w for kind in mats for w in kind]
+    return out + ([a["output.weight"]] if "output.weight" in a else [])
+
+
 @pytest.mark.parametrize("unshared", [False, True])
-def test_round_trip(tmp_path, unshared):
+def test_v1_byte_layout_by_hand(tmp_path, unshared):
+    a = make_arrays(CFG, unshared=unshared, seed=1)
+    p = tmp_path / "m.bin"
+    llama2c.write_model(str(p), CFG, a, version=1)
+    raw = p.read_bytes()
+    assert struct.unpack_from("<I", raw, 0) == (V1_MAGIC,) and raw[:4] == b"24ka"
+    assert struct.unpack_from("<i", raw, 4) == (1,)                       # version
+    assert struct.unpack_from("<7i", raw, 8) == (8, 12, 2, 2, 1, 10, 3)   # vocab stays positive
+    assert struct.unpack_from("<B", raw, 36) == (0 if unshared else 1,)   # shared_classifier
+    assert raw[37:256] == bytes(219)                                      # zero padding to 256
+    off = 256
+    for w in v1_tensors(a):
+        got, off = floats_at(raw, off, w.size)
+        assert got == w.ravel().tolist()
+    assert off == len(raw)  # no RoPE tables, nothing else
+
+
+@pytest.mark.parametrize("unshared", [False, True])
+def test_v1_file_made_from_the_spec_is_read(tmp_path, unshared):
+    a = make_arrays(CFG, unshared=unshared, seed=2)
+    header = struct.pack("<Ii7iB", V1_MAGIC, 1, 8, 12, 2, 2, 1, 10, 3, 0 if unshared else 1)
+    body = b"".join(struct.pack(f"<{w.size}f", *w.ravel().tolist()) for w in v1_tensors(a))
+    p = tmp_path / "m.bin"
+    p.write_bytes(header + bytes(256 - len(header)) + body)
+    cfg, b = llama2c.read_model(str(p))
+    assert (cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size, cfg.seq_len) == \
+        (8, 12, 2, 2, 1, 10, 3)
+    assert set(b) == set(a)
+    for k in a:
+        np.testing.assert_array_equal(b[k], a[k])
+
+
+def test_v1_bad_headers(tmp_path):
+    p = tmp_path / "m.bin"
+    llama2c.write_model(str(p), CFG, make_arrays(CFG), version=1)
+    raw = p.read_bytes()
+    cases = [(raw[:-4], "needs exactly"), (raw[:100], "too short"),
+             (raw[:4] + struct.pack("<i", 2) + raw[8:], "version 2"),
+             (raw[:36] + b"\x07" + raw[37:], "shared_classifier 7"),
+             (raw[:28] + struct.pack("<i", -10) + raw[32:], "vocab_size -10")]
+    for bad, needle in cases:
+        p.write_bytes(bad)
+        with pytest.raises(ModelFileError, match=needle) as e:
+            llama2c.read_model(str(p))
+        assert str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_write_refuses_what_run_c_cannot_hold(tmp_path):
+    a = make_arrays(CFG)
+    for cfg in (ModelConfig(**{**CFG.to_dict(), "norm_eps": 1e-6}), ModelConfig(**{**CFG.to_dict(), "rope_theta": 5e5})):
+        with pytest.raises(ModelFileError, match="run.c uses 1e-05 and 10000"):
+            llama2c.write_model(str(tmp_path / "m.bin"), cfg, a)
+    with pytest.raises(ModelFileError, match="version 2"):
+        llama2c.write_model(str(tmp_path / "m.bin"), CFG, a, version=2)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_exported_model_has_the_same_logits(tmp_path, version):
+    cfg = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=40, hidden_dim=48, seq_len=8)
+    m = Model(cfg.native_kwargs(), backend="ref", precision="fp32", seed=5)
+    tokens = np.random.default_rng(0).integers(0, 40, (2, 8))
+    before = m.forward(tokens)
+    p = str(tmp_path / "m.bin")
+    llama2c.write_model(p, cfg, {f"{n}.weight": w for n, w in m.weights().items()}, version=version)
+    cfg2, weights = llama2c.read_model(p)
+    m2 = Model(cfg2.native_kwargs(), backend="ref", precision="fp32")
+    for name, w in weights.items():
+        m2.set(name, w)
+    np.testing.assert_array_equal(m2.forward(tokens), before)
+
+
+@pytest.mark.parametrize("version", [0, 1])
+@pytest.mark.parametrize("unshared", [False, True])
+def test_round_trip(tmp_path, unshared, version):
     a = make_arrays(CFG, unshared=unshared, seed=3)
     p = str(tmp_path / "m.bin")
-    llama2c.write_model(p, CFG, a)
+    llama2c.write_model(p, CFG, a, version=version)
     cfg, b = llama2c.read_model(p)
     assert (cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size, cfg.seq_len) == \
         (8, 12, 2, 2, 1, 10, 3)

@@ -208,9 +208,15 @@ def test_export_to_llama2c_and_start_from_it(tmp_path):
     assert (cfg.dim, cfg.n_layers, cfg.vocab_size) == (64, 2, 1024)
     for name, w in weights.items():
         np.testing.assert_array_equal(w, arrays["weight:" + name[:-len(".weight")]], err_msg=name)
-    # a new run starts from the exported weights (a vanishing lr keeps them)
+    v1_bin = str(tmp_path / "model_v1.bin")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export_llama2c.py"), out, v1_bin,
+                        "--version", "1"], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    with open(v1_bin, "rb") as f:
+        assert f.read(8) == bytes.fromhex("32346b6101000000")  # magic "ak42", version 1
+    # a new run starts from the exported weights (a vanishing lr keeps them), shaped by the file
     out2 = str(tmp_path / "run2")
-    p = train(*SMALL, "--steps", "1", "--lr", "1e-30", "--warmup-steps", "0", "--out", out2, "--init-from", model_bin,
+    p = train(*SMALL, "--steps", "1", "--lr", "1e-30", "--warmup-steps", "0", "--out", out2, "--init-from", v1_bin,
               "--seed", "99")
     assert "initialised from" in p.stderr
     started, _ = checkpoint.load(checkpoint.latest(out2))
