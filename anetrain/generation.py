@@ -4,10 +4,10 @@
     for token in anetrain.generate("runs/default", [1, 725, 726], max_tokens=100, temperature=0):
         ...
 
-A model comes from a live ``Model`` (its weights read in place, as training's samples do), a run
-directory (its newest checkpoint), a checkpoint ``.safetensors`` file or a llama2.c model ``.bin``.
-From a path only the fp32 weights are loaded and handed to the decoder as they are: no training
-model (with its gradients and AdamW moments) is built. The prompt runs through the decoder once,
+A model comes from a live ``Model`` (its weights read in place, as training's samples do) or a path
+anetrain.modelfile opens: a run directory (its newest checkpoint), a checkpoint, a llama2.c model
+``.bin`` or a Hugging Face directory. From a path only the fp32 weights are loaded and handed to
+the decoder as they are: no training model (with its gradients and AdamW moments) is built. The prompt runs through the decoder once,
 as one batch; every new token then costs one position. The next token is drawn in NumPy from the
 decoder's logits: temperature 0 is greedy (argmax), otherwise softmax(logits / temperature)
 restricted to the ``top_k`` most likely tokens and then to the smallest set of most likely
@@ -17,70 +17,44 @@ import os
 
 import numpy as np
 
-from . import _native, checkpoint, llama2c
-from .config import ModelConfig, native_model_config
-from .errors import AnetrainError, UsageError
+from . import _native, llama2c, modelfile
+from .config import native_model_config
+from .errors import UsageError
 from .model import Model
 
 BOS, EOS = 1, 2  # llama2.c / sentencepiece conventions
-TOKENIZER_NAMES = ("tokenizer.model", "tokenizer.bin")  # looked for beside a llama2.c model file
-
-
-class ModelSource:
-    """A model read from a path: its ModelConfig, {llama2.c name: float32 array} (names without
-    ``.weight``; ``output`` only for a classifier of its own), and the tokenizer that goes with
-    it (a path, or None when unknown)."""
-
-    def __init__(self, path, config, weights, tokenizer=None, step=None):
-        self.path, self.config, self.weights, self.tokenizer, self.step = path, config, weights, tokenizer, step
-
-
-def open_model(path):
-    """The model at ``path``: a run directory (its newest checkpoint), a checkpoint .safetensors or
-    a llama2.c model .bin. UsageError (or the format's own AnetrainError) saying what is wrong."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, "config.json")) and not checkpoint.list_checkpoints(path):
-            raise UsageError(f"{path} looks like a Hugging Face model directory, which generation cannot read yet; "
-                             f"give a run directory, a checkpoint .safetensors or a llama2.c model .bin")
-        newest = checkpoint.latest(path)
-        if newest is None:
-            raise UsageError(f"{path} holds no checkpoint (ckpt_*.safetensors); give a run directory that has one, "
-                             f"a checkpoint file or a llama2.c model .bin")
-        return open_checkpoint(newest)
-    if not os.path.exists(path):
-        raise UsageError(f"{path} does not exist; give a run directory, a checkpoint .safetensors or a llama2.c "
-                         f"model .bin")
-    if path.endswith(".safetensors"):
-        return open_checkpoint(path)
-    cfg, arrays = llama2c.read_model(path)
-    weights = {name.removesuffix(".weight"): a for name, a in arrays.items()}
-    here = os.path.dirname(os.path.abspath(path))
-    found = [os.path.join(here, n) for n in TOKENIZER_NAMES if os.path.isfile(os.path.join(here, n))]
-    return ModelSource(path, cfg, weights, found[0] if found else None)
-
-
-def open_checkpoint(path):
-    arrays, meta = checkpoint.load(path, keep="weight:")
-    try:
-        cfg = ModelConfig(**meta["config"])
-    except (KeyError, TypeError, AnetrainError) as e:
-        raise UsageError(f"{path}: its metadata holds no usable model config ({e}); is it an anetrain checkpoint?")
-    weights = {name.removeprefix("weight:"): a for name, a in arrays.items()}
-    tokenizer = (meta.get("train") or {}).get("tokenizer") or None
-    return ModelSource(path, cfg, weights, tokenizer, meta.get("step"))
+TOKENIZER_NAMES = ("tokenizer.model", "tokenizer.bin")  # looked for beside a llama2.c file, in an HF directory
 
 
 def decoder(source, context=0):
-    """A native Decoder for a Model (its live weights), a ModelSource, or a path (open_model).
-    context: positions its cache holds (0: the model's seq_len)."""
+    """A native Decoder for a Model (its live weights, read in place), a Decoder (itself), or a
+    path modelfile.read opens (a run, a checkpoint, a llama2.c .bin, an HF directory; a
+    classifier of its own is used). context: positions its cache holds (0: the model's seq_len)."""
     if isinstance(source, _native.Decoder):
         return source
     if isinstance(source, Model):
         return source.decoder(context)
-    if not isinstance(source, ModelSource):
-        source = open_model(source)
-    return _native.Decoder(native_model_config(source.config), source.weights, context)
+    cfg, weights, _ = modelfile.read(os.fspath(source), allow_untied=True)
+    return decoder_of(cfg, weights, context)
+
+
+def decoder_of(cfg, weights, context=0):
+    """A native Decoder over ``weights`` ({llama2.c name: float32 array}, with or without the
+    ``.weight`` suffix) for the model config ``cfg``; the arrays are used in place."""
+    return _native.Decoder(native_model_config(cfg), {n.removesuffix(".weight"): w for n, w in weights.items()},
+                           context)
+
+
+def tokenizer_for(info):
+    """The tokenizer file that goes with a model modelfile.read opened (its ``info``): the run's
+    sentencepiece model, an HF directory's tokenizer.model, or tokenizer.model / tokenizer.bin beside
+    a llama2.c file; None when there is none."""
+    found = modelfile.run_tokenizer(info)
+    if found or info["kind"] not in ("hf", "llama2c"):
+        return found
+    here = info["path"] if info["kind"] == "hf" else os.path.dirname(os.path.abspath(info["path"]))
+    found = [os.path.join(here, n) for n in TOKENIZER_NAMES if os.path.isfile(os.path.join(here, n))]
+    return found[0] if found else None
 
 
 def token_probs(logits, temperature=1.0, top_k=0, top_p=1.0):
@@ -129,8 +103,7 @@ def generate(model_or_path, prompt_ids=(BOS,), max_tokens=256, temperature=0.8, 
     """An iterator of up to ``max_tokens`` token ids continuing ``prompt_ids`` (a BOS alone when
     empty), each yielded as soon as it is chosen. Stops early at ``eos_id`` (not yielded) unless
     ``stop_at_eos`` is False, and when the decoder's context (the model's seq_len) is full.
-    ``model_or_path``: a Model, a path (see open_model), a ModelSource or a Decoder (reset and
-    reused). Bad settings raise UsageError here, before any token."""
+    ``model_or_path``: a Model, a path (see decoder) or a Decoder (reset and reused). Bad settings raise UsageError here, before any token."""
     check_sampling(temperature, top_k, top_p, max_tokens)
     dec = decoder(model_or_path)
     prompt = np.asarray(list(prompt_ids) or [BOS], dtype=np.int64)

@@ -2,16 +2,17 @@
 """Generation speed: anetrain's KV-cache decoder against Hugging Face transformers' KV-cache
 generate (LlamaForCausalLM, PyTorch), same run, same model, same prompt, same threads, greedy.
 
-Per preset (random weights in the preset's shape, written once as a llama2.c model file), each
-round runs two fresh processes: ours (anetrain.generate from the file, as scripts/generate.py
-does) and transformers' (model.generate(do_sample=False, use_cache=True) on the same weights).
-Each times --repeats greedy generations of --tokens new tokens after a short warm-up and keeps
-the fastest. Ours then measures a large memcpy's bandwidth (the fastest of five copies): the
-bandwidth bound is that bandwidth over the fp32 weight bytes a token reads (every weight once,
-the classifier included; bytes copied per second, so a decoder that reads at the copy's pace of
-reading and writing both could beat it). The decode memory is the process's peak RSS above what
-it held before opening the model, against the weights plus the KV cache. Reported: the median
-over rounds of each ratio.
+Per preset (random weights in the preset's shape, written once as a llama2.c model file and as a
+Hugging Face directory), each round runs two fresh processes: ours (anetrain.generate from the
+file, as scripts/generate.py does) and transformers' (LlamaForCausalLM.generate(do_sample=False,
+use_cache=True) on the same weights exported by anetrain.hf). Each times --repeats greedy
+generations of --tokens new tokens after a short warm-up and keeps the fastest. Ours then
+measures a large memcpy's bandwidth (the fastest of five copies): the bandwidth bound is that
+bandwidth over the fp32 weight bytes a token reads (every weight once, the classifier included;
+bytes copied per second, so a decoder that reads at the copy's pace of reading and writing both
+could beat it). The decode memory is the process's peak RSS above what it held before opening
+the model, against the weights plus the KV cache. Reported: the median over rounds of each
+ratio.
 
     python scripts/bench_generate.py                      # stories15M and stories110M shapes
     python scripts/bench_generate.py --presets stories15M --rounds 5 --tokens 128   # longer, steadier
@@ -21,6 +22,7 @@ bandwidth bound; decode memory no more than the weights plus the KV cache plus 1
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -47,12 +49,13 @@ def memcpy_bandwidth(nbytes=256 << 20, repeats=5):
     return nbytes / best
 
 
-def write_model(preset, path, seed=0):
-    """Random weights in the preset's shape as a llama2.c model file: linears N(0, 1/fan_in), the
-    embedding N(0, 1) (logits far apart, so both decoders' greedy choices are clear), norms 1."""
+def write_model(preset, path, hf_dir, seed=0):
+    """Random weights in the preset's shape as a llama2.c model file (ours) and an exported Hugging
+    Face directory (transformers'): linears N(0, 1/fan_in), the embedding N(0, 1) (logits far
+    apart, so both decoders' greedy choices are clear), norms 1."""
     import numpy as np
 
-    from anetrain import llama2c
+    from anetrain import hf, llama2c
     from anetrain.config import model_preset
 
     cfg = model_preset(preset)
@@ -68,6 +71,7 @@ def write_model(preset, path, seed=0):
                 a *= np.float32(1 / np.sqrt(shape[1]))
         arrays[name] = a
     llama2c.write_model(path, cfg, arrays)
+    hf.write_hf(hf_dir, cfg, arrays)
 
 
 def timed(fn, n, repeats):
@@ -99,52 +103,13 @@ def run_ours(path, tokens, threads, repeats):
                 cache_bytes=dec.cache_bytes, scratch_bytes=dec.scratch_bytes, peak=peak, before=before)
 
 
-def hf_model(path):
-    """transformers' LlamaForCausalLM holding the weights of the llama2.c file at ``path``."""
-    import numpy as np
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from anetrain import llama2c
-
-    cfg, w = llama2c.read_model(path)
-    hd = cfg.head_dim
-
-    def rotary(a, heads):  # llama2.c rotates channel pairs (2i, 2i+1) of a head, HF (i, i + hd/2)
-        return a.reshape(heads, hd // 2, 2, -1).transpose(0, 2, 1, 3).reshape(heads * hd, -1)
-
-    sd = {"model.embed_tokens.weight": w["tok_embeddings.weight"], "model.norm.weight": w["norm.weight"]}
-    for i in range(cfg.n_layers):
-        p, q = f"layers.{i}.", f"model.layers.{i}."
-        sd[q + "self_attn.q_proj.weight"] = rotary(w[p + "attention.wq.weight"], cfg.n_heads)
-        sd[q + "self_attn.k_proj.weight"] = rotary(w[p + "attention.wk.weight"], cfg.n_kv_heads)
-        sd[q + "self_attn.v_proj.weight"] = w[p + "attention.wv.weight"]
-        sd[q + "self_attn.o_proj.weight"] = w[p + "attention.wo.weight"]
-        sd[q + "mlp.gate_proj.weight"] = w[p + "feed_forward.w1.weight"]
-        sd[q + "mlp.up_proj.weight"] = w[p + "feed_forward.w3.weight"]
-        sd[q + "mlp.down_proj.weight"] = w[p + "feed_forward.w2.weight"]
-        sd[q + "input_layernorm.weight"] = w[p + "attention_norm.weight"]
-        sd[q + "post_attention_layernorm.weight"] = w[p + "ffn_norm.weight"]
-    config = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.hidden_dim,
-                         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                         num_key_value_heads=cfg.n_kv_heads, head_dim=hd, max_position_embeddings=cfg.seq_len,
-                         rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, tie_word_embeddings=True,
-                         bos_token_id=1, eos_token_id=2)
-    model = LlamaForCausalLM(config)
-    missing, unexpected = model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()},
-                                                strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
-    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # tied
-    return model.eval()
-
-
-def run_hf(path, tokens, threads, repeats):
+def run_hf(hf_dir, tokens, threads, repeats):
     import torch
     import transformers
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(threads)
-    model = hf_model(path)
+    model = transformers.LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     ids = torch.tensor([PROMPT])
 
     def gen(n):
@@ -194,11 +159,12 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.presets:
-            path = os.path.join(tmp, f"{name}.bin")
-            write_model(name, path)
-            job = dict(path=path, tokens=args.tokens, threads=args.threads, repeats=args.repeats)
-            worker = lambda which: bench.in_subprocess(os.path.abspath(__file__), which, job)
-            pairs = [(worker("anetrain"), worker("hf")) for _ in range(args.rounds)]
+            path, hf_dir = os.path.join(tmp, f"{name}.bin"), os.path.join(tmp, f"{name}-hf")
+            write_model(name, path, hf_dir)
+            job = dict(tokens=args.tokens, threads=args.threads, repeats=args.repeats)
+            worker = lambda which, **where: bench.in_subprocess(os.path.abspath(__file__), which, {**job, **where})
+            pairs = [(worker("anetrain", path=path), worker("hf", hf_dir=hf_dir)) for _ in range(args.rounds)]
+            shutil.rmtree(hf_dir)
             os.unlink(path)
             speedups = sorted(o["tok_s"] / h["tok_s"] for o, h in pairs)
             bounds = sorted(o["bandwidth"] / o["weight_bytes"] / o["tok_s"] for o, _ in pairs)  # bound / ours

@@ -4,10 +4,12 @@
     python scripts/generate.py runs/default --prompt "Once upon a time"
     python scripts/generate.py runs/default/ckpt_00000600.safetensors --temperature 0 --max-tokens 50
     python scripts/generate.py stories15M.bin --tokenizer tokenizer.bin --top-p 0.9 --seed 7
+    python scripts/generate.py hf_model --prompt "Tom and" --top-k 40
 
-The model is a run directory (its newest checkpoint), a checkpoint .safetensors or a llama2.c
-model .bin. The tokenizer is the run's sentencepiece model, or tokenizer.model / tokenizer.bin
-beside a .bin, unless --tokenizer names one (a sentencepiece .model or a llama2.c tokenizer.bin).
+The model is a run directory (its newest checkpoint), a checkpoint .safetensors, a llama2.c model
+.bin (version 0 or 1) or a Hugging Face model directory. The tokenizer is the run's sentencepiece
+model, the HF directory's tokenizer.model, or tokenizer.model / tokenizer.bin beside a .bin, unless
+--tokenizer names one (a sentencepiece .model or a llama2.c tokenizer.bin).
 The text goes to stdout; the speed (tokens per second) to stderr at the end.
 """
 import argparse
@@ -17,13 +19,14 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from anetrain import generation  # noqa: E402
+from anetrain import generation, modelfile  # noqa: E402
 from anetrain.errors import UsageError, exit_on_error  # noqa: E402
 
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", help="run directory, checkpoint .safetensors or llama2.c model .bin")
+    ap.add_argument("model", help="run directory, checkpoint .safetensors, llama2.c model .bin or Hugging Face "
+                                  "model directory")
     ap.add_argument("--prompt", default="", help="text to continue (default: none, the story starts afresh)")
     ap.add_argument("--max-tokens", type=int, default=256, metavar="N",
                     help="tokens to generate at most; generation also stops at EOS and when the model's context "
@@ -44,8 +47,8 @@ def parse_args(argv):
     return args
 
 
-def open_tokenizer(args, source, vocab_size):
-    path = args.tokenizer or source.tokenizer
+def open_tokenizer(args, info, vocab_size):
+    path = args.tokenizer or generation.tokenizer_for(info)
     if not path:
         raise UsageError(f"{args.model} names no tokenizer; pass --tokenizer with a sentencepiece .model or a "
                          f"llama2.c tokenizer.bin")
@@ -61,10 +64,11 @@ def open_tokenizer(args, source, vocab_size):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    source = generation.open_model(args.model)
-    tok = open_tokenizer(args, source, source.config.vocab_size)
+    cfg, weights, info = modelfile.read(args.model, allow_untied=True)
+    tok = open_tokenizer(args, info, cfg.vocab_size)
     prompt = [generation.BOS] + list(tok.encode(args.prompt))
-    dec = generation.decoder(source)
+    dec = generation.decoder_of(cfg, weights)
+    del weights  # the decoder holds them
     tokens = generation.generate(dec, prompt, max_tokens=args.max_tokens, temperature=args.temperature,
                                  top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     stream = generation.TextStream(tok, prompt[-1])

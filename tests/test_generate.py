@@ -1,6 +1,7 @@
-"""Generation: the native KV-cache decoder against the trainer's forward pass (fp32), greedy and
-seeded sampling, the sampling rules against an independent NumPy computation (and transformers'
-logits warpers when installed), the model sources, and scripts/generate.py as a user runs it."""
+"""Generation: the native KV-cache decoder against the trainer's forward pass (fp32), greedy
+tokens against transformers' LlamaForCausalLM.generate on the exported model, seeded sampling,
+the sampling rules against an independent NumPy computation and transformers' logits warpers,
+every model source, and scripts/generate.py as a user runs it."""
 import json
 import os
 import subprocess
@@ -10,15 +11,16 @@ import numpy as np
 import pytest
 
 import anetrain
-from anetrain import _native, checkpoint, generation, llama2c
+from anetrain import _native, checkpoint, generation, hf, llama2c, modelfile
 from anetrain.config import ModelConfig
-from anetrain.errors import UsageError
+from anetrain.errors import ModelFileError, UsageError
 from anetrain.model import Model
 
 from _optional_torch import torch, torch_ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENERATE = os.path.join(ROOT, "scripts", "generate.py")
+TOKENIZER = generation.load_tokenizer(os.path.join(ROOT, "data", "tokenizer.model"))
 CONFIGS = {
     "mha": dict(dim=64, n_layers=2, n_heads=4, vocab_size=97, seq_len=16),
     "gqa": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, seq_len=16),
@@ -27,8 +29,9 @@ CONFIGS = {
 
 
 def fp32_model(cfg, seed=3):
-    """A Model on the fp32 ref backend with random weights, norm gains away from 1 and an
-    embedding large enough that logits are far apart (so greedy choices are not near-ties)."""
+    """A Model on the fp32 ref backend with random weights: norm gains away from 1, layers strong
+    enough against the embedding that greedy decoding moves from token to token, and logits
+    several units apart (so greedy choices are not near-ties)."""
     m = Model(cfg, backend="ref", precision="fp32", seed=seed)
     rng = np.random.default_rng(seed)
     for name in m.names():
@@ -36,7 +39,9 @@ def fp32_model(cfg, seed=3):
         if name.endswith("norm"):
             m.set(name, 1 + 0.3 * rng.standard_normal(w.shape).astype(np.float32))
         elif name == "tok_embeddings":
-            m.set(name, rng.standard_normal(w.shape).astype(np.float32))
+            m.set(name, 0.2 * rng.standard_normal(w.shape).astype(np.float32))
+        else:
+            m.set(name, 2 * w)
     return m
 
 
@@ -121,6 +126,7 @@ def test_greedy_is_deterministic_and_follows_the_forward_pass():
     prompt = [1, 40, 7]
     a = list(anetrain.generate(m, prompt, max_tokens=10, temperature=0, stop_at_eos=False))
     b = list(anetrain.generate(m.decoder(), prompt, max_tokens=10, temperature=0, stop_at_eos=False))
+    assert len(set(a)) >= 4, a
     assert a == b == greedy_by_forward(m, prompt, 10)
 
 
@@ -178,8 +184,8 @@ def test_sampling_support_and_probabilities(temperature, top_k, top_p):
 
 
 @pytest.mark.torch
+@pytest.mark.transformers
 def test_sampling_matches_transformers_logits_warpers():
-    pytest.importorskip("transformers", reason="transformers' logits warpers are the reference")
     from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
                                                         TopPLogitsWarper)
     for seed in range(5):
@@ -222,18 +228,44 @@ def small_vocab_model():
 def test_every_model_source_gives_the_same_tokens(tmp_path):
     cfg, m = small_vocab_model()
     weights = {n: m.get(n) for n in m.names()}
+    named = {f"{n}.weight": w for n, w in weights.items()}
     write_run(tmp_path / "run", cfg, weights)
-    llama2c.write_model(str(tmp_path / "m.bin"), cfg, {f"{n}.weight": w for n, w in weights.items()})
+    llama2c.write_model(str(tmp_path / "v0.bin"), cfg, named)
+    llama2c.write_model(str(tmp_path / "v1.bin"), cfg, named, version=1)
+    hf.write_hf(str(tmp_path / "hf"), cfg, named)
     run = lambda src: list(anetrain.generate(src, [1, 5], max_tokens=8, temperature=0.9, seed=4,
                                              stop_at_eos=False))
     want = run(m)
-    src = generation.open_model(tmp_path / "run")
-    assert set(src.weights) == set(weights) and src.step == 3  # the AdamW moments were left out
-    assert src.tokenizer.endswith("tokenizer.model")
-    for path in (tmp_path / "run", checkpoint.step_path(str(tmp_path / "run"), 3), tmp_path / "m.bin"):
-        assert run(str(path)) == want, path
-    with pytest.raises(UsageError, match="holds no checkpoint"):
-        generation.open_model(tmp_path)
+    sources = ["run", checkpoint.step_path(str(tmp_path / "run"), 3), "v0.bin", "v1.bin", "hf"]
+    for src in sources:
+        assert run(str(tmp_path / src)) == want, src
+    _, read, info = modelfile.read(str(tmp_path / "run"), allow_untied=True)
+    assert set(read) == set(named)  # the AdamW moments were left out
+    assert generation.tokenizer_for(info).endswith("tokenizer.model")
+    with pytest.raises(ModelFileError, match="neither config.json"):
+        generation.decoder(tmp_path)
+
+
+@pytest.mark.torch
+@pytest.mark.transformers
+@pytest.mark.parametrize("name", ["mha", "gqa"])
+def test_greedy_tokens_equal_transformers_generate(tmp_path, name):
+    """The exported model (hf.write_hf) in transformers' LlamaForCausalLM.generate, greedy with its
+    KV cache, picks the tokens our decoder picks from the same directory."""
+    from transformers import LlamaForCausalLM
+
+    m = fp32_model(CONFIGS[name])
+    cfg = ModelConfig(**{k: getattr(m.config, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads",
+                                                             "vocab_size", "hidden_dim", "seq_len")})
+    hf.write_hf(str(tmp_path), cfg, {f"{n}.weight": m.get(n) for n in m.names()})
+    prompt, n = [1, 40, 7], cfg.seq_len - 3
+    theirs = LlamaForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = theirs.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                              use_cache=True, pad_token_id=0)
+    ours = list(anetrain.generate(str(tmp_path), prompt, max_tokens=n, temperature=0, stop_at_eos=False))
+    assert len(set(ours)) >= 4, ours  # a sequence that moves, not one token repeated
+    assert ours == out[0, len(prompt):].tolist()
 
 
 def cli(*args):
@@ -246,10 +278,9 @@ def test_cli_streams_text_and_reports_speed(tmp_path):
     write_run(tmp_path, cfg, {n: m.get(n) for n in m.names()})
     p = cli(tmp_path, "--prompt", "Once upon a time", "--max-tokens", "12", "--temperature", "0")
     assert p.returncode == 0, p.stderr
-    ids = list(anetrain.generate(m, [1] + generation.load_tokenizer(
-        os.path.join(ROOT, "data", "tokenizer.model")).encode("Once upon a time"), max_tokens=12, temperature=0))
-    tok = generation.load_tokenizer(os.path.join(ROOT, "data", "tokenizer.model"))
-    assert p.stdout == tok.decode(tok.encode("Once upon a time") + ids) + "\n"
+    prompt = TOKENIZER.encode("Once upon a time")
+    ids = list(anetrain.generate(m, [1] + prompt, max_tokens=12, temperature=0))
+    assert p.stdout == TOKENIZER.decode(prompt + ids) + "\n"
     assert "tok/s" in p.stderr.splitlines()[-1]
 
 
@@ -262,9 +293,19 @@ def test_cli_with_a_llama2c_model_and_tokenizer_bin(tmp_path):
     assert p.stdout.startswith("Tom")
 
 
+def test_cli_with_an_exported_hf_directory_and_its_tokenizer(tmp_path):
+    cfg, m = small_vocab_model()
+    hf.write_hf(str(tmp_path), cfg, {f"{n}.weight": m.get(n) for n in m.names()})
+    hf.write_tokenizer(str(tmp_path), os.path.join(ROOT, "data", "tokenizer.model"), cfg.seq_len)
+    p = cli(tmp_path, "--temperature", "0", "--max-tokens", "6", "--prompt", "Lily")
+    assert p.returncode == 0, p.stderr
+    ids = list(anetrain.generate(m, [1] + TOKENIZER.encode("Lily"), max_tokens=6, temperature=0))
+    assert p.stdout == TOKENIZER.decode(TOKENIZER.encode("Lily") + ids) + "\n"
+
+
 @pytest.mark.parametrize("args,message", [
     (["{tmp}/missing"], "does not exist"),
-    (["{tmp}"], "holds no checkpoint"),
+    (["{tmp}"], "neither config.json"),
     (["{run}", "--top-p", "1.5"], "top_p"),
     (["{run}", "--tokenizer", "{tmp}/nope.model"], "does not exist"),
     (["{bin}"], "names no tokenizer"),
@@ -293,5 +334,4 @@ def test_training_samples_come_from_the_decoder(tmp_path):
         samples = [r for r in map(json.loads, f) if r.get("type") == "sample"]
     assert [s["step"] for s in samples] == [2]
     ids = list(anetrain.generate(str(out), [1], max_tokens=20, temperature=0.8, top_k=50, top_p=1.0, seed=2))
-    tok = generation.load_tokenizer(os.path.join(ROOT, "data", "tokenizer.model"))
-    assert samples[0]["text"] == tok.decode(ids)
+    assert samples[0]["text"] == TOKENIZER.decode(ids)
