@@ -309,17 +309,29 @@ def test_cli_with_an_exported_hf_directory_and_its_tokenizer(tmp_path):
     (["{run}", "--top-p", "1.5"], "top_p"),
     (["{run}", "--tokenizer", "{tmp}/nope.model"], "does not exist"),
     (["{bin}"], "names no tokenizer"),
+    (["{small}", "--tokenizer", os.path.join(ROOT, "data", "tokenizer.model")], "the model's vocabulary has 97"),
 ])
-def test_cli_bad_input_is_one_error_line(tmp_path, args, message):
-    cfg, m = small_vocab_model()
-    weights = {n: m.get(n) for n in m.names()}
-    write_run(tmp_path / "run", cfg, weights)
-    os.makedirs(tmp_path / "lonely")
-    llama2c.write_model(str(tmp_path / "lonely" / "m.bin"), cfg, {f"{n}.weight": w for n, w in weights.items()})
-    fill = dict(tmp=tmp_path, run=tmp_path / "run", bin=tmp_path / "lonely" / "m.bin")
-    p = cli(*[a.format(**fill) for a in args])
+def test_cli_bad_input_is_one_error_line(sources, args, message):
+    p = cli(*[a.format(**sources) for a in args])
     assert p.returncode == 2
     assert p.stderr.startswith("error: ") and message in p.stderr and len(p.stderr.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """Model paths for the command-line error cases: a run, a .bin without a tokenizer beside it,
+    a .bin whose vocabulary is not the shipped tokenizer's, and an empty directory."""
+    tmp = tmp_path_factory.mktemp("sources")
+    cfg, m = small_vocab_model()
+    weights = {n: m.get(n) for n in m.names()}
+    write_run(tmp / "run", cfg, weights)
+    os.makedirs(tmp / "lonely")
+    llama2c.write_model(str(tmp / "lonely" / "m.bin"), cfg, {f"{n}.weight": w for n, w in weights.items()})
+    small = fp32_model(CONFIGS["mha"])
+    llama2c.write_model(str(tmp / "small.bin"), ModelConfig(**CONFIGS["mha"]),
+                        {f"{n}.weight": small.get(n) for n in small.names()})
+    os.makedirs(tmp / "empty")
+    return dict(tmp=tmp / "empty", run=tmp / "run", bin=tmp / "lonely" / "m.bin", small=tmp / "small.bin")
 
 
 def test_training_samples_come_from_the_decoder(tmp_path):
