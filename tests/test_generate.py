@@ -21,9 +21,9 @@ from _optional_torch import torch, torch_ref
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENERATE = os.path.join(ROOT, "scripts", "generate.py")
 TOKENIZER = generation.load_tokenizer(os.path.join(ROOT, "data", "tokenizer.model"))
-CONFIGS = {
+CONFIGS = {  # gqa's whole-window prefill is long enough for the decoder to spread attention over threads
     "mha": dict(dim=64, n_layers=2, n_heads=4, vocab_size=97, seq_len=16),
-    "gqa": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, seq_len=16),
+    "gqa": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, seq_len=64),
     "mqa": dict(dim=48, n_layers=3, n_heads=6, n_kv_heads=1, vocab_size=50, seq_len=12, hidden_dim=40),
 }
 

@@ -11,6 +11,9 @@
 #include "train/cpu_ops.h"
 
 namespace anetrain::train {
+namespace {
+constexpr int64_t kParallelAttentionMacs = int64_t(1) << 16;  // scores' multiply-adds (values' as many again)
+}  // namespace
 
 DecoderWeights DecoderWeights::resolve(const ModelConfig& cfg,
                                        const std::function<const float*(const std::string&)>& at) {
@@ -143,7 +146,7 @@ void Decoder::attention(int layer, int n) {
     const float scale = float(1.0 / std::sqrt(double(hd)));
     const float* K = keys_.data() + size_t(layer) * context_ * kvd;
     const float* V = values_.data() + size_t(layer) * context_ * kvd;
-    threads::for_each_item(size_t(cfg_.n_heads), [&](size_t slot, size_t h) {
+    auto head = [&](size_t slot, size_t h) {
         const float* Kg = K + (h / group) * hd;  // [T][hd], rows kvd apart
         const float* Vg = V + (h / group) * hd;
         const float* q = q_.data() + h * hd;  // [n][hd], rows q_dim apart
@@ -160,7 +163,12 @@ void Decoder::attention(int layer, int n) {
         }
         if (n == 1) blas::sgemv_serial(true, T, hd, 1.f, Vg, kvd, s, 0.f, out);
         else blas::sgemm_serial(false, false, n, hd, T, 1.f, s, T, Vg, kvd, 0.f, out, q_dim_);
-    });
+    };
+    // One position over a short context is less work than handing it to the pool costs.
+    if (int64_t(n) * T * q_dim_ < kParallelAttentionMacs)
+        for (int h = 0; h < cfg_.n_heads; ++h) head(0, size_t(h));
+    else
+        threads::for_each_item(size_t(cfg_.n_heads), head);
 }
 
 void Decoder::forward(const int32_t* tokens, int n, float* logits, bool all_positions) {
