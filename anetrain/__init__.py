@@ -14,6 +14,7 @@ from . import _native  # noqa: E402
 from . import fp16  # noqa: E402,F401
 from ._native import BackendError, CompileBudgetExceeded, MilError  # noqa: E402,F401
 from . import kernels  # noqa: E402,F401
+from .generation import generate  # noqa: E402,F401
 
 __version__ = "0.1.0"
 

@@ -15,12 +15,15 @@ file named for this process, so the next start removes what a kill mid-write lea
 over the destination; fsync of the directory), so a crash at any moment leaves either the previous
 file or the complete new one. It does not use safetensors' own writer: that one makes its temporary file itself, under a
 random name nothing could attribute to a dead process, and with mode 0600 whatever the umask.
+``load`` reads the file itself too, tensor by tensor into arrays of their own: safetensors' reader
+maps the file, and every page it touches stays in the process's memory until the end.
 Files are named ``ckpt_<step:08d>.safetensors`` by ``step_path`` and ``keep_last`` prunes the
 oldest of them.
 """
 import glob
 import hashlib
 import json
+import math
 import os
 import struct
 
@@ -75,10 +78,14 @@ def content_digest(arrays, meta_json):
     """sha256 over the metadata JSON and every tensor's name, dtype, shape and bytes, by name."""
     h = hashlib.sha256(meta_json.encode("utf-8"))
     for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"\0{name}\0{a.dtype.str}\0{a.shape}\0".encode("utf-8"))
-        h.update(a.reshape(-1).view(np.uint8))
+        _digest_tensor(h, name, arrays[name])
     return h.hexdigest()
+
+
+def _digest_tensor(h, name, a):
+    a = np.ascontiguousarray(a)
+    h.update(f"\0{name}\0{a.dtype.str}\0{a.shape}\0".encode("utf-8"))
+    h.update(a.reshape(-1).view(np.uint8))
 
 
 def write_safetensors(f, arrays, metadata):
@@ -127,18 +134,63 @@ def prune(run_dir, keep_last):
     rundir.remove_stale_temps(run_dir)
 
 
-def _read(path):
-    from safetensors import safe_open
+class _Unreadable(Exception):
+    """What makes a file unreadable as safetensors (becomes a CheckpointError naming the file)."""
 
+
+def _layout(f, size):
+    """(metadata, {name: (dtype, shape, start, end)} with absolute byte offsets) of the open
+    safetensors file ``f`` of ``size`` bytes, every field checked against the file."""
+    if size < 8:
+        raise _Unreadable(f"{size} bytes is shorter than the 8-byte header length")
+    (n,) = struct.unpack("<Q", f.read(8))
+    if n > size - 8:
+        raise _Unreadable(f"the header claims {n} bytes, more than the file holds")
     try:
-        with safe_open(path, framework="numpy") as f:
-            header = f.metadata() or {}
-            arrays = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors reports truncation and bad headers with its own types
-        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or not safetensors: "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+        header = json.loads(f.read(n))
+    except ValueError as e:
+        raise _Unreadable(f"the header is not JSON ({e})")
+    if not isinstance(header, dict):
+        raise _Unreadable("the header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    names = {v: k for k, v in DTYPES.items()}
+    tensors = {}
+    for name, t in header.items():
+        try:
+            dtype = np.dtype(names[t["dtype"]]).newbyteorder("<")
+            shape = tuple(int(d) for d in t["shape"])
+            start, end = (int(o) for o in t["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise _Unreadable(f"tensor {name!r} has a malformed entry")
+        want = dtype.itemsize * math.prod(shape)
+        if min(shape, default=0) < 0 or not 0 <= start <= end <= size - 8 - n or end - start != want:
+            raise _Unreadable(f"tensor {name!r} does not fit the file (truncated?)")
+        tensors[name] = (dtype, shape, 8 + n + start, 8 + n + end)
+    return meta, tensors
+
+
+def _read(path, keep):
+    """(metadata, the tensors whose name starts with ``keep``, the sha256 ``save`` makes). The
+    tensors are read one at a time in name order, each into an array of its own (no memory map,
+    whose pages would stay in this process's memory), so those left out cost one tensor's memory."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            meta, tensors = _layout(f, os.fstat(f.fileno()).st_size)
+            h = hashlib.sha256(str(meta.get("meta", "")).encode("utf-8"))
+            arrays = {}
+            for name in sorted(tensors):
+                dtype, shape, start, end = tensors[name]
+                a = np.empty(shape, dtype)
+                f.seek(start)
+                if f.readinto(memoryview(a.reshape(-1).view(np.uint8))) != end - start:
+                    raise _Unreadable(f"tensor {name!r} is cut short")
+                _digest_tensor(h, name, a)
+                if name.startswith(keep):
+                    arrays[name] = a
+    except (_Unreadable, OSError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or not safetensors: {e}); "
                               f"resume from an older one with --ckpt")
-    return header, arrays
+    return meta, arrays, h.hexdigest()
 
 
 def _completed(saved):
@@ -158,13 +210,14 @@ def _config_mismatch(saved, expect):
     return ", ".join(diffs)
 
 
-def load(path, expect_config=None):
+def load(path, expect_config=None, keep=""):
     """(arrays, meta) from a checkpoint written by ``save``; CheckpointError naming the file and
     the problem when it is missing, truncated, corrupt, of another format or version, or (with
-    ``expect_config``, a model config dict) written for a different model shape."""
+    ``expect_config``, a model config dict) written for a different model shape. ``keep``: only
+    the tensors whose names start with it are returned (e.g. "weight:"), the rest only checked."""
     if not path or not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint; check --ckpt/--out or start without --resume")
-    header, arrays = _read(path)
+    header, arrays, digest = _read(path, keep)
     if header.get("magic") != MAGIC:
         raise CheckpointError(f"{path}: not an anetrain checkpoint (no {MAGIC!r} magic)")
     try:
@@ -175,7 +228,7 @@ def load(path, expect_config=None):
         raise CheckpointError(f"{path}: format version {version} is newer than this anetrain reads "
                               f"({FORMAT_VERSION}); upgrade anetrain")
     meta_json = header.get("meta", "")
-    if content_digest(arrays, meta_json) != header.get("sha256"):
+    if digest != header.get("sha256"):
         raise CheckpointError(f"{path}: checksum mismatch, the file is corrupt; resume from an "
                               f"older checkpoint with --ckpt")
     meta = json.loads(meta_json)

@@ -1,4 +1,5 @@
-"""llama2.c file formats: model ``.bin`` files of export versions 0 (legacy) and 1, and ``tokenizer.bin``.
+"""llama2.c file formats: model ``.bin`` files of export versions 0 (legacy) and 1, and ``tokenizer.bin``
+(written from a sentencepiece model, read into a ``Tokenizer``).
 
 Model files hold float32 tensors, little-endian, tensor-major (each kind for all layers before
 the next kind), as llama2.c's export.py writes them and run.c reads them:
@@ -34,6 +35,7 @@ import numpy as np
 
 from .config import ModelConfig, layer_param_shapes, native_model_config
 from .errors import AnetrainError, ModelFileError
+from .tokenizer import Llama2cTokenizer as Tokenizer, read_tokenizer_bin  # noqa: F401  (llama2.c's file formats, both ways)
 
 HEADER = struct.Struct("<7i")
 
@@ -148,7 +150,7 @@ def open_model(path):
     """(open file, ModelConfig, shared classifier, version) after checking that the file's size is
     exactly what its header needs, before any weight is read. ModelFileError otherwise."""
     try:
-        f = open(path, "rb")
+        f = open(path, "rb", buffering=0)  # unbuffered: read_model's whole-file read is then one read, not a join
     except IsADirectoryError:
         raise ModelFileError(f"{path} is a directory; give the path of a llama2.c model .bin")
     except OSError as e:
@@ -178,8 +180,9 @@ def read_config(path):
 def read_model(path):
     """(ModelConfig, dict of float32 arrays) from a llama2.c model ``.bin`` of version 0 or 1
     (told apart by version 1's magic); ``output.weight`` is present only when the file's
-    classifier is unshared. ModelFileError when the path is not a readable file or its size does
-    not match its header."""
+    classifier is unshared. The arrays are read-only views of the file's bytes, read once (no
+    second copy of the weights). ModelFileError when the path is not a readable file or its size
+    does not match its header."""
     f, cfg, shared, version = open_model(path)
     try:
         f.seek(0)
@@ -193,7 +196,7 @@ def read_model(path):
     for name, shape in file_layout(cfg, version, shared):
         n = int(np.prod(shape))
         if name not in ROPE_TABLES:
-            arrays[name] = floats[pos:pos + n].reshape(shape).astype(np.float32)
+            arrays[name] = floats[pos:pos + n].reshape(shape).astype(np.float32, copy=False)
         pos += n
     return cfg, arrays
 
@@ -290,24 +293,3 @@ def write_tokenizer_bin(path, sp):
             f.write(b)
 
     write_whole_file(path, write)
-
-
-def read_tokenizer_bin(path):
-    """(max_token_length, [(bytes, score)]) from a llama2.c tokenizer.bin, read to end of file."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4:
-        raise ModelFileError(f"{path}: too short for a tokenizer.bin header")
-    (max_len,) = struct.unpack_from("<I", data)
-    pos, pieces = 4, []
-    while pos < len(data):
-        if pos + 8 > len(data):
-            raise ModelFileError(f"{path}: truncated entry header at byte {pos}")
-        score, n = struct.unpack_from("<fI", data, pos)
-        pos += 8
-        if n > max_len or pos + n > len(data):
-            raise ModelFileError(f"{path}: token {len(pieces)} claims {n} bytes at offset {pos}, "
-                                 f"beyond the file or max_token_length {max_len}")
-        pieces.append((data[pos:pos + n], score))
-        pos += n
-    return max_len, pieces

@@ -182,3 +182,9 @@ class Model:
     def weights(self):
         """{llama2.c name: weight array}."""
         return {n: self.get(n) for n in self.names()}
+
+    def decoder(self, context=0):
+        """A KV-cache decoder for generation (anetrain._native.Decoder, fp32 on the CPU) that reads
+        this model's weights in place, as they are when it runs. context: positions its cache
+        holds (0: seq_len)."""
+        return _native.Decoder(self._t.state, context)

@@ -35,9 +35,8 @@ def read_checkpoint(path):
     """(ModelConfig, weights, checkpoint path, its metadata) of a checkpoint or a run's newest."""
     if os.path.isdir(path):
         path = checkpoint.latest(path) or path
-    arrays, meta = checkpoint.load(path)
-    weights = {f"{name[len(WEIGHT_PREFIX):]}.weight": a for name, a in arrays.items()
-               if name.startswith(WEIGHT_PREFIX)}
+    arrays, meta = checkpoint.load(path, keep=WEIGHT_PREFIX)  # the AdamW moments are checked, not kept
+    weights = {f"{name[len(WEIGHT_PREFIX):]}.weight": a for name, a in arrays.items()}
     return ModelConfig(**meta["config"]), weights, path, meta
 
 

@@ -1,6 +1,6 @@
-"""Tokenizers for data and samples, behind one small interface: a sentencepiece model
-(``tokenizer.model``, llama2.c's and the shipped data's) or a Hugging Face ``tokenizer.json``
-(Qwen3's, Llama 3's, ...) through the ``tokenizers`` library.
+"""Tokenizers for data, samples and generation, behind one small interface: a sentencepiece model
+(``tokenizer.model``, llama2.c's and the shipped data's), llama2.c's ``tokenizer.bin``, or a
+Hugging Face ``tokenizer.json`` (Qwen3's, Llama 3's, ...) through the ``tokenizers`` library.
 
 Each document of the training data starts with one token, ``doc_start``, and samples start from
 it too: sentencepiece's BOS (id 1, as llama2.c's pretokenizer writes it). A tokenizer.json holds
@@ -12,8 +12,9 @@ stop at ``stop`` ids: EOS, and for a tokenizer.json also the next document's sta
 """
 import json
 import os
+import struct
 
-from .errors import UsageError
+from .errors import ModelFileError, UsageError
 
 HF_NAME = "tokenizer.json"
 HF_SETTINGS = "tokenizer_config.json"  # the special tokens' roles, beside tokenizer.json
@@ -30,6 +31,10 @@ class Tokenizer:
         self.path, self.processor, self.encode_batch, self.decode = path, processor, encode_batch, decode
         self.vocab_size, self.doc_start, self.eos = vocab_size, doc_start, eos
 
+    def encode(self, text):
+        """The ids of one text (no special tokens added)."""
+        return list(self.encode_batch([text])[0])
+
     @property
     def stop(self):
         """Where a sample ends: at EOS; for a tokenizer.json also at the next document's start."""
@@ -41,9 +46,17 @@ def load(path):
     """The tokenizer at ``path``: a file ending in .json is a Hugging Face tokenizer.json, any
     other a sentencepiece model. UsageError saying what is wrong when it is neither."""
     if not os.path.isfile(path):
-        raise UsageError(f"tokenizer {path} is not a file; give a sentencepiece tokenizer.model or a Hugging Face "
-                         f"tokenizer.json")
-    return _load_hf(path) if path.endswith(".json") else _load_sentencepiece(path)
+        raise UsageError(f"tokenizer {path} is not a file; give a sentencepiece tokenizer.model, a llama2.c tokenizer.bin or a "
+                         f"Hugging Face tokenizer.json")
+    if path.endswith(".json"):
+        return _load_hf(path)
+    return _load_llama2c(path) if path.endswith(".bin") else _load_sentencepiece(path)
+
+
+def _load_llama2c(path):
+    t = Llama2cTokenizer.from_file(path)
+    return Tokenizer(path, t, lambda texts: [t.encode(x) for x in texts], t.decode, t.get_piece_size(), t.bos_id(),
+                     t.eos_id())
 
 
 def _load_sentencepiece(path):
@@ -120,3 +133,100 @@ def beside(model_path):
         if os.path.isfile(os.path.join(model_path, name)):
             return os.path.join(model_path, name)
     return None
+
+
+# ---------------------------------------------------------------- llama2.c's tokenizer.bin
+def read_tokenizer_bin(path):
+    """(max_token_length, [(bytes, score)]) from a llama2.c tokenizer.bin, read to end of file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4:
+        raise ModelFileError(f"{path}: too short for a tokenizer.bin header")
+    (max_len,) = struct.unpack_from("<I", data)
+    pos, pieces = 4, []
+    while pos < len(data):
+        if pos + 8 > len(data):
+            raise ModelFileError(f"{path}: truncated entry header at byte {pos}")
+        score, n = struct.unpack_from("<fI", data, pos)
+        pos += 8
+        if n > max_len or pos + n > len(data):
+            raise ModelFileError(f"{path}: token {len(pieces)} claims {n} bytes at offset {pos}, "
+                                 f"beyond the file or max_token_length {max_len}")
+        pieces.append((data[pos:pos + n], score))
+        pos += n
+    return max_len, pieces
+
+
+class Llama2cTokenizer:
+    """A tokenizer.bin as llama2.c's run.c uses it: text to ids by merging pieces, ids to text.
+
+    encode: sentencepiece's dummy prefix (a space before the text), one piece per character (its
+    UTF-8 bytes as ``<0xNN>`` pieces when the vocabulary lacks it), then the adjacent pair whose
+    merge is a piece with the highest score is merged, again and again, until no merge is a piece;
+    for a sentencepiece BPE model this gives sentencepiece's ids. decode: the pieces' bytes (byte
+    pieces as their byte, BOS and EOS as nothing), the dummy prefix's space dropped. The method
+    names are sentencepiece's, so either serves the generation code."""
+
+    BOS, EOS = 1, 2  # sentencepiece's and llama2.c's
+
+    def __init__(self, pieces):
+        self.pieces = [b for b, _ in pieces]
+        self.scores = [s for _, s in pieces]
+        self.ids = {}
+        for i, b in enumerate(self.pieces):
+            self.ids.setdefault(b, i)
+        self.byte_pieces = {}  # id of a <0xNN> piece -> its byte
+        for n in range(256):
+            i = self.ids.get(b"<0x%02X>" % n)
+            if i is not None:
+                self.byte_pieces[i] = n
+
+    @classmethod
+    def from_file(cls, path):
+        return cls(read_tokenizer_bin(path)[1])
+
+    def get_piece_size(self):
+        return len(self.pieces)
+
+    def bos_id(self):
+        return self.BOS
+
+    def eos_id(self):
+        return self.EOS
+
+    def encode(self, text):
+        """Token ids of ``text`` (no BOS)."""
+        if not text:
+            return []
+        byte_id = {n: i for i, n in self.byte_pieces.items()}
+        ids = []
+        for ch in " " + text:
+            b = ch.encode("utf-8")
+            if b in self.ids:
+                ids.append(self.ids[b])
+            else:  # byte fallback; without byte pieces, unknown (id 0)
+                ids.extend(byte_id.get(n, 0) for n in b)
+        while len(ids) > 1:
+            best, at, merged = None, -1, -1
+            for i in range(len(ids) - 1):
+                m = self.ids.get(self.pieces[ids[i]] + self.pieces[ids[i + 1]])
+                if m is not None and (best is None or self.scores[m] > best):
+                    best, at, merged = self.scores[m], i, m
+            if at < 0:
+                break
+            ids[at:at + 2] = [merged]
+        return ids
+
+    def decode(self, ids):
+        """The text of ``ids``; bytes that do not form UTF-8 become U+FFFD."""
+        out = bytearray()
+        for i in ids:
+            i = int(i)
+            if i in (self.BOS, self.EOS):
+                continue
+            if i in self.byte_pieces:
+                out.append(self.byte_pieces[i])
+            else:
+                out += self.pieces[i]
+        text = out.decode("utf-8", errors="replace")
+        return text[1:] if text.startswith(" ") else text

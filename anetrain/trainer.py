@@ -29,12 +29,13 @@ import signal
 import sys
 import time
 
+import numpy as np
 
 from . import ane, backends, checkpoint, config, dashboard, data, distributed, modelfile, rundir, telemetry
 from . import tokenizer as tokenizers
 from ._native import BackendError, CompileBudgetExceeded
 from .errors import AnetrainError, RunFailed, UsageError, exit_on_error
-from .generate import sample_tokens, validation_loss
+from .generation import generate
 from .model import Model
 
 RESTARTS_ENV = "ANETRAIN_RESTARTS"   # how many exec() restarts led to this process
@@ -498,8 +499,8 @@ class Run:
         if t.sync_check and s % t.sync_check == 0:  # before a checkpoint could keep drifted weights
             self.dist.check_sync(self.model, s)
         if self.sample_due(s):
-            ids = sample_tokens(self.model, prompt=(tokenizer.doc_start,), n_tokens=t.sample_tokens, seed=s,
-                                stop=tokenizer.stop)
+            ids = list(generate(self.model, [tokenizer.doc_start], max_tokens=t.sample_tokens, temperature=0.8,
+                                top_k=50, top_p=1.0, seed=s, stop_at_eos=bool(tokenizer.stop), eos_id=tokenizer.stop))
             text = tokenizer.decode(ids)
             log.write({"type": "sample", "step": s, "text": text})
             bar.write(f"step {s} sample: {text}", file=sys.stderr)
@@ -514,6 +515,22 @@ class Run:
         self.stop_signal = signum
         what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
         self.say(f"\n{what}: finishing this step and saving a checkpoint ({what} again to stop without saving)")
+
+
+def validation_loss(model, windows, chunk=4):
+    """Mean cross-entropy of ``model`` on int32 windows [n, seq_len + 1] (no gradients)."""
+    if len(windows) == 0:
+        return float("nan")
+    total, count = 0.0, 0
+    for i in range(0, len(windows), chunk):
+        w = windows[i:i + chunk]
+        logits = model.forward(w[:, :-1]).astype(np.float64)
+        logits -= logits.max(axis=-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+        tgt = w[:, 1:]
+        total += -np.take_along_axis(logp, tgt[..., None], axis=-1).sum()
+        count += tgt.size
+    return total / count
 
 
 def interpreter_and_script(argv):

@@ -20,19 +20,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # this checkout's anetrain, in the worker subprocesses too
 from anetrain.config import PRESETS, ModelConfig  # noqa: E402  (the shapes; seq_len comes from --seq)
+from anetrain import bench  # noqa: E402
+from anetrain.bench import peak_rss_bytes  # noqa: E402
 
 
 def peak_rss_mb():
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return peak_rss_bytes() / 2**20
 
 
 def run_anetrain(shape, seq, batch, steps, threads, pipeline):
@@ -85,11 +84,7 @@ def run_torch(shape, seq, batch, steps, threads):
 
 def in_subprocess(which, args):
     """Each measurement in a fresh process, so peak memory is its own."""
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", which, "--job", json.dumps(args)],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"{which} benchmark failed:\n{out.stderr.strip()}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return bench.in_subprocess(os.path.abspath(__file__), which, args)
 
 
 def main():

@@ -57,3 +57,20 @@ def test_bench_dp_rejects_too_few_steps():
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert p.returncode == 2
     assert p.stderr.strip() == "error: --steps must be at least 3, --rounds and --batch-size at least 1"
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_bench_generate_reports_ratios_and_the_targets():
+    pytest.importorskip("transformers", reason="the benchmark compares against transformers' generate")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_generate.py"), "--presets", "stories15M",
+                        "--tokens", "4", "--rounds", "2", "--repeats", "1"],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert re.search(r"^BLAS core type: \S+", p.stdout, re.M)
+    m = re.search(r"^stories15M: .*\| speedup (\d+\.\d+) \(rounds: ([\d., ]+)\)$", p.stdout, re.M)
+    assert m, p.stdout
+    rounds = [float(r) for r in m.group(2).split(", ")]
+    assert len(rounds) == 2 and float(m.group(1)) == pytest.approx(statistics.median(rounds), abs=0.006)
+    assert "greedy tokens: the same" in p.stdout  # the two decoders ran the same model
+    assert re.search(r"^  stories15M: speedup [\d.]+, bound [\d.]+x, memory [\d.]+x -> (met|NOT met)$", p.stdout, re.M)

@@ -143,6 +143,19 @@ def test_flipped_tensor_byte(tmp_path):
     assert "checksum mismatch" in error_of(p)
 
 
+def test_keep_returns_some_tensors_and_still_checks_all(tmp_path):
+    arrays, meta = sample_state()
+    p = tmp_path / "c.safetensors"
+    save(str(p), arrays, meta)
+    got, m = load(str(p), keep="adam.")
+    assert list(got) == ["adam.m.norm.weight"] and m["step"] == 10
+    np.testing.assert_array_equal(got["adam.m.norm.weight"], arrays["adam.m.norm.weight"])
+    data = bytearray(p.read_bytes())
+    data[-30] ^= 0x10  # in the last tensor by name ("tok_embeddings.weight"), which is not kept
+    p.write_bytes(bytes(data))
+    assert "checksum mismatch" in error_of(p, keep="adam.")
+
+
 def test_edited_metadata(tmp_path):
     arrays, meta = sample_state()
     p = tmp_path / "c.safetensors"

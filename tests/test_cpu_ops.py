@@ -221,6 +221,10 @@ def test_ops_reject_wrong_dtype_layout_and_shape():
         nat.cpu_rmsnorm_fwd(x.astype(np.float64), np.ones(4, np.float32))
     with pytest.raises(ValueError, match="non-contiguous"):
         nat.cpu_rmsnorm_fwd(np.zeros((6, 4), np.float32).T, np.ones(4, np.float32))
+    with pytest.raises(ValueError, match=r"must be a C-contiguous float32 .* got >f4"):  # big-endian bytes
+        nat.cpu_rmsnorm_fwd(x.astype(">f4"), np.ones(4, np.float32))
+    little = np.dtype("<f4").newbyteorder("<")  # float32 spelt out (what a file reader makes): accepted
+    nat.cpu_rmsnorm_fwd(x.astype(little), np.ones(4, little))
     with pytest.raises(ValueError, match=r"gamma must be .* shape \(4,\); got float32 \(5,\)"):
         nat.cpu_rmsnorm_fwd(x, np.ones(5, np.float32))
     with pytest.raises(ValueError, match="tokens must be a C-contiguous int32"):

@@ -240,3 +240,21 @@ def test_tokenizer_bin_truncated(tmp_path):
     p.write_bytes(raw[:-3])
     with pytest.raises(ModelFileError):
         llama2c.read_tokenizer_bin(str(p))
+
+
+def test_tokenizer_bin_encodes_and_decodes_as_sentencepiece():
+    """llama2.c's merge-by-score encoding of the shipped tokenizer.bin gives the ids sentencepiece
+    gives for the same BPE model, byte fallback included, and decoding gives its text. (Text with
+    runs of spaces differs, as it does in llama2.c: sentencepiece collapses them first.)"""
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(ROOT, "data/tokenizer.model"))
+    tok = llama2c.Tokenizer.from_file(os.path.join(ROOT, "data/tokenizer.bin"))
+    assert tok.get_piece_size() == sp.get_piece_size() and (tok.bos_id(), tok.eos_id()) == (sp.bos_id(), sp.eos_id())
+    with open(os.path.join(ROOT, "data/train_000.bin"), "rb") as f:
+        stories = sp.decode(np.frombuffer(f.read(40000), dtype="<u2").tolist()).split("\n")[:40]
+    texts = stories + ["Once upon a time", "x", "Hello w\u00f6rld \u65e5\u672c \U0001f642!", "a\nb c", ""]
+    for text in texts:
+        ids = sp.encode(text)
+        assert tok.encode(text) == ids, text
+        assert tok.decode(ids) == sp.decode(ids), text
+    assert tok.decode([1] + sp.encode("The end.") + [2]) == "The end."

@@ -37,6 +37,13 @@ def W():
     return {k: A(np.float32, *s) for k, s in shapes.items()}
 
 
+# the decoder's weights for fixtures()'s config (dim 16, 1 layer, 2 heads, hidden 64, vocab V)
+DW = {"tok_embeddings": A(np.float32, V, 16), "norm": A(np.float32, 16),
+      **{f"layers.0.{k}": A(np.float32, 16) for k in ("attention_norm", "ffn_norm")},
+      **{f"layers.0.attention.{k}": A(np.float32, 16, 16) for k in ("wq", "wk", "wv", "wo")},
+      **{f"layers.0.feed_forward.{k}": A(np.float32, 64, 16) for k in ("w1", "w3")},
+      "layers.0.feed_forward.w2": A(np.float32, 16, 64)}
+
 EVAL_PROGRAM = """program(1.3)
 {
     func main<ios18>(tensor<fp32, [2, 3]> x) {
@@ -76,6 +83,8 @@ BINDINGS = {
     "ModelState.set": ("state.set", ["norm", A(np.float32, 16)]),
     "Trainer.accumulate": ("trainer.accumulate", [A(np.int32, 1, 9)]),
     "Trainer.forward": ("trainer.forward", [A(np.int32, 1, 8)]),
+    "Decoder.__init__": ("new_decoder.__call__", [DW]),
+    "Decoder.forward": ("decoder.forward", [A(np.int32, S)]),
 }
 
 DTYPES = [np.float16, np.float32, np.float64, np.int32, np.int64, np.uint8, np.bool_, object]
@@ -187,7 +196,10 @@ def fixtures(native):
     backend = native.make_ref_backend()
     config = native.ModelConfig(dim=16, n_layers=1, n_heads=2, vocab_size=V, seq_len=8)
     trainer = native.Trainer(config, native.make_ref_backend(), "dynamic", "fp32")
-    return dict(kernel=backend.compile(EVAL_PROGRAM), state=native.ModelState(config), trainer=trainer, K=K)
+    rng = np.random.default_rng(0)
+    weights = {k: make_valid(rng, dtype, shape) for k, (_, dtype, shape, _) in DW.items()}
+    return dict(kernel=backend.compile(EVAL_PROGRAM), state=native.ModelState(config), trainer=trainer, K=K,
+                decoder=native.Decoder(config, weights, 1000), new_decoder=lambda w: native.Decoder(config, w))
 
 
 def drive(seed, cases):

@@ -42,7 +42,7 @@ inline std::string shape_text(const Shape& s) {
 template <class T>
 bool dtype_fits(const py::dtype& d) {
     if constexpr (std::is_same_v<T, uint16_t>) return (d.kind() == 'f' || d.kind() == 'u') && d.itemsize() == 2 && d.byteorder() != '>';
-    else return d.is(py::dtype::of<T>());
+    else return d.equal(py::dtype::of<T>());  // equal, not identical: np.dtype("<f4") is float32 too
 }
 template <class T>
 std::string dtype_text() {

@@ -7,13 +7,14 @@
 
 PYBIND11_MODULE(_native, m) {
     using namespace anetrain::bindings;
-    m.doc() = "anetrain native core (fp16, BLAS, MIL, backends, training step)";
+    m.doc() = "anetrain native core (fp16, BLAS, MIL, backends, training step, generation)";
     init_core(m);
     init_mil(m);
     init_backend(m);
     init_ane(m);
     init_model(m);
     init_trainer(m);
+    init_decoder(m);
     init_ane_rules(m);
     init_ane_runtime(m);
 }

@@ -11,6 +11,7 @@ void init_backend(pybind11::module_& m);      // backend.cpp: Kernel, Backend, r
 void init_ane(pybind11::module_& m);          // ane.cpp: the ANE backend (portable parts; probes on Apple)
 void init_model(pybind11::module_& m);        // model.cpp: ModelConfig, CPU ops, ModelState
 void init_trainer(pybind11::module_& m);      // trainer.cpp: the native training step
+void init_decoder(pybind11::module_& m);      // decoder.cpp: the KV-cache decoder for generation
 void init_ane_rules(pybind11::module_& m);    // ane_rules.cpp: the ANE rule checker
 void init_ane_runtime(pybind11::module_& m);  // ane_runtime.cpp: model directories, cleanup, sweep
 

@@ -23,6 +23,7 @@ namespace {
 
 // Products below this many multiply-adds are not worth splitting.
 constexpr int64_t kSplitMacs = int64_t(1) << 22;
+constexpr int64_t kSplitGemvMacs = int64_t(1) << 16;  // a matrix-vector product: one pass over A
 
 void single_threaded_blas() {
 #if defined(ANETRAIN_SCIPY_OPENBLAS)
@@ -38,6 +39,10 @@ void call(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, in
           float beta, float* C, int ldc) {
     BLAS_FN(sgemm)(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
                    lda, B, ldb, beta, C, ldc);
+}
+
+void call_gemv(bool ta, int M, int N, float alpha, const float* A, int lda, const float* x, float beta, float* y) {
+    BLAS_FN(sgemv)(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, M, N, alpha, A, lda, x, 1, beta, y, 1);
 }
 
 }  // namespace
@@ -91,6 +96,28 @@ void sgemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, i
                 call(ta, tb, M, n, K, alpha, A, lda, tb ? B + size_t(o) * ldb : B + o, ldb, beta, C + o, ldc);
             }
         }
+    });
+#endif
+}
+
+void sgemv_serial(bool ta, int M, int N, float alpha, const float* A, int lda, const float* x, float beta, float* y) {
+    single_threaded_blas();
+    call_gemv(ta, M, N, alpha, A, lda, x, beta, y);
+}
+
+void sgemv(bool ta, int M, int N, float alpha, const float* A, int lda, const float* x, float beta, float* y) {
+#if defined(ANETRAIN_ACCELERATE)
+    return call_gemv(ta, M, N, alpha, A, lda, x, beta, y);
+#else
+    single_threaded_blas();
+    const int T = threads::num_threads();
+    if (T <= 1 || int64_t(M) * N < kSplitGemvMacs) return call_gemv(ta, M, N, alpha, A, lda, x, beta, y);
+    // Blocks of y (multiples of 16 elements, a few per thread) taken by whichever thread is free:
+    // rows of A, or its columns when transposed. A thread the OS delays then holds up little.
+    threads::parallel_for(size_t(ta ? N : M), 16, [&](size_t b, size_t e) {
+        const int o = int(b), n = int(e - b);
+        if (ta) call_gemv(true, M, n, alpha, A + o, lda, x, beta, y + o);
+        else call_gemv(false, n, N, alpha, A + size_t(o) * lda, lda, x, beta, y + o);
     });
 #endif
 }

@@ -38,4 +38,13 @@ void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const f
 // themselves (a batched matmul runs one product per pool thread; one sync instead of one each).
 void sgemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
                   const float* B, int ldb, float beta, float* C, int ldc);
+
+// Row-major y = alpha * op(A) x + beta * y for A [M,N] (leading dimension lda): y has M elements,
+// or N with trans_a. Products of 64K multiply-adds and more are split into blocks of y across
+// anetrain's pool (a matrix-vector product is bound by reading A, which one core cannot do at
+// the memory's full speed).
+void sgemv(bool trans_a, int M, int N, float alpha, const float* A, int lda, const float* x, float beta, float* y);
+// The same on the calling thread only.
+void sgemv_serial(bool trans_a, int M, int N, float alpha, const float* A, int lda, const float* x, float beta,
+                  float* y);
 }  // namespace anetrain::blas

@@ -1,6 +1,6 @@
-// Loop-friendly float math, the one definition for the ref backend's ops and the trainer's CPU
-// ops: an exp the compiler can vectorise, and sum/max reductions with independent partial
-// accumulators (fp32 throughout).
+// Loop-friendly float math, the one definition for the ref backend's ops, the trainer's CPU ops
+// and the decoder: an exp (and sigmoid) the compiler can vectorise, and sum/max reductions with
+// independent partial accumulators (fp32 throughout).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -33,6 +33,9 @@ inline float fast_exp(float x) {
     out = x > 88.0f ? std::numeric_limits<float>::infinity() : out;
     return x != x ? x : out;
 }
+
+// 1 / (1 + e^-x) with fast_exp: the sigmoid of the ref backend's op and of the decoder's SwiGLU.
+inline float sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
 
 // Eight float lanes (a GCC/Clang vector extension). sum_f32 and max_f32 keep eight partial
 // results, lane k taking elements k, k + 8, ...; written as scalar arrays, GCC left the eight

@@ -158,7 +158,7 @@ void build_rsqrt(Builder& b) {
 void build_sigmoid(Builder& b) {
     View out;
     const View& x = unary_input(b, &out);
-    plan_unary(b, x, out, [](float v) { return 1.0f / (1.0f + fast_exp(-v)); });
+    plan_unary(b, x, out, [](float v) { return sigmoid(v); });
 }
 void build_silu(Builder& b) {
     View out;
