@@ -4,12 +4,12 @@
     for token in anetrain.generate("runs/default", [1, 725, 726], max_tokens=100, temperature=0):
         ...
 
-A model comes from a live ``Model`` (its weights read in place, as training's samples do) or a path
-anetrain.modelfile opens: a run directory (its newest checkpoint), a checkpoint, a llama2.c model
-``.bin`` or a Hugging Face directory. From a path only the fp32 weights are loaded and handed to
-the decoder as they are: no training model (with its gradients and AdamW moments) is built. The prompt runs through the decoder once,
-as one batch; every new token then costs one position. The next token is drawn in NumPy from the
-decoder's logits: temperature 0 is greedy (argmax), otherwise softmax(logits / temperature)
+A model comes from a live ``Model`` (its weights read in place, as training's samples do) or a
+path anetrain.modelfile opens: a run directory (its newest checkpoint), a checkpoint, a llama2.c
+model ``.bin`` or a Hugging Face directory. From a path only the fp32 weights are loaded and
+handed to the decoder as they are: no training model (with its gradients and AdamW moments) is
+built. The prompt runs through the decoder once, as one batch; every new token then costs one
+position. The next token is drawn in NumPy from the decoder's logits: temperature 0 is greedy (argmax), otherwise softmax(logits / temperature)
 restricted to the ``top_k`` most likely tokens and then to the smallest set of most likely
 tokens whose probability reaches ``top_p``, drawn with a generator seeded by ``seed``.
 """
@@ -48,8 +48,8 @@ def decoder_of(cfg, weights, context=0):
 
 def tokenizer_for(info):
     """The tokenizer file that goes with a model modelfile.read opened (its ``info``): the run's
-    sentencepiece model, an HF directory's tokenizer.model, or tokenizer.model / tokenizer.bin beside
-    a llama2.c file; None when there is none."""
+    sentencepiece model, an HF directory's tokenizer.model, or tokenizer.model / tokenizer.bin
+    beside a llama2.c file; None when there is none."""
     found = modelfile.run_tokenizer(info)
     if found or info["kind"] not in ("hf", "llama2c"):
         return found
@@ -105,7 +105,8 @@ def generate(model_or_path, prompt_ids=(BOS,), max_tokens=256, temperature=0.8, 
     empty), each yielded as soon as it is chosen. Stops early at ``eos_id`` (an id or several: a
     tokenizer.json's samples also end at the next document's start; not yielded) unless
     ``stop_at_eos`` is False, and when the decoder's context (the model's seq_len) is full.
-    ``model_or_path``: a Model, a path (see decoder) or a Decoder (reset and reused). Bad settings raise UsageError here, before any token."""
+    ``model_or_path``: a Model, a path (see decoder) or a Decoder (reset and reused). Bad settings
+    raise UsageError here, before any token."""
     check_sampling(temperature, top_k, top_p, max_tokens)
     dec = decoder(model_or_path)
     prompt = np.asarray(list(prompt_ids) or [BOS], dtype=np.int64)

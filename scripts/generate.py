@@ -91,9 +91,14 @@ def main(argv=None):
         out.flush()
     why = "context full" if dec.position == dec.context and n < args.max_tokens else None
     why = why or ("EOS" if n < args.max_tokens else None)
-    rate = f"{(n - 1) / (t_end - t_first):.1f} tok/s" if n > 1 and t_end > t_first else "n/a tok/s"
-    print(f"{n} tokens{f' (stopped: {why})' if why else ''}: {rate}; prompt of {len(prompt)} tokens and the first "
-          f"token in {(t_first - t0) * 1e3:.0f} ms", file=sys.stderr)
+    stopped = f" (stopped: {why})" if why else ""
+    tokens_of = lambda k: f"{k} token{'' if k == 1 else 's'}"
+    if n == 0:
+        print(f"0 tokens{stopped}; prompt of {tokens_of(len(prompt))} in {(t_end - t0) * 1e3:.0f} ms", file=sys.stderr)
+        return 0
+    rate = f"{(n - 1) / (t_end - t_first):.1f} tok/s" if n > 1 else "one token"
+    print(f"{tokens_of(n)}{stopped}: {rate}; prompt of {tokens_of(len(prompt))} and the first token in "
+          f"{(t_first - t0) * 1e3:.0f} ms", file=sys.stderr)
     return 0
 
 
