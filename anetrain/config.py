@@ -211,7 +211,7 @@ class TrainConfig:
     val_fraction: float = field(default=0.05, metadata={
         "help": "share of each training shard held out for validation when --val-data is not given"})
     tokenizer: str = field(default="", metadata={
-        "help": "sentencepiece tokenizer.model or Hugging Face tokenizer.json for samples (default: "
+        "help": "sentencepiece tokenizer.model, llama2.c tokenizer.bin or Hugging Face tokenizer.json for samples (default: "
                 "data/tokenizer.model with the shipped data, else the --init-from model directory's)"})
     out: str = field(default="runs/default", metadata={"help": "run directory: checkpoints, metrics.jsonl"})
     steps: int = field(default=600, metadata={"help": "optimizer steps to train in total"})
