@@ -39,7 +39,9 @@ def exit_on_error(main):
     try:
         return main()
     except AnetrainError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # one write: stderr writes through, and print()'s text and newline as two writes could
+        # interleave with another process's line (the ranks of a torchrun job share one stderr)
+        sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
