@@ -30,6 +30,16 @@ class RunFailed(Exception):
     exits with status 1."""
 
 
+def print_error(message):
+    """``error: message`` on stderr in one write: stderr writes through, and print()'s text and
+    newline as two writes could interleave with another process's line (the ranks of a torchrun
+    job share one stderr)."""
+    import sys
+
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+
+
 def exit_on_error(main):
     """Run ``main()``; turn an AnetrainError into ``error: ...`` on stderr and exit status 2, and a
     Ctrl-C that reaches here (the command's own handling, if any, has cleaned up) into one
@@ -39,9 +49,7 @@ def exit_on_error(main):
     try:
         return main()
     except AnetrainError as e:
-        # one write: stderr writes through, and print()'s text and newline as two writes could
-        # interleave with another process's line (the ranks of a torchrun job share one stderr)
-        sys.stderr.write(f"error: {e}\n")
+        print_error(e)
         sys.exit(2)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

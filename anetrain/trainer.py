@@ -34,7 +34,7 @@ import numpy as np
 from . import ane, backends, checkpoint, config, dashboard, data, distributed, modelfile, rundir, telemetry
 from . import tokenizer as tokenizers
 from ._native import BackendError, CompileBudgetExceeded
-from .errors import AnetrainError, RunFailed, UsageError, exit_on_error
+from .errors import AnetrainError, RunFailed, UsageError, exit_on_error, print_error
 from .generation import generate
 from .model import Model
 
@@ -52,7 +52,7 @@ def main(argv=None):
         try:
             return run(argv)
         except RunFailed as e:
-            print(f"error: {e}", file=sys.stderr)
+            print_error(e)
             return 1
 
     return exit_on_error(run_and_report)
