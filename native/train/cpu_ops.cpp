@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/blas.h"
+#include "core/fp16.h"
 #include "core/simd.h"
 #include "core/threads.h"
 #include "core/vec_math.h"
@@ -294,9 +295,9 @@ void add(const float* a, const float* b, float* out, size_t n) {
 // ------------------------------------------------------------------------------ AdamW
 
 namespace {
-ANETRAIN_HOT void adamw_chunk(float* __restrict w, const float* g, float* __restrict m, float* __restrict v,
+ANETRAIN_HOT void adamw_block(float* __restrict w, const float* g, float* __restrict m, float* __restrict v,
                               size_t n, float b1, float b2, float eps, float step_size, float inv_sqrt_bc2,
-                              float keep, float grad_scale, float* clear_g) {
+                              float keep, float grad_scale) {
     for (size_t i = 0; i < n; ++i) {
         const float gi = g[i] * grad_scale;
         const float mi = b1 * m[i] + (1.f - b1) * gi;
@@ -305,21 +306,27 @@ ANETRAIN_HOT void adamw_chunk(float* __restrict w, const float* g, float* __rest
         v[i] = vi;
         w[i] = w[i] * keep - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
     }
-    // Zeroing the chunk's gradients while they are still in cache saves a separate memset pass.
-    if (clear_g) std::memset(clear_g, 0, n * sizeof(float));
 }
+
+// Elements per block of a chunk: its gradients are zeroed and its weights rounded while the
+// block is still in L1.
+constexpr size_t kAdamBlock = 2048;
 }  // namespace
 
 void adamw_step(float* w, const float* g, float* m, float* v, size_t n, int t, const AdamW& opt, bool decay,
-                float grad_scale, float* clear_g) {
+                float grad_scale, float* clear_g, float* rounded_w) {
     if (t < 1) throw std::invalid_argument("AdamW step count must start at 1 (got " + std::to_string(t) + ")");
     const float b1 = opt.beta1, b2 = opt.beta2, eps = opt.eps;
     const float step_size = float(opt.lr / (1.0 - std::pow(double(b1), t)));
     const float inv_sqrt_bc2 = float(1.0 / std::sqrt(1.0 - std::pow(double(b2), t)));
     const float keep = decay ? 1.f - opt.lr * opt.weight_decay : 1.f;
     parallel_for(n, kElementGrain, [&](size_t b, size_t e) {
-        adamw_chunk(w + b, g + b, m + b, v + b, e - b, b1, b2, eps, step_size, inv_sqrt_bc2, keep, grad_scale,
-                    clear_g ? clear_g + b : nullptr);
+        for (size_t i = b; i < e; i += kAdamBlock) {
+            const size_t k = std::min(kAdamBlock, e - i);
+            adamw_block(w + i, g + i, m + i, v + i, k, b1, b2, eps, step_size, inv_sqrt_bc2, keep, grad_scale);
+            if (clear_g) std::memset(clear_g + i, 0, k * sizeof(float));
+            if (rounded_w) fp16::round_f32(w + i, rounded_w + i, k);
+        }
     });
 }
 
