@@ -2,10 +2,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <string>
+
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 #include "core/blas.h"
 #include "core/fp16.h"
@@ -311,6 +316,26 @@ ANETRAIN_HOT void adamw_block(float* __restrict w, const float* g, float* __rest
 // Elements per block of a chunk: its gradients are zeroed and its weights rounded while the
 // block is still in L1.
 constexpr size_t kAdamBlock = 2048;
+
+// dst[0, n) = src[0, n) with streaming stores where the CPU has them: dst is only written, so
+// its lines need not be read into the cache first, which saves a read of every byte written.
+// Other threads see the values after the writer's store_fence().
+void stream_floats(float* dst, const float* src, size_t n) {
+#if defined(__SSE2__)
+    size_t i = 0;
+    for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15); ++i) dst[i] = src[i];
+    for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+    for (; i < n; ++i) dst[i] = src[i];
+#else
+    std::memcpy(dst, src, n * sizeof(float));
+#endif
+}
+
+void store_fence() {
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
+}
 }  // namespace
 
 void adamw_step(float* w, const float* g, float* m, float* v, size_t n, int t, const AdamW& opt, bool decay,
@@ -321,12 +346,17 @@ void adamw_step(float* w, const float* g, float* m, float* v, size_t n, int t, c
     const float inv_sqrt_bc2 = float(1.0 / std::sqrt(1.0 - std::pow(double(b2), t)));
     const float keep = decay ? 1.f - opt.lr * opt.weight_decay : 1.f;
     parallel_for(n, kElementGrain, [&](size_t b, size_t e) {
+        float rounded[kAdamBlock];
         for (size_t i = b; i < e; i += kAdamBlock) {
             const size_t k = std::min(kAdamBlock, e - i);
             adamw_block(w + i, g + i, m + i, v + i, k, b1, b2, eps, step_size, inv_sqrt_bc2, keep, grad_scale);
             if (clear_g) std::memset(clear_g + i, 0, k * sizeof(float));
-            if (rounded_w) fp16::round_f32(w + i, rounded_w + i, k);
+            if (rounded_w) {
+                fp16::round_f32(w + i, rounded, k);
+                stream_floats(rounded_w + i, rounded, k);
+            }
         }
+        if (rounded_w) store_fence();
     });
 }
 
