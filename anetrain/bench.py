@@ -235,7 +235,7 @@ class BlasPeak:
     measurements catch a shared machine's quiet moments, so a peak sampled once at the start
     could sit below what a later short kernel reaches; call sample() between measurements."""
 
-    def __init__(self, n=1024):
+    def __init__(self, n=2048):
         self.n = n
         self._a, self._b = _filled((n, n)), _filled((n, n))
         self._c = np.empty((n, n), np.float32)
@@ -249,7 +249,7 @@ class BlasPeak:
         return self.flops
 
 
-def blas_peak(n=1024, repeats=5):
+def blas_peak(n=2048, repeats=3):
     """The BLAS peak measured now (BlasPeak after one warm-up and ``repeats`` samples)."""
     p = BlasPeak(n)
     p.sample(1)
@@ -264,7 +264,7 @@ def stated_peak(backend_name, blas_flops=None):
         flops, source = chip_peak(ane.chip())
         return dict(flops=flops, source=source)
     flops = blas_flops if blas_flops is not None else blas_peak()
-    return dict(flops=flops, source="best sgemm 1024^3 through anetrain's BLAS shim on the same threads, sampled "
+    return dict(flops=flops, source="best sgemm 2048^3 through anetrain's BLAS shim on the same threads, sampled "
                                     "through this run")
 
 

@@ -328,7 +328,7 @@ def main():
     ap.add_argument("--seqs", type=int, nargs="+", default=list(SEQS), help="the sequence sweep's lengths")
     ap.add_argument("--batch", type=int, default=1, help="sequences per step")
     ap.add_argument("--evals", type=int, default=5, help="timed passes (stack) or evaluations (sweep) after warm-up")
-    ap.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
     ap.add_argument("--quick", action="store_true", help="seconds: preset tiny, 4 layers, seqs 64 128, 2 evals/steps")
     ap.add_argument("--json", default=os.path.join("bench_results", "bench_pipeline.json"))
     ap.add_argument("--plot", action="store_true", help="also write PNG charts beside the JSON")
