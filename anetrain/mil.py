@@ -121,9 +121,10 @@ class Builder:
         values = np.asarray(values, dtype=np.float64).reshape(-1).tolist()
         return self._b.constant(name, dtype, list(shape), values, True)
 
-    def op(self, out, dtype, shape, op_type, values=None, values_key="values", **args):
+    def op(self, out, dtype, shape, op_type, /, values=None, values_key="values", **args):
         """One statement. ``shape=None`` declares a scalar. ``values`` (a list of variable names)
-        is passed as a tuple argument, as concat takes it."""
+        is passed as a tuple argument, as concat takes it. The first four parameters are
+        positional only, so an op argument may be called ``shape`` (reshape's)."""
         pairs = [(k, _operand(v)) for k, v in args.items()]
         tensor = shape is not None
         return self._b.op(out, dtype, list(shape or []), tensor, op_type, pairs,

@@ -125,6 +125,47 @@ def test_sgemm_matches_numpy(m, n, k, ta, tb):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.sqrt(k))
 
 
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_sgemm_into_out_scales_and_accumulates(ta, tb):
+    rng = np.random.default_rng(7)
+    m, n, k = 37, 29, 41
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+    c0 = rng.standard_normal((m, n)).astype(np.float32)
+    c = c0.copy()
+    got = anetrain._native.sgemm(a, b, ta, tb, out=c, alpha=0.5, beta=2.0)
+    assert got is c
+    ref = 0.5 * (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64) + 2.0 * c0
+    np.testing.assert_allclose(c, ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_sgemm_batch_matches_numpy(ta, tb):
+    rng = np.random.default_rng(8)
+    B, m, n, k = 3, 17, 23, 19
+    a = rng.standard_normal((B, k, m) if ta else (B, m, k)).astype(np.float32)
+    b = rng.standard_normal((B, n, k) if tb else (B, k, n)).astype(np.float32)
+    ref = np.matmul(a.transpose(0, 2, 1) if ta else a, b.transpose(0, 2, 1) if tb else b)
+    np.testing.assert_allclose(anetrain._native.sgemm_batch(a, b, ta, tb), ref, rtol=1e-5, atol=1e-5)
+    out = np.full((B, m, n), np.nan, np.float32)
+    assert anetrain._native.sgemm_batch(a, b, ta, tb, out=out) is out
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_sgemm_out_must_fit():
+    a, b = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="out must be a writable C-contiguous float32 array of shape \\(2, 4\\)"):
+        anetrain._native.sgemm(a, b, out=np.empty((4, 2), np.float32))
+    with pytest.raises(ValueError, match="out"):
+        anetrain._native.sgemm(a, b, out=np.empty((2, 4), np.float64))
+    with pytest.raises(TypeError, match="out must be a numpy array"):
+        anetrain._native.sgemm(a, b, out=[[0.0] * 4] * 2)
+    with pytest.raises(ValueError, match="beta needs out="):
+        anetrain._native.sgemm(a, b, beta=1.0)
+    with pytest.raises(ValueError, match="out"):
+        anetrain._native.sgemm_batch(a[None], b[None], out=np.empty((1, 2, 5), np.float32))
+
+
 def test_sgemm_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="inner"):
         anetrain._native.sgemm(np.ones((2, 3), np.float32), np.ones((4, 2), np.float32))

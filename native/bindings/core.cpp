@@ -31,6 +31,14 @@ py::array cached_array(const py::dtype& dtype, const std::vector<py::ssize_t>& s
     return py::array(dtype, shape, {}, p, owner);
 }
 
+// An out= argument: the caller's array itself (a list would be copied, and the result lost).
+py::array out_array(const py::object& out, const char* fn) {
+    if (!py::isinstance<py::array>(out))
+        throw py::type_error(std::string(fn) + ": out must be a numpy array, got " +
+                             std::string(py::str(py::type::of(out).attr("__name__"))));
+    return out.cast<py::array>();
+}
+
 }  // namespace
 
 void init_core(py::module_& m) {
@@ -80,41 +88,49 @@ void init_core(py::module_& m) {
 
     m.def(
         "sgemm",
-        [](const py::array& a, const py::array& b, bool trans_a, bool trans_b) {
+        [](const py::array& a, const py::array& b, bool trans_a, bool trans_b, const py::object& out, float alpha,
+           float beta) {
             const float* A = checked<const float>(a, "sgemm", "a", Shape{any, any});
             const float* B = checked<const float>(b, "sgemm", "b", Shape{any, any});
             int M = int(trans_a ? a.shape(1) : a.shape(0)), K = int(trans_a ? a.shape(0) : a.shape(1));
             int Kb = int(trans_b ? b.shape(1) : b.shape(0)), N = int(trans_b ? b.shape(0) : b.shape(1));
             bindings::check_count("sgemm", "the inner dimension of b", Kb, K);
-            py::array_t<float> c({M, N});
-            float* C = c.mutable_data();
+            if (out.is_none() && beta != 0.f) throw py::value_error("sgemm: beta needs out= (the C it scales)");
+            py::array c = out.is_none() ? py::array(py::array_t<float>({M, N})) : out_array(out, "sgemm");
+            float* C = checked<float>(c, "sgemm", "out", Shape{M, N});
             int lda = int(a.shape(1)), ldb = int(b.shape(1));
             {
                 py::gil_scoped_release nogil;
-                blas::sgemm(trans_a, trans_b, M, N, K, 1.f, A, lda, B, ldb, 0.f, C, N);
+                blas::sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, N);
             }
             return c;
         },
-        py::arg("a"), py::arg("b"), py::arg("trans_a") = false, py::arg("trans_b") = false,
-        "C = op(A) @ op(B) through the BLAS shim (float32, C-contiguous inputs).");
+        py::arg("a"), py::arg("b"), py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("out") = py::none(),
+        py::arg("alpha") = 1.f, py::arg("beta") = 0.f,
+        "C = alpha op(A) @ op(B) + beta C through the BLAS shim (float32, C-contiguous; C is a new array, or out=).");
     m.def(
         "sgemm_batch",
-        [](const py::array& a, const py::array& b) {
+        [](const py::array& a, const py::array& b, bool trans_a, bool trans_b, const py::object& out) {
             const float* A = checked<const float>(a, "sgemm_batch", "a", Shape{any, any, any});
-            const float* Bp = checked<const float>(b, "sgemm_batch", "b", Shape{a.shape(0), a.shape(2), any});
-            const int B = int(a.shape(0)), M = int(a.shape(1)), K = int(a.shape(2)), N = int(b.shape(2));
-            py::array_t<float> c({B, M, N});
-            float* C = c.mutable_data();
+            const int B = int(a.shape(0));
+            const float* Bp = checked<const float>(b, "sgemm_batch", "b", Shape{B, any, any});
+            const int M = int(trans_a ? a.shape(2) : a.shape(1)), K = int(trans_a ? a.shape(1) : a.shape(2));
+            const int Kb = int(trans_b ? b.shape(2) : b.shape(1)), N = int(trans_b ? b.shape(1) : b.shape(2));
+            bindings::check_count("sgemm_batch", "the inner dimension of b", Kb, K);
+            py::array c = out.is_none() ? py::array(py::array_t<float>({B, M, N})) : out_array(out, "sgemm_batch");
+            float* C = checked<float>(c, "sgemm_batch", "out", Shape{B, M, N});
+            const int lda = int(a.shape(2)), ldb = int(b.shape(2));
             py::gil_scoped_release nogil;
             threads::parallel_for(size_t(B), 1, [&](size_t b0, size_t e0) {
                 for (size_t i = b0; i < e0; ++i)
-                    blas::sgemm_serial(false, false, M, N, K, 1.f, A + i * size_t(M) * K, K, Bp + i * size_t(K) * N, N,
-                                       0.f, C + i * size_t(M) * N, N);
+                    blas::sgemm_serial(trans_a, trans_b, M, N, K, 1.f, A + i * size_t(M) * K, lda,
+                                       Bp + i * size_t(K) * N, ldb, 0.f, C + i * size_t(M) * N, N);
             });
             return c;
         },
-        py::arg("a"), py::arg("b"),
-        "C[i] = A[i] @ B[i], one product per pool thread on one BLAS thread each (float32, C-contiguous).");
+        py::arg("a"), py::arg("b"), py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("out") = py::none(),
+        "C[i] = op(A[i]) @ op(B[i]), one product per pool thread on one BLAS thread each (float32, C-contiguous; "
+        "C is a new array, or out=).");
     m.def("blas_set_threads", &blas::set_threads);
     m.def("set_num_threads", &threads::set_num_threads, "Threads used by anetrain's own CPU loops.");
 

@@ -2,12 +2,18 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <string>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #include "core/blas.h"
+#include "core/fp16.h"
 #include "core/simd.h"
 #include "core/threads.h"
 #include "core/vec_math.h"
@@ -303,9 +309,9 @@ void add(const float* a, const float* b, float* out, size_t n) {
 // ------------------------------------------------------------------------------ AdamW
 
 namespace {
-ANETRAIN_HOT void adamw_chunk(float* __restrict w, const float* g, float* __restrict m, float* __restrict v,
+ANETRAIN_HOT void adamw_block(float* __restrict w, const float* g, float* __restrict m, float* __restrict v,
                               size_t n, float b1, float b2, float eps, float step_size, float inv_sqrt_bc2,
-                              float keep, float grad_scale, float* clear_g) {
+                              float keep, float grad_scale) {
     for (size_t i = 0; i < n; ++i) {
         const float gi = g[i] * grad_scale;
         const float mi = b1 * m[i] + (1.f - b1) * gi;
@@ -314,21 +320,52 @@ ANETRAIN_HOT void adamw_chunk(float* __restrict w, const float* g, float* __rest
         v[i] = vi;
         w[i] = w[i] * keep - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
     }
-    // Zeroing the chunk's gradients while they are still in cache saves a separate memset pass.
-    if (clear_g) std::memset(clear_g, 0, n * sizeof(float));
+}
+
+// Elements per block of a chunk: its gradients are zeroed and its weights rounded while the
+// block is still in L1.
+constexpr size_t kAdamBlock = 2048;
+
+// dst[0, n) = src[0, n) with streaming stores where the CPU has them: dst is only written, so
+// its lines need not be read into the cache first, which saves a read of every byte written.
+// Other threads see the values after the writer's store_fence().
+void stream_floats(float* dst, const float* src, size_t n) {
+#if defined(__SSE2__)
+    size_t i = 0;
+    for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15); ++i) dst[i] = src[i];
+    for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+    for (; i < n; ++i) dst[i] = src[i];
+#else
+    std::memcpy(dst, src, n * sizeof(float));
+#endif
+}
+
+void store_fence() {
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
 }
 }  // namespace
 
 void adamw_step(float* w, const float* g, float* m, float* v, size_t n, int t, const AdamW& opt, bool decay,
-                float grad_scale, float* clear_g) {
+                float grad_scale, float* clear_g, float* rounded_w) {
     if (t < 1) throw std::invalid_argument("AdamW step count must start at 1 (got " + std::to_string(t) + ")");
     const float b1 = opt.beta1, b2 = opt.beta2, eps = opt.eps;
     const float step_size = float(opt.lr / (1.0 - std::pow(double(b1), t)));
     const float inv_sqrt_bc2 = float(1.0 / std::sqrt(1.0 - std::pow(double(b2), t)));
     const float keep = decay ? 1.f - opt.lr * opt.weight_decay : 1.f;
     parallel_for(n, kElementGrain, [&](size_t b, size_t e) {
-        adamw_chunk(w + b, g + b, m + b, v + b, e - b, b1, b2, eps, step_size, inv_sqrt_bc2, keep, grad_scale,
-                    clear_g ? clear_g + b : nullptr);
+        float rounded[kAdamBlock];
+        for (size_t i = b; i < e; i += kAdamBlock) {
+            const size_t k = std::min(kAdamBlock, e - i);
+            adamw_block(w + i, g + i, m + i, v + i, k, b1, b2, eps, step_size, inv_sqrt_bc2, keep, grad_scale);
+            if (clear_g) std::memset(clear_g + i, 0, k * sizeof(float));
+            if (rounded_w) {
+                fp16::round_f32(w + i, rounded, k);
+                stream_floats(rounded_w + i, rounded, k);
+            }
+        }
+        if (rounded_w) store_fence();
     });
 }
 

@@ -56,8 +56,9 @@ struct AdamW {
 };
 // One decoupled AdamW update at step t (1-based) with gradient g' = grad_scale * g:
 // m = b1 m + (1-b1) g';  v = b2 v + (1-b2) g'^2;  w -= lr (m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + wd w)
-// with wd = 0 when decay is false (norm gammas). clear_g (g itself, or null) is zeroed as it is read.
+// with wd = 0 when decay is false (norm gammas). clear_g (g itself, or null) is zeroed as it is read;
+// rounded_w (or null) receives the new weights rounded to fp16 (in float storage).
 void adamw_step(float* w, const float* g, float* m, float* v, size_t n, int t, const AdamW& opt, bool decay,
-                float grad_scale = 1.f, float* clear_g = nullptr);
+                float grad_scale = 1.f, float* clear_g = nullptr, float* rounded_w = nullptr);
 
 }  // namespace anetrain::train::cpu

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "core/fp16.h"
 #include "core/threads.h"
 
 namespace anetrain::train {
@@ -114,13 +115,34 @@ void ModelState::adamw_update(const cpu::AdamW& opt, float grad_scale, bool clea
     ++step;
     weights_changed();
     const bool eager = clear_grads && grads_exposed_;
+    // A live view may change the weights unseen: the copy is rounded afresh before use then.
+    const bool round = !rounded_.empty() && !weights_exposed_;
     for (const ParamSlot& s : slots_) {
-        const size_t o = s.offset;
-        cpu::adamw_step(weights.data() + o, grads.data() + o, adam_m.data() + o, adam_v.data() + o,
-                        size_t(s.spec.numel()), step, opt, s.spec.decay, grad_scale,
-                        eager ? grads.data() + o : nullptr);
+        const size_t o = s.offset, n = size_t(s.spec.numel());
+        const bool in_span = o >= rounded_begin_ && o + n <= rounded_begin_ + rounded_.size();
+        cpu::adamw_step(weights.data() + o, grads.data() + o, adam_m.data() + o, adam_v.data() + o, n, step, opt,
+                        s.spec.decay, grad_scale, eager ? grads.data() + o : nullptr,
+                        round && in_span ? rounded_.data() + (o - rounded_begin_) : nullptr);
     }
     if (clear_grads && !eager) grads_stale_ = true;
+    if (round) rounded_version_ = weights_version_;  // every slot of the span was rounded
+}
+
+void ModelState::keep_rounded(size_t begin, size_t end) {
+    if (end > weights.size() || begin > end) throw std::invalid_argument("keep_rounded: span outside the weights");
+    if (rounded_begin_ == begin && rounded_.size() == end - begin) return;
+    rounded_begin_ = begin;
+    rounded_.assign(end - begin, 0.f);
+    rounded_version_ = ~uint64_t(0);
+}
+
+void ModelState::refresh_rounded() {
+    if (rounded_.empty() || (rounded_version_ == weights_version_ && !weights_exposed_)) return;
+    const float* src = weights.data() + rounded_begin_;
+    float* dst = rounded_.data();
+    threads::parallel_for(rounded_.size(), size_t(1) << 16,
+                          [&](size_t b, size_t e) { fp16::round_f32(src + b, dst + b, e - b); });
+    rounded_version_ = weights_version_;
 }
 
 }  // namespace anetrain::train

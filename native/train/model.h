@@ -62,12 +62,25 @@ public:
     }
     bool weights_exposed() const { return weights_exposed_; }
 
+    // A copy of the weights in [begin, end) of the flat buffer rounded to fp16 (in float storage),
+    // for kernels that take the weights as fp16 values: the ref backend reads such a copy in
+    // place instead of rounding every weight at every evaluation. Off until keep_rounded();
+    // adamw_update then writes it as it updates the weights, and refresh_rounded() brings it up
+    // to date after any other change.
+    void keep_rounded(size_t begin, size_t end);
+    void refresh_rounded();
+    // The rounded copy of weights[i] for a pointer `w` to weights[i] inside the span.
+    const float* rounded(const float* w) const { return rounded_.data() + (w - weights.data()) - rounded_begin_; }
+
     std::vector<float> weights, grads, adam_m, adam_v;
     int step = 0;  // AdamW updates applied so far
 
 private:
     bool grads_stale_ = false, grads_exposed_ = false, weights_exposed_ = false;
     uint64_t weights_version_ = 0;
+    std::vector<float> rounded_;
+    size_t rounded_begin_ = 0;
+    uint64_t rounded_version_ = ~uint64_t(0);
     ModelConfig cfg_;
     std::vector<ParamSlot> slots_;
     std::unordered_map<std::string, size_t> index_;

@@ -139,6 +139,9 @@ Trainer::Trainer(const ModelConfig& cfg, std::shared_ptr<backend::Backend> backe
     dx_.resize(D * S);
     tmp_.resize(D * S);
     logits_.resize(size_t(c.vocab_size) * S);
+    rounded_weights_ = kernel_options_.pipeline == mil::Pipeline::Dynamic && kernel_options_.dtype == mil::DType::fp16 &&
+                       !kernel_options_.ane_shaped && backend_->name() == "ref" && c.n_layers > 0;
+    if (rounded_weights_) state_.keep_rounded(state_.slot(layer_weight_name(0, "wq")).offset, state_.slot("norm").offset);
     const bool overlap = opt_.overlap_dw < 0 ? backend_->name() != "ref" : opt_.overlap_dw > 0;
     dw_ = std::make_unique<threads::SerialQueue>(overlap, timings_.dw);
 }
@@ -290,7 +293,7 @@ std::vector<Trainer::In> Trainer::inputs(const LayerKernels& ks, const std::stri
     for (size_t i = acts.size(); i < names.size(); ++i) {
         const float* w = w_.layers[size_t(layer)].by_kernel_name(names[i]);
         if (!w) throw std::logic_error(kernel + ": input '" + names[i] + "' is neither an activation nor a weight");
-        acts.push_back({w, false});
+        acts.push_back(rounded_weights_ ? In{state_.rounded(w), true} : In{w, false});
     }
     return acts;
 }
@@ -480,6 +483,10 @@ double Trainer::accumulate(const int32_t* tokens, int batch, const GradsReady& r
     if (batch <= 0) throw std::invalid_argument("batch must be positive");
     const auto t0 = Clock::now();
     ensure_kernels();
+    {
+        ScopedTimer t{timings_.io};  // only after the weights changed outside an update
+        state_.refresh_rounded();
+    }
     const int S = config().seq_len;
     // After an update the gradients are stale (see ModelState): the first sequence overwrites
     // them. The step only adds to the RMSNorm gains' gradients (sums over calls) and an untied
@@ -522,6 +529,7 @@ double Trainer::update(const cpu::AdamW& opt, float clip, int sequences) {
 
 std::vector<float> Trainer::forward(const int32_t* tokens, int batch) {
     ensure_kernels();
+    state_.refresh_rounded();
     const ModelConfig& c = config();
     const size_t S = size_t(c.seq_len), V = size_t(c.vocab_size);
     std::vector<float> out(size_t(batch) * S * V);

@@ -174,6 +174,9 @@ private:
     // ANE-shaped: per layer, each kernel's packed fp16 input (weights staged in it, dynamic)
     std::vector<std::map<std::string, PackedInput>> packed_;
     std::vector<uint64_t> staged_version_;  // per layer: the weights_version its packed weights hold
+    // Split fp16 dynamic kernels on ref read the state's fp16-rounded copy of the layer weights
+    // (ModelState::rounded) as fp16 values instead of rounding the fp32 weights per evaluation.
+    bool rounded_weights_ = false;
     std::vector<float> x_, x_final_, rrms_final_, logits_, dx_, tmp_;
     cpu::SoftmaxStats softmax_;  // of logits_, from the forward pass
     std::unique_ptr<threads::SerialQueue> dw_;  // the dW products, overlapped with kernels on another device
