@@ -151,6 +151,16 @@ def test_bench_train_reports_the_overhead_ratio_of_paired_runs(tmp_path):
 
 
 @pytest.mark.slow
+def test_fp16_benchmark_writes_json(tmp_path):
+    data, out = run_json(tmp_path, "bench_fp16.py", "--quick")
+    assert data["suite"] == "bench_fp16" and data["n"] == 1 << 20
+    rows = data["results"] + data["flagged"]
+    assert len(rows) == 6
+    for r in data["results"]:
+        assert r["seconds"] > 0 and r["gbs"] == pytest.approx(6 * data["n"] / 1e9 / r["seconds"])
+
+
+@pytest.mark.slow
 @pytest.mark.torch
 def test_bench_train_reports_the_median_of_alternating_rounds(tmp_path):
     data, out = run_json(tmp_path, "bench_train.py", "--presets", "stories15M", "--seq", "16", "--steps", "1",
@@ -219,6 +229,7 @@ def test_bench_generate_reports_ratios_and_the_targets():
     ("bench_kernels.py", ["--sweep", "--seqs", "100"], "--seqs must be multiples of 32"),
     ("bench_kernels.py", ["--sweep", "--max-width", "64"], "--widths must name at least one positive width"),
     ("bench_pipeline.py", ["--layers", "0"], "--layers, --evals, --steps and --batch must be at least 1"),
+    ("bench_fp16.py", ["--path", "mmx"], "--path mmx: unknown fp16 path"),
 ])
 def test_bad_settings_give_one_error_line(script, args, message):
     p = run_script(script, *args, timeout=120)

@@ -5,7 +5,7 @@
 // writes is still in L2 when the next reads it, and the run costs one parallel region. An
 // intermediate that no step after the run reads does not even go to its buffer: it lives in a
 // per-thread scratch slot of one tile, so its memory traffic (write-allocate, write-back, and
-// the later read) disappears; without that, fusion gained only 5-10%.
+// the later read) disappears; without that, fusion gained much less (docs/benchmarks.md).
 //
 // Every op still computes the values it would compute alone, so results are bitwise those of
 // the unfused plan. That holds when, for each element an op of the run reads, the op of the run
