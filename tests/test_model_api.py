@@ -72,3 +72,43 @@ def test_the_gradient_hand_over_gives_every_gradient_once_and_final(cfg):
         covered[off:off + n] += 1
         np.testing.assert_array_equal(values, final[off:off + n])
     assert (covered == 1).all()
+
+
+# Weight gradients of this shape span several of the norm's 64K-element blocks, so the trainer
+# sums their blocks during the backward pass (ModelState::sum_grads) instead of in update().
+WIDE = dict(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, seq_len=8)
+
+
+def _norm_of(grads, loss_scale, sequences):
+    return float(np.sqrt(np.sum(np.square(grads.astype(np.float64))))) / (loss_scale * sequences)
+
+
+def test_gradient_norm_gathered_in_the_backward_pass_has_the_one_pass_bits():
+    rng = np.random.default_rng(7)
+    fused = Model(WIDE, backend="ref", seed=5)
+    one_pass = Model(WIDE, backend="ref", seed=5)
+    grads = one_pass.flat("grad")  # a live view: its model sums the gradients in update(), in one pass
+    for step in range(3):
+        for _ in range(2):  # two accumulations of two sequences: the last one finishes the gradients
+            tokens = rng.integers(0, WIDE["vocab_size"], (2, WIDE["seq_len"] + 1)).astype(np.int32)
+            assert fused.accumulate(tokens) == one_pass.accumulate(tokens)
+        expected = _norm_of(grads, 256.0, 4)
+        clip = 0.5 * expected if step % 2 else 0.0  # clipping on every other step
+        norm = fused.update(lr=1e-3, clip=clip)
+        assert norm == one_pass.update(lr=1e-3, clip=clip)
+        assert norm == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_array_equal(fused.flat("weight"), one_pass.flat("weight"))
+
+
+@pytest.mark.parametrize("view_first", [True, False], ids=["view_before", "view_after"])
+def test_gradients_written_through_a_view_count_in_the_norm(view_first):
+    # what a data-parallel all-reduce does: the summed gradients replace the local ones in place
+    m = Model(WIDE, backend="ref", seed=5)
+    tokens = np.random.default_rng(8).integers(0, WIDE["vocab_size"], (1, WIDE["seq_len"] + 1)).astype(np.int32)
+    view = m.flat("grad") if view_first else None
+    m.accumulate(tokens)
+    if view is None:
+        view = m.flat("grad")
+    view *= 3.0
+    expected = _norm_of(view, 256.0, 1)  # (the update clears the gradients)
+    assert m.update(lr=1e-3, clip=0.0) == pytest.approx(expected, rel=1e-12)

@@ -274,20 +274,42 @@ ANETRAIN_HOT double sum_squares_block(const float* x, size_t n) {
 }
 }  // namespace
 
-double sum_squares(const float* x, size_t n) {
-    // Fixed blocks, summed in order: the result does not depend on the thread count.
-    constexpr size_t kBlock = 1 << 16;
-    const size_t nblocks = (n + kBlock - 1) / kBlock;
-    std::vector<double> partial(nblocks, 0.0);
-    parallel_for(nblocks, 1, [&](size_t b, size_t e) {
-        for (size_t blk = b; blk < e; ++blk) {
-            const size_t begin = blk * kBlock, end = std::min(n, begin + kBlock);
-            partial[blk] = sum_squares_block(x + begin, end - begin);
+void BlockSumSquares::reset(size_t n) {
+    n_ = n;
+    const size_t blocks = (n + kBlock - 1) / kBlock;
+    partial_.assign(blocks, 0.0);
+    done_.assign(blocks, 0);
+}
+
+void BlockSumSquares::sum_blocks(const float* x, size_t first, size_t last) {
+    if (first >= last) return;
+    parallel_for(last - first, 1, [&](size_t b, size_t e) {
+        for (size_t blk = first + b; blk < first + e; ++blk) {
+            if (done_[blk]) continue;
+            const size_t begin = blk * kBlock, end = std::min(n_, begin + kBlock);
+            partial_[blk] = sum_squares_block(x + begin, end - begin);
+            done_[blk] = 1;
         }
     });
+}
+
+void BlockSumSquares::add(const float* x, size_t begin, size_t end) {
+    if (begin > end || end > n_) throw std::logic_error("BlockSumSquares::add: range outside the array");
+    // the array's last block may be short: it lies inside the range when the range reaches the end
+    sum_blocks(x, (begin + kBlock - 1) / kBlock, end == n_ ? partial_.size() : end / kBlock);
+}
+
+double BlockSumSquares::total(const float* x) {
+    sum_blocks(x, 0, partial_.size());
     double total = 0.0;
-    for (double p : partial) total += p;
+    for (double p : partial_) total += p;
     return total;
+}
+
+double sum_squares(const float* x, size_t n) {
+    BlockSumSquares sums;
+    sums.reset(n);
+    return sums.total(x);
 }
 
 float clip_scale(double norm, float max_norm) {

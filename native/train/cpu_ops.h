@@ -44,8 +44,28 @@ double classifier_loss_bwd(const float* E, const float* x, float* logits, const 
                            bool overwrite_dE = false);
 // out[c] += sum_s x[c][s], each row summed in double (accumulates)
 void add_row_sums(const float* x, int C, int S, float* out);
-// sum_i x[i]^2 accumulated in double
+// sum_i x[i]^2 accumulated in double, in fixed blocks of BlockSumSquares::kBlock elements
+// (the result does not depend on the thread count)
 double sum_squares(const float* x, size_t n);
+
+// sum_squares of one array gathered piecewise: add() sums the blocks lying wholly inside a range
+// (e.g. a tensor's gradient right after its product wrote it, while it is still in cache) and
+// total() sums the blocks not summed yet, then every block's sum in order. The blocks are
+// sum_squares' blocks, so the total has its bits whatever was summed when.
+class BlockSumSquares {
+public:
+    static constexpr size_t kBlock = size_t(1) << 16;
+
+    void reset(size_t n);                                 // an array of n elements, nothing summed
+    void add(const float* x, size_t begin, size_t end);   // x: the whole array; [begin, end) in it
+    double total(const float* x);
+
+private:
+    void sum_blocks(const float* x, size_t first, size_t last);  // blocks [first, last) not yet summed
+    size_t n_ = 0;
+    std::vector<double> partial_;
+    std::vector<uint8_t> done_;
+};
 // The factor torch.nn.utils.clip_grad_norm_ applies: min(1, max_norm / (norm + 1e-6))
 float clip_scale(double norm, float max_norm);
 // out = a + b, element-wise (out may alias a or b).

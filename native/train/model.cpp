@@ -86,12 +86,19 @@ void ModelState::init_random(uint64_t seed) {
 }
 
 void ModelState::zero_grads() {
+    grad_sums_live_ = false;
     std::fill(grads.begin(), grads.end(), 0.f);
     grads_stale_ = false;
 }
 
 void ModelState::materialize_grads() {
+    grad_sums_live_ = false;
     if (grads_stale_) zero_grads();
+}
+
+void ModelState::grads_changing() {
+    grad_sums_live_ = false;
+    grad_sums_.reset(grads.size());
 }
 
 void ModelState::expose_grads() {
@@ -107,6 +114,7 @@ bool ModelState::take_stale_grads() {
 
 double ModelState::grad_norm() {
     if (grads_stale_) return 0.0;
+    if (grad_sums_live_) return std::sqrt(grad_sums_.total(grads.data()));
     return std::sqrt(cpu::sum_squares(grads.data(), grads.size()));
 }
 

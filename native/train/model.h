@@ -35,6 +35,15 @@ public:
     void zero_grads();
     // sqrt(sum of squared gradients) over every tensor, accumulated in double.
     double grad_norm();
+    // The trainer gathers the norm's sums while the gradients are written (cpu::BlockSumSquares):
+    // grads_changing() before an accumulation writes them, sum_grads(begin, end) once the
+    // gradients in [begin, end) of the flat buffer are final (each weight gradient right after its
+    // last product), grads_final() after the accumulation. grad_norm() then only sums what was
+    // not summed, with the same bits. Any other write to the gradients (materialize_grads, a
+    // live view) drops the sums.
+    void grads_changing();
+    void sum_grads(size_t begin, size_t end) { grad_sums_.add(grads.data(), begin, end); }
+    void grads_final() { grad_sums_live_ = !grads_exposed_; }
     // One AdamW update of every tensor with g' = grad_scale * g (weight decay skipped for the
     // RMSNorm gammas); increments step first, so the first update uses step 1. clear_grads zeroes
     // the gradients (see below).
@@ -77,6 +86,8 @@ public:
 
 private:
     bool grads_stale_ = false, grads_exposed_ = false, weights_exposed_ = false;
+    cpu::BlockSumSquares grad_sums_;
+    bool grad_sums_live_ = false;
     uint64_t weights_version_ = 0;
     std::vector<float> rounded_;
     size_t rounded_begin_ = 0;

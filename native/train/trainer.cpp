@@ -415,7 +415,15 @@ void Trainer::grads_ready(const GradsReady* ready, std::pair<size_t, size_t> ran
     if (ready && *ready) dw_->submit([ready, range] { (*ready)(range.first, range.second); });
 }
 
-double Trainer::backward_sequence(const int32_t* tok, bool overwrite, const GradsReady* ready) {
+void Trainer::weight_grad(float* dw, const float* dy, const float* x, int out, int in, float beta, bool last) {
+    accumulate_dw(dw, dy, x, out, in, config().seq_len, beta);
+    if (last) {  // the norm's sums of this gradient while it is in cache
+        const size_t o = size_t(dw - state_.grads.data());
+        state_.sum_grads(o, o + size_t(out) * size_t(in));
+    }
+}
+
+double Trainer::backward_sequence(const int32_t* tok, bool overwrite, bool last, const GradsReady* ready) {
     const ModelConfig& c = config();
     const int D = c.dim, S = c.seq_len, QD = c.q_dim(), KV = c.kv_dim(), H = c.ffn_dim(), V = c.vocab_size;
     const size_t DS = size_t(D) * S;
@@ -438,9 +446,9 @@ double Trainer::backward_sequence(const int32_t* tok, bool overwrite, const Grad
         run(l, "ffn_backward", {{a.df.data(), false}, {a.h1, out16}, {a.h3, out16}}, a.ffn_bwd.data());
         float *gw1 = G.w1, *gw2 = G.w2, *gw3 = G.w3;
         dw_->submit([=, &a] {
-            accumulate_dw(gw2, a.df.data(), a.gate, D, H, S, beta);
-            accumulate_dw(gw1, a.dh1, a.x2n.data(), H, D, S, beta);
-            accumulate_dw(gw3, a.dh3, a.x2n.data(), H, D, S, beta);
+            weight_grad(gw2, a.df.data(), a.gate, D, H, beta, last);
+            weight_grad(gw1, a.dh1, a.x2n.data(), H, D, beta, last);
+            weight_grad(gw3, a.dh3, a.x2n.data(), H, D, beta, last);
         });
         {
             ScopedTimer t{timings_.cpu_ops};
@@ -453,10 +461,10 @@ double Trainer::backward_sequence(const int32_t* tok, bool overwrite, const Grad
         run(l, "attention_backward", std::move(attn_in), a.attn_bwd.data());
         float *gq = G.wq, *gk = G.wk, *gv = G.wv, *go = G.wo;
         dw_->submit([=, &a] {
-            accumulate_dw(go, a.dx2.data(), a.attn, D, QD, S, beta);
-            accumulate_dw(gq, a.dq, a.xn.data(), QD, D, S, beta);
-            accumulate_dw(gk, a.dk, a.xn.data(), KV, D, S, beta);
-            accumulate_dw(gv, a.dv, a.xn.data(), KV, D, S, beta);
+            weight_grad(go, a.dx2.data(), a.attn, D, QD, beta, last);
+            weight_grad(gq, a.dq, a.xn.data(), QD, D, beta, last);
+            weight_grad(gk, a.dk, a.xn.data(), KV, D, beta, last);
+            weight_grad(gv, a.dv, a.xn.data(), KV, D, beta, last);
         });
         {
             ScopedTimer t{timings_.cpu_ops};
@@ -496,12 +504,14 @@ double Trainer::accumulate(const int32_t* tokens, int batch, const GradsReady& r
         for (const ParamSlot& s : state_.slots())
             if (s.spec.vector || (!config().tie_embeddings && s.spec.name == "tok_embeddings"))
                 std::fill_n(state_.grads.data() + s.offset, s.spec.numel(), 0.f);
+    state_.grads_changing();
     double loss = 0;
     try {
         for (int b = 0; b < batch; ++b) {
             const int32_t* tok = tokens + size_t(b) * (S + 1);
             forward_sequence(tok);
-            loss += backward_sequence(tok, overwrite && b == 0, b == batch - 1 ? &ready : nullptr);
+            const bool last = b == batch - 1;
+            loss += backward_sequence(tok, overwrite && b == 0, last, last ? &ready : nullptr);
             ++pending_;
         }
     } catch (...) {
@@ -509,6 +519,7 @@ double Trainer::accumulate(const int32_t* tokens, int batch, const GradsReady& r
         if (overwrite) state_.zero_grads();
         throw;
     }
+    state_.grads_final();
     timings_.total += ms_since(t0);
     return loss / batch;
 }

@@ -142,7 +142,9 @@ private:
     void forward_sequence(const int32_t* tok);
     // overwrite: the gradients are stale (see ModelState), write them instead of adding.
     // ready: see accumulate(); nullptr for all but the last sequence.
-    double backward_sequence(const int32_t* tok, bool overwrite, const GradsReady* ready);
+    // last: the batch's last sequence, whose weight-gradient products finish the gradients
+    double backward_sequence(const int32_t* tok, bool overwrite, bool last, const GradsReady* ready);
+    void weight_grad(float* dw, const float* dy, const float* x, int out, int in, float beta, bool last);
     // Hands a final gradient range to `ready` after the dW products queued before it.
     void grads_ready(const GradsReady* ready, std::pair<size_t, size_t> range);
     // A kernel input: fp32 data, and whether it holds fp16 values already (see HostTensor).
