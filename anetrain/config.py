@@ -99,16 +99,22 @@ class ModelConfig:
         training_memory's parts)."""
         return sum(self.training_memory().values())
 
-    def training_memory(self):
+    def training_memory(self, rounded_weights=False):
         """The native trainer's memory by part, in bytes (a lower bound): ``state`` the fp32
         weights, gradients and both AdamW moments (16 bytes per parameter); ``activations`` each
         layer's activations and attention probabilities for one sequence; ``logits`` one
-        sequence's logits and the final norm's buffers."""
+        sequence's logits and the final norm's buffers. ``rounded_weights``: also the fp16-rounded
+        copy of the layers' weights (4 bytes per layer parameter) that the trainer keeps for the
+        ref backend's split fp16 programs on the dynamic pipeline (the default there)."""
         s, d, h = self.seq_len, self.dim, self.hidden_dim
         gains = 2 * self.head_dim if self.qk_norm else 0  # the QK-norm gains' gradients per position
         per_layer = s * (10 * d + 3 * self.q_dim + 4 * self.kv_dim + 5 * h + 2 + gains) + self.n_heads * s * s
-        return {"state": 16 * self.n_params(), "activations": 4 * self.n_layers * per_layer,
-                "logits": 4 * s * (4 * d + 1 + self.vocab_size)}
+        parts = {"state": 16 * self.n_params(), "activations": 4 * self.n_layers * per_layer,
+                 "logits": 4 * s * (4 * d + 1 + self.vocab_size)}
+        if rounded_weights:
+            per_layer_params = sum(math.prod(shape) for shape in layer_param_shapes(self).values())
+            parts["rounded_weights"] = 4 * self.n_layers * per_layer_params
+        return parts
 
     @property
     def q_dim(self):

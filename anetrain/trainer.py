@@ -272,12 +272,12 @@ class Run:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def ensure_budget(self):
-        """Restart when the next step's compiles, and those of the forward passes due after it
-        (evaluation, samples), do not fit the remaining budget (of any rank: the ranks restart
-        together)."""
+        """Restart when the next step's compiles, and those of the evaluation due after it, do not
+        fit the remaining budget (of any rank: the ranks restart together). Samples come from the
+        CPU decoder, which compiles nothing."""
         left = self.backend.remaining
         need = self.model.compiles_needed()
-        if self.forward_due(self.step + 1):
+        if self.eval_due(self.step + 1):
             need += self.model.compiles_after_update()
         short = left is not None and need > left
         if not self.dist.any(short):
@@ -486,10 +486,6 @@ class Run:
     def sample_due(self, s):
         t = self.train
         return bool(t.sample_interval and self.tokenizer is not None) and (s % t.sample_interval == 0 or s == t.steps)
-
-    def forward_due(self, s):
-        """Whether the model's forward pass runs after step s (it compiles on the static pipeline)."""
-        return self.eval_due(s) or self.sample_due(s)
 
     def periodic(self, log, bar, tokenizer):
         t, s = self.train, self.step

@@ -149,7 +149,7 @@ def report(r):
         print(f"  PyTorch {t['version']} {tms:.0f} ms/step ({tok / tms * 1000:.0f} tok/s, peak {t['peak_mb']:.0f} MB) | "
               f"ratio {r['torch_ratio']['median']:.2f} (rounds: {', '.join(f'{x:.2f}' for x in r['torch_ratio_rounds'])})")
     print("  anetrain breakdown (ms/step): " + ", ".join(f"{k[:-3]} {v:.0f}" for k, v in r["breakdown_ms"].items()))
-    need = step_config(r["preset"], r["seq"]).training_memory()
+    need = step_config(r["preset"], r["seq"]).training_memory(rounded_weights=r["pipeline"] == "dynamic")
     print("  anetrain memory model (MB): " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in need.items())
           + f", total {sum(need.values()) / 2**20:.0f}")
     if r["flag"]:

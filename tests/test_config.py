@@ -28,6 +28,15 @@ def test_stories110m_parameter_count_matches_reference():
     assert model_preset("stories110M").n_params() == 109_529_856
 
 
+def test_memory_model_counts_the_rounded_weight_copy_of_the_layers():
+    # Stories110M by hand: per layer wq, wk, wv, wo 768x768, w1, w2, w3 768x2048, two 768 gains
+    layer_params = 4 * 768 * 768 + 3 * 768 * 2048 + 2 * 768
+    cfg = model_preset("stories110M")
+    plain, rounded = cfg.training_memory(), cfg.training_memory(rounded_weights=True)
+    assert rounded.pop("rounded_weights") == 4 * 12 * layer_params
+    assert rounded == plain and "rounded_weights" not in plain
+
+
 def test_qwen_preset_is_qwen3_0_6b():
     # Qwen/Qwen3-0.6B's config.json
     m = model_preset("qwen3-0.6B")

@@ -113,6 +113,15 @@ def test_evaluations_on_the_static_pipeline_are_budgeted_with_their_step(tmp_pat
         in refused.stderr
 
 
+def test_samples_on_the_static_pipeline_need_no_compile_budget(tmp_path):
+    # samples come from the CPU decoder: a budget of exactly one step's compiles suffices (a
+    # forward pass compiling after each update would need twice that, as the evaluation does)
+    args = [*SMALL, "--steps", "4", "--pipeline", "static", "--sample-interval", "2", "--sample-tokens", "4"]
+    p = train(*args, "--out", str(tmp_path / "run"), "--compile-budget", "8")
+    assert [r["step"] for r in records(str(tmp_path / "run"), "sample")] == [2, 4]
+    assert p.stderr.count("[restart after step") == 3, p.stderr  # one step per process
+
+
 def test_the_ane_shaped_programs_train_end_to_end_and_placement_is_recorded(tmp_path):
     split, shaped = str(tmp_path / "split"), str(tmp_path / "shaped")
     train(*SMALL, "--steps", "4", "--pipeline", "static", "--out", split)
