@@ -65,6 +65,8 @@ private:
 struct Trainer::LayerKernels {
     std::map<std::string, std::unique_ptr<backend::Kernel>> kernels;  // by kernel name
     std::map<std::string, mil::KernelSource> sources;                 // their programs, without text and blobs
+    // per kernel, the weights among its inputs (split programs: the inputs after the activations)
+    std::map<std::string, std::vector<Params::Field>> weight_inputs;
 };
 
 // An ANE-shaped kernel's one input, [channels][width] fp16, and the blocks that make it up.
@@ -72,6 +74,7 @@ struct Trainer::LayerKernels {
 // after each weight staging everything is new, otherwise only the activation columns.
 struct Trainer::PackedInput {
     std::vector<mil::Block> blocks;
+    std::vector<Params::Field> block_weights;  // per block: its weight, or nullptr for an activation
     int64_t width = 0;
     std::vector<uint16_t> data;
     uint64_t id = 0;
@@ -184,6 +187,12 @@ void Trainer::ensure_kernels() {
             const std::string label = src.name + (dynamic ? "" : "[layer " + std::to_string(l) + "]");
             ++timings_.compiles;
             ks->kernels[src.name] = backend_->compile(src.text, src.blobs, label);
+            // the weights are the inputs after the activations (mil/kernels.h)
+            for (const std::string& input : src.inputs)
+                if (Params::Field f = Params::field(input))
+                    ks->weight_inputs[src.name].push_back(f);
+                else if (ks->weight_inputs.count(src.name))
+                    throw std::logic_error(src.name + ": activation input '" + input + "' after a weight");
             src.text.clear();
             src.blobs.clear();
             ks->sources[src.name] = std::move(src);
@@ -205,7 +214,8 @@ void Trainer::ensure_kernels() {
             in.data.assign(size_t(spec.numel()), 0);
             in.id = next_packed_id();
             for (const mil::Block& b : in.blocks) {
-                if (w_.layers[size_t(l)].by_kernel_name(b.name)) continue;
+                in.block_weights.push_back(Params::field(b.name));
+                if (in.block_weights.back()) continue;
                 auto& cols = in.activation_columns;
                 if (!cols.empty() && cols.back().second == b.column)
                     cols.back().second = b.column + b.columns;
@@ -263,12 +273,12 @@ void Trainer::eval(backend::Kernel& k, const std::vector<In>& in, const std::vec
     ++timings_.kernel_evals;
 }
 
-float* Trainer::Params::Layer::by_kernel_name(const std::string& name) const {
-    static const std::map<std::string, float* Layer::*> fields{
+Trainer::Params::Field Trainer::Params::field(const std::string& name) {
+    static const std::map<std::string, Field> fields{
         {"wq", &Layer::wq}, {"wk", &Layer::wk}, {"wv", &Layer::wv}, {"wo", &Layer::wo},         {"w1", &Layer::w1},
         {"w2", &Layer::w2}, {"w3", &Layer::w3}, {"q_norm", &Layer::q_norm}, {"k_norm", &Layer::k_norm}};
     auto it = fields.find(name);
-    return it == fields.end() ? nullptr : this->*(it->second);
+    return it == fields.end() ? nullptr : it->second;
 }
 
 Trainer::Params Trainer::resolve(std::vector<float>& flat) const {
@@ -289,10 +299,15 @@ Trainer::Params Trainer::resolve(std::vector<float>& flat) const {
 
 std::vector<Trainer::In> Trainer::inputs(const LayerKernels& ks, const std::string& kernel, int layer,
                                          std::vector<In> acts) {
-    const auto& names = ks.sources.at(kernel).inputs;
-    for (size_t i = acts.size(); i < names.size(); ++i) {
-        const float* w = w_.layers[size_t(layer)].by_kernel_name(names[i]);
-        if (!w) throw std::logic_error(kernel + ": input '" + names[i] + "' is neither an activation nor a weight");
+    const size_t n_inputs = ks.sources.at(kernel).inputs.size();
+    const auto it = ks.weight_inputs.find(kernel);
+    const size_t n_weights = it == ks.weight_inputs.end() ? 0 : it->second.size();
+    if (acts.size() + n_weights != n_inputs)
+        throw std::logic_error(kernel + ": " + std::to_string(acts.size()) + " activations and " +
+                               std::to_string(n_weights) + " weights for " + std::to_string(n_inputs) + " inputs");
+    const Params::Layer& W = w_.layers[size_t(layer)];
+    for (size_t i = 0; i < n_weights; ++i) {
+        const float* w = W.*(it->second[i]);
         acts.push_back(rounded_weights_ ? In{state_.rounded(w), true} : In{w, false});
     }
     return acts;
@@ -323,7 +338,7 @@ void Trainer::run(int layer, const std::string& kernel, std::vector<In> acts, fl
         const int64_t S = config().seq_len;
         size_t next = 0;
         for (const mil::Block& b : in.blocks) {
-            if (w_.layers[size_t(layer)].by_kernel_name(b.name)) continue;
+            if (in.block_weights[size_t(&b - in.blocks.data())]) continue;
             if (next >= acts.size()) throw std::logic_error(kernel + ": fewer activations than its input blocks");
             const float* src = acts[next++].data;
             threads::parallel_for(size_t(b.channels), 16, [&](size_t r0, size_t r1) {
@@ -354,10 +369,11 @@ void Trainer::stage_weights(int layer) {
     if (staged == state_.weights_version() && !state_.weights_exposed()) return;
     ScopedTimer t{timings_.io};
     for (auto& [kernel, in] : packed_[size_t(layer)])
-        for (const mil::Block& b : in.blocks) {
+        for (size_t i = 0; i < in.blocks.size(); ++i) {
             in.all_new = true;
-            const float* w = w_.layers[size_t(layer)].by_kernel_name(b.name);  // [channels][columns] row-major
-            if (!w) continue;
+            const mil::Block& b = in.blocks[i];
+            if (!in.block_weights[i]) continue;
+            const float* w = w_.layers[size_t(layer)].*(in.block_weights[i]);  // [channels][columns] row-major
             threads::parallel_for(size_t(b.channels), 16, [&](size_t r0, size_t r1) {
                 for (size_t r = r0; r < r1; ++r)
                     fp16::f32_to_f16(w + r * size_t(b.columns), in.data.data() + r * size_t(in.width) + size_t(b.column),

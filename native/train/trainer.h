@@ -128,9 +128,11 @@ private:
             float *wq, *wk, *wv, *wo, *w1, *w2, *w3;  // [out, in] row-major, as llama2.c stores them
             float *attention_norm, *ffn_norm;         // [dim]
             float *q_norm, *k_norm;                   // [head_dim] with QK-norm, else nullptr
-            // "wq".."w3", "q_norm", "k_norm"; nullptr otherwise
-            float* by_kernel_name(const std::string& name) const;
         };
+        // The field of a weight the kernels take by name ("wq".."w3", "q_norm", "k_norm"), looked
+        // up once when the kernels are built; nullptr for an activation.
+        using Field = float* Layer::*;
+        static Field field(const std::string& kernel_input_name);
         float *tok_embeddings = nullptr, *norm = nullptr;
         float* classifier = nullptr;  // [vocab, dim]: tok_embeddings when tied, else "output"
         std::vector<Layer> layers;
