@@ -8,7 +8,12 @@
 
 #include "core/vec_math.h"
 #include "backend/ref/plan.h"
+#include "core/fp16.h"
 #include "core/simd.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 namespace anetrain::backend::ref {
 
@@ -30,6 +35,44 @@ ANETRAIN_HOT void binary_row(const T* a, const T* c, T* o, int64_t n, int64_t sx
     }
 }
 
+// Rows of a binary op whose fp16 output is rounded. With F16C each group of 8 results is rounded
+// in a register as it is computed; otherwise emit() rounds the output in a second pass, which on
+// a fused tile cost about as much as the op itself. F16C rounds exactly as fp16::round_f32, so
+// the results are the same either way. (Unary ops keep the pass: GCC leaves an exp inside this
+// form of loop scalar.)
+#if defined(__x86_64__) && defined(__GNUC__)
+#define ANETRAIN_ROUND_IN_ROW 1
+bool round_in_row() {
+    static const bool ok = fp16::f16c_kernels() != nullptr;
+    return ok;
+}
+// o[k] = the fp16 rounding of g(k) for k in [0, n).
+template <class G>
+__attribute__((target("avx,f16c"))) inline void rounded_row(float* o, int64_t n, G g) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_setr_ps(g(i), g(i + 1), g(i + 2), g(i + 3), g(i + 4), g(i + 5), g(i + 6), g(i + 7));
+        _mm256_storeu_ps(o + i, _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)));
+    }
+    for (; i < n; ++i) o[i] = fp16::to_float(fp16::from_float(g(i)));
+}
+template <class F>
+__attribute__((target("avx,f16c"))) void binary_row_rounded(const float* a, const float* c, float* o, int64_t n, int64_t sx,
+                                                            int64_t sy, F f) {
+    if (sx == 1 && sy == 1) {
+        rounded_row(o, n, [&](int64_t k) { return f(a[k], c[k]); });
+    } else if (sx == 0 && sy == 1) {
+        const float s = a[0];
+        rounded_row(o, n, [&](int64_t k) { return f(s, c[k]); });
+    } else if (sx == 1 && sy == 0) {
+        const float s = c[0];
+        rounded_row(o, n, [&](int64_t k) { return f(a[k], s); });
+    } else {
+        rounded_row(o, n, [&](int64_t k) { return f(a[k * sx], c[k * sy]); });
+    }
+}
+#endif
+
 template <class T, class F>
 void plan_binary(Builder& b, const View& x, const View& y, const View& out, F f) {
     const Shape xs = broadcast_strides(x, out.shape), ys = broadcast_strides(y, out.shape);
@@ -49,7 +92,16 @@ void plan_binary(Builder& b, const View& x, const View& y, const View& out, F f)
         const T* y = t.at(yp);
         T* z = t.at(zp);
         T* zt = z;
-        if constexpr (std::is_same_v<T, float>) zt = target(sink, z);
+        if constexpr (std::is_same_v<T, float>) {
+            zt = target(sink, z);
+#ifdef ANETRAIN_ROUND_IN_ROW
+            if (round && round_in_row()) {
+                for_range<3>(L, b, e, [&](const int64_t* off, int64_t n) { binary_row_rounded(x + off[0], y + off[1], zt + off[2], n, sx, sy, f); });
+                emit(sink, false, z, size_t(b), size_t(e - b));  // rounded already
+                return;
+            }
+#endif
+        }
         for_range<3>(L, b, e, [&](const int64_t* off, int64_t n) { binary_row<T>(x + off[0], y + off[1], zt + off[2], n, sx, sy, f); });
         if constexpr (std::is_same_v<T, float>) emit(sink, round, z, size_t(b), size_t(e - b));
     };
