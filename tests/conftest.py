@@ -60,8 +60,9 @@ SHARED_SCOPES = ("session", "package", "module", "class")
 def pytest_collection_modifyitems(config, items):
     """On xdist workers (--dist loadgroup): the tests that use one module-scoped (or wider)
     fixture form a group that runs on one worker, so the fixture is built once, not once per
-    worker; and tests marked slow are handed out first, so the run does not end on a long test
-    while the other workers idle."""
+    worker; the tests of a real ANE keep to one worker, one after another, as they ran before the
+    suite was parallel; and tests marked slow are handed out first, so the run does not end on a
+    long test while the other workers idle."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
     for item in items:
@@ -71,4 +72,6 @@ def pytest_collection_modifyitems(config, items):
                         if defs and defs[-1].baseid and defs[-1].scope in SHARED_SCOPES)
         if shared:
             item.add_marker(pytest.mark.xdist_group(f"{item.nodeid.split('::')[0]}::{shared[0]}"))
+        elif item.get_closest_marker("ane"):
+            item.add_marker(pytest.mark.xdist_group("ane"))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow ones first
