@@ -6,6 +6,7 @@ with ARC. The fp16 kernels are compiled for the baseline ISA and picked at run t
 """
 import glob
 import os
+import re
 import sys
 import sysconfig
 
@@ -18,14 +19,26 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 IS_MAC = sys.platform == "darwin"
 
 
+BINDINGS = "native/bindings/all.cpp"  # the bindings' one translation unit
+
+
 def native_sources():
-    cpp = glob.glob("native/**/*.cpp", recursive=True)
+    """Every native source, the bindings' translation unit first.
+
+    The files all.cpp #includes compile only through it. It is the longest TU: started first, the
+    parallel jobs share the rest out around it.
+    """
+    with open(BINDINGS) as f:
+        included = {"native/" + p for p in re.findall(r'^#include "(bindings/\w+\.cpp)"', f.read(), re.M)}
+    cpp = [p for p in glob.glob("native/**/*.cpp", recursive=True) if p != BINDINGS and p not in included]
     mm = glob.glob("native/**/*.mm", recursive=True) if IS_MAC else []
-    return sorted(cpp) + sorted(mm)
+    return [BINDINGS] + sorted(cpp) + sorted(mm)
 
 
 class BuildExt(build_ext):
-    """pybind11's build_ext, taught that .mm files are Objective-C++ compiled with ARC."""
+    """pybind11's build_ext, taught that .mm files are Objective-C++ compiled with ARC, and that
+    the bindings are compiled at -O2: they are glue (the loops they call live in the other TUs),
+    and -O3 only makes their one long TU take longer."""
 
     def build_extensions(self):
         self.compiler.src_extensions.append(".mm")
@@ -34,6 +47,8 @@ class BuildExt(build_ext):
         def _compile(obj, src, ext, cc_args, extra_postargs, pp_opts):
             if src.endswith(".mm"):
                 extra_postargs = list(extra_postargs) + ["-fobjc-arc", "-fobjc-exceptions"]
+            elif os.path.normpath(src) == os.path.normpath(BINDINGS):
+                extra_postargs = list(extra_postargs) + ["-O2"]  # the last -O wins
             return original(obj, src, ext, cc_args, extra_postargs, pp_opts)
 
         self.compiler._compile = _compile

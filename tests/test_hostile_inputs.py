@@ -13,7 +13,6 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -327,7 +326,10 @@ def test_ctrl_c_in_prepare_data_is_one_line_and_leaves_nothing(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     p = subprocess.Popen([sys.executable, os.path.join(SCRIPTS, "prepare_data.py"), str(text), "--vocab-size", "300",
                           "--out", str(out)], stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-    time.sleep(2)
+    # interrupted once at work (a fixed wait could end before a loaded machine has even started it)
+    for line in p.stderr:
+        if line.startswith("training a 300-piece tokenizer"):
+            break
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     if p.returncode == 0:
