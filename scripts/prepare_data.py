@@ -24,12 +24,14 @@ sentencepiece's), and the shards hold uint32 ids when the vocabulary passes 65,5
 import argparse
 import contextlib
 import glob
+import io
 import json
 import os
 import shutil
 import sys
 import tempfile
 
+import sentencepiece as spm  # at start: a Ctrl-C inside its import would surface as an ImportError
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -102,10 +104,6 @@ def training_sentences(docs):
 
 def train_tokenizer(docs, vocab_size, model_path):
     """Train a byte-fallback BPE sentencepiece model like llama2.c's (deterministic: one thread)."""
-    import io
-
-    import sentencepiece as spm
-
     spm.set_random_generator_seed(1)
     buf = io.BytesIO()
     try:
