@@ -14,11 +14,6 @@
 namespace anetrain::train {
 namespace {
 
-// dW = beta dW + dY X^T for dY [out][S], X [in][S] (dW [out][in], row-major).
-void accumulate_dw(float* dw, const float* dy, const float* x, int out, int in, int S, float beta) {
-    blas::sgemm(false, true, out, in, S, 1.f, dy, S, x, S, beta, dw, in);
-}
-
 // llama2.c's name of a layer weight the kernels call wq..wo / w1..w3 (and q_norm, k_norm).
 std::string layer_weight_name(int layer, const std::string& n) {
     const bool ffn = n == "w1" || n == "w2" || n == "w3";
@@ -431,8 +426,10 @@ void Trainer::grads_ready(const GradsReady* ready, std::pair<size_t, size_t> ran
     if (ready && *ready) dw_->submit([ready, range] { (*ready)(range.first, range.second); });
 }
 
+// dW = beta dW + dY X^T for dY [out][S], X [in][S] (dW [out][in], row-major).
 void Trainer::weight_grad(float* dw, const float* dy, const float* x, int out, int in, float beta, bool last) {
-    accumulate_dw(dw, dy, x, out, in, config().seq_len, beta);
+    const int S = config().seq_len;
+    blas::sgemm(false, true, out, in, S, 1.f, dy, S, x, S, beta, dw, in);
     if (last) {  // the norm's sums of this gradient while it is in cache
         const size_t o = size_t(dw - state_.grads.data());
         state_.sum_grads(o, o + size_t(out) * size_t(in));
