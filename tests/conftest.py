@@ -1,14 +1,33 @@
 import os
+import signal
 
-import numpy as np
 import psutil
-import pytest
 
 # pyproject's addopts run the suite on pytest-xdist workers (-n auto), which share the cores: idle
 # OpenMP threads (PyTorch's, on the reference side of many tests and in the processes tests start)
 # sleep instead of spinning on a core another worker needs. Read when libgomp loads, so set before
 # any test module imports torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Each worker gets its share of the cores for its threads (ours, numpy's BLAS, PyTorch's), and so do
+# the processes its tests start, which inherit the environment: every worker running a
+# cores-wide thread pool oversubscribes the machine, and the pools' waits spin on cores the other
+# workers need. Set before numpy or anetrain loads; a count the user set wins. The threaded paths
+# are tested on purpose, with explicit counts (test_model_training.py's thread-count test,
+# test_ref_inputs.py).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = max(1, (psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+                 // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for _var in ("ANETRAIN_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(_var, str(_share))
+# A shell without job control starts background commands with SIGINT ignored, and the processes
+# the tests start would inherit that: the tests that press Ctrl-C (SIGINT) on a run would wait on a
+# process that cannot hear it. The tests need the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+import numpy as np  # noqa: E402  (after the thread counts: its BLAS reads them when it loads)
+import pytest  # noqa: E402
+
 # more workers would wait on the longest chain of tests (test_distributed's two_ranks group), and
 # each holds its own PyTorch and transformers
 MAX_WORKERS = 8

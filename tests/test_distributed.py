@@ -222,10 +222,11 @@ def test_another_number_of_ranks_resumes_only_with_reshard(two_ranks, tmp_path):
 @pytest.mark.slow
 def test_exec_restarts_under_torchrun_reproduce_the_uninterrupted_run(two_ranks, tmp_path):
     out = tmp_path / "restarted"
-    # 2 layers x 4 kernels = 8 compiles per static step: a budget of 16 restarts both ranks every 2 steps
-    p = torchrun(*args_for("static"), "--steps", 6, "--compile-budget", 16, "--out", out)
-    assert p.stderr.count("[restart after step") == 2, p.stderr[-3000:]  # rank 0's lines
-    assert losses(out) == losses(two_ranks("static"))[:6]
+    # 2 layers x 4 kernels = 8 compiles per static step: a budget of 16 restarts both ranks after
+    # step 2 (one restart under torchrun; test_train_cli.py runs chains of them in one process)
+    p = torchrun(*args_for("static"), "--steps", 4, "--compile-budget", 16, "--out", out)
+    assert p.stderr.count("[restart after step") == 1, p.stderr[-3000:]  # rank 0's lines
+    assert losses(out) == losses(two_ranks("static"))[:4]
 
 
 @pytest.mark.torch

@@ -247,6 +247,40 @@ def test_dw_on_a_worker_thread_gives_identical_results():
 
 
 @pytest.mark.parametrize("pipeline,precision", [("dynamic", "fp16"), ("static", "fp32")])
+def test_the_thread_count_does_not_change_a_bit(pipeline, precision):
+    """Every parallel loop splits work so that each output element is computed by one thread in a
+    fixed order: 1, 2 and 3 pool threads (3 splits unevenly) give the same losses, gradients and
+    weights. The suite's xdist workers run with one thread each (tests/conftest.py), so the
+    threaded paths are exercised here on purpose, with shapes large enough to be split."""
+    import anetrain
+
+    cfg = _native.ModelConfig(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, hidden_dim=384,
+                              seq_len=64)
+    tokens = tokens_for(cfg, 2, seed=5)
+    before = anetrain.info()["threads"]
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            anetrain.set_num_threads(threads)
+            backend = _native.make_ref_backend(fp16_rounding=precision == "fp16")
+            t = _native.Trainer(cfg, backend, pipeline=pipeline, precision=precision)
+            t.state.init_random(6)
+            losses = [t.accumulate(tokens)]
+            grads = {n: t.state.get(n, "grad") for n in t.state.names()}
+            norm = t.update(lr=1e-2)
+            losses.append(t.accumulate(tokens))
+            results.append((losses, norm, grads, {n: t.state.get(n) for n in t.state.names()}))
+    finally:
+        anetrain.set_num_threads(before)
+    (l1, n1, g1, w1) = results[0]
+    for threads, (l, n, g, w) in zip((2, 3), results[1:]):
+        assert l == l1 and n == n1, threads
+        for name in g1:
+            np.testing.assert_array_equal(g[name], g1[name], err_msg=f"{name} grad, {threads} threads")
+            np.testing.assert_array_equal(w[name], w1[name], err_msg=f"{name}, {threads} threads")
+
+
+@pytest.mark.parametrize("pipeline,precision", [("dynamic", "fp16"), ("static", "fp32")])
 def test_probs_tap_gives_identical_results(pipeline, precision):
     """Passing the attention probabilities from the forward kernel to the backward one (the ref
     backend's default) instead of recomputing them there (the ANE's) computes the same values
