@@ -250,8 +250,9 @@ def test_dw_on_a_worker_thread_gives_identical_results():
 def test_the_thread_count_does_not_change_a_bit(pipeline, precision):
     """Every parallel loop splits work so that each output element is computed by one thread in a
     fixed order: 1, 2 and 3 pool threads (3 splits unevenly) give the same losses, gradients and
-    weights. The suite's xdist workers run with one thread each (tests/conftest.py), so the
-    threaded paths are exercised here on purpose, with shapes large enough to be split."""
+    weights. The suite's xdist workers run on their share of the cores (one thread each on two
+    cores, tests/conftest.py), so the threaded paths are exercised here on purpose, with shapes
+    large enough to be split."""
     import anetrain
 
     cfg = _native.ModelConfig(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, hidden_dim=384,
