@@ -225,6 +225,22 @@ def test_bad_inputs():
         _native.Trainer(cfg, _native.make_ref_backend(), precision="bf16")
 
 
+def step_twice(t, tokens):
+    """(losses, norm, gradients, weights) of an accumulate, an update and another accumulate."""
+    losses = [t.accumulate(tokens)]
+    grads = {n: t.state.get(n, "grad") for n in t.state.names()}
+    norm = t.update(lr=1e-2)
+    losses.append(t.accumulate(tokens))
+    return losses, norm, grads, {n: t.state.get(n) for n in t.state.names()}
+
+
+def assert_same_bits(a, b, label):
+    """The gradients and weights of two step_twice results are bitwise equal."""
+    for n in a[2]:
+        np.testing.assert_array_equal(a[2][n], b[2][n], err_msg=f"{n} grad, {label}")
+        np.testing.assert_array_equal(a[3][n], b[3][n], err_msg=f"{n}, {label}")
+
+
 def test_dw_on_a_worker_thread_gives_identical_results():
     """The ANE path overlaps dW sgemms with kernel evaluation on a worker thread; the same
     arithmetic in the same order must give bit-identical gradients and weights."""
@@ -233,17 +249,9 @@ def test_dw_on_a_worker_thread_gives_identical_results():
     for overlap in (0, 1):
         t = _native.Trainer(cfg, _native.make_ref_backend(), pipeline="dynamic", overlap_dw=overlap)
         t.state.init_random(8)
-        tokens = tokens_for(cfg, 3, seed=8)
-        losses = [t.accumulate(tokens)]
-        grads = {n: t.state.get(n, "grad") for n in t.state.names()}
-        t.update(lr=1e-2)
-        losses.append(t.accumulate(tokens))
-        results.append((losses, grads, {n: t.state.get(n) for n in t.state.names()}))
-    (l0, g0, w0), (l1, g1, w1) = results
-    assert l0 == l1
-    for n in g0:
-        np.testing.assert_array_equal(g0[n], g1[n], err_msg=n)
-        np.testing.assert_array_equal(w0[n], w1[n], err_msg=n)
+        results.append(step_twice(t, tokens_for(cfg, 3, seed=8)))
+    assert results[0][0] == results[1][0]
+    assert_same_bits(results[0], results[1], "dW on a worker thread")
 
 
 @pytest.mark.parametrize("pipeline,precision", [("dynamic", "fp16"), ("static", "fp32")])
@@ -266,19 +274,12 @@ def test_the_thread_count_does_not_change_a_bit(pipeline, precision):
             backend = _native.make_ref_backend(fp16_rounding=precision == "fp16")
             t = _native.Trainer(cfg, backend, pipeline=pipeline, precision=precision)
             t.state.init_random(6)
-            losses = [t.accumulate(tokens)]
-            grads = {n: t.state.get(n, "grad") for n in t.state.names()}
-            norm = t.update(lr=1e-2)
-            losses.append(t.accumulate(tokens))
-            results.append((losses, norm, grads, {n: t.state.get(n) for n in t.state.names()}))
+            results.append(step_twice(t, tokens))
     finally:
         anetrain.set_num_threads(before)
-    (l1, n1, g1, w1) = results[0]
-    for threads, (l, n, g, w) in zip((2, 3), results[1:]):
-        assert l == l1 and n == n1, threads
-        for name in g1:
-            np.testing.assert_array_equal(g[name], g1[name], err_msg=f"{name} grad, {threads} threads")
-            np.testing.assert_array_equal(w[name], w1[name], err_msg=f"{name}, {threads} threads")
+    for threads, r in zip((2, 3), results[1:]):
+        assert r[0] == results[0][0] and r[1] == results[0][1], threads  # losses, norm
+        assert_same_bits(results[0], r, f"{threads} threads")
 
 
 @pytest.mark.parametrize("pipeline,precision", [("dynamic", "fp16"), ("static", "fp32")])
